@@ -1,0 +1,94 @@
+//! Argument parsing and dispatch. Each subcommand group lives in its own file and calls the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+mod episodes;
+mod kb;
+
+/// memex: local-first memory and retrieval for AI agents.
+#[derive(Parser, Debug)]
+#[command(name = "memex", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags accepted before or after any subcommand, each with an environment variable.
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Directory holding config.json, tokenizer.json and model.safetensors.
+    #[arg(long, global = true, env = "MEMEX_MODEL_DIR", value_name = "DIR")]
+    pub model_dir: Option<PathBuf>,
+    /// Directory for memex's databases and indexes (default ./.memex).
+    #[arg(long, global = true, env = "MEMEX_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Compute device for the embedder: cpu, cuda, metal or auto.
+    #[arg(long, global = true, env = "MEMEX_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Number of CPU threads for the embedder (default: all cores).
+    #[arg(long, global = true, env = "MEMEX_THREADS")]
+    pub threads: Option<usize>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true, env = "MEMEX_JSON")]
+    pub json: bool,
+    /// Episodic store: sqlite://PATH or redis://HOST:PORT/DB (default: SQLite in the data dir).
+    #[arg(long, global = true, env = "MEMEX_EPISODIC_URL", value_name = "URL")]
+    pub episodic: Option<String>,
+}
+
+impl GlobalArgs {
+    /// The data directory in force.
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir
+            .clone()
+            .unwrap_or_else(memex::paths::default_data_dir)
+    }
+
+    /// The model directory in force.
+    pub fn model_dir(&self) -> PathBuf {
+        self.model_dir
+            .clone()
+            .unwrap_or_else(memex::paths::default_model_dir)
+    }
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Ingest files or folders into the knowledge base.
+    Ingest(kb::IngestArgs),
+    /// Search the knowledge base.
+    Search(kb::SearchArgs),
+    /// Rebuild the vector index from the knowledge base's SQLite store.
+    Reindex(kb::ReindexArgs),
+    /// Per-merchant episodic memory.
+    #[command(subcommand)]
+    Episodes(episodes::EpisodesCommand),
+}
+
+/// Entry point used by `main`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Ingest(a) => kb::ingest(g, a),
+        Command::Search(a) => kb::search(g, a),
+        Command::Reindex(a) => kb::reindex(g, a),
+        Command::Episodes(c) => episodes::run(g, c),
+    }
+}

@@ -1,0 +1,1 @@
+//! conversation: see ARCHITECTURE.md.

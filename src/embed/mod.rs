@@ -1,0 +1,32 @@
+//! Sentence embeddings: all-MiniLM-L6-v2 in-process with candle.
+//!
+//! The seam is [`Embedder`]; the real implementation is [`MiniLmEmbedder`].
+
+mod error;
+
+pub use error::EmbedError;
+
+/// Something that turns texts into unit-length vectors of a fixed dimension.
+///
+/// Implementations must be deterministic (same input, same bytes) and return vectors in the
+/// order of the input texts.
+pub trait Embedder: Send + Sync {
+    /// Dimension of every vector this embedder returns (384 for all-MiniLM-L6-v2).
+    fn dim(&self) -> usize;
+
+    /// Embeds `texts`, returning one L2-normalised vector per text, in input order.
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
+
+    /// Number of model tokens of `text`, `[CLS]` and `[SEP]` included, before truncation.
+    fn count_tokens(&self, text: &str) -> Result<usize, EmbedError>;
+
+    /// Longest input in tokens (`[CLS]`/`[SEP]` included); longer texts are truncated.
+    fn max_tokens(&self) -> usize;
+
+    /// Embeds a single text.
+    fn embed_one(&self, text: &str) -> Result<Vec<f32>, EmbedError> {
+        let mut v = self.embed(&[text])?;
+        v.pop()
+            .ok_or_else(|| EmbedError::Inference("the model returned no vector".into()))
+    }
+}

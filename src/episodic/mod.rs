@@ -1,0 +1,1 @@
+//! episodic: see ARCHITECTURE.md.

@@ -1,0 +1,1 @@
+//! kb: see ARCHITECTURE.md.

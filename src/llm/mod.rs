@@ -1,0 +1,1 @@
+//! llm: see ARCHITECTURE.md.
