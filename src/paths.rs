@@ -19,7 +19,9 @@ pub fn default_model_dir() -> PathBuf {
     if local.join("config.json").exists() {
         return local;
     }
-    let beside_crate = Path::new(env!("CARGO_MANIFEST_DIR")).join("models").join(MODEL_NAME);
+    let beside_crate = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(MODEL_NAME);
     if beside_crate.exists() {
         return beside_crate;
     }

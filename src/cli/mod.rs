@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod embed;
 mod episodes;
 mod kb;
+mod model;
 
 /// memex: local-first memory and retrieval for AI agents.
 #[derive(Parser, Debug)]
@@ -55,11 +57,33 @@ impl GlobalArgs {
             .clone()
             .unwrap_or_else(memex::paths::default_model_dir)
     }
+
+    /// Embedder options from the global flags.
+    pub fn embedder_options(&self) -> anyhow::Result<memex::embed::EmbedderOptions> {
+        Ok(memex::embed::EmbedderOptions {
+            device: self.device.parse()?,
+            threads: self.threads,
+            ..memex::embed::EmbedderOptions::default()
+        })
+    }
+
+    /// Loads the embedder the global flags describe.
+    pub fn load_embedder(&self) -> anyhow::Result<memex::embed::MiniLmEmbedder> {
+        Ok(memex::embed::MiniLmEmbedder::load(
+            &self.model_dir(),
+            self.embedder_options()?,
+        )?)
+    }
 }
 
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Fetch or verify the embedding model files.
+    #[command(subcommand)]
+    Model(model::ModelCommand),
+    /// Embed texts and print JSON lines {"text", "embedding", "n_tokens"}.
+    Embed(embed::EmbedArgs),
     /// Ingest files or folders into the knowledge base.
     Ingest(kb::IngestArgs),
     /// Search the knowledge base.
@@ -74,6 +98,7 @@ pub enum Command {
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    init_logging();
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -86,9 +111,22 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
+        Command::Model(c) => model::run(g, c),
+        Command::Embed(a) => embed::run(g, a),
         Command::Ingest(a) => kb::ingest(g, a),
         Command::Search(a) => kb::search(g, a),
         Command::Reindex(a) => kb::reindex(g, a),
         Command::Episodes(c) => episodes::run(g, c),
     }
+}
+
+/// Structured logs on stderr; `MEMEX_LOG` (or `RUST_LOG`) sets the filter, default `warn`.
+fn init_logging() {
+    let filter = std::env::var("MEMEX_LOG")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "warn".to_string());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -1,10 +1,20 @@
 //! Sentence embeddings: all-MiniLM-L6-v2 in-process with candle.
 //!
-//! The seam is [`Embedder`]; the real implementation is [`MiniLmEmbedder`].
+//! The seam is [`Embedder`]; the real implementation is [`MiniLmEmbedder`]. Model files are put
+//! on disk by [`fetch::fetch_model`].
 
+mod batching;
+mod bert;
 mod error;
+pub mod fetch;
+mod minilm;
 
+pub use batching::{plan_batches, Batch};
+pub use bert::{BertConfig, BertEncoder};
 pub use error::EmbedError;
+pub use minilm::{
+    DeviceChoice, EmbeddedText, EmbedderOptions, MiniLmEmbedder, DEFAULT_MAX_TOKENS, MINILM_DIM,
+};
 
 /// Something that turns texts into unit-length vectors of a fixed dimension.
 ///

@@ -1,0 +1,325 @@
+//! [`MiniLmEmbedder`]: tokenizer + [`BertEncoder`] + mean pooling + L2 normalisation.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
+use tokenizers::Tokenizer;
+
+use super::batching::plan_batches;
+use super::bert::{mean_pool_normalize, BertConfig, BertEncoder};
+use super::{EmbedError, Embedder};
+
+/// Output dimension of all-MiniLM-L6-v2.
+pub const MINILM_DIM: usize = 384;
+/// Longest input in tokens, as sentence-transformers' `max_seq_length` for this model.
+pub const DEFAULT_MAX_TOKENS: usize = 256;
+const CLS_ID: u32 = 101;
+const SEP_ID: u32 = 102;
+const PAD_ID: u32 = 0;
+
+/// Where the forward pass runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceChoice {
+    /// The CPU (default).
+    #[default]
+    Cpu,
+    /// The first CUDA GPU (needs the `cuda` cargo feature).
+    Cuda,
+    /// The Metal GPU (needs the `metal` cargo feature).
+    Metal,
+    /// CUDA if available, else Metal, else the CPU.
+    Auto,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = EmbedError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" | "gpu" => Ok(Self::Cuda),
+            "metal" => Ok(Self::Metal),
+            "auto" => Ok(Self::Auto),
+            other => Err(EmbedError::Device(format!(
+                "{other:?} is unknown: use cpu, cuda, metal or auto"
+            ))),
+        }
+    }
+}
+
+impl DeviceChoice {
+    fn open(self) -> Result<Device, EmbedError> {
+        match self {
+            Self::Cpu => Ok(Device::Cpu),
+            Self::Cuda => {
+                if !cfg!(feature = "cuda") {
+                    return Err(EmbedError::Device(
+                        "cuda is not compiled in: rebuild with `--features cuda`".into(),
+                    ));
+                }
+                Device::new_cuda(0)
+                    .map_err(|e| EmbedError::Device(format!("cuda unavailable: {e}")))
+            }
+            Self::Metal => {
+                if !cfg!(feature = "metal") {
+                    return Err(EmbedError::Device(
+                        "metal is not compiled in: rebuild with `--features metal`".into(),
+                    ));
+                }
+                Device::new_metal(0)
+                    .map_err(|e| EmbedError::Device(format!("metal unavailable: {e}")))
+            }
+            Self::Auto => Ok(Self::Cuda
+                .open()
+                .or_else(|_| Self::Metal.open())
+                .unwrap_or(Device::Cpu)),
+        }
+    }
+}
+
+/// Settings of [`MiniLmEmbedder`].
+#[derive(Debug, Clone)]
+pub struct EmbedderOptions {
+    /// Compute device.
+    pub device: DeviceChoice,
+    /// CPU threads for the forward pass; `None` uses all cores.
+    pub threads: Option<usize>,
+    /// Truncation length in tokens, `[CLS]` and `[SEP]` included.
+    pub max_tokens: usize,
+    /// Most texts in one batch.
+    pub max_batch: usize,
+    /// Most padded tokens in one batch (count × longest).
+    pub max_batch_tokens: usize,
+}
+
+impl Default for EmbedderOptions {
+    fn default() -> Self {
+        Self {
+            device: DeviceChoice::Cpu,
+            threads: None,
+            max_tokens: DEFAULT_MAX_TOKENS,
+            max_batch: 32,
+            max_batch_tokens: 32 * 128,
+        }
+    }
+}
+
+/// One embedded text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbeddedText {
+    /// The unit-length vector.
+    pub vector: Vec<f32>,
+    /// Token count before truncation, `[CLS]` and `[SEP]` included.
+    pub n_tokens: usize,
+}
+
+/// all-MiniLM-L6-v2 computed in-process: the same vectors as sentence-transformers.
+///
+/// Texts are tokenised with truncation at `max_tokens` (256) and no fixed padding (the shipped
+/// `tokenizer.json` says 128 for both; that is overridden), sorted by length and batched so that
+/// padding stays small, run through the encoder, mean-pooled over real tokens and L2-normalised.
+/// The empty string and whitespace-only strings tokenise to `[CLS] [SEP]` and get that sequence's
+/// embedding, exactly as sentence-transformers gives them.
+pub struct MiniLmEmbedder {
+    tokenizer: Tokenizer,
+    encoder: BertEncoder,
+    opts: EmbedderOptions,
+    pool: Option<rayon::ThreadPool>,
+    model_dir: PathBuf,
+}
+
+impl std::fmt::Debug for MiniLmEmbedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MiniLmEmbedder")
+            .field("model_dir", &self.model_dir)
+            .field("opts", &self.opts)
+            .finish()
+    }
+}
+
+fn required(dir: &Path, name: &str) -> Result<PathBuf, EmbedError> {
+    let path = dir.join(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(EmbedError::MissingFile { path })
+    }
+}
+
+impl MiniLmEmbedder {
+    /// Loads the model from `model_dir` (config.json, tokenizer.json, model.safetensors).
+    ///
+    /// The weights are memory-mapped. A missing, truncated or mismatching file is an
+    /// [`EmbedError`] naming the file, never a panic.
+    pub fn load(model_dir: &Path, opts: EmbedderOptions) -> Result<Self, EmbedError> {
+        let config_path = required(model_dir, "config.json")?;
+        let tokenizer_path = required(model_dir, "tokenizer.json")?;
+        let weights_path = required(model_dir, "model.safetensors")?;
+
+        let bad = |path: &Path, reason: String| EmbedError::BadFile {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let config_text =
+            std::fs::read_to_string(&config_path).map_err(|e| bad(&config_path, e.to_string()))?;
+        let config: BertConfig = serde_json::from_str(&config_text)
+            .map_err(|e| bad(&config_path, format!("not a BERT config: {e}")))?;
+        if opts.max_tokens < 2 || opts.max_tokens > config.max_position_embeddings {
+            return Err(EmbedError::Inference(format!(
+                "max_tokens must be between 2 and {}",
+                config.max_position_embeddings
+            )));
+        }
+
+        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+            .map_err(|e| bad(&tokenizer_path, format!("not a tokenizer: {e}")))?;
+        // Truncation is done by hand (to report the untruncated length); padding per batch.
+        tokenizer
+            .with_truncation(None)
+            .map_err(|e| bad(&tokenizer_path, e.to_string()))?;
+        tokenizer.with_padding(None);
+
+        let device = opts.device.open()?;
+        // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
+        // `memex model fetch` replaces model files by atomic rename, not in place.
+        let vb =
+            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
+                .map_err(|e| {
+                bad(
+                    &weights_path,
+                    format!("not a readable safetensors file: {e}"),
+                )
+            })?;
+        let encoder = BertEncoder::load(vb, &config).map_err(|e| {
+            bad(
+                &weights_path,
+                format!("weights do not match config.json: {e}"),
+            )
+        })?;
+
+        let pool = match opts.threads {
+            Some(n) if n > 0 => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .map_err(|e| EmbedError::Inference(format!("cannot start {n} threads: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(Self {
+            tokenizer,
+            encoder,
+            opts,
+            pool,
+            model_dir: model_dir.to_path_buf(),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &EmbedderOptions {
+        &self.opts
+    }
+
+    /// Tokenises `texts` into `[CLS] … [SEP]` id sequences truncated to `max_tokens`, returning
+    /// each sequence with its untruncated length.
+    fn tokenize(&self, texts: &[&str]) -> Result<Vec<(Vec<u32>, usize)>, EmbedError> {
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        let max = self.opts.max_tokens;
+        Ok(encodings
+            .into_iter()
+            .map(|enc| {
+                let mut ids = enc.get_ids().to_vec();
+                let n = ids.len();
+                if ids.len() < 2 {
+                    ids = vec![CLS_ID, SEP_ID];
+                }
+                if ids.len() > max {
+                    ids.truncate(max - 1);
+                    ids.push(SEP_ID);
+                }
+                (ids, n.max(2))
+            })
+            .collect())
+    }
+
+    /// Embeds `texts` and reports each one's token count, in input order.
+    pub fn embed_detailed(&self, texts: &[&str]) -> Result<Vec<EmbeddedText>, EmbedError> {
+        match &self.pool {
+            Some(pool) => pool.install(|| self.embed_detailed_inner(texts)),
+            None => self.embed_detailed_inner(texts),
+        }
+    }
+
+    fn embed_detailed_inner(&self, texts: &[&str]) -> Result<Vec<EmbeddedText>, EmbedError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tokens = self.tokenize(texts)?;
+        let lengths: Vec<usize> = tokens.iter().map(|(ids, _)| ids.len()).collect();
+        let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
+        for batch in plan_batches(&lengths, self.opts.max_batch, self.opts.max_batch_tokens) {
+            let seq = batch.padded_len;
+            let mut ids = Vec::with_capacity(batch.members.len() * seq);
+            let mut lens = Vec::with_capacity(batch.members.len());
+            for &m in &batch.members {
+                let row = &tokens[m].0;
+                ids.extend_from_slice(row);
+                ids.extend(std::iter::repeat_n(PAD_ID, seq - row.len()));
+                lens.push(row.len());
+            }
+            let hidden = self
+                .encoder
+                .forward(&ids, &lens, seq)
+                .map_err(|e| EmbedError::Inference(e.to_string()))?;
+            let vectors = mean_pool_normalize(&hidden, &lens)
+                .map_err(|e| EmbedError::Inference(e.to_string()))?;
+            for (&m, v) in batch.members.iter().zip(vectors) {
+                if v.iter().any(|x| !x.is_finite()) {
+                    return Err(EmbedError::Inference(format!(
+                        "the model produced non-finite values; are the weights in {} corrupt?",
+                        self.model_dir.display()
+                    )));
+                }
+                out[m] = Some(v);
+            }
+        }
+        out.into_iter()
+            .zip(tokens)
+            .map(|(v, (_, n_tokens))| {
+                v.map(|vector| EmbeddedText { vector, n_tokens })
+                    .ok_or_else(|| {
+                        EmbedError::Inference("a text was left out of every batch".into())
+                    })
+            })
+            .collect()
+    }
+}
+
+impl Embedder for MiniLmEmbedder {
+    fn dim(&self) -> usize {
+        self.encoder.hidden_size()
+    }
+
+    fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
+        Ok(self
+            .embed_detailed(texts)?
+            .into_iter()
+            .map(|e| e.vector)
+            .collect())
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize, EmbedError> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| EmbedError::Tokenizer(e.to_string()))?;
+        Ok(enc.get_ids().len().max(2))
+    }
+
+    fn max_tokens(&self) -> usize {
+        self.opts.max_tokens
+    }
+}

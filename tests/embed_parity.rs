@@ -1,0 +1,157 @@
+//! The embedder against sentence-transformers' own vectors, and its determinism rules.
+
+#[path = "support/model.rs"]
+mod model;
+
+use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
+use model::cosine;
+
+struct Reference {
+    text: String,
+    embedding: Vec<f32>,
+    n_tokens: usize,
+}
+
+fn references() -> Vec<Reference> {
+    let raw = include_str!("fixtures/public_reference.jsonl");
+    raw.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("fixture line is JSON");
+            Reference {
+                text: v["text"].as_str().expect("text").to_string(),
+                embedding: v["embedding"]
+                    .as_array()
+                    .expect("embedding")
+                    .iter()
+                    .map(|x| x.as_f64().expect("float") as f32)
+                    .collect(),
+                n_tokens: v["n_tokens"].as_u64().expect("n_tokens") as usize,
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn matches_sentence_transformers_on_every_reference_text() {
+    let refs = references();
+    assert!(refs.len() >= 40);
+    let emb = model::embedder();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let got = emb.embed_detailed(&texts).unwrap();
+    let mut worst = (1.0f64, String::new());
+    for (r, g) in refs.iter().zip(&got) {
+        assert_eq!(g.vector.len(), 384);
+        assert_eq!(g.n_tokens, r.n_tokens, "token count of {:?}", r.text);
+        let c = cosine(&r.embedding, &g.vector);
+        if c < worst.0 {
+            worst = (c, r.text.clone());
+        }
+    }
+    println!(
+        "min cosine vs sentence-transformers: {:.7} ({:?})",
+        worst.0, worst.1
+    );
+    assert!(worst.0 >= 0.9999, "min cosine {} on {:?}", worst.0, worst.1);
+}
+
+#[test]
+fn batch_equals_one_by_one() {
+    let refs = references();
+    let emb = model::embedder();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let batched = emb.embed(&texts).unwrap();
+    for (text, b) in texts.iter().zip(&batched) {
+        let single = emb.embed_one(text).unwrap();
+        let max_diff = single
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            max_diff <= 1e-5,
+            "{text:?}: batch vs single differ by {max_diff}"
+        );
+    }
+}
+
+#[test]
+fn order_is_preserved_whatever_the_batching() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let small = MiniLmEmbedder::load(
+        &model::model_dir(),
+        EmbedderOptions {
+            max_batch: 3,
+            max_batch_tokens: 300,
+            threads: Some(1),
+            ..EmbedderOptions::default()
+        },
+    )
+    .unwrap();
+    let a = small.embed(&texts).unwrap();
+    let b = model::embedder().embed(&texts).unwrap();
+    for ((x, y), t) in a.iter().zip(&b).zip(&texts) {
+        assert!(cosine(x, y) > 0.99999, "{t:?} moved or changed");
+    }
+}
+
+#[test]
+fn same_input_same_bytes() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let emb = model::embedder();
+    let a = emb.embed(&texts).unwrap();
+    let b = emb.embed(&texts).unwrap();
+    let bits =
+        |v: &Vec<Vec<f32>>| -> Vec<u32> { v.iter().flatten().map(|x| x.to_bits()).collect() };
+    assert_eq!(bits(&a), bits(&b));
+}
+
+#[test]
+fn long_texts_are_truncated_at_256_tokens() {
+    let emb = model::embedder();
+    // "refund" is one token: [CLS] + 300 words + [SEP] is 302 tokens.
+    let base = vec!["refund"; 300].join(" ");
+    let longer = format!("{base} settlement chargeback dispute gateway error webhook");
+    let counted = emb.embed_detailed(&[&base, &longer]).unwrap();
+    assert_eq!(counted[0].n_tokens, 302);
+    assert_eq!(counted[1].n_tokens, 308);
+    // Everything past token 254 of the content is cut, so both give the same vector.
+    let diff = counted[0]
+        .vector
+        .iter()
+        .zip(&counted[1].vector)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(diff <= 1e-6, "truncated texts differ by {diff}");
+    // And a text of exactly 254 content words equals them too.
+    let exact = vec!["refund"; 254].join(" ");
+    let e = emb.embed_one(&exact).unwrap();
+    assert!(cosine(&e, &counted[0].vector) > 0.999_999);
+    assert_eq!(emb.count_tokens(&base).unwrap(), 302);
+}
+
+#[test]
+fn empty_and_whitespace_give_the_cls_sep_embedding() {
+    let emb = model::embedder();
+    let out = emb.embed_detailed(&["", "   ", "\n\t "]).unwrap();
+    for e in &out {
+        assert_eq!(e.n_tokens, 2);
+        let norm: f32 = e.vector.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5);
+        assert!(e.vector.iter().all(|x| x.is_finite()));
+    }
+    assert_eq!(out[0].vector, out[1].vector);
+    assert_eq!(out[0].vector, out[2].vector);
+    assert!(emb.embed(&[]).unwrap().is_empty());
+}
+
+#[test]
+fn vectors_are_unit_length_and_384_wide() {
+    let emb = model::embedder();
+    assert_eq!(emb.dim(), 384);
+    let v = emb.embed_one("settlement delayed for MID001").unwrap();
+    let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-5);
+}
