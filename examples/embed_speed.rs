@@ -9,7 +9,10 @@ use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let corpus = args.get(1).cloned().unwrap_or("data/corpus/texts.jsonl".into());
+    let corpus = args
+        .get(1)
+        .cloned()
+        .unwrap_or("data/corpus/texts.jsonl".into());
     let n: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(256);
     let batch: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(32);
     let texts: Vec<String> = std::fs::read_to_string(&corpus)?
@@ -25,12 +28,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         EmbedderOptions {
             max_batch: batch,
             max_batch_tokens: batch * 128,
-            threads: std::env::var("MEMEX_THREADS").ok().and_then(|s| s.parse().ok()),
+            threads: std::env::var("MEMEX_THREADS")
+                .ok()
+                .and_then(|s| s.parse().ok()),
             ..EmbedderOptions::default()
         },
     )?;
     println!("load: {:?}", t0.elapsed());
-    let tokens: usize = refs.iter().map(|t| emb.count_tokens(t).unwrap_or(0).min(256)).sum();
+    let tokens: usize = refs
+        .iter()
+        .map(|t| emb.count_tokens(t).unwrap_or(0).min(256))
+        .sum();
     emb.embed(&refs[..refs.len().min(16)])?;
     let t0 = Instant::now();
     emb.embed(&refs)?;

@@ -56,6 +56,25 @@ fn matches_sentence_transformers_on_every_reference_text() {
 }
 
 #[test]
+fn the_candle_forward_pass_gpus_use_matches_too() {
+    let refs = references();
+    let emb = MiniLmEmbedder::load(
+        &model::model_dir(),
+        EmbedderOptions {
+            candle_forward: true,
+            ..EmbedderOptions::default()
+        },
+    )
+    .unwrap();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let got = emb.embed(&texts).unwrap();
+    for (r, g) in refs.iter().zip(&got) {
+        let c = cosine(&r.embedding, g);
+        assert!(c >= 0.9999, "candle path: cosine {c} on {:?}", r.text);
+    }
+}
+
+#[test]
 fn batch_equals_one_by_one() {
     let refs = references();
     let emb = model::embedder();

@@ -78,7 +78,10 @@ fn read(st: &MmapedSafetensors, name: &str, shape: &[usize]) -> LoadResult<Vec<f
     let bytes = view.data();
     let expected = shape.iter().product::<usize>() * 4;
     if bytes.len() != expected {
-        return Err(format!("tensor {name} holds {} bytes, expected {expected}", bytes.len()));
+        return Err(format!(
+            "tensor {name} holds {} bytes, expected {expected}",
+            bytes.len()
+        ));
     }
     Ok(bytes
         .chunks_exact(4)
@@ -148,7 +151,12 @@ impl CpuEncoder {
                 },
                 attn_out: dense(st, &format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: norm(st, &format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: dense(st, &format!("{p}.intermediate.dense"), h, cfg.intermediate_size)?,
+                ffn_in: dense(
+                    st,
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    cfg.intermediate_size,
+                )?,
                 ffn_out: dense(st, &format!("{p}.output.dense"), cfg.intermediate_size, h)?,
                 ffn_norm: norm(st, &format!("{p}.output.LayerNorm"), h)?,
             });
@@ -159,7 +167,11 @@ impl CpuEncoder {
             &[cfg.type_vocab_size, h],
         )?;
         Ok(Self {
-            word: read(st, "embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            word: read(
+                st,
+                "embeddings.word_embeddings.weight",
+                &[cfg.vocab_size, h],
+            )?,
             position: read(
                 st,
                 "embeddings.position_embeddings.weight",
@@ -182,7 +194,10 @@ impl CpuEncoder {
     }
 
     /// Encodes the packed sequences and returns one mean-pooled, L2-normalised vector per sequence.
-    pub fn embed(&self, seqs: &[&[u32]]) -> Result<Vec<Vec<f32>>, String> {
+    ///
+    /// `parallel_gemm` splits each matrix product over the rayon pool; callers that already run
+    /// several batches side by side pass `false` so each batch's products stay on one thread.
+    pub fn embed(&self, seqs: &[&[u32]], parallel_gemm: bool) -> Result<Vec<Vec<f32>>, String> {
         let h = self.hidden;
         let total: usize = seqs.iter().map(|s| s.len()).sum();
         let mut offsets = Vec::with_capacity(seqs.len());
@@ -204,14 +219,16 @@ impl CpuEncoder {
         for s in seqs {
             rows.extend(s.iter().enumerate().map(|(p, &id)| (id, p)));
         }
-        x.par_chunks_mut(h).zip(rows.par_iter()).for_each(|(row, &(id, pos))| {
-            let w = &self.word[id as usize * h..][..h];
-            let p = &self.position[pos * h..][..h];
-            for i in 0..h {
-                row[i] = w[i] + p[i] + self.type0[i];
-            }
-            layer_norm_row(row, &self.emb_norm, self.eps);
-        });
+        x.par_chunks_mut(h)
+            .zip(rows.par_iter())
+            .for_each(|(row, &(id, pos))| {
+                let w = &self.word[id as usize * h..][..h];
+                let p = &self.position[pos * h..][..h];
+                for i in 0..h {
+                    row[i] = w[i] + p[i] + self.type0[i];
+                }
+                layer_norm_row(row, &self.emb_norm, self.eps);
+            });
 
         let inter = self.layers.first().map_or(0, |l| l.ffn_in.n_out);
         let mut qkv = vec![0f32; total * 3 * h];
@@ -219,13 +236,13 @@ impl CpuEncoder {
         let mut tmp = vec![0f32; total * h];
         let mut ffn = vec![0f32; total * inter];
         for layer in &self.layers {
-            linear(&x, total, &layer.qkv, &mut qkv);
+            linear(&x, total, &layer.qkv, &mut qkv, parallel_gemm);
             self.attention(&qkv, seqs, &offsets, &mut ctx);
-            linear(&ctx, total, &layer.attn_out, &mut tmp);
+            linear(&ctx, total, &layer.attn_out, &mut tmp, parallel_gemm);
             add_norm(&mut x, &tmp, &layer.attn_norm, h, self.eps);
-            linear(&x, total, &layer.ffn_in, &mut ffn);
-            ffn.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
-            linear(&ffn, total, &layer.ffn_out, &mut tmp);
+            linear(&x, total, &layer.ffn_in, &mut ffn, parallel_gemm);
+            ffn.par_chunks_mut(4096).for_each(gelu_in_place);
+            linear(&ffn, total, &layer.ffn_out, &mut tmp, parallel_gemm);
             add_norm(&mut x, &tmp, &layer.ffn_norm, h, self.eps);
         }
 
@@ -240,7 +257,12 @@ impl CpuEncoder {
                     }
                 }
                 let n = s.len() as f64;
-                let norm = mean.iter().map(|m| (m / n) * (m / n)).sum::<f64>().sqrt().max(1e-12);
+                let norm = mean
+                    .iter()
+                    .map(|m| (m / n) * (m / n))
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-12);
                 mean.iter().map(|m| (m / n / norm) as f32).collect()
             })
             .collect())
@@ -256,79 +278,80 @@ impl CpuEncoder {
         let jobs: Vec<(usize, usize)> = (0..seqs.len())
             .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
             .collect();
-        jobs.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, hd)| {
-            let len = seqs[s].len();
-            let base = offsets[s] * stride;
-            scores.clear();
-            scores.resize(len * len, 0.0);
-            let q = &qkv[base + hd * d..];
-            let k = &qkv[base + h + hd * d..];
-            let v = &qkv[base + 2 * h + hd * d..];
-            // SAFETY: all pointers stay inside `qkv`/`scores`/`ctx` for the given sizes and strides;
-            // each job writes only rows offsets[s]..offsets[s]+len, columns hd*d..(hd+1)*d of ctx,
-            // which no other job touches.
-            unsafe {
-                gemm::gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    stride as isize,
-                    k.as_ptr(),
-                    stride as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for row in scores.chunks_exact_mut(len) {
-                softmax_in_place(row);
-            }
-            let dst = out;
-            unsafe {
-                gemm::gemm(
-                    len,
-                    d,
-                    len,
-                    dst.0.add(offsets[s] * h + hd * d),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v.as_ptr(),
-                    1,
-                    stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+        jobs.par_iter()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, hd)| {
+                let len = seqs[s].len();
+                let base = offsets[s] * stride;
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                let q = &qkv[base + hd * d..];
+                let k = &qkv[base + h + hd * d..];
+                let v = &qkv[base + 2 * h + hd * d..];
+                // SAFETY: all pointers stay inside `qkv`/`scores`/`ctx` for the given sizes and strides;
+                // each job writes only rows offsets[s]..offsets[s]+len, columns hd*d..(hd+1)*d of ctx,
+                // which no other job touches.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        len,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        stride as isize,
+                        k.as_ptr(),
+                        stride as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(len) {
+                    softmax_in_place(row);
+                }
+                let dst = out;
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        d,
+                        len,
+                        dst.0.add(offsets[s] * h + hd * d),
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v.as_ptr(),
+                        1,
+                        stride as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
     }
 }
 
 /// `out (rows, n_out) = x (rows, n_in) · W + b`, the bias pre-filled so gemm accumulates onto it.
-fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32]) {
+fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm: bool) {
     let (k, n) = (layer.n_in, layer.n_out);
     out[..rows * n]
         .par_chunks_mut(n)
         .for_each(|row| row.copy_from_slice(&layer.b));
     let threads = rayon::current_num_threads();
-    let parallelism = if threads > 1 {
+    let parallelism = if parallel_gemm && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
@@ -394,7 +417,73 @@ fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// GELU with the exact erf, as BERT's `gelu`.
-fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2))
+/// GELU with erf, as BERT's `gelu`, over a slice; written branch-free so it vectorises.
+fn gelu_in_place(xs: &mut [f32]) {
+    for v in xs.iter_mut() {
+        let x = *v;
+        *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
+    }
+}
+
+/// erf by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5e-7, below f32 resolution near 1).
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A1: f32 = 0.254_829_6;
+    const A2: f32 = -0.284_496_74;
+    const A3: f32 = 1.421_413_7;
+    const A4: f32 = -1.453_152;
+    const A5: f32 = 1.061_405_4;
+    let a = x.abs();
+    let t = 1.0 / (1.0 + P * a);
+    let poly = ((((A5 * t + A4) * t + A3) * t + A2) * t + A1) * t;
+    let y = 1.0 - poly * exp_neg(-a * a);
+    y.copysign(x)
+}
+
+/// e^x for x ≤ 0 (clamped at -87), by range reduction to 2^n · e^r and a degree-6 polynomial;
+/// relative error about 2e-7. Plain arithmetic and bit casts only, so loops over it vectorise.
+#[inline(always)]
+fn exp_neg(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23: adding it rounds to an integer
+    let x = x.max(-87.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    p * scale
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn erf_matches_libm() {
+        let mut worst = 0f32;
+        for i in -6000..=6000 {
+            let x = i as f32 / 1000.0;
+            let d = (erf(x) - candle_core::cpu::erf::erf_f32(x)).abs();
+            worst = worst.max(d);
+        }
+        assert!(worst < 1e-6, "erf off by {worst}");
+    }
+
+    #[test]
+    fn exp_matches_std() {
+        for i in 0..=8700 {
+            let x = -(i as f32) / 100.0;
+            let (a, b) = (exp_neg(x), x.exp());
+            assert!(
+                (a - b).abs() <= 4e-7 * b + f32::MIN_POSITIVE,
+                "exp({x}): {a} vs {b}"
+            );
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device};
 use candle_nn::VarBuilder;
+use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use super::batching::plan_batches;
@@ -91,6 +92,9 @@ pub struct EmbedderOptions {
     pub max_batch: usize,
     /// Most padded tokens in one batch (count × longest).
     pub max_batch_tokens: usize,
+    /// Run candle's tensor forward pass even on the CPU. It is the path GPUs take; on a CPU it is
+    /// slower than the default kernels and exists to check that path against the reference.
+    pub candle_forward: bool,
 }
 
 impl Default for EmbedderOptions {
@@ -101,6 +105,7 @@ impl Default for EmbedderOptions {
             max_tokens: DEFAULT_MAX_TOKENS,
             max_batch: 32,
             max_batch_tokens: 32 * 128,
+            candle_forward: false,
         }
     }
 }
@@ -196,10 +201,19 @@ impl MiniLmEmbedder {
         tokenizer.with_padding(None);
 
         let device = opts.device.open()?;
-        let unreadable =
-            |e: candle_core::Error| bad(&weights_path, format!("not a readable safetensors file: {e}"));
-        let mismatch = |e: String| bad(&weights_path, format!("weights do not match config.json: {e}"));
-        let encoder = if device.is_cpu() {
+        let unreadable = |e: candle_core::Error| {
+            bad(
+                &weights_path,
+                format!("not a readable safetensors file: {e}"),
+            )
+        };
+        let mismatch = |e: String| {
+            bad(
+                &weights_path,
+                format!("weights do not match config.json: {e}"),
+            )
+        };
+        let encoder = if device.is_cpu() && !opts.candle_forward {
             // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
             // `memex model fetch` replaces model files by atomic rename, not in place.
             let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights_path) }
@@ -277,16 +291,32 @@ impl MiniLmEmbedder {
         let tokens = self.tokenize(texts)?;
         let lengths: Vec<usize> = tokens.iter().map(|(ids, _)| ids.len()).collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
-        for batch in plan_batches(&lengths, self.opts.max_batch, self.opts.max_batch_tokens) {
-            let vectors = match &self.encoder {
-                Backend::Cpu(enc) => {
-                    let seqs: Vec<&[u32]> =
-                        batch.members.iter().map(|&m| tokens[m].0.as_slice()).collect();
-                    enc.embed(&seqs).map_err(EmbedError::Inference)?
+        let batches = plan_batches(&lengths, self.opts.max_batch, self.opts.max_batch_tokens);
+        let results: Vec<Result<Vec<Vec<f32>>, EmbedError>> = match &self.encoder {
+            Backend::Cpu(enc) => {
+                let run = |batch: &super::Batch, parallel_gemm: bool| {
+                    let seqs: Vec<&[u32]> = batch
+                        .members
+                        .iter()
+                        .map(|&m| tokens[m].0.as_slice())
+                        .collect();
+                    enc.embed(&seqs, parallel_gemm)
+                        .map_err(EmbedError::Inference)
+                };
+                if batches.len() >= 2 && rayon::current_num_threads() > 1 {
+                    // Whole batches side by side, one thread each: no synchronisation inside.
+                    batches.par_iter().map(|b| run(b, false)).collect()
+                } else {
+                    batches.iter().map(|b| run(b, true)).collect()
                 }
-                Backend::Candle(enc) => candle_batch(enc, &tokens, &batch)?,
-            };
-            for (&m, v) in batch.members.iter().zip(vectors) {
+            }
+            Backend::Candle(enc) => batches
+                .iter()
+                .map(|b| candle_batch(enc, &tokens, b))
+                .collect(),
+        };
+        for (batch, vectors) in batches.iter().zip(results) {
+            for (&m, v) in batch.members.iter().zip(vectors?) {
                 if v.iter().any(|x| !x.is_finite()) {
                     return Err(EmbedError::Inference(format!(
                         "the model produced non-finite values; are the weights in {} corrupt?",
