@@ -11,11 +11,18 @@
 //!   sees another sequence's tokens and needs no mask;
 //! * residual add + LayerNorm and bias + GELU are single fused passes, parallel over rows.
 //!
-//! Weights are read straight from the memory-mapped safetensors file into row-major `(in, out)`
-//! buffers. The candle encoder in `bert.rs` stays the path for GPUs.
+//! Weights are used in place from the memory-mapped safetensors file (zero-copy: the checkpoint's
+//! `(out, in)` matrices are handed to gemm with transposed strides), so loading costs a header
+//! parse and the fused QKV copy, and pages fault in as the first forward pass touches them. The
+//! candle encoder in `bert.rs` stays the path for GPUs.
 
-use candle_core::safetensors::MmapedSafetensors;
+use std::ops::Deref;
+use std::path::Path;
+use std::sync::Arc;
+
+use memmap2::Mmap;
 use rayon::prelude::*;
+use safetensors::SafeTensors;
 
 use super::bert::BertConfig;
 
@@ -28,17 +35,42 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+/// `f32` values either owned or borrowed in place from the mapped checkpoint.
+enum F32Buf {
+    Owned(Vec<f32>),
+    Mapped {
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    },
+}
+
+impl Deref for F32Buf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            F32Buf::Owned(v) => v,
+            // SAFETY: `Mapped` is only built by `read` after checking that offset + 4·len lies
+            // inside the map, that the address is 4-byte aligned and that the host is little
+            // endian (the file's byte order); the map is read-only and lives as long as `self`.
+            F32Buf::Mapped { map, offset, len } => unsafe {
+                std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const f32, *len)
+            },
+        }
+    }
+}
+
 struct Dense {
-    /// `(in, out)` row-major, i.e. the transpose of the checkpoint's `(out, in)`.
-    w: Vec<f32>,
-    b: Vec<f32>,
+    /// The checkpoint's `(out, in)` row-major matrix.
+    w: F32Buf,
+    b: F32Buf,
     n_in: usize,
     n_out: usize,
 }
 
 struct Norm {
-    gamma: Vec<f32>,
-    beta: Vec<f32>,
+    gamma: F32Buf,
+    beta: F32Buf,
 }
 
 struct Layer {
@@ -52,8 +84,8 @@ struct Layer {
 
 /// The BERT encoder on CPU buffers.
 pub struct CpuEncoder {
-    word: Vec<f32>,
-    position: Vec<f32>,
+    word: F32Buf,
+    position: F32Buf,
     type0: Vec<f32>,
     emb_norm: Norm,
     layers: Vec<Layer>,
@@ -64,62 +96,80 @@ pub struct CpuEncoder {
     eps: f32,
 }
 
-fn read(st: &MmapedSafetensors, name: &str, shape: &[usize]) -> LoadResult<Vec<f32>> {
-    let view = st.get(name).map_err(|e| format!("tensor {name}: {e}"))?;
-    if view.shape() != shape {
-        return Err(format!(
-            "tensor {name} has shape {:?}, expected {shape:?}",
-            view.shape()
-        ));
-    }
-    if view.dtype() != safetensors::Dtype::F32 {
-        return Err(format!("tensor {name} is {:?}, expected F32", view.dtype()));
-    }
-    let bytes = view.data();
-    let expected = shape.iter().product::<usize>() * 4;
-    if bytes.len() != expected {
-        return Err(format!(
-            "tensor {name} holds {} bytes, expected {expected}",
-            bytes.len()
-        ));
-    }
-    Ok(bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect())
+/// The mapped checkpoint and its parsed header.
+struct Checkpoint<'a> {
+    map: &'a Arc<Mmap>,
+    st: SafeTensors<'a>,
 }
 
-/// Transposes a row-major `(rows, cols)` matrix.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = m[r * cols + c];
+impl Checkpoint<'_> {
+    /// The tensor `name`, checked for dtype and shape, borrowed in place when possible.
+    fn read(&self, name: &str, shape: &[usize]) -> LoadResult<F32Buf> {
+        let view = self
+            .st
+            .tensor(name)
+            .map_err(|e| format!("tensor {name}: {e}"))?;
+        if view.shape() != shape {
+            return Err(format!(
+                "tensor {name} has shape {:?}, expected {shape:?}",
+                view.shape()
+            ));
         }
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(format!("tensor {name} is {:?}, expected F32", view.dtype()));
+        }
+        let bytes = view.data();
+        let len = shape.iter().product::<usize>();
+        if bytes.len() != len * 4 {
+            return Err(format!(
+                "tensor {name} holds {} bytes, expected {}",
+                bytes.len(),
+                len * 4
+            ));
+        }
+        let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
+        if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 {
+            return Ok(F32Buf::Mapped {
+                map: Arc::clone(self.map),
+                offset,
+                len,
+            });
+        }
+        Ok(F32Buf::Owned(
+            bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+        ))
     }
-    out
-}
 
-fn dense(st: &MmapedSafetensors, prefix: &str, n_in: usize, n_out: usize) -> LoadResult<Dense> {
-    let w = read(st, &format!("{prefix}.weight"), &[n_out, n_in])?;
-    Ok(Dense {
-        w: transpose(&w, n_out, n_in),
-        b: read(st, &format!("{prefix}.bias"), &[n_out])?,
-        n_in,
-        n_out,
-    })
-}
+    fn dense(&self, prefix: &str, n_in: usize, n_out: usize) -> LoadResult<Dense> {
+        Ok(Dense {
+            w: self.read(&format!("{prefix}.weight"), &[n_out, n_in])?,
+            b: self.read(&format!("{prefix}.bias"), &[n_out])?,
+            n_in,
+            n_out,
+        })
+    }
 
-fn norm(st: &MmapedSafetensors, prefix: &str, dim: usize) -> LoadResult<Norm> {
-    Ok(Norm {
-        gamma: read(st, &format!("{prefix}.weight"), &[dim])?,
-        beta: read(st, &format!("{prefix}.bias"), &[dim])?,
-    })
+    fn norm(&self, prefix: &str, dim: usize) -> LoadResult<Norm> {
+        Ok(Norm {
+            gamma: self.read(&format!("{prefix}.weight"), &[dim])?,
+            beta: self.read(&format!("{prefix}.bias"), &[dim])?,
+        })
+    }
 }
 
 impl CpuEncoder {
-    /// Reads the weights from the memory-mapped checkpoint.
-    pub fn load(st: &MmapedSafetensors, cfg: &BertConfig) -> LoadResult<Self> {
+    /// Maps the checkpoint at `path` and builds the encoder over it.
+    pub fn load(path: &Path, cfg: &BertConfig) -> LoadResult<Self> {
+        let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+        // SAFETY: the map is read-only; memex never writes model files in place (`memex model
+        // fetch` replaces them by atomic rename), so the bytes do not change under the map.
+        let map = Arc::new(unsafe { Mmap::map(&file) }.map_err(|e| e.to_string())?);
+        let st = SafeTensors::deserialize(&map[..])
+            .map_err(|e| format!("not a readable safetensors file: {e}"))?;
+        let ck = Checkpoint { map: &map, st };
         let h = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
         if heads == 0 || h % heads != 0 {
@@ -130,55 +180,47 @@ impl CpuEncoder {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let sa = format!("{p}.attention.self");
-            let q = read(st, &format!("{sa}.query.weight"), &[h, h])?;
-            let k = read(st, &format!("{sa}.key.weight"), &[h, h])?;
-            let v = read(st, &format!("{sa}.value.weight"), &[h, h])?;
-            let mut fused: Vec<f32> = q.iter().map(|x| x * scale).collect();
-            fused.extend_from_slice(&k);
-            fused.extend_from_slice(&v);
-            let mut bias: Vec<f32> = read(st, &format!("{sa}.query.bias"), &[h])?
-                .iter()
-                .map(|x| x * scale)
-                .collect();
-            bias.extend(read(st, &format!("{sa}.key.bias"), &[h])?);
-            bias.extend(read(st, &format!("{sa}.value.bias"), &[h])?);
+            // Q, K and V stacked into one (3h, h) matrix, the attention scale folded into Q.
+            let mut w = Vec::with_capacity(3 * h * h);
+            let mut b = Vec::with_capacity(3 * h);
+            for (part, factor) in [("query", scale), ("key", 1.0), ("value", 1.0)] {
+                w.extend(
+                    ck.read(&format!("{sa}.{part}.weight"), &[h, h])?
+                        .iter()
+                        .map(|x| x * factor),
+                );
+                b.extend(
+                    ck.read(&format!("{sa}.{part}.bias"), &[h])?
+                        .iter()
+                        .map(|x| x * factor),
+                );
+            }
             layers.push(Layer {
                 qkv: Dense {
-                    w: transpose(&fused, 3 * h, h),
-                    b: bias,
+                    w: F32Buf::Owned(w),
+                    b: F32Buf::Owned(b),
                     n_in: h,
                     n_out: 3 * h,
                 },
-                attn_out: dense(st, &format!("{p}.attention.output.dense"), h, h)?,
-                attn_norm: norm(st, &format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: dense(
-                    st,
-                    &format!("{p}.intermediate.dense"),
-                    h,
-                    cfg.intermediate_size,
-                )?,
-                ffn_out: dense(st, &format!("{p}.output.dense"), cfg.intermediate_size, h)?,
-                ffn_norm: norm(st, &format!("{p}.output.LayerNorm"), h)?,
+                attn_out: ck.dense(&format!("{p}.attention.output.dense"), h, h)?,
+                attn_norm: ck.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
+                ffn_in: ck.dense(&format!("{p}.intermediate.dense"), h, cfg.intermediate_size)?,
+                ffn_out: ck.dense(&format!("{p}.output.dense"), cfg.intermediate_size, h)?,
+                ffn_norm: ck.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
-        let type_emb = read(
-            st,
+        let type_emb = ck.read(
             "embeddings.token_type_embeddings.weight",
             &[cfg.type_vocab_size, h],
         )?;
         Ok(Self {
-            word: read(
-                st,
-                "embeddings.word_embeddings.weight",
-                &[cfg.vocab_size, h],
-            )?,
-            position: read(
-                st,
+            word: ck.read("embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            position: ck.read(
                 "embeddings.position_embeddings.weight",
                 &[cfg.max_position_embeddings, h],
             )?,
             type0: type_emb[..h].to_vec(),
-            emb_norm: norm(st, "embeddings.LayerNorm", h)?,
+            emb_norm: ck.norm("embeddings.LayerNorm", h)?,
             layers,
             hidden: h,
             heads,
@@ -344,19 +386,20 @@ impl CpuEncoder {
     }
 }
 
-/// `out (rows, n_out) = x (rows, n_in) · W + b`, the bias pre-filled so gemm accumulates onto it.
+/// `out (rows, n_out) = x (rows, n_in) · Wᵀ + b`, the bias pre-filled so gemm accumulates onto it.
 fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm: bool) {
     let (k, n) = (layer.n_in, layer.n_out);
     out[..rows * n]
         .par_chunks_mut(n)
-        .for_each(|row| row.copy_from_slice(&layer.b));
+        .for_each(|row| row.copy_from_slice(&layer.b[..]));
     let threads = rayon::current_num_threads();
     let parallelism = if parallel_gemm && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `x` holds rows*k floats, `layer.w` k*n, `out` rows*n, all row-major.
+    // SAFETY: `x` holds rows*k floats, `out` rows*n, both row-major; `layer.w` is (n, k)
+    // row-major, read as the (k, n) right-hand side through swapped strides.
     unsafe {
         gemm::gemm(
             rows,
@@ -370,8 +413,8 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
             1,
             k as isize,
             layer.w.as_ptr(),
+            k as isize,
             1,
-            n as isize,
             1.0,
             1.0,
             false,
@@ -399,7 +442,7 @@ fn layer_norm_row(row: &mut [f32], norm: &Norm, eps: f32) {
     let mean = row.iter().sum::<f32>() / n;
     let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
     let inv = 1.0 / (var + eps).sqrt();
-    for ((v, g), b) in row.iter_mut().zip(&norm.gamma).zip(&norm.beta) {
+    for ((v, g), b) in row.iter_mut().zip(norm.gamma.iter()).zip(norm.beta.iter()) {
         *v = (*v - mean) * inv * g + b;
     }
 }

@@ -214,13 +214,12 @@ impl MiniLmEmbedder {
             )
         };
         let encoder = if device.is_cpu() && !opts.candle_forward {
+            Backend::Cpu(
+                CpuEncoder::load(&weights_path, &config).map_err(|e| bad(&weights_path, e))?,
+            )
+        } else {
             // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
             // `memex model fetch` replaces model files by atomic rename, not in place.
-            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights_path) }
-                .map_err(unreadable)?;
-            Backend::Cpu(CpuEncoder::load(&st, &config).map_err(mismatch)?)
-        } else {
-            // SAFETY: as above.
             let vb = unsafe {
                 VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device)
             }
