@@ -313,76 +313,102 @@ impl CpuEncoder {
     /// Scaled dot-product attention per (sequence, head) over the fused QKV rows.
     fn attention(&self, qkv: &[f32], seqs: &[&[u32]], offsets: &[usize], ctx: &mut [f32]) {
         let h = self.hidden;
-        let heads = self.heads;
-        let d = h / heads;
-        let stride = 3 * h;
+        let d = h / self.heads;
         let out = SharedMut(ctx.as_mut_ptr());
         let jobs: Vec<(usize, usize)> = (0..seqs.len())
-            .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
+            .flat_map(|s| (0..self.heads).map(move |hd| (s, hd)))
             .collect();
         jobs.par_iter()
             .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, hd)| {
-                let len = seqs[s].len();
-                let base = offsets[s] * stride;
-                scores.clear();
-                scores.resize(len * len, 0.0);
-                let q = &qkv[base + hd * d..];
-                let k = &qkv[base + h + hd * d..];
-                let v = &qkv[base + 2 * h + hd * d..];
-                // SAFETY: all pointers stay inside `qkv`/`scores`/`ctx` for the given sizes and strides;
-                // each job writes only rows offsets[s]..offsets[s]+len, columns hd*d..(hd+1)*d of ctx,
-                // which no other job touches.
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        len,
-                        d,
-                        scores.as_mut_ptr(),
-                        1,
-                        len as isize,
-                        false,
-                        q.as_ptr(),
-                        1,
-                        stride as isize,
-                        k.as_ptr(),
-                        stride as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-                for row in scores.chunks_exact_mut(len) {
-                    softmax_in_place(row);
-                }
+                let head = HeadView {
+                    qkv,
+                    first_row: offsets[s],
+                    len: seqs[s].len(),
+                    hidden: h,
+                    col: hd * d,
+                    dim: d,
+                };
                 let dst = out;
-                unsafe {
-                    gemm::gemm(
-                        len,
-                        d,
-                        len,
-                        dst.0.add(offsets[s] * h + hd * d),
-                        1,
-                        h as isize,
-                        false,
-                        scores.as_ptr(),
-                        1,
-                        len as isize,
-                        v.as_ptr(),
-                        1,
-                        stride as isize,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
+                // SAFETY: this job writes only rows offsets[s]..offsets[s]+len, columns
+                // hd*d..(hd+1)*d of ctx; no other job writes that region, nobody reads it now.
+                let ctx_rows = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        dst.0.add(offsets[s] * h),
+                        (seqs[s].len() - 1) * h + hd * d + d,
+                    )
+                };
+                attend(&head, scores, ctx_rows);
             });
+    }
+}
+
+/// One head of one sequence inside the fused QKV buffer.
+struct HeadView<'a> {
+    qkv: &'a [f32],
+    first_row: usize,
+    len: usize,
+    hidden: usize,
+    col: usize,
+    dim: usize,
+}
+
+impl HeadView<'_> {
+    #[inline(always)]
+    fn row(&self, part: usize, i: usize) -> &[f32] {
+        let start = (self.first_row + i) * 3 * self.hidden + part * self.hidden + self.col;
+        &self.qkv[start..start + self.dim]
+    }
+}
+
+/// Attention for one head: `ctx[i] = Σ_j softmax_j(q_i·k_j) v_j` (the scale is already in q).
+/// Dispatches to an AVX2 build of the same code when the CPU has it.
+fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { attend_avx2(head, scores, ctx_rows) };
+            return;
+        }
+    }
+    attend_body(head, scores, ctx_rows);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn attend_avx2(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+    attend_body(head, scores, ctx_rows);
+}
+
+#[inline(always)]
+fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+    let (len, d) = (head.len, head.dim);
+    // scratch = [K transposed (d × len) | scores (len)]: with K transposed, q·K for all keys is
+    // d axpy passes over contiguous memory, which vectorise over the keys.
+    scratch.clear();
+    scratch.resize(d * len + len, 0.0);
+    let (kt, scores) = scratch.split_at_mut(d * len);
+    for j in 0..len {
+        for (t, &k) in head.row(1, j).iter().enumerate() {
+            kt[t * len + j] = k;
+        }
+    }
+    for i in 0..len {
+        let q = head.row(0, i);
+        scores.fill(0.0);
+        for (t, &qt) in q.iter().enumerate() {
+            for (s, &k) in scores.iter_mut().zip(&kt[t * len..(t + 1) * len]) {
+                *s += qt * k;
+            }
+        }
+        softmax_in_place(scores);
+        let out = &mut ctx_rows[i * head.hidden + head.col..][..d];
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            for (o, v) in out.iter_mut().zip(head.row(2, j)) {
+                *o += p * v;
+            }
+        }
     }
 }
 
@@ -460,8 +486,28 @@ fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// GELU with erf, as BERT's `gelu`, over a slice; written branch-free so it vectorises.
+/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 build when the CPU has it).
 fn gelu_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2, checked just above.
+            unsafe { gelu_avx2(xs) };
+            return;
+        }
+    }
+    gelu_body(xs);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn gelu_avx2(xs: &mut [f32]) {
+    gelu_body(xs);
+}
+
+/// Branch-free, so the loop vectorises.
+#[inline(always)]
+fn gelu_body(xs: &mut [f32]) {
     for v in xs.iter_mut() {
         let x = *v;
         *v = 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
