@@ -12,6 +12,7 @@
 //! opaque `u64`s chosen by the caller.
 
 mod build;
+pub mod dataset;
 pub mod distance;
 mod flat;
 mod graph;
