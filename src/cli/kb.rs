@@ -8,9 +8,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use memex::kb::{
-    FileStatus, IngestObserver, IngestOptions, KnowledgeBase, SearchHit, SearchMode,
-};
+use memex::kb::{FileStatus, IngestObserver, IngestOptions, KnowledgeBase, SearchHit, SearchMode};
 
 use super::GlobalArgs;
 

@@ -95,7 +95,12 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
         cache.display(),
         started.elapsed().as_secs_f64()
     );
-    let queries = dataset::queries(&all.truncated(largest.min(all.len())), a.queries, dataset::PERTURBATION_SIGMA, 7);
+    let queries = dataset::queries(
+        &all.truncated(largest.min(all.len())),
+        a.queries,
+        dataset::PERTURBATION_SIGMA,
+        7,
+    );
     if let Some(out) = &a.queries_out {
         queries.save(out).context("writing the queries")?;
     }
@@ -103,7 +108,10 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
         .num_threads(a.build_threads.max(1))
         .build()?;
     let mut rows = Vec::new();
-    println!("| vectors | build s ({} thr) | index MiB | ef | recall@{} | p50 µs | p99 µs | queries/s |", a.build_threads, a.k);
+    println!(
+        "| vectors | build s ({} thr) | index MiB | ef | recall@{} | p50 µs | p99 µs | queries/s |",
+        a.build_threads, a.k
+    );
     println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &a.sizes {
         let set = all.truncated(size);
@@ -114,7 +122,8 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
             ef_search: 64,
         };
         let t = Instant::now();
-        let mut index = pool.install(|| HnswIndex::build(set.dim, params, ids.clone(), set.data.clone()))?;
+        let mut index =
+            pool.install(|| HnswIndex::build(set.dim, params, ids.clone(), set.data.clone()))?;
         let build_s = t.elapsed().as_secs_f64();
         let mut flat = FlatIndex::new(set.dim);
         for (i, id) in ids.iter().enumerate() {

@@ -12,7 +12,7 @@ const MAX_LAYERS: usize = 16;
 /// Builds the graph over `vectors` (`n * dim` floats, unit length) with hnsw_rs, inserting in
 /// parallel on the current rayon pool, then flattens it. Node `i` is `vectors[i*dim..]`.
 pub(crate) fn build_graph(dim: usize, vectors: Vec<f32>, params: &HnswParams) -> Graph {
-    let n = if dim == 0 { 0 } else { vectors.len() / dim };
+    let n = vectors.len().checked_div(dim).unwrap_or(0);
     let m = params.m.clamp(2, 128);
     let m0 = 2 * m;
     if n == 0 {
@@ -29,13 +29,8 @@ pub(crate) fn build_graph(dim: usize, vectors: Vec<f32>, params: &HnswParams) ->
             max_level: 0,
         };
     }
-    let hnsw: Hnsw<'_, f32, ClampedDot> = Hnsw::new(
-        m,
-        n,
-        MAX_LAYERS,
-        params.ef_construction.max(m),
-        ClampedDot,
-    );
+    let hnsw: Hnsw<'_, f32, ClampedDot> =
+        Hnsw::new(m, n, MAX_LAYERS, params.ef_construction.max(m), ClampedDot);
     let items: Vec<(&[f32], usize)> = vectors.chunks_exact(dim).zip(0..n).collect();
     hnsw.parallel_insert_slice(&items);
     drop(items);

@@ -37,11 +37,7 @@ impl VectorSet {
 
     /// Number of vectors.
     pub fn len(&self) -> usize {
-        if self.dim == 0 {
-            0
-        } else {
-            self.data.len() / self.dim
-        }
+        self.data.len().checked_div(self.dim).unwrap_or(0)
     }
 
     /// True when empty.
@@ -155,10 +151,11 @@ pub fn queries(base: &VectorSet, n: usize, sigma: f32, seed: u64) -> VectorSet {
     if base.is_empty() {
         return out;
     }
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_0f_9e41);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x005e_ed0f_9e41);
     for _ in 0..n {
         let j = rng.random_range(0..base.len());
-        out.data.extend_from_slice(&perturb(base.get(j), sigma, &mut rng));
+        out.data
+            .extend_from_slice(&perturb(base.get(j), sigma, &mut rng));
     }
     out
 }

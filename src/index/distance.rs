@@ -156,8 +156,12 @@ mod tests {
     #[test]
     fn kernels_agree_with_naive_sum_on_odd_lengths() {
         for n in [0usize, 1, 7, 8, 9, 31, 32, 33, 100, 384, 385] {
-            let a: Vec<f32> = (0..n).map(|i| ((i * 7 + 3) % 11) as f32 / 11.0 - 0.4).collect();
-            let b: Vec<f32> = (0..n).map(|i| ((i * 5 + 1) % 13) as f32 / 13.0 - 0.5).collect();
+            let a: Vec<f32> = (0..n)
+                .map(|i| ((i * 7 + 3) % 11) as f32 / 11.0 - 0.4)
+                .collect();
+            let b: Vec<f32> = (0..n)
+                .map(|i| ((i * 5 + 1) % 13) as f32 / 13.0 - 0.5)
+                .collect();
             let want = naive(&a, &b);
             assert!((dot(&a, &b) - want).abs() < 1e-4, "dispatch n={n}");
             assert!((dot_portable(&a, &b) - want).abs() < 1e-4, "portable n={n}");

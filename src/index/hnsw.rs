@@ -205,8 +205,7 @@ impl HnswIndex {
             self.graph.search(query, k, ef, &|_| false)
         } else {
             let dead = &self.dead;
-            self.graph
-                .search(query, k, ef, &|node| dead[node as usize])
+            self.graph.search(query, k, ef, &|node| dead[node as usize])
         };
         let mut out: Vec<(u64, f32)> = base
             .into_iter()

@@ -29,10 +29,13 @@ pub(crate) fn checksum(bytes: &[u8]) -> u64 {
         for (lane, w) in lanes.iter_mut().zip(block.chunks_exact(8)) {
             let mut b = [0u8; 8];
             b.copy_from_slice(w);
-            *lane = (*lane ^ u64::from_le_bytes(b)).wrapping_mul(P).rotate_left(29);
+            *lane = (*lane ^ u64::from_le_bytes(b))
+                .wrapping_mul(P)
+                .rotate_left(29);
         }
     }
-    let mut h = lanes[0] ^ lanes[1].rotate_left(17) ^ lanes[2].rotate_left(31) ^ lanes[3].rotate_left(47);
+    let mut h =
+        lanes[0] ^ lanes[1].rotate_left(17) ^ lanes[2].rotate_left(31) ^ lanes[3].rotate_left(47);
     for &byte in words.remainder() {
         h = (h ^ byte as u64).wrapping_mul(P);
     }
@@ -141,7 +144,9 @@ fn corrupt(reason: &str) -> IndexError {
 fn encode(index: &HnswIndex) -> Vec<u8> {
     let g = &index.graph;
     let n = g.len() as u64;
-    let mut w = Writer(Vec::with_capacity(64 + g.vectors.len() * 4 + g.level0.len() * 4));
+    let mut w = Writer(Vec::with_capacity(
+        64 + g.vectors.len() * 4 + g.level0.len() * 4,
+    ));
     w.0.extend_from_slice(MAGIC);
     w.u32(VERSION);
     w.u32(g.dim as u32);
@@ -186,7 +191,9 @@ fn decode(bytes: &[u8]) -> Result<HnswIndex, IndexError> {
     };
     let version = r.u32()?;
     if version != VERSION {
-        return Err(corrupt(&format!("unsupported index format version {version}")));
+        return Err(corrupt(&format!(
+            "unsupported index format version {version}"
+        )));
     }
     let dim = r.u32()? as usize;
     let params = HnswParams {
@@ -209,12 +216,21 @@ fn decode(bytes: &[u8]) -> Result<HnswIndex, IndexError> {
     let levels = r.bytes(n)?.to_vec();
     let dead: Vec<bool> = r.bytes(n)?.iter().map(|&b| b != 0).collect();
     let upper_offsets = r.u32s(n)?;
-    let level0 = r.u32s(n.checked_mul(m0 as u64 + 1).ok_or_else(|| corrupt("overflow"))?)?;
+    let level0 = r.u32s(
+        n.checked_mul(m0 as u64 + 1)
+            .ok_or_else(|| corrupt("overflow"))?,
+    )?;
     let upper = r.u32s(upper_len)?;
-    let vectors = r.f32s(n.checked_mul(dim as u64).ok_or_else(|| corrupt("overflow"))?)?;
+    let vectors = r.f32s(
+        n.checked_mul(dim as u64)
+            .ok_or_else(|| corrupt("overflow"))?,
+    )?;
     let delta_ids = r.u64s(delta_len)?;
-    let delta_vectors =
-        r.f32s(delta_len.checked_mul(dim as u64).ok_or_else(|| corrupt("overflow"))?)?;
+    let delta_vectors = r.f32s(
+        delta_len
+            .checked_mul(dim as u64)
+            .ok_or_else(|| corrupt("overflow"))?,
+    )?;
     if r.pos != body.len() {
         return Err(corrupt("trailing bytes after the last section"));
     }
@@ -257,7 +273,10 @@ fn decode(bytes: &[u8]) -> Result<HnswIndex, IndexError> {
 }
 
 fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(format!(".tmp-{}-{}", std::process::id(), unique()));
     path.with_file_name(name)
 }

@@ -350,7 +350,10 @@ mod tests {
         assert_eq!(chunks.len(), 1);
         assert_eq!(chunks[0].text, "Card payments cost 2%.\n\nUPI is free.");
         assert_eq!((chunks[0].line_start, chunks[0].line_end), (3, 5));
-        assert_eq!(chunks[0].embedding_text(), "Fees\nCard payments cost 2%.\n\nUPI is free.");
+        assert_eq!(
+            chunks[0].embedding_text(),
+            "Fees\nCard payments cost 2%.\n\nUPI is free."
+        );
     }
 
     #[test]
@@ -371,7 +374,14 @@ mod tests {
         let para: String = (0..40).map(|i| format!("word{i} ")).collect();
         let long_sentence: String = (0..500).map(|i| format!("w{i} ")).collect();
         let blocks: Vec<Block> = (0..30)
-            .map(|i| block(&["Title", "Section with a long heading"], &para, i * 2 + 1, 0))
+            .map(|i| {
+                block(
+                    &["Title", "Section with a long heading"],
+                    &para,
+                    i * 2 + 1,
+                    0,
+                )
+            })
             .chain(std::iter::once(block(&["Title"], &long_sentence, 100, 1)))
             .collect();
         let opts = ChunkOptions {
@@ -385,7 +395,11 @@ mod tests {
             assert!(!c.text.is_empty());
         }
         // All text survives: every word of the long sentence appears somewhere.
-        let all: String = chunks.iter().map(|c| c.text.clone()).collect::<Vec<_>>().join(" ");
+        let all: String = chunks
+            .iter()
+            .map(|c| c.text.clone())
+            .collect::<Vec<_>>()
+            .join(" ");
         assert!(all.contains("w0 ") && all.contains("w499"));
     }
 
@@ -416,11 +430,7 @@ mod tests {
     fn giant_word_is_cut() {
         let blob = "x".repeat(5000);
         let count = |t: &str| t.len() / 4 + 2;
-        let chunks = chunk_blocks(
-            &[block(&[], &blob, 1, 0)],
-            &ChunkOptions::default(),
-            &count,
-        );
+        let chunks = chunk_blocks(&[block(&[], &blob, 1, 0)], &ChunkOptions::default(), &count);
         assert!(chunks.len() > 1);
         for c in &chunks {
             assert!(count(&c.embedding_text()) <= 256);

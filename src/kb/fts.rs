@@ -3,9 +3,9 @@
 
 const STOPWORDS: &[&str] = &[
     "a", "an", "and", "are", "as", "at", "be", "by", "can", "do", "does", "did", "for", "from",
-    "how", "i", "if", "in", "is", "it", "its", "me", "my", "of", "on", "or", "our", "should",
-    "so", "that", "the", "their", "then", "there", "this", "to", "was", "we", "what", "when",
-    "where", "which", "who", "why", "will", "with", "you", "your", "mean", "means",
+    "how", "i", "if", "in", "is", "it", "its", "me", "my", "of", "on", "or", "our", "should", "so",
+    "that", "the", "their", "then", "there", "this", "to", "was", "we", "what", "when", "where",
+    "which", "who", "why", "will", "with", "you", "your", "mean", "means",
 ];
 
 /// Builds an FTS5 MATCH expression from `query`: terms ORed together (BM25 ranks documents that
@@ -14,10 +14,7 @@ const STOPWORDS: &[&str] = &[
 pub fn sanitize(query: &str) -> Option<String> {
     let terms: Vec<String> = query
         .split(|c: char| c.is_whitespace())
-        .map(|t| {
-            t.trim_matches(|c: char| !c.is_alphanumeric())
-                .to_string()
-        })
+        .map(|t| t.trim_matches(|c: char| !c.is_alphanumeric()).to_string())
         .filter(|t| t.chars().any(|c| c.is_alphanumeric()))
         .collect();
     let content: Vec<&String> = terms

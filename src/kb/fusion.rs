@@ -46,15 +46,16 @@ pub fn rrf(vector: &[u64], keyword: &[u64]) -> Vec<Fused> {
         }
     }
     let mut out: Vec<Fused> = by_id.into_values().collect();
-    let best = |f: &Fused| {
-        f.vector_rank
-            .unwrap_or(usize::MAX)
-            .min(f.keyword_rank.unwrap_or(usize::MAX))
-    };
+    // Ties: found by both lists first, then the better keyword rank (an exact-token match is
+    // stronger evidence than a nearest neighbour at the same rank), then vector rank, then id.
+    let both = |f: &Fused| !(f.vector_rank.is_some() && f.keyword_rank.is_some());
+    let rank = |r: Option<usize>| r.unwrap_or(usize::MAX);
     out.sort_by(|a, b| {
         b.score
             .total_cmp(&a.score)
-            .then(best(a).cmp(&best(b)))
+            .then(both(a).cmp(&both(b)))
+            .then(rank(a.keyword_rank).cmp(&rank(b.keyword_rank)))
+            .then(rank(a.vector_rank).cmp(&rank(b.vector_rank)))
             .then(a.id.cmp(&b.id))
     });
     out
@@ -76,6 +77,13 @@ mod tests {
         // 1 (vector rank 1) beats 4 (keyword rank 2).
         let pos = |id| fused.iter().position(|f| f.id == id);
         assert!(pos(1) < pos(4));
+    }
+
+    #[test]
+    fn ties_prefer_the_keyword_match() {
+        let fused = rrf(&[10], &[20]);
+        assert_eq!(fused[0].id, 20);
+        assert_eq!(fused[0].score, fused[1].score);
     }
 
     #[test]

@@ -5,10 +5,41 @@
 use super::markdown::Segment;
 
 const BLOCK_TAGS: &[&str] = &[
-    "address", "article", "aside", "blockquote", "br", "dd", "div", "dl", "dt", "fieldset",
-    "figcaption", "figure", "footer", "form", "header", "hr", "li", "main", "nav", "ol", "p",
-    "pre", "section", "table", "tbody", "td", "th", "thead", "tr", "ul", "body", "html",
-    "details", "summary", "caption",
+    "address",
+    "article",
+    "aside",
+    "blockquote",
+    "br",
+    "dd",
+    "div",
+    "dl",
+    "dt",
+    "fieldset",
+    "figcaption",
+    "figure",
+    "footer",
+    "form",
+    "header",
+    "hr",
+    "li",
+    "main",
+    "nav",
+    "ol",
+    "p",
+    "pre",
+    "section",
+    "table",
+    "tbody",
+    "td",
+    "th",
+    "thead",
+    "tr",
+    "ul",
+    "body",
+    "html",
+    "details",
+    "summary",
+    "caption",
 ];
 const HIDDEN_TAGS: &[&str] = &[
     "script", "style", "head", "template", "noscript", "svg", "iframe", "object", "canvas",
@@ -87,7 +118,9 @@ pub fn decode_entities(s: &str) -> String {
                 "pound" => Some('£'),
                 "rupee" | "inr" => Some('₹'),
                 _ if name.starts_with("#x") || name.starts_with("#X") => {
-                    u32::from_str_radix(&name[2..], 16).ok().and_then(char::from_u32)
+                    u32::from_str_radix(&name[2..], 16)
+                        .ok()
+                        .and_then(char::from_u32)
                 }
                 _ if name.starts_with('#') => name[1..].parse().ok().and_then(char::from_u32),
                 _ => None,
@@ -126,7 +159,9 @@ pub fn html_segments(html: &str) -> Vec<Segment> {
         if bytes[i] == b'<' {
             // Comment.
             if html[i..].starts_with("<!--") {
-                let end = html[i + 4..].find("-->").map_or(html.len(), |e| i + 4 + e + 3);
+                let end = html[i + 4..]
+                    .find("-->")
+                    .map_or(html.len(), |e| i + 4 + e + 3);
                 line += html[i..end].matches('\n').count();
                 i = end;
                 continue;
@@ -162,7 +197,9 @@ pub fn html_segments(html: &str) -> Vec<Segment> {
                 let end = match lower.find(&close) {
                     Some(e) => {
                         let after = i + e;
-                        html[after..].find('>').map_or(html.len(), |g| after + g + 1)
+                        html[after..]
+                            .find('>')
+                            .map_or(html.len(), |g| after + g + 1)
                     }
                     None => html.len(),
                 };
@@ -191,7 +228,8 @@ pub fn html_segments(html: &str) -> Vec<Segment> {
                         pre_depth + 1
                     };
                 }
-            } else if !b.text.is_empty() && !b.text.ends_with(' ') && (name == "td" || name == "th") {
+            } else if !b.text.is_empty() && !b.text.ends_with(' ') && (name == "td" || name == "th")
+            {
                 b.text.push(' ');
             }
             continue;
@@ -245,7 +283,15 @@ mod tests {
 
     #[test]
     fn broken_markup_does_not_panic() {
-        for html in ["<", "<p", "<script>never closed", "a < b and c > d", "&#xZZ; &#99999999;", "<h2>x", "</p></p>"] {
+        for html in [
+            "<",
+            "<p",
+            "<script>never closed",
+            "a < b and c > d",
+            "&#xZZ; &#99999999;",
+            "<h2>x",
+            "</p></p>",
+        ] {
             let _ = html_segments(html);
         }
         let segs = html_segments("a < b");

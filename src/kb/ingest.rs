@@ -169,7 +169,12 @@ impl KnowledgeBase {
             let bytes = match std::fs::read(&path) {
                 Ok(b) => b,
                 Err(e) => {
-                    self.skip(&path, SkipReason::Unreadable(e.to_string()), &mut report, observer);
+                    self.skip(
+                        &path,
+                        SkipReason::Unreadable(e.to_string()),
+                        &mut report,
+                        observer,
+                    );
                     continue;
                 }
             };
@@ -201,11 +206,7 @@ impl KnowledgeBase {
                 observer.warning(&path, &w);
             }
             let embedder = &self.embedder;
-            let count = |t: &str| {
-                embedder
-                    .count_tokens(t)
-                    .unwrap_or_else(|_| t.len() / 3 + 2)
-            };
+            let count = |t: &str| embedder.count_tokens(t).unwrap_or_else(|_| t.len() / 3 + 2);
             let chunks = chunk_blocks(&blocks, &self.options.chunking, &count);
             if chunks.is_empty() {
                 self.skip(&path, SkipReason::Empty, &mut report, observer);
@@ -319,9 +320,9 @@ impl KnowledgeBase {
         for p in pending.drain(..) {
             let vecs = &vectors[start..start + p.chunks.len()];
             start += p.chunks.len();
-            let outcome = self.store().replace_document(
-                &p.key, &p.hash, p.size, p.mtime_ns, &p.chunks, vecs,
-            )?;
+            let outcome = self
+                .store()
+                .replace_document(&p.key, &p.hash, p.size, p.mtime_ns, &p.chunks, vecs)?;
             report.chunks_added += outcome.added;
             report.chunks_removed += outcome.removed;
             let status = if p.is_new {

@@ -57,7 +57,10 @@ impl std::fmt::Display for SkipReason {
             SkipReason::InvalidUtf8 => write!(f, "not valid UTF-8"),
             SkipReason::Empty => write!(f, "no text"),
             SkipReason::Unsupported => {
-                write!(f, "unsupported file type (use .md, .markdown, .txt, .html, .htm or .jsonl)")
+                write!(
+                    f,
+                    "unsupported file type (use .md, .markdown, .txt, .html, .htm or .jsonl)"
+                )
             }
         }
     }
@@ -162,7 +165,8 @@ mod tests {
         assert_eq!(blocks[1].line_start, 5);
         assert_ne!(blocks[0].group, blocks[1].group);
         let meta: serde_json::Value =
-            serde_json::from_str(blocks[0].metadata.as_deref().unwrap_or("null")).unwrap_or_default();
+            serde_json::from_str(blocks[0].metadata.as_deref().unwrap_or("null"))
+                .unwrap_or_default();
         assert_eq!(meta["id"], "r1");
         assert_eq!(meta["metadata"]["lang"], "en");
         assert_eq!(warnings.len(), 2);

@@ -93,7 +93,11 @@ pub fn markdown_segments(text: &str) -> Vec<Segment> {
     let mut i = 0;
     // YAML front matter.
     if lines.first().is_some_and(|l| l.trim() == "---") {
-        if let Some(end) = lines.iter().skip(1).position(|l| l.trim() == "---" || l.trim() == "...") {
+        if let Some(end) = lines
+            .iter()
+            .skip(1)
+            .position(|l| l.trim() == "---" || l.trim() == "...")
+        {
             i = end + 2;
         }
     }
@@ -191,17 +195,32 @@ mod tests {
         let blocks = blocks_from_segments(markdown_segments(md));
         let summary: Vec<(String, String, usize, usize)> = blocks
             .iter()
-            .map(|b| (b.heading.join(">"), b.text.clone(), b.line_start, b.line_end))
+            .map(|b| {
+                (
+                    b.heading.join(">"),
+                    b.text.clone(),
+                    b.line_start,
+                    b.line_end,
+                )
+            })
             .collect();
         assert_eq!(summary[0], ("Refunds".into(), "Intro line.".into(), 6, 6));
         assert_eq!(
             summary[1],
-            ("Refunds>Cards".into(), "Takes 5-7 days.\nSecond line.".into(), 9, 10)
+            (
+                "Refunds>Cards".into(),
+                "Takes 5-7 days.\nSecond line.".into(),
+                9,
+                10
+            )
         );
         assert_eq!(summary[2].0, "Refunds>Cards");
         assert!(summary[2].1.contains("# not a heading"));
         assert_eq!((summary[2].2, summary[2].3), (12, 16));
-        assert_eq!(summary[3], ("Refunds>UPI".into(), "Instant.".into(), 18, 18));
+        assert_eq!(
+            summary[3],
+            ("Refunds>UPI".into(), "Instant.".into(), 18, 18)
+        );
         assert_eq!(summary[4], ("Other".into(), "text".into(), 20, 20));
         assert_ne!(blocks[0].group, blocks[1].group);
     }

@@ -254,7 +254,11 @@ impl KnowledgeBase {
                         idx.remove(id);
                     }
                 }
-                let missing: Vec<u64> = ids.iter().copied().filter(|&id| !idx.contains(id)).collect();
+                let missing: Vec<u64> = ids
+                    .iter()
+                    .copied()
+                    .filter(|&id| !idx.contains(id))
+                    .collect();
                 let vectors = self.store().vectors_for(&missing)?;
                 let mut ok = true;
                 for (id, v) in vectors {

@@ -71,7 +71,12 @@ pub struct SearchHit {
 
 impl KnowledgeBase {
     /// Searches for `query`, embedding it when the mode needs a vector.
-    pub fn search(&self, query: &str, k: usize, mode: SearchMode) -> Result<Vec<SearchHit>, KbError> {
+    pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<SearchHit>, KbError> {
         let vector = match mode {
             SearchMode::Keyword => Vec::new(),
             _ => self.embedder.embed_one(query)?,

@@ -262,9 +262,7 @@ impl Store {
             .conn
             .prepare_cached("SELECT vector FROM chunks WHERE id = ?1")?;
         for &id in ids {
-            let blob: Option<Vec<u8>> = stmt
-                .query_row([id as i64], |r| r.get(0))
-                .optional()?;
+            let blob: Option<Vec<u8>> = stmt.query_row([id as i64], |r| r.get(0)).optional()?;
             if let Some(b) = blob {
                 let v = blob_to_vector(&b).ok_or(KbError::CorruptVector { chunk_id: id })?;
                 out.push((id, v));
@@ -274,10 +272,7 @@ impl Store {
     }
 
     /// Every chunk id and vector, with the generation, from one snapshot.
-    pub(crate) fn all_vectors(
-        &mut self,
-        dim: usize,
-    ) -> Result<(u64, Vec<u64>, Vec<f32>), KbError> {
+    pub(crate) fn all_vectors(&mut self, dim: usize) -> Result<(u64, Vec<u64>, Vec<f32>), KbError> {
         let tx = self.conn.transaction()?;
         let generation: u64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
