@@ -8,6 +8,7 @@ use tokenizers::Tokenizer;
 
 use super::batching::plan_batches;
 use super::bert::{mean_pool_normalize, BertConfig, BertEncoder};
+use super::cpu::CpuEncoder;
 use super::{EmbedError, Embedder};
 
 /// Output dimension of all-MiniLM-L6-v2.
@@ -122,7 +123,7 @@ pub struct EmbeddedText {
 /// embedding, exactly as sentence-transformers gives them.
 pub struct MiniLmEmbedder {
     tokenizer: Tokenizer,
-    encoder: BertEncoder,
+    encoder: Backend,
     opts: EmbedderOptions,
     pool: Option<rayon::ThreadPool>,
     model_dir: PathBuf,
@@ -134,6 +135,21 @@ impl std::fmt::Debug for MiniLmEmbedder {
             .field("model_dir", &self.model_dir)
             .field("opts", &self.opts)
             .finish()
+    }
+}
+
+/// The forward pass in use: hand-tuned kernels on CPU, candle tensors on GPUs.
+enum Backend {
+    Cpu(CpuEncoder),
+    Candle(BertEncoder),
+}
+
+impl Backend {
+    fn hidden_size(&self) -> usize {
+        match self {
+            Backend::Cpu(e) => e.hidden_size(),
+            Backend::Candle(e) => e.hidden_size(),
+        }
     }
 }
 
@@ -180,22 +196,23 @@ impl MiniLmEmbedder {
         tokenizer.with_padding(None);
 
         let device = opts.device.open()?;
-        // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
-        // `memex model fetch` replaces model files by atomic rename, not in place.
-        let vb =
-            unsafe { VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device) }
-                .map_err(|e| {
-                bad(
-                    &weights_path,
-                    format!("not a readable safetensors file: {e}"),
-                )
-            })?;
-        let encoder = BertEncoder::load(vb, &config).map_err(|e| {
-            bad(
-                &weights_path,
-                format!("weights do not match config.json: {e}"),
-            )
-        })?;
+        let unreadable =
+            |e: candle_core::Error| bad(&weights_path, format!("not a readable safetensors file: {e}"));
+        let mismatch = |e: String| bad(&weights_path, format!("weights do not match config.json: {e}"));
+        let encoder = if device.is_cpu() {
+            // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
+            // `memex model fetch` replaces model files by atomic rename, not in place.
+            let st = unsafe { candle_core::safetensors::MmapedSafetensors::new(&weights_path) }
+                .map_err(unreadable)?;
+            Backend::Cpu(CpuEncoder::load(&st, &config).map_err(mismatch)?)
+        } else {
+            // SAFETY: as above.
+            let vb = unsafe {
+                VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device)
+            }
+            .map_err(unreadable)?;
+            Backend::Candle(BertEncoder::load(vb, &config).map_err(|e| mismatch(e.to_string()))?)
+        };
 
         let pool = match opts.threads {
             Some(n) if n > 0 => Some(
@@ -261,21 +278,14 @@ impl MiniLmEmbedder {
         let lengths: Vec<usize> = tokens.iter().map(|(ids, _)| ids.len()).collect();
         let mut out: Vec<Option<Vec<f32>>> = vec![None; texts.len()];
         for batch in plan_batches(&lengths, self.opts.max_batch, self.opts.max_batch_tokens) {
-            let seq = batch.padded_len;
-            let mut ids = Vec::with_capacity(batch.members.len() * seq);
-            let mut lens = Vec::with_capacity(batch.members.len());
-            for &m in &batch.members {
-                let row = &tokens[m].0;
-                ids.extend_from_slice(row);
-                ids.extend(std::iter::repeat_n(PAD_ID, seq - row.len()));
-                lens.push(row.len());
-            }
-            let hidden = self
-                .encoder
-                .forward(&ids, &lens, seq)
-                .map_err(|e| EmbedError::Inference(e.to_string()))?;
-            let vectors = mean_pool_normalize(&hidden, &lens)
-                .map_err(|e| EmbedError::Inference(e.to_string()))?;
+            let vectors = match &self.encoder {
+                Backend::Cpu(enc) => {
+                    let seqs: Vec<&[u32]> =
+                        batch.members.iter().map(|&m| tokens[m].0.as_slice()).collect();
+                    enc.embed(&seqs).map_err(EmbedError::Inference)?
+                }
+                Backend::Candle(enc) => candle_batch(enc, &tokens, &batch)?,
+            };
             for (&m, v) in batch.members.iter().zip(vectors) {
                 if v.iter().any(|x| !x.is_finite()) {
                     return Err(EmbedError::Inference(format!(
@@ -296,6 +306,27 @@ impl MiniLmEmbedder {
             })
             .collect()
     }
+}
+
+/// One right-padded batch through the candle encoder (the GPU path).
+fn candle_batch(
+    encoder: &BertEncoder,
+    tokens: &[(Vec<u32>, usize)],
+    batch: &super::Batch,
+) -> Result<Vec<Vec<f32>>, EmbedError> {
+    let seq = batch.padded_len;
+    let mut ids = Vec::with_capacity(batch.members.len() * seq);
+    let mut lens = Vec::with_capacity(batch.members.len());
+    for &m in &batch.members {
+        let row = &tokens[m].0;
+        ids.extend_from_slice(row);
+        ids.extend(std::iter::repeat_n(PAD_ID, seq - row.len()));
+        lens.push(row.len());
+    }
+    let hidden = encoder
+        .forward(&ids, &lens, seq)
+        .map_err(|e| EmbedError::Inference(e.to_string()))?;
+    mean_pool_normalize(&hidden, &lens).map_err(|e| EmbedError::Inference(e.to_string()))
 }
 
 impl Embedder for MiniLmEmbedder {

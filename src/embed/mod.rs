@@ -5,6 +5,7 @@
 
 mod batching;
 mod bert;
+mod cpu;
 mod error;
 pub mod fetch;
 mod minilm;
