@@ -18,7 +18,10 @@ fn mean_recall(hnsw: &HnswIndex, flat: &FlatIndex, q: &memex::index::dataset::Ve
         let truth = flat.search(q.get(i), K).unwrap();
         let found = hnsw.search(q.get(i), K).unwrap();
         assert_eq!(found.len(), K);
-        assert!(found.windows(2).all(|w| w[0].1 >= w[1].1), "sorted best first");
+        assert!(
+            found.windows(2).all(|w| w[0].1 >= w[1].1),
+            "sorted best first"
+        );
         total += recall(&truth, &found);
     }
     total / q.len() as f64
@@ -29,8 +32,13 @@ fn hnsw_recall_at_10_on_real_vectors_and_its_lifecycle() {
     let set = support::real_vectors(N);
     assert_eq!(set.len(), N);
     let ids: Vec<u64> = (0..N as u64).map(|i| i * 3 + 1).collect();
-    let hnsw = HnswIndex::build(set.dim, HnswParams::default(), ids.clone(), set.data.clone())
-        .unwrap();
+    let hnsw = HnswIndex::build(
+        set.dim,
+        HnswParams::default(),
+        ids.clone(),
+        set.data.clone(),
+    )
+    .unwrap();
     let mut flat = FlatIndex::new(set.dim);
     for (i, &id) in ids.iter().enumerate() {
         flat.add(id, set.get(i)).unwrap();

@@ -62,11 +62,18 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
         if results.iter().any(|h| &file_name(&h.source) == expected) {
             hits += 1;
         } else {
-            misses.push((q.clone(), expected.clone(), results.first().map(|h| file_name(&h.source))));
+            misses.push((
+                q.clone(),
+                expected.clone(),
+                results.first().map(|h| file_name(&h.source)),
+            ));
         }
     }
     let hit3 = hits as f64 / queries.len() as f64;
-    println!("hybrid hit@3 over {} labelled queries: {hit3:.3} ({hits} hits)", queries.len());
+    println!(
+        "hybrid hit@3 over {} labelled queries: {hit3:.3} ({hits} hits)",
+        queries.len()
+    );
     for m in &misses {
         println!("  miss: {m:?}");
     }
@@ -76,11 +83,17 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
     for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
         let r = kb.search("what does GATEWAY_ERROR mean", 5, mode).unwrap();
         assert!(r.iter().any(|h| h.text.contains("GATEWAY_ERROR")), "{mode}");
-        assert!(r.iter().all(|h| h.line_start >= 1 && h.line_end >= h.line_start));
+        assert!(r
+            .iter()
+            .all(|h| h.line_start >= 1 && h.line_end >= h.line_start));
     }
-    let v = kb.search("refund timelines for cards", 5, SearchMode::Vector).unwrap();
+    let v = kb
+        .search("refund timelines for cards", 5, SearchMode::Vector)
+        .unwrap();
     assert_eq!(v.len(), 5);
-    assert!(v.iter().all(|h| h.vector_rank.is_some() && h.keyword_rank.is_none()));
+    assert!(v
+        .iter()
+        .all(|h| h.vector_rank.is_some() && h.keyword_rank.is_none()));
 
     // Second ingest: nothing to embed.
     let calls_before = embedder.calls();
@@ -89,7 +102,10 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
         .ingest(&[support::kb_dir()], &IngestOptions::default())
         .unwrap();
     assert_eq!(again.files_unchanged, report.files_new);
-    assert_eq!((again.files_new, again.files_changed, again.chunks_added), (0, 0, 0));
+    assert_eq!(
+        (again.files_new, again.files_changed, again.chunks_added),
+        (0, 0, 0)
+    );
     assert_eq!(embedder.calls(), calls_before);
     assert_eq!(embedder.texts(), texts_before);
     drop(kb);
@@ -99,7 +115,8 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
     let good = std::fs::read(&index_path).unwrap();
     let baseline = {
         let kb = KnowledgeBase::open(data.path(), embedder.clone()).unwrap();
-        kb.search("GST invoice for fees", 5, SearchMode::Vector).unwrap()
+        kb.search("GST invoice for fees", 5, SearchMode::Vector)
+            .unwrap()
     };
     let damaged: Vec<Vec<u8>> = vec![
         good[..good.len() / 2].to_vec(),
@@ -115,7 +132,9 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
     for bytes in damaged {
         std::fs::write(&index_path, &bytes).unwrap();
         let kb = KnowledgeBase::open(data.path(), embedder.clone()).unwrap();
-        let r = kb.search("GST invoice for fees", 5, SearchMode::Vector).unwrap();
+        let r = kb
+            .search("GST invoice for fees", 5, SearchMode::Vector)
+            .unwrap();
         let ids: Vec<u64> = r.iter().map(|h| h.chunk_id).collect();
         let base: Vec<u64> = baseline.iter().map(|h| h.chunk_id).collect();
         assert_eq!(ids, base);
@@ -124,14 +143,39 @@ fn data_kb_hit_at_3_idempotent_reingest_and_corrupt_index_recovery() {
     }
     std::fs::remove_file(&index_path).unwrap();
     let kb = KnowledgeBase::open(data.path(), embedder.clone()).unwrap();
-    assert_eq!(kb.search("GST invoice for fees", 5, SearchMode::Vector).unwrap().len(), 5);
+    assert_eq!(
+        kb.search("GST invoice for fees", 5, SearchMode::Vector)
+            .unwrap()
+            .len(),
+        5
+    );
     assert!(index_path.exists());
 
     // Hostile keyword queries never error.
     for q in [
-        "\"", "\"\"", "*", "NEAR", "NEAR(a b)", "-", "--x", "(", ")", "a OR", "AND", "NOT x",
-        "col:term", "^start", "a\"b*c", "'; DROP TABLE chunks; --", "{x}", "[y]", "™✓€", "",
-        "   ", "pay_ABC123*", "\u{0}",
+        "\"",
+        "\"\"",
+        "*",
+        "NEAR",
+        "NEAR(a b)",
+        "-",
+        "--x",
+        "(",
+        ")",
+        "a OR",
+        "AND",
+        "NOT x",
+        "col:term",
+        "^start",
+        "a\"b*c",
+        "'; DROP TABLE chunks; --",
+        "{x}",
+        "[y]",
+        "™✓€",
+        "",
+        "   ",
+        "pay_ABC123*",
+        "\u{0}",
     ] {
         for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
             kb.search(q, 5, mode)
@@ -155,8 +199,16 @@ fn change_prune_skips_and_formats() {
     let data = tempfile::tempdir().unwrap();
     let docs = tempfile::tempdir().unwrap();
     let d = docs.path();
-    write(d, "a.md", b"# Alpha\n\nSettlement happens on T+2 business days.\n");
-    write(d, "b.txt", b"Refunds to UPI accounts arrive within 24 hours.\n\nSecond paragraph.\n");
+    write(
+        d,
+        "a.md",
+        b"# Alpha\n\nSettlement happens on T+2 business days.\n",
+    );
+    write(
+        d,
+        "b.txt",
+        b"Refunds to UPI accounts arrive within 24 hours.\n\nSecond paragraph.\n",
+    );
     write(
         d,
         "sub/c.html",
@@ -175,28 +227,45 @@ fn change_prune_skips_and_formats() {
 
     let embedder = support::Counting::new();
     let kb = KnowledgeBase::open(data.path(), embedder.clone()).unwrap();
-    let r = kb.ingest(&[d.to_path_buf()], &IngestOptions::default()).unwrap();
+    let r = kb
+        .ingest(&[d.to_path_buf()], &IngestOptions::default())
+        .unwrap();
     assert_eq!(r.files_seen, 7, "{r:?}");
     assert_eq!(r.files_new, 4);
     assert_eq!(r.files_skipped, 3);
     assert_eq!(r.chunks_added, 1 + 1 + 1 + 2);
 
     // Visible HTML text only, heading path kept; JSONL metadata kept.
-    let html = kb.search("chargeback respond", 3, SearchMode::Keyword).unwrap();
+    let html = kb
+        .search("chargeback respond", 3, SearchMode::Keyword)
+        .unwrap();
     assert_eq!(html[0].heading, "Chargebacks");
     assert_eq!(html[0].text, "Respond within 7 days.");
-    let faq = kb.search("webhook backoff", 1, SearchMode::Keyword).unwrap();
+    let faq = kb
+        .search("webhook backoff", 1, SearchMode::Keyword)
+        .unwrap();
     assert!(faq[0].metadata.as_deref().unwrap_or("").contains("faq-1"));
-    assert!(kb.search("alert", 5, SearchMode::Keyword).unwrap().is_empty());
+    assert!(kb
+        .search("alert", 5, SearchMode::Keyword)
+        .unwrap()
+        .is_empty());
 
     // Change one file: only its chunks are embedded again and replaced.
     let before = embedder.texts();
-    write(d, "a.md", b"# Alpha\n\nSettlement happens on T+1 for premium merchants.\n");
-    let r = kb.ingest(&[d.to_path_buf()], &IngestOptions::default()).unwrap();
+    write(
+        d,
+        "a.md",
+        b"# Alpha\n\nSettlement happens on T+1 for premium merchants.\n",
+    );
+    let r = kb
+        .ingest(&[d.to_path_buf()], &IngestOptions::default())
+        .unwrap();
     assert_eq!((r.files_changed, r.files_unchanged, r.files_new), (1, 3, 0));
     assert_eq!((r.chunks_added, r.chunks_removed), (1, 1));
     assert_eq!(embedder.texts() - before, 1);
-    let hits = kb.search("settlement premium", 3, SearchMode::Keyword).unwrap();
+    let hits = kb
+        .search("settlement premium", 3, SearchMode::Keyword)
+        .unwrap();
     assert!(hits[0].text.contains("T+1"));
     assert!(kb
         .search("T+2 business days", 5, SearchMode::Keyword)
@@ -206,15 +275,25 @@ fn change_prune_skips_and_formats() {
 
     // Delete a file: without --prune it stays, with --prune it goes (from search too).
     std::fs::remove_file(d.join("b.txt")).unwrap();
-    let r = kb.ingest(&[d.to_path_buf()], &IngestOptions::default()).unwrap();
+    let r = kb
+        .ingest(&[d.to_path_buf()], &IngestOptions::default())
+        .unwrap();
     assert_eq!(r.files_pruned, 0);
-    assert!(!kb.search("UPI refunds", 5, SearchMode::Keyword).unwrap().is_empty());
+    assert!(!kb
+        .search("UPI refunds", 5, SearchMode::Keyword)
+        .unwrap()
+        .is_empty());
     let r = kb
         .ingest(&[d.to_path_buf()], &IngestOptions { prune: true })
         .unwrap();
     assert_eq!((r.files_pruned, r.chunks_removed), (1, 1));
-    assert!(kb.search("UPI refunds", 5, SearchMode::Keyword).unwrap().is_empty());
-    let v = kb.search("refunds to UPI accounts", 10, SearchMode::Vector).unwrap();
+    assert!(kb
+        .search("UPI refunds", 5, SearchMode::Keyword)
+        .unwrap()
+        .is_empty());
+    let v = kb
+        .search("refunds to UPI accounts", 10, SearchMode::Vector)
+        .unwrap();
     assert!(v.iter().all(|h| !h.source.ends_with("b.txt")));
     let stats = kb.stats().unwrap();
     assert_eq!((stats.documents, stats.chunks), (3, 4));

@@ -108,7 +108,8 @@ pub fn real_vectors(n: usize) -> VectorSet {
 /// Runs `sql` returning one integer on the store in `dir`.
 pub fn count(dir: &Path, sql: &str) -> i64 {
     let conn = rusqlite::Connection::open(dir.join(memex::kb::DB_FILE)).expect("open kb.db");
-    conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
     conn.query_row(sql, [], |r| r.get(0)).expect("query")
 }
 
@@ -116,7 +117,8 @@ pub fn count(dir: &Path, sql: &str) -> i64 {
 /// chunks, SQLite's own checks pass.
 pub fn assert_consistent(dir: &Path) {
     let conn = rusqlite::Connection::open(dir.join(memex::kb::DB_FILE)).expect("open kb.db");
-    conn.busy_timeout(std::time::Duration::from_secs(30)).unwrap();
+    conn.busy_timeout(std::time::Duration::from_secs(30))
+        .unwrap();
     let ok: String = conn
         .query_row("PRAGMA integrity_check", [], |r| r.get(0))
         .unwrap();
