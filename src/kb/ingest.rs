@@ -269,6 +269,39 @@ impl KnowledgeBase {
         Ok(report)
     }
 
+    /// Stores a document whose chunks were embedded elsewhere (an import of precomputed
+    /// vectors, or seeding a benchmark), replacing any document under the same `source` key.
+    /// The index catches up on the next search. Returns the number of chunks written.
+    pub fn insert_embedded(
+        &self,
+        source: &str,
+        chunks: &[Chunk],
+        vectors: &[Vec<f32>],
+    ) -> Result<usize, KbError> {
+        let dim = self.embedder.dim();
+        if chunks.len() != vectors.len() {
+            return Err(KbError::EmbedCount {
+                expected: chunks.len(),
+                got: vectors.len(),
+            });
+        }
+        if let Some(bad) = vectors.iter().find(|v| v.len() != dim) {
+            return Err(KbError::Index(crate::index::IndexError::Dimension {
+                expected: dim,
+                got: bad.len(),
+            }));
+        }
+        let mut hasher = Sha256::new();
+        for c in chunks {
+            hasher.update(c.text.as_bytes());
+        }
+        let hash = format!("{:x}", hasher.finalize());
+        let outcome = self
+            .store()
+            .replace_document(source, &hash, 0, 0, chunks, vectors)?;
+        Ok(outcome.added)
+    }
+
     fn store_mut_delete(&self, key: &str) -> Result<usize, KbError> {
         self.store().delete_document(key)
     }

@@ -1,0 +1,105 @@
+#!/usr/bin/env python3
+"""Peer HNSW benchmark: hnswlib and faiss HNSWFlat on the same vectors and queries as
+`memex bench retrieval`, with the same M / ef_construction / ef sweep, single thread.
+
+Usage:
+  memex bench retrieval --sizes 10000,100000 --vectors V.bin --queries-out Q.bin ...
+  python benches/peers/hnsw_peer.py --vectors V.bin --queries Q.bin --sizes 10000,100000
+
+Reads memex's vector files: b"MEMEXVEC", dim u64, count u64, count*dim f32 LE, checksum u64.
+"""
+import argparse
+import os
+import struct
+import time
+
+import numpy as np
+
+
+def load(path):
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:8] != b"MEMEXVEC":
+        raise SystemExit(f"{path}: not a memex vector file")
+    dim, n = struct.unpack("<QQ", raw[8:24])
+    data = np.frombuffer(raw[24 : 24 + n * dim * 4], dtype="<f4").reshape(n, dim)
+    return np.ascontiguousarray(data, dtype=np.float32)
+
+
+def exact(base, queries, k):
+    scores = queries @ base.T
+    idx = np.argpartition(-scores, k, axis=1)[:, :k]
+    return [set(row) for row in idx]
+
+
+def measure(search_one, queries, truth, k):
+    lat = []
+    rec = 0.0
+    t_all = time.perf_counter()
+    for i, q in enumerate(queries):
+        t = time.perf_counter()
+        labels = search_one(q)
+        lat.append((time.perf_counter() - t) * 1e6)
+        rec += len(truth[i].intersection(int(x) for x in labels)) / k
+    total = time.perf_counter() - t_all
+    lat.sort()
+    p = lambda x: lat[min(len(lat) - 1, round((len(lat) - 1) * x))]
+    return rec / len(queries), p(0.5), p(0.99), len(queries) / total
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vectors", required=True)
+    ap.add_argument("--queries", required=True)
+    ap.add_argument("--sizes", default="10000")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--m", type=int, default=16)
+    ap.add_argument("--ef-construction", type=int, default=200)
+    ap.add_argument("--ef", default="16,32,64,128")
+    ap.add_argument("--peers", default="hnswlib,faiss")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    allv = load(args.vectors)
+    queries = load(args.queries)
+    k = args.k
+    efs = [int(x) for x in args.ef.split(",")]
+    peers = args.peers.split(",")
+    print(f"| peer | vectors | build s (1 thr) | ef | recall@{k} | p50 µs | p99 µs | queries/s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        base = allv[:size]
+        truth = exact(base, queries, k)
+        if "hnswlib" in peers:
+            import hnswlib
+
+            idx = hnswlib.Index(space="ip", dim=base.shape[1])
+            idx.init_index(max_elements=size, M=args.m, ef_construction=args.ef_construction)
+            idx.set_num_threads(1)
+            t = time.perf_counter()
+            idx.add_items(base, np.arange(size), num_threads=1)
+            build = time.perf_counter() - t
+            for ef in efs:
+                idx.set_ef(max(ef, k))
+                r, p50, p99, qps = measure(
+                    lambda q: idx.knn_query(q, k=k, num_threads=1)[0][0], queries, truth, k
+                )
+                print(f"| hnswlib | {size} | {build:.2f} | {ef} | {r:.4f} | {p50:.0f} | {p99:.0f} | {qps:.0f} |")
+        if "faiss" in peers:
+            import faiss
+
+            faiss.omp_set_num_threads(1)
+            idx = faiss.IndexHNSWFlat(base.shape[1], args.m, faiss.METRIC_INNER_PRODUCT)
+            idx.hnsw.efConstruction = args.ef_construction
+            t = time.perf_counter()
+            idx.add(base)
+            build = time.perf_counter() - t
+            for ef in efs:
+                idx.hnsw.efSearch = max(ef, k)
+                r, p50, p99, qps = measure(
+                    lambda q: idx.search(q.reshape(1, -1), k)[1][0], queries, truth, k
+                )
+                print(f"| faiss HNSWFlat | {size} | {build:.2f} | {ef} | {r:.4f} | {p50:.0f} | {p99:.0f} | {qps:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
