@@ -234,7 +234,11 @@ fn e2e(g: &GlobalArgs, a: &RetrievalArgs, all: &VectorSet) -> anyhow::Result<()>
     use std::sync::Arc;
     let n = a.e2e_chunks.min(all.len());
     let texts = dataset::corpus_texts(&a.texts_root);
-    anyhow::ensure!(!texts.is_empty(), "no corpus texts under {}", a.texts_root.display());
+    anyhow::ensure!(
+        !texts.is_empty(),
+        "no corpus texts under {}",
+        a.texts_root.display()
+    );
     let dir = scratch_dir(g, "e2e")?;
     let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
     let kb = KnowledgeBase::open(&dir, embedder.clone())?;
@@ -333,7 +337,10 @@ fn ingest_bench(g: &GlobalArgs, a: &RetrievalArgs) -> anyhow::Result<()> {
     println!();
     println!("| ingestion of data/kb | value |");
     println!("|---|---:|");
-    println!("| files / chunks | {} / {} |", report.files_new, report.chunks_added);
+    println!(
+        "| files / chunks | {} / {} |",
+        report.files_new, report.chunks_added
+    );
     println!("| ingest seconds | {:.2} |", report.seconds);
     println!("| ingest chunks/s | {ingest_rate:.1} |");
     println!("| raw embedding chunks/s (same texts, same batches) | {raw_rate:.1} |");
@@ -348,17 +355,20 @@ fn ingest_bench(g: &GlobalArgs, a: &RetrievalArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&sub)?;
         std::fs::write(
             sub.join(format!("f{i:05}.md")),
-            format!("# File {i}\n\nShort note {i} about settlement batch {} and refund ref_{i:06}.\n", i % 97),
+            format!(
+                "# File {i}\n\nShort note {i} about settlement batch {} and refund ref_{i:06}.\n",
+                i % 97
+            ),
         )?;
     }
     let dir2 = scratch_dir(g, "tree-kb")?;
     let kb = KnowledgeBase::open(&dir2, embedder.clone())?;
-    let first = kb.ingest(&[tree.clone()], &IngestOptions::default())?;
+    let first = kb.ingest(std::slice::from_ref(&tree), &IngestOptions::default())?;
     drop(kb);
     // A fresh process-like open, as `memex ingest` would do.
     let t = Instant::now();
     let kb = KnowledgeBase::open(&dir2, embedder)?;
-    let second = kb.ingest(&[tree.clone()], &IngestOptions::default())?;
+    let second = kb.ingest(std::slice::from_ref(&tree), &IngestOptions::default())?;
     let reingest = t.elapsed().as_secs_f64();
     println!(
         "| first ingest of {} small files | {:.2} s ({} chunks) |",

@@ -78,7 +78,10 @@ fn read(st: &MmapedSafetensors, name: &str, shape: &[usize]) -> LoadResult<Vec<f
     let bytes = view.data();
     let expected = shape.iter().product::<usize>() * 4;
     if bytes.len() != expected {
-        return Err(format!("tensor {name} holds {} bytes, expected {expected}", bytes.len()));
+        return Err(format!(
+            "tensor {name} holds {} bytes, expected {expected}",
+            bytes.len()
+        ));
     }
     Ok(bytes
         .chunks_exact(4)
@@ -148,7 +151,12 @@ impl CpuEncoder {
                 },
                 attn_out: dense(st, &format!("{p}.attention.output.dense"), h, h)?,
                 attn_norm: norm(st, &format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: dense(st, &format!("{p}.intermediate.dense"), h, cfg.intermediate_size)?,
+                ffn_in: dense(
+                    st,
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    cfg.intermediate_size,
+                )?,
                 ffn_out: dense(st, &format!("{p}.output.dense"), cfg.intermediate_size, h)?,
                 ffn_norm: norm(st, &format!("{p}.output.LayerNorm"), h)?,
             });
@@ -159,7 +167,11 @@ impl CpuEncoder {
             &[cfg.type_vocab_size, h],
         )?;
         Ok(Self {
-            word: read(st, "embeddings.word_embeddings.weight", &[cfg.vocab_size, h])?,
+            word: read(
+                st,
+                "embeddings.word_embeddings.weight",
+                &[cfg.vocab_size, h],
+            )?,
             position: read(
                 st,
                 "embeddings.position_embeddings.weight",
@@ -204,14 +216,16 @@ impl CpuEncoder {
         for s in seqs {
             rows.extend(s.iter().enumerate().map(|(p, &id)| (id, p)));
         }
-        x.par_chunks_mut(h).zip(rows.par_iter()).for_each(|(row, &(id, pos))| {
-            let w = &self.word[id as usize * h..][..h];
-            let p = &self.position[pos * h..][..h];
-            for i in 0..h {
-                row[i] = w[i] + p[i] + self.type0[i];
-            }
-            layer_norm_row(row, &self.emb_norm, self.eps);
-        });
+        x.par_chunks_mut(h)
+            .zip(rows.par_iter())
+            .for_each(|(row, &(id, pos))| {
+                let w = &self.word[id as usize * h..][..h];
+                let p = &self.position[pos * h..][..h];
+                for i in 0..h {
+                    row[i] = w[i] + p[i] + self.type0[i];
+                }
+                layer_norm_row(row, &self.emb_norm, self.eps);
+            });
 
         let inter = self.layers.first().map_or(0, |l| l.ffn_in.n_out);
         let mut qkv = vec![0f32; total * 3 * h];
@@ -224,7 +238,8 @@ impl CpuEncoder {
             linear(&ctx, total, &layer.attn_out, &mut tmp);
             add_norm(&mut x, &tmp, &layer.attn_norm, h, self.eps);
             linear(&x, total, &layer.ffn_in, &mut ffn);
-            ffn.par_chunks_mut(4096).for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
+            ffn.par_chunks_mut(4096)
+                .for_each(|c| c.iter_mut().for_each(|v| *v = gelu(*v)));
             linear(&ffn, total, &layer.ffn_out, &mut tmp);
             add_norm(&mut x, &tmp, &layer.ffn_norm, h, self.eps);
         }
@@ -240,7 +255,12 @@ impl CpuEncoder {
                     }
                 }
                 let n = s.len() as f64;
-                let norm = mean.iter().map(|m| (m / n) * (m / n)).sum::<f64>().sqrt().max(1e-12);
+                let norm = mean
+                    .iter()
+                    .map(|m| (m / n) * (m / n))
+                    .sum::<f64>()
+                    .sqrt()
+                    .max(1e-12);
                 mean.iter().map(|m| (m / n / norm) as f32).collect()
             })
             .collect())
@@ -256,68 +276,69 @@ impl CpuEncoder {
         let jobs: Vec<(usize, usize)> = (0..seqs.len())
             .flat_map(|s| (0..heads).map(move |hd| (s, hd)))
             .collect();
-        jobs.par_iter().for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, hd)| {
-            let len = seqs[s].len();
-            let base = offsets[s] * stride;
-            scores.clear();
-            scores.resize(len * len, 0.0);
-            let q = &qkv[base + hd * d..];
-            let k = &qkv[base + h + hd * d..];
-            let v = &qkv[base + 2 * h + hd * d..];
-            // SAFETY: all pointers stay inside `qkv`/`scores`/`ctx` for the given sizes and strides;
-            // each job writes only rows offsets[s]..offsets[s]+len, columns hd*d..(hd+1)*d of ctx,
-            // which no other job touches.
-            unsafe {
-                gemm::gemm(
-                    len,
-                    len,
-                    d,
-                    scores.as_mut_ptr(),
-                    1,
-                    len as isize,
-                    false,
-                    q.as_ptr(),
-                    1,
-                    stride as isize,
-                    k.as_ptr(),
-                    stride as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            for row in scores.chunks_exact_mut(len) {
-                softmax_in_place(row);
-            }
-            let dst = out;
-            unsafe {
-                gemm::gemm(
-                    len,
-                    d,
-                    len,
-                    dst.0.add(offsets[s] * h + hd * d),
-                    1,
-                    h as isize,
-                    false,
-                    scores.as_ptr(),
-                    1,
-                    len as isize,
-                    v.as_ptr(),
-                    1,
-                    stride as isize,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-        });
+        jobs.par_iter()
+            .for_each_init(Vec::new, |scores: &mut Vec<f32>, &(s, hd)| {
+                let len = seqs[s].len();
+                let base = offsets[s] * stride;
+                scores.clear();
+                scores.resize(len * len, 0.0);
+                let q = &qkv[base + hd * d..];
+                let k = &qkv[base + h + hd * d..];
+                let v = &qkv[base + 2 * h + hd * d..];
+                // SAFETY: all pointers stay inside `qkv`/`scores`/`ctx` for the given sizes and strides;
+                // each job writes only rows offsets[s]..offsets[s]+len, columns hd*d..(hd+1)*d of ctx,
+                // which no other job touches.
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        len,
+                        d,
+                        scores.as_mut_ptr(),
+                        1,
+                        len as isize,
+                        false,
+                        q.as_ptr(),
+                        1,
+                        stride as isize,
+                        k.as_ptr(),
+                        stride as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+                for row in scores.chunks_exact_mut(len) {
+                    softmax_in_place(row);
+                }
+                let dst = out;
+                unsafe {
+                    gemm::gemm(
+                        len,
+                        d,
+                        len,
+                        dst.0.add(offsets[s] * h + hd * d),
+                        1,
+                        h as isize,
+                        false,
+                        scores.as_ptr(),
+                        1,
+                        len as isize,
+                        v.as_ptr(),
+                        1,
+                        stride as isize,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
     }
 }
 

@@ -196,9 +196,18 @@ impl MiniLmEmbedder {
         tokenizer.with_padding(None);
 
         let device = opts.device.open()?;
-        let unreadable =
-            |e: candle_core::Error| bad(&weights_path, format!("not a readable safetensors file: {e}"));
-        let mismatch = |e: String| bad(&weights_path, format!("weights do not match config.json: {e}"));
+        let unreadable = |e: candle_core::Error| {
+            bad(
+                &weights_path,
+                format!("not a readable safetensors file: {e}"),
+            )
+        };
+        let mismatch = |e: String| {
+            bad(
+                &weights_path,
+                format!("weights do not match config.json: {e}"),
+            )
+        };
         let encoder = if device.is_cpu() {
             // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
             // `memex model fetch` replaces model files by atomic rename, not in place.
@@ -280,8 +289,11 @@ impl MiniLmEmbedder {
         for batch in plan_batches(&lengths, self.opts.max_batch, self.opts.max_batch_tokens) {
             let vectors = match &self.encoder {
                 Backend::Cpu(enc) => {
-                    let seqs: Vec<&[u32]> =
-                        batch.members.iter().map(|&m| tokens[m].0.as_slice()).collect();
+                    let seqs: Vec<&[u32]> = batch
+                        .members
+                        .iter()
+                        .map(|&m| tokens[m].0.as_slice())
+                        .collect();
                     enc.embed(&seqs).map_err(EmbedError::Inference)?
                 }
                 Backend::Candle(enc) => candle_batch(enc, &tokens, &batch)?,
