@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 mod embed;
 mod episodes;
 mod kb;
+mod kb_bench;
 mod model;
 
 /// memex: local-first memory and retrieval for AI agents.
@@ -83,6 +84,9 @@ pub enum Command {
     Search(kb::SearchArgs),
     /// Rebuild the vector index from the knowledge base's SQLite store.
     Reindex(kb::ReindexArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(kb::BenchCommand),
     /// Per-merchant episodic memory.
     #[command(subcommand)]
     Episodes(episodes::EpisodesCommand),
@@ -109,6 +113,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Ingest(a) => kb::ingest(g, a),
         Command::Search(a) => kb::search(g, a),
         Command::Reindex(a) => kb::reindex(g, a),
+        Command::Bench(c) => kb::bench(g, c),
         Command::Episodes(c) => episodes::run(g, c),
     }
 }

@@ -1,0 +1,367 @@
+//! The SQLite store: documents, chunks (with little-endian f32 vector BLOBs) and an FTS5 index
+//! over chunk text kept in sync by triggers. The source of truth of the knowledge base.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::chunk::Chunk;
+use super::KbError;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS documents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    path        TEXT NOT NULL UNIQUE,
+    hash        TEXT NOT NULL,
+    size        INTEGER NOT NULL,
+    mtime_ns    INTEGER NOT NULL,
+    chunk_count INTEGER NOT NULL,
+    ingested_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    doc_id     INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+    ord        INTEGER NOT NULL,
+    heading    TEXT NOT NULL,
+    text       TEXT NOT NULL,
+    line_start INTEGER NOT NULL,
+    line_end   INTEGER NOT NULL,
+    metadata   TEXT,
+    vector     BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks(doc_id);
+CREATE VIRTUAL TABLE IF NOT EXISTS chunks_fts USING fts5(
+    text, heading, content='chunks', content_rowid='id',
+    tokenize='porter unicode61 remove_diacritics 2'
+);
+CREATE TRIGGER IF NOT EXISTS chunks_ai AFTER INSERT ON chunks BEGIN
+    INSERT INTO chunks_fts(rowid, text, heading) VALUES (new.id, new.text, new.heading);
+END;
+CREATE TRIGGER IF NOT EXISTS chunks_ad AFTER DELETE ON chunks BEGIN
+    INSERT INTO chunks_fts(chunks_fts, rowid, text, heading)
+        VALUES ('delete', old.id, old.text, old.heading);
+END;
+INSERT OR IGNORE INTO meta(key, value) VALUES ('generation', '0');
+INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', '1');
+";
+
+/// A stored document's identity and content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DocRow {
+    pub(crate) id: i64,
+    pub(crate) hash: String,
+}
+
+/// A stored chunk as returned to searchers.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ChunkRow {
+    pub(crate) source: String,
+    pub(crate) heading: String,
+    pub(crate) text: String,
+    pub(crate) line_start: usize,
+    pub(crate) line_end: usize,
+    pub(crate) metadata: Option<String>,
+}
+
+/// What a document write changed.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct WriteOutcome {
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
+}
+
+/// Encodes a vector as little-endian f32 bytes.
+pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+/// Decodes a little-endian f32 BLOB; `None` when its length is not a multiple of 4.
+pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
+    if b.len() % 4 != 0 {
+        return None;
+    }
+    Some(
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+pub(crate) struct Store {
+    conn: Connection,
+}
+
+impl Store {
+    pub(crate) fn open(path: &Path) -> Result<Store, KbError> {
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(30))?;
+        // journal_mode returns a row; WAL persists in the file.
+        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let mut store = Store { conn };
+        let tx = store
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch(SCHEMA)?;
+        tx.commit()?;
+        Ok(store)
+    }
+
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<String>, KbError> {
+        Ok(self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()?)
+    }
+
+    pub(crate) fn set_meta(&self, key: &str, value: &str) -> Result<(), KbError> {
+        self.conn.execute(
+            "INSERT INTO meta(key, value) VALUES (?1, ?2)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    pub(crate) fn generation(&self) -> Result<u64, KbError> {
+        Ok(self
+            .meta("generation")?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    pub(crate) fn documents(&self) -> Result<HashMap<String, DocRow>, KbError> {
+        let mut stmt = self.conn.prepare("SELECT path, id, hash FROM documents")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                DocRow {
+                    id: r.get(1)?,
+                    hash: r.get(2)?,
+                },
+            ))
+        })?;
+        let mut out = HashMap::new();
+        for row in rows {
+            let (path, doc) = row?;
+            out.insert(path, doc);
+        }
+        Ok(out)
+    }
+
+    /// Replaces (or creates) the document at `path` with `chunks`, in one transaction.
+    pub(crate) fn replace_document(
+        &mut self,
+        path: &str,
+        hash: &str,
+        size: u64,
+        mtime_ns: i64,
+        chunks: &[Chunk],
+        vectors: &[Vec<f32>],
+    ) -> Result<WriteOutcome, KbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut outcome = WriteOutcome::default();
+        let old: Option<i64> = tx
+            .query_row("SELECT id FROM documents WHERE path = ?1", [path], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(doc_id) = old {
+            outcome.removed = tx.execute("DELETE FROM chunks WHERE doc_id = ?1", [doc_id])?;
+            tx.execute("DELETE FROM documents WHERE id = ?1", [doc_id])?;
+        }
+        tx.execute(
+            "INSERT INTO documents(path, hash, size, mtime_ns, chunk_count, ingested_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                path,
+                hash,
+                size as i64,
+                mtime_ns,
+                chunks.len() as i64,
+                chrono::Utc::now().to_rfc3339()
+            ],
+        )?;
+        let doc_id = tx.last_insert_rowid();
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO chunks(doc_id, ord, heading, text, line_start, line_end, metadata, vector)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            for (i, (c, v)) in chunks.iter().zip(vectors).enumerate() {
+                ins.execute(params![
+                    doc_id,
+                    i as i64,
+                    c.heading_text(),
+                    c.text,
+                    c.line_start as i64,
+                    c.line_end as i64,
+                    c.metadata,
+                    vector_to_blob(v)
+                ])?;
+                outcome.added += 1;
+            }
+        }
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(outcome)
+    }
+
+    /// Deletes the document at `path` and its chunks; returns the number of chunks removed.
+    pub(crate) fn delete_document(&mut self, path: &str) -> Result<usize, KbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let removed = tx.execute(
+            "DELETE FROM chunks WHERE doc_id IN (SELECT id FROM documents WHERE path = ?1)",
+            [path],
+        )?;
+        tx.execute("DELETE FROM documents WHERE path = ?1", [path])?;
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(removed)
+    }
+
+    /// The generation and every chunk id, read in one snapshot.
+    pub(crate) fn id_snapshot(&mut self) -> Result<(u64, Vec<u64>), KbError> {
+        let tx = self.conn.transaction()?;
+        let generation: u64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let ids = {
+            let mut stmt = tx.prepare("SELECT id FROM chunks")?;
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            rows.map(|r| r.map(|id| id as u64))
+                .collect::<Result<Vec<u64>, _>>()?
+        };
+        tx.commit()?;
+        Ok((generation, ids))
+    }
+
+    /// Vectors of the given chunk ids (missing ids are left out).
+    pub(crate) fn vectors_for(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, KbError> {
+        let mut out = Vec::with_capacity(ids.len());
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT vector FROM chunks WHERE id = ?1")?;
+        for &id in ids {
+            let blob: Option<Vec<u8>> = stmt.query_row([id as i64], |r| r.get(0)).optional()?;
+            if let Some(b) = blob {
+                let v = blob_to_vector(&b).ok_or(KbError::CorruptVector { chunk_id: id })?;
+                out.push((id, v));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every chunk id and vector, with the generation, from one snapshot.
+    pub(crate) fn all_vectors(&mut self, dim: usize) -> Result<(u64, Vec<u64>, Vec<f32>), KbError> {
+        let tx = self.conn.transaction()?;
+        let generation: u64 = tx
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let mut ids = Vec::new();
+        let mut vectors = Vec::new();
+        {
+            let mut stmt = tx.prepare("SELECT id, vector FROM chunks ORDER BY id")?;
+            let mut rows = stmt.query([])?;
+            while let Some(row) = rows.next()? {
+                let id = row.get::<_, i64>(0)? as u64;
+                let blob = row
+                    .get_ref(1)?
+                    .as_blob()
+                    .map_err(|_| KbError::CorruptVector { chunk_id: id })?;
+                if blob.len() != dim * 4 {
+                    return Err(KbError::CorruptVector { chunk_id: id });
+                }
+                ids.push(id);
+                vectors.extend(
+                    blob.chunks_exact(4)
+                        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                );
+            }
+        }
+        tx.commit()?;
+        Ok((generation, ids, vectors))
+    }
+
+    /// Keyword search: chunk ids best first with their BM25 score (lower is better in FTS5;
+    /// returned negated so higher is better).
+    pub(crate) fn fts_search(&self, expr: &str, limit: usize) -> Result<Vec<(u64, f64)>, KbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts
+             WHERE chunks_fts MATCH ?1 ORDER BY score LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![expr, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, -r.get::<_, f64>(1)?))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Chunk rows for `ids` (missing ids are left out).
+    pub(crate) fn chunks(&self, ids: &[u64]) -> Result<HashMap<u64, ChunkRow>, KbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT d.path, c.heading, c.text, c.line_start, c.line_end, c.metadata
+             FROM chunks c JOIN documents d ON d.id = c.doc_id WHERE c.id = ?1",
+        )?;
+        let mut out = HashMap::new();
+        for &id in ids {
+            let row = stmt
+                .query_row([id as i64], |r| {
+                    Ok(ChunkRow {
+                        source: r.get(0)?,
+                        heading: r.get(1)?,
+                        text: r.get(2)?,
+                        line_start: r.get::<_, i64>(3)?.max(0) as usize,
+                        line_end: r.get::<_, i64>(4)?.max(0) as usize,
+                        metadata: r.get(5)?,
+                    })
+                })
+                .optional()?;
+            if let Some(row) = row {
+                out.insert(id, row);
+            }
+        }
+        Ok(out)
+    }
+
+    /// (documents, chunks) counts.
+    pub(crate) fn counts(&self) -> Result<(u64, u64), KbError> {
+        let docs: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM documents", [], |r| r.get(0))?;
+        let chunks: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))?;
+        Ok((docs as u64, chunks as u64))
+    }
+}
+
+fn bump_generation(tx: &rusqlite::Transaction<'_>) -> Result<(), KbError> {
+    tx.execute(
+        "UPDATE meta SET value = CAST(CAST(value AS INTEGER) + 1 AS TEXT) WHERE key = 'generation'",
+        [],
+    )?;
+    Ok(())
+}
