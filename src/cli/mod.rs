@@ -46,7 +46,6 @@ pub struct GlobalArgs {
 
 impl GlobalArgs {
     /// The data directory in force.
-    #[allow(dead_code)] // used by the knowledge-base and episodes commands as they land
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
@@ -67,6 +66,14 @@ impl GlobalArgs {
             threads: self.threads,
             ..memex::embed::EmbedderOptions::default()
         })
+    }
+
+    /// Loads the embedder the global flags describe.
+    pub fn load_embedder(&self) -> anyhow::Result<memex::embed::MiniLmEmbedder> {
+        Ok(memex::embed::MiniLmEmbedder::load(
+            &self.model_dir(),
+            self.embedder_options()?,
+        )?)
     }
 }
 
