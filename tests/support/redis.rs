@@ -21,6 +21,7 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     persistent: bool,
+    password: Option<String>,
     dir: Option<tempfile::TempDir>,
     external: Option<String>,
 }
@@ -33,6 +34,7 @@ impl RedisServer {
                 child: None,
                 port: 0,
                 persistent: false,
+                password: None,
                 dir: None,
                 external: Some(url.trim().to_owned()),
             },
@@ -50,12 +52,22 @@ impl RedisServer {
         Self::spawn_with(true)
     }
 
+    /// A fresh server of our own that requires `password` (`url()` carries it).
+    pub fn spawn_with_password(password: &str) -> RedisServer {
+        Self::spawn_inner(false, Some(password.to_owned()))
+    }
+
     fn spawn_with(persistent: bool) -> RedisServer {
+        Self::spawn_inner(persistent, None)
+    }
+
+    fn spawn_inner(persistent: bool, password: Option<String>) -> RedisServer {
         let dir = tempfile::tempdir().expect("create a temporary directory for redis-server");
         let mut server = RedisServer {
             child: None,
             port: free_port(),
             persistent,
+            password,
             dir: Some(dir),
             external: None,
         };
@@ -67,7 +79,10 @@ impl RedisServer {
     pub fn url(&self) -> String {
         match &self.external {
             Some(u) => u.clone(),
-            None => format!("redis://127.0.0.1:{}/0", self.port),
+            None => match &self.password {
+                Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+                None => format!("redis://127.0.0.1:{}/0", self.port),
+            },
         }
     }
 
@@ -129,6 +144,9 @@ impl RedisServer {
             .arg("no")
             .arg("--logfile")
             .arg(dir.join("redis.log"));
+        if let Some(pw) = &self.password {
+            cmd.arg("--requirepass").arg(pw);
+        }
         if self.persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -196,7 +214,8 @@ fn ping(port: u16) -> bool {
     }
     let mut buf = [0u8; 64];
     match s.read(&mut buf) {
-        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        // A password-protected server answers NOAUTH once it is ready.
+        Ok(n) => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
         Err(_) => false,
     }
 }
