@@ -509,8 +509,7 @@ impl EpisodicStore for RedisEpisodicStore {
                         pipe.load_script(&self.scripts.prune).ignore();
                         for m in &merchants {
                             pipe.invoke_script(
-                                &self
-                                    .scripts
+                                self.scripts
                                     .prune
                                     .key(self.timeline_key(m))
                                     .key(&merchants_key)
