@@ -199,7 +199,10 @@ async fn redis_killed_mid_run_fails_cleanly_and_recovers() {
         }
     }
     assert!(acked > 0, "no save succeeded before the kill");
-    assert!(stored.len() > 5 + acked, "5 seeded + acknowledged + 1 after restart");
+    assert!(
+        stored.len() > 5 + acked,
+        "5 seeded + acknowledged + 1 after restart"
+    );
     let whole = assert_no_partial_episodes(&url, &m).await;
     assert_eq!(whole, stored.len());
 }
