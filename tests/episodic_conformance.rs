@@ -171,6 +171,7 @@ mod cases {
         let all = store.recent(&m, 1000).await.unwrap();
         assert_eq!(all.len(), 30);
         assert_eq!(all.last().unwrap().id, ids[0]);
+        assert_eq!(store.recent(&m, usize::MAX).await.unwrap(), all);
         assert_eq!(store.recent(&m, 0).await.unwrap(), vec![]);
         assert_eq!(store.recent(&mid("NOBODY"), 5).await.unwrap(), vec![]);
         // Reading twice gives the same order.

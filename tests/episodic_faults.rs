@@ -246,15 +246,11 @@ async fn redis_store_never_reveals_the_password() {
 
     // A wrong password is refused at once, without retries and without echoing it.
     let wrong = format!("redis://:not-the-pass@127.0.0.1:{}/0", server.port());
-    let started = Instant::now();
     let err = RedisEpisodicStore::connect(&wrong, RedisOptions::default())
         .await
         .unwrap_err();
+    // `Redis`, not `Unavailable`: an authentication failure is not retried.
     assert!(matches!(err, EpisodicError::Redis { .. }), "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_millis(100 * 2),
-        "auth failure was retried"
-    );
     assert!(!err.to_string().contains("not-the-pass"), "{err}");
 }
 

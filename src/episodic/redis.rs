@@ -121,9 +121,10 @@ redis.call('SADD', KEYS[3], ARGV[6])
 return c
 "#;
 
-/// KEYS: zset. ARGV: n, hash key prefix. Returns up to n rows {id, s, m, c, v}, newest first.
+/// KEYS: zset. ARGV: last rank (n - 1), hash key prefix. Returns up to n rows {id, s, m, c, v},
+/// newest first.
 const RECENT_LUA: &str = r#"
-local ids = redis.call('ZREVRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+local ids = redis.call('ZREVRANGE', KEYS[1], 0, ARGV[1])
 local out = {}
 for i, id in ipairs(ids) do
   local h = redis.call('HMGET', ARGV[2] .. id, 's', 'm', 'c', 'v')
@@ -346,7 +347,7 @@ impl EpisodicStore for RedisEpisodicStore {
         }
         let mut inv = self.scripts.recent.prepare_invoke();
         inv.key(self.timeline_key(merchant))
-            .arg(n.min(i64::MAX as usize))
+            .arg(i64::try_from(n - 1).unwrap_or(i64::MAX))
             .arg(self.episode_prefix(merchant));
         let rows: Vec<RawRow> = self
             .run(|mut c| {
