@@ -531,6 +531,10 @@ macro_rules! conformance_suite {
                 async fn $case() {
                     let f = $fixture().await;
                     cases::$case(Arc::clone(&f.store)).await;
+                    // Leave a shared $REDIS_URL clean: prune everything in this namespace.
+                    let later = chrono::Utc::now() + chrono::Duration::days(1);
+                    f.store.prune(later).await.unwrap();
+                    assert_eq!(f.store.prune(later).await.unwrap(), 0);
                 }
             )*
         }
