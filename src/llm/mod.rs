@@ -39,6 +39,12 @@ pub use types::{
 };
 pub use usage::{UsageMeter, UsageTotals};
 
+/// Parses a (non-streamed) chat-completion body the way [`OpenAiCompatible`] does: lenient about
+/// server differences, strict about what is required (a first choice with a message).
+pub fn parse_completion(body: &[u8]) -> Result<ChatResponse, LlmError> {
+    wire::parse_response(body)
+}
+
 /// A chat model: something that answers a conversation, possibly by calling tools.
 #[async_trait]
 pub trait ChatModel: Send + Sync {

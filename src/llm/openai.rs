@@ -86,6 +86,12 @@ impl OpenAiCompatible {
         self.meter.totals()
     }
 
+    /// The exact JSON body this client sends for `request` (for audit logs and debugging; it
+    /// never contains the API key, which travels in a header).
+    pub fn request_body(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, LlmError> {
+        self.encode(request, stream)
+    }
+
     fn encode(&self, request: &ChatRequest, stream: bool) -> Result<Vec<u8>, LlmError> {
         let wire = WireRequest::new(
             request,
