@@ -1,6 +1,8 @@
 //! The conversation buffer: budget, compression rules, persistence in a real SQLite file,
 //! failure and crash behaviour, fact retention.
 
+#[path = "support/conv.rs"]
+mod conv;
 #[path = "support/fake_openai.rs"]
 mod fake_openai;
 
@@ -8,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use conv::{faithful, filler};
 use fake_openai::{validate_request, FakeOpenAi, Reply};
 use memex::conversation::{
     Compression, ConversationBuffer, ConversationConfig, ConversationError, ConversationStore,
@@ -36,51 +39,6 @@ fn config(budget: usize, keep: usize) -> ConversationConfig {
 
 fn sqlite(dir: &TempDir) -> Arc<SqliteConversationStore> {
     Arc::new(SqliteConversationStore::open_in(dir.path()).expect("open store"))
-}
-
-/// A summariser that keeps facts: the previous summary plus, for every transcript line, its
-/// first four words and every word with a digit in it.
-fn faithful_summary(request: &ChatRequest) -> Result<ChatResponse, LlmError> {
-    let prompt = request.messages[1].content().unwrap_or("");
-    let (head, transcript) = prompt
-        .split_once("\n\nNew part of the conversation:\n")
-        .ok_or_else(|| LlmError::BadResponse("unexpected prompt".into()))?;
-    let previous = head.trim_start_matches("Previous summary:\n");
-    let mut out = String::new();
-    if previous != "(none yet)" {
-        out.push_str(previous);
-        out.push('\n');
-    }
-    for line in transcript.lines().filter(|l| !l.starts_with("Write the")) {
-        let words: Vec<&str> = line.split_whitespace().collect();
-        let kept: Vec<&str> = words
-            .iter()
-            .enumerate()
-            .filter(|(i, w)| *i < 4 || w.chars().any(|c| c.is_ascii_digit()))
-            .map(|(_, w)| *w)
-            .collect();
-        if !kept.is_empty() {
-            out.push_str("- ");
-            out.push_str(&kept.join(" "));
-            out.push('\n');
-        }
-    }
-    Ok(ChatResponse::text(out.trim_end()))
-}
-
-fn faithful() -> Arc<ScriptedModel> {
-    Arc::new(ScriptedModel::from_fn(faithful_summary))
-}
-
-fn filler(i: usize) -> [Message; 2] {
-    [
-        Message::user(format!(
-            "Question {i}: could you explain the settlement schedule for my account in more detail please?"
-        )),
-        Message::assistant(format!(
-            "Answer {i}: settlements run every working day and funds reach your bank account the next day."
-        )),
-    ]
 }
 
 async fn open(

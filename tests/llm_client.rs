@@ -534,3 +534,40 @@ async fn key_never_appears_in_debug_or_errors() {
     assert!(matches!(err, LlmError::Server { .. }));
     assert_no_key(&err);
 }
+
+#[tokio::test]
+async fn a_server_that_ignores_stream_true_still_streams() {
+    let server = FakeOpenAi::start().await;
+    server.push(Reply::tool_calls(&[(
+        "call_1",
+        "lookup_transaction",
+        r#"{"id":"pay_1"}"#,
+    )]));
+    let llm = client(&server);
+    let events: Vec<StreamEvent> = llm
+        .stream(ask("x").with_tools(vec![lookup_tool()]))
+        .await
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        events,
+        vec![
+            StreamEvent::ToolCall(ToolCall::new(
+                "call_1",
+                "lookup_transaction",
+                r#"{"id":"pay_1"}"#
+            )),
+            StreamEvent::Done {
+                usage: Some(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 5,
+                    total_tokens: 17
+                }),
+                finish_reason: FinishReason::ToolCalls
+            }
+        ]
+    );
+    assert_eq!(server.requests()[0].body["stream"], true);
+}

@@ -3,7 +3,8 @@
 //! * [`ConversationBuffer`] — system prompt + rolling summary + recent turns; compresses its
 //!   oldest turns through a [`ChatModel`](crate::llm::ChatModel) when over budget.
 //! * [`ConversationStore`] — the persistence seam; [`SqliteConversationStore`] keeps sessions in
-//!   `conversations.sqlite3` in the data directory.
+//!   `conversations.sqlite3` in the data directory; [`RedisConversationStore`] keeps them in
+//!   Redis (commit = one atomic Lua script).
 //! * [`TokenCounter`] / [`EstimatedTokens`] — how the budget is counted (a documented estimate).
 //!
 //! Invariants: a message is persisted before it counts; compression folds whole turns only (an
@@ -14,12 +15,14 @@
 
 mod buffer;
 mod error;
+mod redis;
 mod sqlite;
 mod store;
 mod summarise;
 mod tokens;
 mod turns;
 
+pub use self::redis::RedisConversationStore;
 pub use buffer::{
     AppendReport, Compression, ConversationBuffer, ConversationConfig, DEFAULT_TOKEN_BUDGET,
 };

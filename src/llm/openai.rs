@@ -111,7 +111,7 @@ impl OpenAiCompatible {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> LlmError {
-        if e.is_timeout() {
+        if e.is_timeout() && !e.is_connect() {
             return LlmError::Timeout {
                 after: self.config.request_timeout,
                 attempts: 1,
@@ -155,7 +155,13 @@ impl OpenAiCompatible {
             .map_err(|e| (self.transport_error(e), None))?;
         let status = resp.status();
         if status.is_success() {
-            if stream {
+            let json_body = resp
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            // Some servers ignore `stream: true` and answer a whole completion: accept it.
+            if stream && !json_body {
                 return Ok(Sent::Stream(resp));
             }
             let bytes = resp
@@ -361,10 +367,10 @@ impl ChatModel for OpenAiCompatible {
         let body = self.encode(&request, true)?;
         let resp = match self.send(&body, true).await? {
             Sent::Stream(resp) => resp,
-            Sent::Parsed(_) => {
-                return Err(LlmError::BadResponse(
-                    "internal: a streamed call produced a whole body".into(),
-                ))
+            Sent::Parsed(response) => {
+                self.meter.record(&response.usage);
+                let events = response.into_events(false).into_iter().map(Ok);
+                return Ok(futures::stream::iter(events).boxed());
             }
         };
         let state = StreamState {

@@ -203,24 +203,7 @@ impl ChatModel for ScriptedModel {
         request: ChatRequest,
     ) -> Result<BoxStream<'static, Result<StreamEvent, LlmError>>, LlmError> {
         let response = self.answer(request).await?;
-        let mut events = Vec::new();
-        if let Some(text) = &response.content {
-            let mut piece = String::new();
-            for ch in text.chars() {
-                piece.push(ch);
-                if ch.is_whitespace() {
-                    events.push(StreamEvent::TextDelta(std::mem::take(&mut piece)));
-                }
-            }
-            if !piece.is_empty() {
-                events.push(StreamEvent::TextDelta(piece));
-            }
-        }
-        events.extend(response.tool_calls.into_iter().map(StreamEvent::ToolCall));
-        events.push(StreamEvent::Done {
-            usage: Some(response.usage),
-            finish_reason: response.finish_reason,
-        });
+        let events = response.into_events(true);
         Ok(stream::iter(events.into_iter().map(Ok)).boxed())
     }
 }

@@ -457,6 +457,34 @@ impl ChatResponse {
         self
     }
 
+    /// The response as stream events: its text (word by word when `split_words`, else whole),
+    /// its tool calls, then `Done`.
+    pub fn into_events(self, split_words: bool) -> Vec<StreamEvent> {
+        let mut events = Vec::new();
+        if let Some(text) = self.content.filter(|t| !t.is_empty()) {
+            if split_words {
+                let mut piece = String::new();
+                for ch in text.chars() {
+                    piece.push(ch);
+                    if ch.is_whitespace() {
+                        events.push(StreamEvent::TextDelta(std::mem::take(&mut piece)));
+                    }
+                }
+                if !piece.is_empty() {
+                    events.push(StreamEvent::TextDelta(piece));
+                }
+            } else {
+                events.push(StreamEvent::TextDelta(text));
+            }
+        }
+        events.extend(self.tool_calls.into_iter().map(StreamEvent::ToolCall));
+        events.push(StreamEvent::Done {
+            usage: Some(self.usage),
+            finish_reason: self.finish_reason,
+        });
+        events
+    }
+
     /// The assistant message to append to the conversation.
     pub fn to_message(&self) -> Message {
         Message::Assistant {
