@@ -8,6 +8,7 @@
 
 mod error;
 pub mod guards;
+pub mod kb_adapter;
 pub mod prompt;
 pub mod store;
 
