@@ -17,7 +17,10 @@ fn seeding_is_idempotent_and_keeps_later_changes() {
     assert_eq!(first.merchants_added, 8);
     assert_eq!(first.transactions_added, 60);
     assert!(first.settlements_added > 10, "{first:?}");
-    assert_eq!(db.seed_from_file(&seed_path()).unwrap(), SeedReport::default());
+    assert_eq!(
+        db.seed_from_file(&seed_path()).unwrap(),
+        SeedReport::default()
+    );
 
     // A refund made after seeding survives a second seed (and a reopen + seed).
     let m = mid("MID001");
@@ -34,7 +37,10 @@ fn seeding_is_idempotent_and_keeps_later_changes() {
     .unwrap();
     drop(db);
     let db = PaymentsDb::open_in_dir(&dir.path().join("nested/data")).unwrap();
-    assert_eq!(db.seed_from_file(&seed_path()).unwrap(), SeedReport::default());
+    assert_eq!(
+        db.seed_from_file(&seed_path()).unwrap(),
+        SeedReport::default()
+    );
     let t = db.transaction(&m, "pay_ABC123").unwrap().unwrap();
     assert_eq!(t.refunded_amount, 1000);
     assert_eq!(t.status, "partially_refunded");
@@ -44,11 +50,10 @@ fn seeding_is_idempotent_and_keeps_later_changes() {
 #[test]
 fn the_demo_payments_are_there() {
     let f = SeededDb::new();
-    let abc = f
-        .db
-        .transaction(&mid("MID001"), "pay_ABC123")
-        .unwrap()
-        .unwrap();
+    let abc =
+        f.db.transaction(&mid("MID001"), "pay_ABC123")
+            .unwrap()
+            .unwrap();
     assert_eq!(abc.merchant_id, "MID001");
     assert_eq!(abc.customer_name, "Priya Sharma");
     assert_eq!(abc.amount, 4999);
@@ -61,11 +66,10 @@ fn the_demo_payments_are_there() {
     assert_eq!(abc.refunded_amount, 0);
     assert_eq!(abc.refundable_amount, 4999);
 
-    let xyz = f
-        .db
-        .transaction(&mid("MID002"), "pay_XYZ789")
-        .unwrap()
-        .unwrap();
+    let xyz =
+        f.db.transaction(&mid("MID002"), "pay_XYZ789")
+            .unwrap()
+            .unwrap();
     assert_eq!(xyz.merchant_id, "MID002");
     assert_eq!(xyz.customer_name, "Rahul Kumar");
     assert_eq!(xyz.amount, 12500);
@@ -76,9 +80,18 @@ fn the_demo_payments_are_there() {
     assert_eq!(xyz.refundable_amount, 0);
 
     // Scoped: each is invisible to the other merchant.
-    assert_eq!(f.db.transaction(&mid("MID002"), "pay_ABC123").unwrap(), None);
-    assert_eq!(f.db.transaction(&mid("MID001"), "pay_XYZ789").unwrap(), None);
-    assert_eq!(f.db.transaction(&mid("MID001"), "pay_NOPE00").unwrap(), None);
+    assert_eq!(
+        f.db.transaction(&mid("MID002"), "pay_ABC123").unwrap(),
+        None
+    );
+    assert_eq!(
+        f.db.transaction(&mid("MID001"), "pay_XYZ789").unwrap(),
+        None
+    );
+    assert_eq!(
+        f.db.transaction(&mid("MID001"), "pay_NOPE00").unwrap(),
+        None
+    );
 }
 
 #[test]
@@ -170,14 +183,12 @@ fn tickets_are_listed_per_merchant_in_order() {
         ticket_type: TicketType::Settlement,
         transaction_id: txn.map(Into::into),
     };
-    let a = f
-        .db
-        .create_ticket(&mid("MID001"), "s", None, &new("first", Some("pay_ABC123")))
-        .unwrap();
-    let b = f
-        .db
-        .create_ticket(&mid("MID001"), "s", None, &new("second", None))
-        .unwrap();
+    let a =
+        f.db.create_ticket(&mid("MID001"), "s", None, &new("first", Some("pay_ABC123")))
+            .unwrap();
+    let b =
+        f.db.create_ticket(&mid("MID001"), "s", None, &new("second", None))
+            .unwrap();
     f.db.create_ticket(&mid("MID002"), "s", None, &new("theirs", None))
         .unwrap();
     assert_ne!(a.ticket.id, b.ticket.id);
@@ -216,7 +227,9 @@ fn the_schema_itself_forbids_over_refunding() {
 fn bad_seed_files_fail_cleanly_and_write_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = PaymentsDb::open_in_dir(dir.path()).unwrap();
-    let missing = db.seed_from_file(&dir.path().join("nope.json")).unwrap_err();
+    let missing = db
+        .seed_from_file(&dir.path().join("nope.json"))
+        .unwrap_err();
     assert!(matches!(missing, PaymentsError::Seed { .. }), "{missing}");
 
     let mut seed: serde_json::Value =

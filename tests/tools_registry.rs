@@ -72,7 +72,14 @@ fn openai_tools_lists_the_five_tools_with_object_schemas() {
     );
     assert_eq!(
         ticket["type"]["enum"],
-        json!(["dispute", "settlement", "refund", "technical", "account", "other"])
+        json!([
+            "dispute",
+            "settlement",
+            "refund",
+            "technical",
+            "account",
+            "other"
+        ])
     );
     // The list is valid JSON that round-trips (what goes into the request body).
     let text = serde_json::to_string(&tools).unwrap();
@@ -150,7 +157,10 @@ fn unparseable_json_is_reported_not_panicked() {
         r#"{"transaction_id": "pay_ABC123"} trailing"#,
     ] {
         let err = reg.validate("get_transaction", raw).unwrap_err();
-        assert!(matches!(err, ArgError::InvalidJson { .. }), "{raw}: {err:?}");
+        assert!(
+            matches!(err, ArgError::InvalidJson { .. }),
+            "{raw}: {err:?}"
+        );
         assert_eq!(err.to_json()["error"], "invalid_json");
         assert!(err.to_string().contains("get_transaction"), "{err}");
     }
@@ -217,7 +227,11 @@ fn schema_violations_are_precise() {
         ["amount: must be an integer, got number"]
     );
     assert_eq!(
-        violations(&reg, "search_knowledge_base", r#"{"query": "refunds", "k": 50}"#),
+        violations(
+            &reg,
+            "search_knowledge_base",
+            r#"{"query": "refunds", "k": 50}"#
+        ),
         ["k: must be <= 10"]
     );
     let ticket = violations(

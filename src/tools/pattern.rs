@@ -201,9 +201,11 @@ impl Pattern {
                         "groups and alternation ({c} at position {i}) are not supported"
                     ))
                 }
-                '^' | '$' => return Err(format!(
+                '^' | '$' => {
+                    return Err(format!(
                     "the anchor {c} is only supported at the start (^) or end ($) of the pattern"
-                )),
+                ))
+                }
                 ']' | '}' => return Err(format!("unbalanced {c} at position {i}")),
                 c => {
                     items.push(Item {

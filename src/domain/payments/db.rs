@@ -34,7 +34,7 @@ use super::model::{
 use super::seed::SeedFile;
 use crate::merchant::MerchantId;
 
-/// How long a call waits for another connection's lock before failing with
+/// Default time a call waits for another connection's lock before failing with
 /// [`PaymentsError::Busy`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -123,6 +123,7 @@ const TICKET_COLUMNS: &str = "id, merchant_id, subject, description, priority, t
 /// The demo payments database; see the [module docs](self).
 pub struct PaymentsDb {
     path: PathBuf,
+    busy_timeout: Duration,
     conn: Mutex<Connection>,
 }
 
@@ -224,8 +225,14 @@ impl PaymentsDb {
     /// File name of the database inside the data directory.
     pub const FILE_NAME: &'static str = "payments.db";
 
-    /// Opens (creating if needed, with parent directories and tables) the database at `path`.
+    /// Opens (creating if needed, with parent directories and tables) the database at `path`,
+    /// waiting up to [`BUSY_TIMEOUT`] for locks held by other connections.
     pub fn open(path: &Path) -> Result<Self, PaymentsError> {
+        Self::open_with_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// Like [`PaymentsDb::open`] with a different busy timeout.
+    pub fn open_with_timeout(path: &Path, busy_timeout: Duration) -> Result<Self, PaymentsError> {
         let open_err = |message: String| PaymentsError::Open {
             path: path.to_path_buf(),
             message,
@@ -242,11 +249,12 @@ impl PaymentsDb {
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         let db = PaymentsDb {
             path: path.to_path_buf(),
+            busy_timeout,
             conn: Mutex::new(conn),
         };
         {
             let conn = db.lock();
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.sql(e))?;
+            conn.busy_timeout(busy_timeout).map_err(|e| db.sql(e))?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(|e| db.sql(e))?;
             conn.pragma_update(None, "synchronous", "NORMAL")
@@ -283,7 +291,7 @@ impl PaymentsDb {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
                 PaymentsError::Busy {
                     path: self.path.clone(),
-                    waited_ms: BUSY_TIMEOUT.as_millis() as u64,
+                    waited_ms: self.busy_timeout.as_millis() as u64,
                 }
             }
             Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
