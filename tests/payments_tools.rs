@@ -170,6 +170,16 @@ async fn refund_without_an_approval_key_is_refused_and_changes_nothing() {
     assert!(matches!(err, ToolError::Refused(_)), "{err:?}");
     assert!(err.message().contains("approv"), "{err}");
     assert!(!err.retryable());
+    // An empty key is no approval either.
+    let err = call(
+        &reg,
+        "initiate_refund",
+        &refund_args("pay_ABC123", 100),
+        &ctx("MID001").with_idempotency_key(""),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, ToolError::Refused(_)), "{err:?}");
     assert!(f.db.list_refunds(&mid("MID001")).unwrap().is_empty());
     assert_eq!(
         f.db.transaction(&mid("MID001"), "pay_ABC123")

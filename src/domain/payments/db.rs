@@ -1,22 +1,4 @@
-//! [`PaymentsDb`]: the demo payments database in one SQLite file (`payments.db` in the data
-//! directory).
-//!
-//! Tables: `merchants`, `transactions`, `settlements` (loaded from the seed), and `refunds` and
-//! `tickets` (written by the tools). Every query that reads or writes a merchant's data takes
-//! the merchant id and filters on it in SQL, so another merchant's rows are never read.
-//!
-//! Invariants kept by the schema itself, whatever the caller does:
-//!
-//! * `0 <= refunded_amount <= amount` on every payment (a `CHECK` constraint), so no sequence
-//!   of refunds can refund more than was paid;
-//! * every refund has an idempotency key, `UNIQUE` across all refunds, so a key refunds at
-//!   most once — across retries, concurrent callers, processes and restarts.
-//!
-//! Concurrency: one connection behind a mutex per `PaymentsDb`; every write is a single
-//! `BEGIN IMMEDIATE` transaction (check, insert and update together), so other connections
-//! and processes wait up to the busy timeout instead of interleaving. WAL mode lets readers in
-//! other processes run beside a writer. Calls block; async callers run them on a blocking
-//! thread (the tools do).
+//! [`PaymentsDb`]: the demo payments database in one SQLite file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -120,7 +102,24 @@ const REFUND_COLUMNS: &str = "id, merchant_id, transaction_id, amount, currency,
 const TICKET_COLUMNS: &str = "id, merchant_id, subject, description, priority, type, \
      transaction_id, status, created_at, session_id";
 
-/// The demo payments database; see the [module docs](self).
+/// The demo payments database in one SQLite file (`payments.db` in the data directory).
+///
+/// Tables: `merchants`, `transactions`, `settlements` (loaded from the seed), and `refunds` and
+/// `tickets` (written by the tools). Every query that reads or writes a merchant's data takes
+/// the merchant id and filters on it in SQL, so another merchant's rows are never read.
+///
+/// Invariants kept by the schema itself, whatever the caller does:
+///
+/// * `0 <= refunded_amount <= amount` on every payment (a `CHECK` constraint), so no sequence
+///   of refunds can refund more than was paid;
+/// * every refund has an idempotency key, `UNIQUE` across all refunds, so a key refunds at
+///   most once — across retries, concurrent callers, processes and restarts.
+///
+/// Concurrency: one connection behind a mutex per `PaymentsDb`; every write is a single
+/// `BEGIN IMMEDIATE` transaction (check, insert and update together), so other connections
+/// and processes wait up to the busy timeout instead of interleaving. WAL mode lets readers in
+/// other processes run beside a writer. Calls block; async callers run them on a blocking
+/// thread (the tools do).
 pub struct PaymentsDb {
     path: PathBuf,
     busy_timeout: Duration,
