@@ -3,7 +3,7 @@
 pub enum AgentError {
     /// The language model could not be reached or answered unusably after retries.
     #[error("the language model failed: {0}")]
-    Llm(#[from] crate::llm::LlmError),
+    Llm(crate::llm::LlmError),
     /// The agent's own store failed.
     #[error("agent store: {0}")]
     Store(String),
@@ -38,4 +38,10 @@ pub enum AgentError {
     /// Bad input to the agent (session id, message).
     #[error("{0}")]
     Invalid(String),
+}
+
+impl From<crate::llm::LlmError> for AgentError {
+    fn from(e: crate::llm::LlmError) -> Self {
+        AgentError::Llm(e)
+    }
 }

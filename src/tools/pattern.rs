@@ -20,7 +20,9 @@ const MAX_REPEAT: usize = 1000;
 /// Largest number of atoms a pattern may expand to.
 const MAX_ITEMS: usize = 4096;
 
-/// A compiled pattern; see the [module docs](self) for the syntax.
+/// A compiled pattern: literals, `.`, classes `[a-z]`/`[^...]`, `\d \w \s` (and negations),
+/// quantifiers `* + ? {n} {n,} {n,m}` on single atoms, `^` first and `$` last; unanchored
+/// patterns match anywhere. Groups and alternation are rejected by [`Pattern::compile`].
 #[derive(Debug, Clone)]
 pub struct Pattern {
     source: String,
@@ -201,9 +203,11 @@ impl Pattern {
                         "groups and alternation ({c} at position {i}) are not supported"
                     ))
                 }
-                '^' | '$' => return Err(format!(
+                '^' | '$' => {
+                    return Err(format!(
                     "the anchor {c} is only supported at the start (^) or end ($) of the pattern"
-                )),
+                ))
+                }
                 ']' | '}' => return Err(format!("unbalanced {c} at position {i}")),
                 c => {
                     items.push(Item {

@@ -13,13 +13,15 @@ use super::Tool;
 /// Largest raw arguments string accepted, in bytes (64 KiB); longer ones are rejected unparsed.
 pub const MAX_ARGUMENT_BYTES: usize = 64 * 1024;
 
+#[derive(Clone)]
 struct Entry {
     tool: Arc<dyn Tool>,
     schema: Schema,
 }
 
-/// Registered tools in registration order, each with its compiled parameter schema.
-#[derive(Default)]
+/// Registered tools in registration order, each with its compiled parameter schema. Cloning
+/// is cheap (tools are shared).
+#[derive(Clone, Default)]
 pub struct ToolRegistry {
     entries: Vec<Entry>,
     by_name: HashMap<String, usize>,

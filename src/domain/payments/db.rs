@@ -1,22 +1,4 @@
-//! [`PaymentsDb`]: the demo payments database in one SQLite file (`payments.db` in the data
-//! directory).
-//!
-//! Tables: `merchants`, `transactions`, `settlements` (loaded from the seed), and `refunds` and
-//! `tickets` (written by the tools). Every query that reads or writes a merchant's data takes
-//! the merchant id and filters on it in SQL, so another merchant's rows are never read.
-//!
-//! Invariants kept by the schema itself, whatever the caller does:
-//!
-//! * `0 <= refunded_amount <= amount` on every payment (a `CHECK` constraint), so no sequence
-//!   of refunds can refund more than was paid;
-//! * every refund has an idempotency key, `UNIQUE` across all refunds, so a key refunds at
-//!   most once — across retries, concurrent callers, processes and restarts.
-//!
-//! Concurrency: one connection behind a mutex per `PaymentsDb`; every write is a single
-//! `BEGIN IMMEDIATE` transaction (check, insert and update together), so other connections
-//! and processes wait up to the busy timeout instead of interleaving. WAL mode lets readers in
-//! other processes run beside a writer. Calls block; async callers run them on a blocking
-//! thread (the tools do).
+//! [`PaymentsDb`]: the demo payments database in one SQLite file.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -34,7 +16,7 @@ use super::model::{
 use super::seed::SeedFile;
 use crate::merchant::MerchantId;
 
-/// How long a call waits for another connection's lock before failing with
+/// Default time a call waits for another connection's lock before failing with
 /// [`PaymentsError::Busy`].
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -120,9 +102,27 @@ const REFUND_COLUMNS: &str = "id, merchant_id, transaction_id, amount, currency,
 const TICKET_COLUMNS: &str = "id, merchant_id, subject, description, priority, type, \
      transaction_id, status, created_at, session_id";
 
-/// The demo payments database; see the [module docs](self).
+/// The demo payments database in one SQLite file (`payments.db` in the data directory).
+///
+/// Tables: `merchants`, `transactions`, `settlements` (loaded from the seed), and `refunds` and
+/// `tickets` (written by the tools). Every query that reads or writes a merchant's data takes
+/// the merchant id and filters on it in SQL, so another merchant's rows are never read.
+///
+/// Invariants kept by the schema itself, whatever the caller does:
+///
+/// * `0 <= refunded_amount <= amount` on every payment (a `CHECK` constraint), so no sequence
+///   of refunds can refund more than was paid;
+/// * every refund has an idempotency key, `UNIQUE` across all refunds, so a key refunds at
+///   most once — across retries, concurrent callers, processes and restarts.
+///
+/// Concurrency: one connection behind a mutex per `PaymentsDb`; every write is a single
+/// `BEGIN IMMEDIATE` transaction (check, insert and update together), so other connections
+/// and processes wait up to the busy timeout instead of interleaving. WAL mode lets readers in
+/// other processes run beside a writer. Calls block; async callers run them on a blocking
+/// thread (the tools do).
 pub struct PaymentsDb {
     path: PathBuf,
+    busy_timeout: Duration,
     conn: Mutex<Connection>,
 }
 
@@ -224,8 +224,14 @@ impl PaymentsDb {
     /// File name of the database inside the data directory.
     pub const FILE_NAME: &'static str = "payments.db";
 
-    /// Opens (creating if needed, with parent directories and tables) the database at `path`.
+    /// Opens (creating if needed, with parent directories and tables) the database at `path`,
+    /// waiting up to [`BUSY_TIMEOUT`] for locks held by other connections.
     pub fn open(path: &Path) -> Result<Self, PaymentsError> {
+        Self::open_with_timeout(path, BUSY_TIMEOUT)
+    }
+
+    /// Like [`PaymentsDb::open`] with a different busy timeout.
+    pub fn open_with_timeout(path: &Path, busy_timeout: Duration) -> Result<Self, PaymentsError> {
         let open_err = |message: String| PaymentsError::Open {
             path: path.to_path_buf(),
             message,
@@ -242,11 +248,12 @@ impl PaymentsDb {
         let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
         let db = PaymentsDb {
             path: path.to_path_buf(),
+            busy_timeout,
             conn: Mutex::new(conn),
         };
         {
             let conn = db.lock();
-            conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| db.sql(e))?;
+            conn.busy_timeout(busy_timeout).map_err(|e| db.sql(e))?;
             conn.pragma_update(None, "journal_mode", "WAL")
                 .map_err(|e| db.sql(e))?;
             conn.pragma_update(None, "synchronous", "NORMAL")
@@ -283,7 +290,7 @@ impl PaymentsDb {
             Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
                 PaymentsError::Busy {
                     path: self.path.clone(),
-                    waited_ms: BUSY_TIMEOUT.as_millis() as u64,
+                    waited_ms: self.busy_timeout.as_millis() as u64,
                 }
             }
             Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {

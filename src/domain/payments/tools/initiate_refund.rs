@@ -88,7 +88,7 @@ impl Tool for InitiateRefund {
     }
 
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
-        let Some(key) = ctx.idempotency_key.clone() else {
+        let Some(key) = ctx.idempotency_key.clone().filter(|k| !k.is_empty()) else {
             return Err(ToolError::Refused(
                 "initiate_refund is irreversible and runs only after a human approves it; \
                  this call carried no approval, so nothing was refunded"
