@@ -146,7 +146,13 @@ mod tests {
         let a = call_key("get_transaction", &json!({"a": 1, "b": {"y": 2, "x": 1}}));
         let b = call_key("get_transaction", &json!({"b": {"x": 1, "y": 2}, "a": 1}));
         assert_eq!(a, b);
-        assert_ne!(a, call_key("get_merchant_account", &json!({"a": 1, "b": {"x": 1, "y": 2}})));
+        assert_ne!(
+            a,
+            call_key(
+                "get_merchant_account",
+                &json!({"a": 1, "b": {"x": 1, "y": 2}})
+            )
+        );
     }
 
     #[test]
@@ -175,6 +181,9 @@ mod tests {
     #[test]
     fn secrets_are_redacted_recursively() {
         let v = redact(&json!({"api_key": "sk-1", "nested": [{"Password": "p", "ok": 1}]}));
-        assert_eq!(v, json!({"api_key": "[redacted]", "nested": [{"Password": "[redacted]", "ok": 1}]}));
+        assert_eq!(
+            v,
+            json!({"api_key": "[redacted]", "nested": [{"Password": "[redacted]", "ok": 1}]})
+        );
     }
 }

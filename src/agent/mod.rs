@@ -259,8 +259,16 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Memory(e.to_string()))?;
         let turn = self.store.next_turn(session)?;
-        self.run_turn(merchant, session, turn, message, buffer, Vec::new(), progress)
-            .await
+        self.run_turn(
+            merchant,
+            session,
+            turn,
+            message,
+            buffer,
+            Vec::new(),
+            progress,
+        )
+        .await
     }
 
     /// A human approves action `action_id` of `session`: it runs (at most once, ever) with
@@ -295,13 +303,13 @@ impl Agent {
             .store
             .session_merchant(session)?
             .ok_or_else(|| AgentError::UnknownSession(session.to_string()))?;
-        let action = self
-            .store
-            .action(session, action_id)?
-            .ok_or_else(|| AgentError::UnknownAction {
-                session: session.to_string(),
-                action: action_id.to_string(),
-            })?;
+        let action =
+            self.store
+                .action(session, action_id)?
+                .ok_or_else(|| AgentError::UnknownAction {
+                    session: session.to_string(),
+                    action: action_id.to_string(),
+                })?;
         let turn = self.store.next_turn(session)?;
         let started = Instant::now();
         let mut report = ToolCallReport {
@@ -416,8 +424,16 @@ impl Agent {
             .await
             .map_err(|e| AgentError::Memory(e.to_string()))?;
         let _ = started;
-        self.run_turn(&merchant, session, turn, &note, buffer, vec![report], progress)
-            .await
+        self.run_turn(
+            &merchant,
+            session,
+            turn,
+            &note,
+            buffer,
+            vec![report],
+            progress,
+        )
+        .await
     }
 
     /// The loop of one turn, from the model's first call to an answer, a pending action or an
@@ -449,9 +465,7 @@ impl Agent {
         let tool_defs: Vec<ToolDefinition> = self
             .tools
             .tools()
-            .map(|t| {
-                ToolDefinition::function(t.name(), t.description(), t.parameters().clone())
-            })
+            .map(|t| ToolDefinition::function(t.name(), t.description(), t.parameters().clone()))
             .collect();
 
         let mut stop = None;
@@ -473,7 +487,7 @@ impl Agent {
                     return Err(AgentError::Llm(e));
                 }
             };
-            st.usage += response.usage.clone();
+            st.usage += response.usage;
             if response.tool_calls.is_empty() {
                 let answer = response.content.clone().unwrap_or_default();
                 buffer
@@ -537,7 +551,12 @@ impl Agent {
                     .append(Message::assistant(a.clone()))
                     .await
                     .map_err(|e| AgentError::Memory(e.to_string()))?;
-                (a, None, Some(EscalationRef { ticket_id: ticket }), "escalation")
+                (
+                    a,
+                    None,
+                    Some(EscalationRef { ticket_id: ticket }),
+                    "escalation",
+                )
             }
         };
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
@@ -699,7 +718,8 @@ impl Agent {
         report.args = args.clone();
         let Some(tool) = self.tools.get(&name) else {
             report.status = "unknown_tool".into();
-            report.result = json!({"error": "unknown_tool", "message": format!("unknown tool {name}")});
+            report.result =
+                json!({"error": "unknown_tool", "message": format!("unknown tool {name}")});
             self.audit(&st.merchant, &st.session, st.turn, &report)?;
             return Ok((report, None));
         };
@@ -897,7 +917,9 @@ impl Agent {
         match self.tool_buckets.lock() {
             Ok(mut b) => b
                 .entry(tool.to_string())
-                .or_insert_with(|| TokenBucket::new(self.config.tool_rate.0, self.config.tool_rate.1))
+                .or_insert_with(|| {
+                    TokenBucket::new(self.config.tool_rate.0, self.config.tool_rate.1)
+                })
                 .try_take(),
             Err(_) => false,
         }

@@ -66,7 +66,8 @@ pub fn rules(merchant: &str) -> String {
 
 /// Defuses anything that could close or open a memory block inside data.
 fn defuse(text: &str) -> String {
-    text.replace("</memory", "</ memory").replace("<memory", "< memory")
+    text.replace("</memory", "</ memory")
+        .replace("<memory", "< memory")
 }
 
 /// The memory sections appended to the system message for one turn.
@@ -93,7 +94,11 @@ pub fn memory_sections(ctx: &MemoryContext) -> String {
         out.push_str("(none)\n");
     }
     for ep in &ctx.episodes {
-        out.push_str(&format!("- {}: {}\n", defuse(&ep.created_at), defuse(ep.summary.trim())));
+        out.push_str(&format!(
+            "- {}: {}\n",
+            defuse(&ep.created_at),
+            defuse(ep.summary.trim())
+        ));
     }
     out.push_str("</memory>\n");
     out

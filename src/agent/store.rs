@@ -70,7 +70,11 @@ impl ActionStatus {
             "executed" => ActionStatus::Executed,
             "rejected" => ActionStatus::Rejected,
             "failed" => ActionStatus::Failed,
-            other => return Err(AgentError::Store(format!("unknown action status {other:?}"))),
+            other => {
+                return Err(AgentError::Store(format!(
+                    "unknown action status {other:?}"
+                )))
+            }
         })
     }
 }
@@ -153,7 +157,9 @@ pub struct AgentStore {
 
 impl std::fmt::Debug for AgentStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentStore").field("path", &self.path).finish()
+        f.debug_struct("AgentStore")
+            .field("path", &self.path)
+            .finish()
     }
 }
 
@@ -168,9 +174,8 @@ fn now() -> String {
 impl AgentStore {
     /// Opens (creating) `agent.db` in `data_dir`.
     pub fn open_in(data_dir: &Path) -> Result<Self, AgentError> {
-        std::fs::create_dir_all(data_dir).map_err(|e| {
-            AgentError::Store(format!("cannot create {}: {e}", data_dir.display()))
-        })?;
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| AgentError::Store(format!("cannot create {}: {e}", data_dir.display())))?;
         Self::open(&data_dir.join("agent.db"))
     }
 
@@ -495,7 +500,8 @@ impl AgentStore {
         };
         let sessions = one("SELECT COUNT(*) FROM sessions")?;
         let turns = one("SELECT COUNT(*) FROM turns")?;
-        let ok_turns = one("SELECT COUNT(*) FROM turns WHERE outcome IN ('answer','pending_action')")?;
+        let ok_turns =
+            one("SELECT COUNT(*) FROM turns WHERE outcome IN ('answer','pending_action')")?;
         let escalations = one("SELECT COUNT(*) FROM turns WHERE outcome = 'escalation'")?;
         let tool_calls = one("SELECT COUNT(*) FROM audit")?;
         let failures = one("SELECT COUNT(*) FROM audit WHERE status = 'error'")?;

@@ -140,9 +140,8 @@ async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Wiring> {
                 .context("cannot open the conversation store")?,
         ),
     };
-    let payments = Arc::new(
-        PaymentsDb::open_in_dir(&data_dir).context("cannot open the payments database")?,
-    );
+    let payments =
+        Arc::new(PaymentsDb::open_in_dir(&data_dir).context("cannot open the payments database")?);
     let tools = payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb))))
         .context("cannot register the tools")?;
     let model = Arc::new(OpenAiCompatible::new(llm_config(g)).context("bad LLM configuration")?);
@@ -281,7 +280,11 @@ pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     let report = rt.block_on(async {
         let w = build(g, config).await?;
         let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
-        anyhow::Ok(w.agent.ask(&merchant, &session, &a.message, progress).await?)
+        anyhow::Ok(
+            w.agent
+                .ask(&merchant, &session, &a.message, progress)
+                .await?,
+        )
     })?;
     print_report(g, &report, new_session)?;
     Ok(ExitCode::SUCCESS)
@@ -362,7 +365,10 @@ pub fn session(g: &GlobalArgs, c: SessionCommand) -> anyhow::Result<ExitCode> {
             serde_json::json!({"session": id, "episode": {"id": episode.id.to_string(), "merchant_id": episode.merchant_id.as_str(), "summary": episode.summary}})
         );
     } else {
-        println!("session {id} saved as episode {}:\n{}", episode.id, episode.summary);
+        println!(
+            "session {id} saved as episode {}:\n{}",
+            episode.id, episode.summary
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -375,7 +381,9 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
     let w = rt.block_on(build(g, AgentConfig::default()))?;
     let stdin = io::stdin();
     let interactive = stdin.is_terminal();
-    println!("memex chat: merchant {merchant}, session {session}. Type /exit (or end input) to finish.");
+    println!(
+        "memex chat: merchant {merchant}, session {session}. Type /exit (or end input) to finish."
+    );
     let mut lines = stdin.lock().lines();
     loop {
         if interactive {
@@ -391,7 +399,8 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
         if text == "/exit" || text == "/quit" {
             break;
         }
-        let mut report = match rt.block_on(w.agent.ask(&merchant, &session, text, &StderrProgress)) {
+        let mut report = match rt.block_on(w.agent.ask(&merchant, &session, text, &StderrProgress))
+        {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -400,7 +409,9 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
         };
         loop {
             println!("agent> {}", report.answer);
-            let Some(p) = report.pending_action.clone() else { break };
+            let Some(p) = report.pending_action.clone() else {
+                break;
+            };
             print!("Approve {} {} (action {})? [y/N] ", p.tool, p.args, p.id);
             io::stdout().flush()?;
             let answer = lines.next().transpose()?.unwrap_or_default();
