@@ -174,8 +174,63 @@ async fn ask_approve_audit_and_stats_through_the_cli() {
     ] {
         assert!(stats.get(key).is_some(), "stats lacks {key}");
     }
-    let all_output = String::from_utf8_lossy(&audit.to_string().into_bytes()).to_string();
-    assert!(!all_output.contains("sk-test-secret-123"));
+    assert!(!audit.to_string().contains("sk-test-secret-123"));
+
+    // chat: the answer streams, a refund asks y/N on the terminal, leaving stores an episode.
+    server
+        .push(Reply::sse_text(&["Hello ", "from ", "memex."]))
+        .push(Reply::sse_tool_calls(
+            &[(
+                "call_9",
+                "initiate_refund",
+                r#"{"transaction_id":"pay_ABC123","amount":500,"reason":"damaged item"}"#,
+            )],
+            4,
+        ))
+        .push(Reply::sse_text(&["Refund ", "approved."]))
+        .push(Reply::text(
+            "MID001 chatted; a 500 INR refund of pay_ABC123 was approved.",
+        ));
+    let out = chat(data, &url, "hi\nrefund 500 of pay_ABC123\ny\n").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("agent> Hello from memex."), "{stdout}");
+    assert!(stdout.contains("[y/N]"), "{stdout}");
+    assert!(stdout.contains("Refund approved."), "{stdout}");
+    assert!(stdout.contains("session saved as episode"), "{stdout}");
+}
+
+async fn chat(data: &Path, base_url: &str, stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memex"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["chat", "--merchant", "MID001"])
+        .env("MEMEX_LLM_BASE_URL", base_url)
+        .env("MEMEX_LLM_API_KEY", "sk-test-secret-123")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let input = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("memex chat starts");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -135,6 +135,12 @@ pub struct TurnReport {
 pub trait Progress: Send + Sync {
     /// A tool is about to run (e.g. "Looking up transaction pay_ABC123…").
     fn tool_started(&self, _line: &str) {}
+    /// Whether the model's answer should be streamed to [`Progress::text_delta`].
+    fn wants_stream(&self) -> bool {
+        false
+    }
+    /// A piece of the model's answer as it arrives (only when streaming).
+    fn text_delta(&self, _delta: &str) {}
 }
 
 /// A [`Progress`] that shows nothing.
@@ -476,11 +482,8 @@ impl Agent {
                 _ => messages.insert(0, Message::system(sections.clone())),
             }
             self.pace_llm().await;
-            let response = match self
-                .model
-                .chat(ChatRequest::new(messages).with_tools(tool_defs.clone()))
-                .await
-            {
+            let request = ChatRequest::new(messages).with_tools(tool_defs.clone());
+            let response = match self.call_model(request, progress).await {
                 Ok(r) => r,
                 Err(e) => {
                     self.finish(&st, "error")?;
@@ -571,6 +574,45 @@ impl Agent {
             escalation,
             memory: st.memory,
         })
+    }
+
+    /// One model call; streamed to `progress` when it asks for that.
+    async fn call_model(
+        &self,
+        request: ChatRequest,
+        progress: &dyn Progress,
+    ) -> Result<crate::llm::ChatResponse, crate::llm::LlmError> {
+        if !progress.wants_stream() {
+            return self.model.chat(request).await;
+        }
+        use futures::StreamExt;
+        let mut events = self.model.stream(request).await?;
+        let mut text: Option<String> = None;
+        let mut tool_calls = Vec::new();
+        while let Some(event) = events.next().await {
+            match event? {
+                crate::llm::StreamEvent::TextDelta(delta) => {
+                    progress.text_delta(&delta);
+                    text.get_or_insert_with(String::new).push_str(&delta);
+                }
+                crate::llm::StreamEvent::ToolCall(call) => tool_calls.push(call),
+                crate::llm::StreamEvent::Done {
+                    usage,
+                    finish_reason,
+                } => {
+                    return Ok(crate::llm::ChatResponse {
+                        content: text,
+                        tool_calls,
+                        usage: usage.unwrap_or_default(),
+                        finish_reason,
+                        model: String::new(),
+                    })
+                }
+            }
+        }
+        Err(crate::llm::LlmError::BadResponse(
+            "the stream ended without a final event".into(),
+        ))
     }
 
     fn finish(&self, st: &TurnState, outcome: &str) -> Result<(), AgentError> {

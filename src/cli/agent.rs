@@ -172,6 +172,45 @@ impl Progress for StderrProgress {
     }
 }
 
+/// `chat`: progress lines on stderr and the answer streamed to stdout as it arrives.
+#[derive(Default)]
+struct ChatProgress {
+    streamed: std::sync::atomic::AtomicBool,
+}
+
+impl Progress for ChatProgress {
+    fn tool_started(&self, line: &str) {
+        eprintln!("{line}…");
+    }
+    fn wants_stream(&self) -> bool {
+        true
+    }
+    fn text_delta(&self, delta: &str) {
+        let mut out = io::stdout().lock();
+        if !self
+            .streamed
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            let _ = write!(out, "agent> ");
+        }
+        let _ = write!(out, "{delta}");
+        let _ = out.flush();
+    }
+}
+
+impl ChatProgress {
+    /// Ends a streamed answer; true when something was streamed since the last call.
+    fn end(&self) -> bool {
+        let streamed = self
+            .streamed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if streamed {
+            println!();
+        }
+        streamed
+    }
+}
+
 fn print_report(g: &GlobalArgs, r: &TurnReport, new_session: bool) -> anyhow::Result<()> {
     if g.json {
         println!("{}", serde_json::to_string(r)?);
@@ -399,16 +438,22 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
         if text == "/exit" || text == "/quit" {
             break;
         }
-        let mut report = match rt.block_on(w.agent.ask(&merchant, &session, text, &StderrProgress))
-        {
+        let progress = ChatProgress::default();
+        let mut report = match rt.block_on(w.agent.ask(&merchant, &session, text, &progress)) {
             Ok(r) => r,
             Err(e) => {
+                progress.end();
                 eprintln!("error: {e}");
                 continue;
             }
         };
         loop {
-            println!("agent> {}", report.answer);
+            // Streamed model text was shown as it came; text the agent wrote itself (a pending
+            // action, an escalation) is printed here.
+            let streamed = progress.end();
+            if !streamed || report.pending_action.is_some() || report.escalation.is_some() {
+                println!("agent> {}", report.answer);
+            }
             let Some(p) = report.pending_action.clone() else {
                 break;
             };
@@ -417,9 +462,9 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
             let answer = lines.next().transpose()?.unwrap_or_default();
             let approve = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
             let next = if approve {
-                rt.block_on(w.agent.approve(&session, &p.id, &StderrProgress))
+                rt.block_on(w.agent.approve(&session, &p.id, &progress))
             } else {
-                rt.block_on(w.agent.reject(&session, &p.id, &StderrProgress))
+                rt.block_on(w.agent.reject(&session, &p.id, &progress))
             };
             match next {
                 Ok(r) => report = r,
