@@ -61,8 +61,10 @@ impl Deref for F32Buf {
 }
 
 struct Dense {
-    /// The checkpoint's `(out, in)` row-major matrix.
-    w: F32Buf,
+    /// The weight as an `(in, out)` row-major matrix: the checkpoint's `(out, in)` transposed
+    /// once at load. gemm then reads it as a column-major left operand and can skip repacking it
+    /// on every call, which dominates small batches (a single query).
+    w: Vec<f32>,
     b: F32Buf,
     n_in: usize,
     n_out: usize,
@@ -94,6 +96,22 @@ pub struct CpuEncoder {
     vocab: usize,
     max_positions: usize,
     eps: f32,
+}
+
+/// Transposes a row-major `(rows, cols)` matrix, in cache-sized tiles.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The mapped checkpoint and its parsed header.
@@ -145,7 +163,7 @@ impl Checkpoint<'_> {
 
     fn dense(&self, prefix: &str, n_in: usize, n_out: usize) -> LoadResult<Dense> {
         Ok(Dense {
-            w: self.read(&format!("{prefix}.weight"), &[n_out, n_in])?,
+            w: transpose(&self.read(&format!("{prefix}.weight"), &[n_out, n_in])?, n_out, n_in),
             b: self.read(&format!("{prefix}.bias"), &[n_out])?,
             n_in,
             n_out,
@@ -197,7 +215,7 @@ impl CpuEncoder {
             }
             layers.push(Layer {
                 qkv: Dense {
-                    w: F32Buf::Owned(w),
+                    w: transpose(&w, 3 * h, h),
                     b: F32Buf::Owned(b),
                     n_in: h,
                     n_out: 3 * h,
@@ -412,7 +430,8 @@ fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
     }
 }
 
-/// `out (rows, n_out) = x (rows, n_in) · Wᵀ + b`, the bias pre-filled so gemm accumulates onto it.
+/// `out (rows, n_out) = x (rows, n_in) · W + b` with `W` stored `(in, out)`, the bias pre-filled
+/// so gemm accumulates onto it.
 fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm: bool) {
     let (k, n) = (layer.n_in, layer.n_out);
     out[..rows * n]
@@ -424,8 +443,7 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `x` holds rows*k floats, `out` rows*n, both row-major; `layer.w` is (n, k)
-    // row-major, read as the (k, n) right-hand side through swapped strides.
+    // SAFETY: `x` holds rows*k floats, `layer.w` k*n, `out` rows*n, all row-major.
     unsafe {
         gemm::gemm(
             rows,
@@ -439,8 +457,8 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
             1,
             k as isize,
             layer.w.as_ptr(),
-            k as isize,
             1,
+            n as isize,
             1.0,
             1.0,
             false,
