@@ -2,10 +2,15 @@
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use std::time::Instant;
 fn main() {
-    let threads = std::env::var("MEMEX_THREADS").ok().and_then(|s| s.parse().ok());
+    let threads = std::env::var("MEMEX_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok());
     let e = MiniLmEmbedder::load(
         std::path::Path::new("models/all-MiniLM-L6-v2"),
-        EmbedderOptions { threads, ..Default::default() },
+        EmbedderOptions {
+            threads,
+            ..Default::default()
+        },
     )
     .unwrap();
     let q = "why was my settlement for pay_ABC123 delayed after the customer paid by UPI";
@@ -17,5 +22,8 @@ fn main() {
         lat.push(t0.elapsed().as_secs_f64() * 1e3);
     }
     lat.sort_by(|a, b| a.total_cmp(b));
-    println!("p50 {:.2} ms p10 {:.2} p99 {:.2}", lat[200], lat[40], lat[396]);
+    println!(
+        "p50 {:.2} ms p10 {:.2} p99 {:.2}",
+        lat[200], lat[40], lat[396]
+    );
 }
