@@ -124,7 +124,13 @@ fn bench(c: &mut Criterion) {
         episodes,
         Arc::new(SqliteConversationStore::open_in(dir.path()).expect("conversations")),
         Arc::new(AgentStore::open_in(dir.path()).expect("store")),
-        AgentConfig::default(),
+        // The rate limits pace a real model (10 calls/s); an instant scripted model would
+        // otherwise measure the pacing, not the overhead.
+        AgentConfig {
+            llm_rate: (1e9, 1e9),
+            tool_rate: (1e9, 1e9),
+            ..AgentConfig::default()
+        },
     );
     let merchant = MerchantId::parse("MID000001").expect("id");
     eprintln!("agent bench: {added} chunks, {total_eps} episodes");
@@ -146,7 +152,7 @@ fn bench(c: &mut Criterion) {
                         "{}",
                     )])
                     .push_text("Your settlement runs on T+2.");
-                let session = format!("bench-{}", turn % 50);
+                let session = format!("bench-{turn}");
                 let t0 = Instant::now();
                 rt.block_on(agent.ask(
                     &merchant,
