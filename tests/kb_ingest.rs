@@ -317,3 +317,82 @@ fn a_store_from_another_embedder_dimension_is_refused() {
     let err = KnowledgeBase::open(data.path(), support::Counting::new() as Arc<_>).unwrap_err();
     assert!(err.to_string().contains("768"), "{err}");
 }
+
+/// At a scale where the query's common words match far more chunks than the keyword budget,
+/// the keyword leg still finds the chunks holding rare exact tokens (and ranks them first),
+/// and a query made only of common words still returns keyword results.
+#[test]
+fn exact_tokens_are_found_among_thousands_of_common_matches() {
+    use memex::embed::Embedder;
+    use memex::kb::{Chunk, KbOptions};
+    let data = tempfile::tempdir().unwrap();
+    let embedder = support::Counting::new();
+    let options = KbOptions {
+        keyword_budget: 200,
+        ..KbOptions::default()
+    };
+    let kb = KnowledgeBase::open_with(data.path(), embedder.clone(), options).unwrap();
+    let common = [
+        "The refund for this payment was processed and the merchant settlement is pending.",
+        "Payment status: the refund request for the customer payment is under review.",
+        "Settlement of the payment batch happens on T+2; refund amounts are netted off.",
+    ];
+    let special = [
+        "Refund payment pay_ABC123 failed with GATEWAY_ERROR at the acquirer.",
+        "Payment pay_ZZ9 refunded; settlement note for the merchant.",
+    ];
+    let texts: Vec<&str> = common.iter().chain(&special).copied().collect();
+    let vectors = embedder.inner.embed(&texts).unwrap();
+    let chunk = |text: &str, i: usize| Chunk {
+        heading: vec![format!("Doc {i}")],
+        text: text.to_string(),
+        line_start: 1,
+        line_end: 1,
+        metadata: None,
+    };
+    for d in 0..30 {
+        let n = 100;
+        let chunks: Vec<Chunk> = (0..n).map(|i| chunk(common[i % 3], d)).collect();
+        let vs: Vec<Vec<f32>> = (0..n).map(|i| vectors[i % 3].clone()).collect();
+        kb.insert_embedded(&format!("bulk/{d}.md"), &chunks, &vs)
+            .unwrap();
+    }
+    let chunks: Vec<Chunk> = special.iter().map(|t| chunk(t, 99)).collect();
+    kb.insert_embedded("special.md", &chunks, &vectors[3..].to_vec())
+        .unwrap();
+    for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
+        for (q, want) in [
+            (
+                "refund status of payment pay_ABC123 settlement",
+                "pay_ABC123",
+            ),
+            (
+                "what does GATEWAY_ERROR mean for my refund payment",
+                "GATEWAY_ERROR",
+            ),
+            ("payment pay_ZZ9 settlement refund", "pay_ZZ9"),
+        ] {
+            let hits = kb.search(q, 5, mode).unwrap();
+            assert!(
+                hits.first().is_some_and(|h| h.text.contains(want)),
+                "{mode}: {q:?} -> {:?}",
+                hits.iter().map(|h| &h.text).collect::<Vec<_>>()
+            );
+        }
+    }
+    let hits = kb
+        .search("refund payment settlement", 10, SearchMode::Keyword)
+        .unwrap();
+    assert_eq!(
+        hits.len(),
+        10,
+        "a query of common words still returns matches"
+    );
+    assert!(hits
+        .iter()
+        .all(|h| h.text.to_lowercase().contains("refund")));
+    let none = kb
+        .search("zzqx unknownword", 10, SearchMode::Keyword)
+        .unwrap();
+    assert!(none.is_empty());
+}

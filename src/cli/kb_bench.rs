@@ -1,4 +1,5 @@
-//! `memex bench retrieval`: HNSW vs exact search on real MiniLM vectors extended by perturbation.
+//! `memex bench retrieval`: HNSW vs exact search on real MiniLM vectors extended by mixing real
+//! neighbours (or by perturbation), plus end-to-end search and ingestion figures.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,15 +31,23 @@ pub struct RetrievalArgs {
     /// Candidate-list size while building.
     #[arg(long, default_value_t = 200)]
     pub ef_construction: usize,
-    /// Number of queries (perturbed real vectors not in the index).
+    /// Number of queries (built like the extension vectors, not in the index).
     #[arg(long, default_value_t = 1000)]
     pub queries: usize,
+    /// How the real embeddings are extended to the benchmark sizes: `mix` (between real
+    /// nearest neighbours, plus small noise) or `perturb` (Gaussian noise around one vector).
+    #[arg(long, default_value = "mix", value_parser = ["mix", "perturb"])]
+    pub extend: String,
     /// Threads for building (searches are single-threaded).
     #[arg(long, default_value_t = 1)]
     pub build_threads: usize,
-    /// Vector cache file (created from real embeddings when missing or too small).
+    /// Cache of the real embeddings of the corpus texts (created when missing or too small;
+    /// a cache holding more vectors is reused for its first texts-count vectors).
     #[arg(long, value_name = "FILE")]
-    pub vectors: Option<PathBuf>,
+    pub real: Option<PathBuf>,
+    /// Write the extended vector set here (same format) for peer benchmarks.
+    #[arg(long, value_name = "FILE")]
+    pub vectors_out: Option<PathBuf>,
     /// Repository root holding data/corpus/texts.jsonl and data/kb/.
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub texts_root: PathBuf,
@@ -81,37 +90,41 @@ struct Row {
 pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
     let largest = a.sizes.iter().copied().max().unwrap_or(0);
     let cache = a
-        .vectors
+        .real
         .clone()
-        .unwrap_or_else(|| g.data_dir().join("bench-vectors.bin"));
+        .unwrap_or_else(|| g.data_dir().join("bench-real.bin"));
     let started = Instant::now();
-    let all = match VectorSet::load(&cache) {
-        Ok(set) if set.len() >= largest => set,
-        _ => {
-            let embedder = g.load_embedder()?;
-            let texts = dataset::corpus_texts(&a.texts_root);
-            anyhow::ensure!(
-                !texts.is_empty(),
-                "no texts under {} (data/corpus/texts.jsonl, data/kb/*.md)",
-                a.texts_root.display()
-            );
-            eprintln!("embedding {} texts for the vector cache...", texts.len());
-            dataset::real_vectors(&embedder, &texts, largest, &cache)?
-        }
+    let texts = dataset::corpus_texts(&a.texts_root);
+    anyhow::ensure!(
+        !texts.is_empty(),
+        "no texts under {} (data/corpus/texts.jsonl, data/kb/*.md)",
+        a.texts_root.display()
+    );
+    let embedder = g.load_embedder()?;
+    let real = dataset::real_embeddings(&embedder, &texts, &cache)?;
+    drop(embedder);
+    let (all, queries) = if a.extend == "perturb" {
+        let all = dataset::extend_by_perturbation(&real, largest, dataset::PERTURBATION_SIGMA, 42);
+        let q = dataset::queries(&all, a.queries, dataset::PERTURBATION_SIGMA, 7);
+        (all, q)
+    } else {
+        (
+            dataset::extend_by_mixing(&real, largest, 42),
+            dataset::mixed_queries(&real, a.queries, 7),
+        )
     };
     eprintln!(
-        "vectors: {} (dim {}) from {} in {:.1} s",
-        all.len(),
-        all.dim,
+        "vectors: {} real (dim {}, {}) extended by {} to {} in {:.1} s",
+        real.len(),
+        real.dim,
         cache.display(),
+        a.extend,
+        all.len(),
         started.elapsed().as_secs_f64()
     );
-    let queries = dataset::queries(
-        &all.truncated(largest.min(all.len())),
-        a.queries,
-        dataset::PERTURBATION_SIGMA,
-        7,
-    );
+    if let Some(out) = &a.vectors_out {
+        all.save(out).context("writing the vectors")?;
+    }
     if let Some(out) = &a.queries_out {
         queries.save(out).context("writing the queries")?;
     }

@@ -1,6 +1,15 @@
 //! Realistic vector sets for recall tests and benchmarks: real embeddings of real text,
-//! extended by small Gaussian perturbations (then renormalised) where embedding that many texts
-//! would take too long, cached in a simple checksummed file.
+//! extended where embedding that many texts would take too long, cached in a simple
+//! checksummed file.
+//!
+//! Two extensions:
+//! * [`extend_by_mixing`] (benchmarks at 100k and beyond): each new vector lies between a real
+//!   vector and one of its real nearest neighbours, `normalize(a + t·(b − a))` with `t` uniform
+//!   in `[0, 1)`, plus a little isotropic noise. New points follow the real neighbourhood
+//!   structure, so a set of 100k has no clusters of near-equidistant siblings.
+//! * [`extend_by_perturbation`]: Gaussian noise around a real vector (σ = 0.02 per component).
+//!   Fine at 10k (three siblings per real vector); at 100k every real vector has ~30 siblings
+//!   whose differences are isotropic noise, which makes top-10 recall hard for any HNSW.
 //!
 //! Random unit vectors are useless here: in 384 dimensions they have no neighbourhood
 //! structure, and every HNSW implementation scores recall@10 ≈ 0.25 on them.
@@ -160,6 +169,114 @@ pub fn queries(base: &VectorSet, n: usize, sigma: f32, seed: u64) -> VectorSet {
     out
 }
 
+/// Real neighbours each real vector may be mixed with in [`extend_by_mixing`].
+pub const MIX_NEIGHBOURS: usize = 10;
+
+/// Per-component standard deviation of the noise added to mixed vectors (about 0.1 in norm over
+/// 384 dimensions: a quarter of [`PERTURBATION_SIGMA`]'s).
+pub const MIX_NOISE_SIGMA: f32 = 0.005;
+
+/// For each vector of `base`, the indices of its `k` nearest other vectors (exact, by dot).
+pub fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
+    use rayon::prelude::*;
+    (0..base.len())
+        .into_par_iter()
+        .map(|i| {
+            let v = base.get(i);
+            let mut scored: Vec<(f32, u32)> = (0..base.len())
+                .filter(|&j| j != i)
+                .map(|j| (super::dot(v, base.get(j)), j as u32))
+                .collect();
+            let k = k.min(scored.len());
+            if k == 0 {
+                return Vec::new();
+            }
+            scored.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+            scored.truncate(k);
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0));
+            scored.into_iter().map(|(_, j)| j).collect()
+        })
+        .collect()
+}
+
+/// One mixed vector: a random real vector `a`, one of its real neighbours `b`,
+/// `normalize(a + t·(b − a) + noise)`.
+fn mix(base: &VectorSet, nbrs: &[Vec<u32>], rng: &mut StdRng) -> Vec<f32> {
+    let a = rng.random_range(0..base.len());
+    let va = base.get(a);
+    let list = &nbrs[a];
+    if list.is_empty() {
+        return perturb(va, MIX_NOISE_SIGMA, rng);
+    }
+    let vb = base.get(list[rng.random_range(0..list.len())] as usize);
+    let t: f32 = rng.random::<f32>();
+    let mut out: Vec<f32> = va
+        .iter()
+        .zip(vb)
+        .map(|(x, y)| x + t * (y - x) + MIX_NOISE_SIGMA * gaussian(rng))
+        .collect();
+    if !normalize(&mut out) {
+        out = va.to_vec();
+    }
+    out
+}
+
+/// `base` (real embeddings) followed by mixed vectors (see the module docs) up to `total`.
+pub fn extend_by_mixing(base: &VectorSet, total: usize, seed: u64) -> VectorSet {
+    let mut out = base.truncated(total);
+    if base.is_empty() || out.len() >= total {
+        return out;
+    }
+    let nbrs = neighbour_lists(base, MIX_NEIGHBOURS);
+    let mut rng = StdRng::seed_from_u64(seed);
+    out.data.reserve((total - out.len()) * base.dim);
+    while out.len() < total {
+        let v = mix(base, &nbrs, &mut rng);
+        out.data.extend_from_slice(&v);
+    }
+    out
+}
+
+/// `n` query vectors built like [`extend_by_mixing`]'s, with their own seed (so they are not in
+/// the set).
+pub fn mixed_queries(base: &VectorSet, n: usize, seed: u64) -> VectorSet {
+    let mut out = VectorSet::new(base.dim);
+    if base.is_empty() {
+        return out;
+    }
+    let nbrs = neighbour_lists(base, MIX_NEIGHBOURS);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x0071_e5ed_0f9e_41a7);
+    for _ in 0..n {
+        let v = mix(base, &nbrs, &mut rng);
+        out.data.extend_from_slice(&v);
+    }
+    out
+}
+
+/// The real embeddings of `texts`, cached at `cache`. A cache holding at least `texts.len()`
+/// vectors of the embedder's dimension is reused (its first `texts.len()` vectors: caches
+/// written by [`real_vectors`] start with the real embeddings).
+pub fn real_embeddings(
+    embedder: &dyn Embedder,
+    texts: &[String],
+    cache: &Path,
+) -> Result<VectorSet, crate::kb::KbError> {
+    if let Ok(set) = VectorSet::load(cache) {
+        if set.dim == embedder.dim() && set.len() >= texts.len() {
+            return Ok(set.truncated(texts.len()));
+        }
+    }
+    let mut base = VectorSet::new(embedder.dim());
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    for batch in refs.chunks(256) {
+        for v in embedder.embed(batch)? {
+            base.data.extend_from_slice(&v);
+        }
+    }
+    base.save(cache)?;
+    Ok(base)
+}
+
 /// Texts for embedding: every `"text"` of `data/corpus/texts.jsonl` and every paragraph of the
 /// Markdown files in `data/kb/`, under `root` (the repository). Missing inputs are skipped.
 pub fn corpus_texts(root: &Path) -> Vec<String> {
@@ -247,6 +364,40 @@ mod tests {
                 .fold(f32::MIN, f32::max);
             assert!(best > 0.85 && best < 0.99, "cosine to origin {best}");
         }
+    }
+
+    #[test]
+    fn mixing_stays_between_real_neighbours() {
+        let mut base = VectorSet::new(64);
+        let mut rng = StdRng::seed_from_u64(3);
+        for _ in 0..40 {
+            let mut v: Vec<f32> = (0..64).map(|_| gaussian(&mut rng)).collect();
+            normalize(&mut v);
+            base.data.extend_from_slice(&v);
+        }
+        let nbrs = neighbour_lists(&base, 3);
+        assert_eq!(nbrs[0].len(), 3);
+        let d0: Vec<f32> = nbrs[0]
+            .iter()
+            .map(|&j| crate::index::dot(base.get(0), base.get(j as usize)))
+            .collect();
+        assert!(d0.windows(2).all(|w| w[0] >= w[1]), "sorted best first");
+        let ext = extend_by_mixing(&base, 400, 9);
+        assert_eq!(ext.len(), 400);
+        assert_eq!(ext.get(5), base.get(5));
+        for i in 40..400 {
+            let v = ext.get(i);
+            let norm: f32 = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-4);
+            // Close to some real vector (it lies on a segment between two of them).
+            let best = (0..40)
+                .map(|j| crate::index::dot(v, base.get(j)))
+                .fold(f32::MIN, f32::max);
+            assert!(best > 0.6, "cosine to the nearest real vector {best}");
+        }
+        let q = mixed_queries(&base, 20, 9);
+        assert_eq!(q.len(), 20);
+        assert_ne!(q.get(0), ext.get(40), "queries use their own seed");
     }
 
     #[test]

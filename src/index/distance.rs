@@ -1,12 +1,10 @@
-//! Dot products over `f32` slices, and the clamped dot distance handed to hnsw_rs.
+//! Dot products over `f32` slices, and the clamped dot distance between unit vectors.
 //!
 //! On x86-64 with AVX2 and FMA (detected at run time, once) the kernel uses 256-bit fused
 //! multiply-adds with four independent accumulators; elsewhere a portable kernel with eight
 //! accumulators that compilers turn into packed SIMD.
 
 use std::sync::OnceLock;
-
-use hnsw_rs::anndists::dist::distances::Distance;
 
 type DotFn = fn(&[f32], &[f32]) -> f32;
 
@@ -107,8 +105,8 @@ unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
 
 /// Distance between unit vectors: `1 - dot`, clamped at zero.
 ///
-/// Rounding makes `dot` of near-duplicates exceed 1 slightly; hnsw_rs asserts distances are
-/// non-negative, so the clamp is part of the contract. Non-finite results map to 2 (the largest
+/// Rounding makes `dot` of near-duplicates exceed 1 slightly; the clamp keeps distances
+/// non-negative (HNSW libraries such as hnsw_rs assert that). Non-finite results map to 2 (the largest
 /// distance between unit vectors) so they never win a comparison.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct ClampedDot;
@@ -123,12 +121,6 @@ impl ClampedDot {
         } else {
             d.max(0.0)
         }
-    }
-}
-
-impl Distance<f32> for ClampedDot {
-    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
-        ClampedDot::distance(va, vb)
     }
 }
 

@@ -1,9 +1,9 @@
 //! A compact, read-only copy of an HNSW graph, searched without locks or per-query allocation.
 //!
-//! hnsw_rs builds the graph; its in-memory form (an `Arc` and an `RwLock` per point, a `HashMap`
-//! of visited points and heap-allocated candidates per query) is what makes its searches slow.
-//! [`Graph`] flattens it: vectors in one contiguous array, layer-0 neighbour lists at a fixed
-//! stride, upper layers in a side table, and a reusable visited-generation array per thread.
+//! [`Graph`] holds vectors in one contiguous array, layer-0 neighbour lists at a fixed stride,
+//! upper layers in a side table; searches reuse a visited-generation array and heaps per thread
+//! (no `HashMap` of visited points, no allocation per candidate — what made hnsw_rs's own
+//! search 4× slower than hnswlib). `build` writes this layout directly.
 
 use std::cell::RefCell;
 use std::cmp::Ordering;
@@ -39,7 +39,7 @@ impl Ord for Cand {
 
 /// Closer-first ordering for the candidate queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Nearest(Cand);
+pub(crate) struct Nearest(pub(crate) Cand);
 impl PartialOrd for Nearest {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
@@ -151,7 +151,7 @@ impl Graph {
     }
 
     #[inline]
-    fn prefetch(&self, node: u32) {
+    pub(crate) fn prefetch(&self, node: u32) {
         #[cfg(target_arch = "x86_64")]
         {
             let s = node as usize * self.dim;

@@ -1,4 +1,4 @@
-//! [`HnswIndex`]: an hnsw_rs-built graph searched through its compact copy, plus an exact
+//! [`HnswIndex`]: an HNSW graph in compact form, plus an exact
 //! side list for vectors added since the last build and tombstones for removed ones.
 
 use std::collections::HashMap;
@@ -44,8 +44,8 @@ impl HnswIndex {
         }
     }
 
-    /// Builds the graph over `ids[i]` ↦ `vectors[i*dim..(i+1)*dim]` (unit vectors), inserting in
-    /// parallel on the current rayon pool. A repeated id keeps its last vector.
+    /// Builds the graph over `ids[i]` ↦ `vectors[i*dim..(i+1)*dim]` (unit vectors), inserting
+    /// sequentially (deterministic). A repeated id keeps its last vector.
     pub fn build(
         dim: usize,
         params: HnswParams,

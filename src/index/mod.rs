@@ -2,9 +2,9 @@
 //!
 //! * [`VectorIndex`] — the seam: add, remove, search, len.
 //! * [`FlatIndex`] — exact search; ground truth for tests and small sets.
-//! * [`HnswIndex`] — approximate search: the graph is built by hnsw_rs with a clamped dot
-//!   distance of our own ([`ClampedDot`]), then flattened into a compact read-only copy that is
-//!   searched without locks or per-query allocations, and persisted in our own validated format.
+//! * [`HnswIndex`] — approximate search: an HNSW graph built by our own insertion code directly
+//!   into a compact read-only layout that is searched without locks or per-query allocations,
+//!   and persisted in our own validated format.
 //!
 //! Scores are dot products (cosine similarity for unit vectors): higher is closer.
 //!

@@ -53,6 +53,10 @@ pub struct KbOptions {
     pub chunking: ChunkOptions,
     /// Chunks per call to the embedder during ingestion.
     pub embed_batch: usize,
+    /// Most rows the keyword leg lets FTS5 score with BM25 per query: rarer terms are kept,
+    /// the most common dropped until their summed document frequency fits (see
+    /// [`fts::plan`]). Bounds keyword latency at any corpus size.
+    pub keyword_budget: usize,
 }
 
 impl Default for KbOptions {
@@ -61,6 +65,7 @@ impl Default for KbOptions {
             hnsw: HnswParams::default(),
             chunking: ChunkOptions::default(),
             embed_batch: 64,
+            keyword_budget: 1000,
         }
     }
 }

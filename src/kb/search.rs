@@ -2,7 +2,7 @@
 
 use std::str::FromStr;
 
-use super::fts::sanitize;
+use super::fts::{self, KeywordPlan};
 use super::fusion::rrf;
 use super::{KbError, KnowledgeBase};
 use crate::index::VectorIndex;
@@ -114,10 +114,7 @@ impl KnowledgeBase {
         let keyword_ids: Vec<(u64, f64)> = if mode == SearchMode::Vector {
             Vec::new()
         } else {
-            match sanitize(query_text) {
-                Some(expr) => self.store().fts_search(&expr, depth)?,
-                None => Vec::new(),
-            }
+            self.keyword_search(query_text, depth)?
         };
         let ranked: Vec<(u64, f64, Option<usize>, Option<usize>)> = match mode {
             SearchMode::Vector => vector_ids
@@ -162,5 +159,34 @@ impl KnowledgeBase {
             });
         }
         Ok(hits)
+    }
+
+    /// The keyword leg: FTS5 BM25 over a plan that bounds the rows BM25 has to score (see
+    /// [`fts::plan`]); exact rare tokens such as `pay_ABC123` always stay in the query.
+    fn keyword_search(&self, query_text: &str, depth: usize) -> Result<Vec<(u64, f64)>, KbError> {
+        let terms = fts::terms(query_text);
+        if terms.is_empty() {
+            return Ok(Vec::new());
+        }
+        let budget = self.options.keyword_budget.max(1);
+        let mut store = self.store();
+        let mut dfs = Vec::with_capacity(terms.len());
+        for t in terms {
+            let df = store.capped_df(&t, budget)?;
+            dfs.push((t, df));
+        }
+        match fts::plan(&dfs, budget) {
+            KeywordPlan::Nothing => Ok(Vec::new()),
+            KeywordPlan::Or(chosen) => store.fts_search(&chosen.join(" OR "), depth),
+            KeywordPlan::Common(all) => {
+                let conjunction = all.join(" AND ");
+                let expr = if store.capped_count(&conjunction, 0)? > 0 {
+                    conjunction
+                } else {
+                    all[0].clone()
+                };
+                store.fts_search_recent(&expr, depth, budget)
+            }
+        }
     }
 }

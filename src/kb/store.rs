@@ -99,6 +99,9 @@ pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
 
 pub(crate) struct Store {
     conn: Connection,
+    /// Capped document frequencies of FTS5 terms, valid for `df_generation` only.
+    df_cache: HashMap<String, usize>,
+    df_generation: Option<u64>,
 }
 
 impl Store {
@@ -109,7 +112,11 @@ impl Store {
         let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
-        let mut store = Store { conn };
+        let mut store = Store {
+            conn,
+            df_cache: HashMap::new(),
+            df_generation: None,
+        };
         let tx = store
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -314,6 +321,63 @@ impl Store {
              WHERE chunks_fts MATCH ?1 ORDER BY score LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![expr, limit as i64], |r| {
+            Ok((r.get::<_, i64>(0)? as u64, -r.get::<_, f64>(1)?))
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Number of chunks matching the one-term expression `term`, counted up to `cap + 1` (so
+    /// the cost is bounded by `cap`, however common the term). Cached per store generation.
+    pub(crate) fn capped_df(&mut self, term: &str, cap: usize) -> Result<usize, KbError> {
+        let generation = self.generation()?;
+        if self.df_generation != Some(generation) {
+            self.df_cache.clear();
+            self.df_generation = Some(generation);
+        }
+        if let Some(&df) = self.df_cache.get(term) {
+            return Ok(df);
+        }
+        let df = self.capped_count(term, cap)?;
+        if self.df_cache.len() >= 100_000 {
+            self.df_cache.clear();
+        }
+        self.df_cache.insert(term.to_string(), df);
+        Ok(df)
+    }
+
+    /// Matches of `expr`, counted up to `cap + 1`.
+    pub(crate) fn capped_count(&self, expr: &str, cap: usize) -> Result<usize, KbError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT count(*) FROM (SELECT 1 FROM chunks_fts WHERE chunks_fts MATCH ?1 LIMIT ?2)",
+        )?;
+        let n: i64 = stmt.query_row(params![expr, cap as i64 + 1], |r| r.get(0))?;
+        Ok(n.max(0) as usize)
+    }
+
+    /// Keyword search restricted to the newest `window` matches of `expr` (by chunk id), so
+    /// BM25 scores at most `window` rows.
+    pub(crate) fn fts_search_recent(
+        &self,
+        expr: &str,
+        limit: usize,
+        window: usize,
+    ) -> Result<Vec<(u64, f64)>, KbError> {
+        let floor: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT rowid FROM chunks_fts WHERE chunks_fts MATCH ?1
+                 ORDER BY rowid DESC LIMIT 1 OFFSET ?2",
+            )?
+            .query_row(params![expr, window.saturating_sub(1) as i64], |r| r.get(0))
+            .optional()?;
+        let Some(floor) = floor else {
+            return self.fts_search(expr, limit);
+        };
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT rowid, bm25(chunks_fts, 1.0, 0.5) AS score FROM chunks_fts
+             WHERE chunks_fts MATCH ?1 AND rowid >= ?3 ORDER BY score LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![expr, limit as i64, floor], |r| {
             Ok((r.get::<_, i64>(0)? as u64, -r.get::<_, f64>(1)?))
         })?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
