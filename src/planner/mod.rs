@@ -1,1 +1,1 @@
-//! planner: see ARCHITECTURE.md.
+//! Task planning (LLM-built dependency graphs executed with the agent's guards): not built yet; see issue 7.

@@ -1,0 +1,28 @@
+//! The seam between the `search_knowledge_base` tool and whatever knowledge base backs it.
+//!
+//! The tool only needs ranked passages; the agent adapts the real knowledge base (hybrid
+//! search over `data/kb`) to [`KnowledgeSearch`].
+
+use serde::{Deserialize, Serialize};
+
+/// One passage returned by a knowledge search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KnowledgeHit {
+    /// Stable id of the chunk in the knowledge base.
+    pub chunk_id: i64,
+    /// The document it comes from (for example `refund-timelines.md`).
+    pub source: String,
+    /// The heading path of the section (for example `Refund Timelines > UPI`).
+    pub heading: String,
+    /// The passage text.
+    pub text: String,
+    /// Relevance score; higher is better. Only comparable within one search.
+    pub score: f32,
+}
+
+/// A searchable knowledge base. Implementations are blocking; the tool calls them on a
+/// blocking thread.
+pub trait KnowledgeSearch: Send + Sync {
+    /// The `k` passages most relevant to `query`, best first. An error is one sentence.
+    fn search(&self, query: &str, k: usize) -> Result<Vec<KnowledgeHit>, String>;
+}

@@ -1,0 +1,74 @@
+//! `get_merchant_account`: the session merchant's account, balances and recent settlements.
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::{blocking, to_value, Db};
+use crate::domain::payments::error::PaymentsError;
+use crate::tools::{Tool, ToolContext, ToolError};
+
+/// Reads the account of the session's merchant; it takes no arguments, so it cannot be
+/// pointed at another merchant.
+pub struct GetMerchantAccount {
+    db: Db,
+    parameters: Value,
+}
+
+impl GetMerchantAccount {
+    /// The tool over `db`.
+    pub fn new(db: Db) -> Self {
+        GetMerchantAccount {
+            db,
+            parameters: json!({
+                "type": "object",
+                "properties": {},
+                "additionalProperties": false,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Tool for GetMerchantAccount {
+    fn name(&self) -> &str {
+        "get_merchant_account"
+    }
+
+    fn description(&self) -> &str {
+        "Get the current merchant's account: business name, account status (active, \
+         under_review, suspended, activated_kyc_pending), kyc_status, masked settlement bank \
+         account, settlement_cycle (e.g. T+2), settlement_hold (null, or \"kyc\"/\"risk\" when \
+         settlements are on hold), balance (collected and not yet settled, after refunds), \
+         pending_settlement (part of the balance due in upcoming settlements), \
+         settled_this_month, and the five most recent settlements (settlement_id, settled_at, \
+         amount, payment_count). Amounts are whole rupees (INR). Use it for questions about \
+         settlements, holds, KYC or the account's state. Takes no arguments: it always reads \
+         the merchant of this conversation."
+    }
+
+    fn parameters(&self) -> &Value {
+        &self.parameters
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn progress(&self, _args: &Value) -> String {
+        "Checking the merchant account".into()
+    }
+
+    async fn call(&self, _args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
+        let db = self.db.clone();
+        let merchant = ctx.merchant.clone();
+        let account = blocking(move || {
+            db.merchant_account(&merchant)?
+                .ok_or_else(|| PaymentsError::NotFound {
+                    what: "merchant account",
+                    id: merchant.to_string(),
+                })
+        })
+        .await?;
+        to_value(&account)
+    }
+}

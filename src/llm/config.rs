@@ -1,0 +1,319 @@
+//! Client configuration: where the server is, which model, the API key (kept secret), timeouts
+//! and the retry policy.
+
+use std::fmt;
+use std::time::Duration;
+
+use rand::Rng;
+
+use super::LlmError;
+
+/// Groq's OpenAI-compatible endpoint, the default base URL.
+pub const DEFAULT_BASE_URL: &str = "https://api.groq.com/openai/v1";
+/// The default model.
+pub const DEFAULT_MODEL: &str = "llama-3.3-70b-versatile";
+
+/// Environment variable naming the base URL.
+pub const ENV_BASE_URL: &str = "MEMEX_LLM_BASE_URL";
+/// Environment variable naming the model.
+pub const ENV_MODEL: &str = "MEMEX_LLM_MODEL";
+/// Environment variables holding the API key, in order of preference.
+pub const ENV_API_KEYS: [&str; 3] = ["MEMEX_LLM_API_KEY", "GROQ_API_KEY", "OPENAI_API_KEY"];
+
+/// An API key. It cannot be printed: `Debug` shows `ApiKey([redacted])` and there is no
+/// `Display`; [`ApiKey::expose`] is the one way to read it (for the `Authorization` header).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Wraps a key.
+    pub fn new(key: impl Into<String>) -> Self {
+        ApiKey(key.into())
+    }
+
+    /// The key itself. Only for building the request header; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Replaces every occurrence of the key in `text` by `[redacted]` (used on server
+    /// messages, which sometimes quote the key they rejected).
+    pub fn scrub(&self, text: &str) -> String {
+        if self.0.len() < 4 {
+            return text.to_string();
+        }
+        text.replace(&self.0, "[redacted]")
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKey([redacted])")
+    }
+}
+
+/// How failed calls are retried: exponential backoff with jitter, bounded in count and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 = never retry).
+    pub max_retries: u32,
+    /// Wait before the first retry; doubles on each further retry.
+    pub initial_backoff: Duration,
+    /// Longest computed wait between attempts (a server's `Retry-After` may ask for more).
+    pub max_backoff: Duration,
+    /// Time budget for the whole call, every attempt and wait included. A wait that would end
+    /// past it is not started: the last error is returned instead.
+    pub max_elapsed: Duration,
+    /// Randomise each computed wait within `[wait/2, wait]` so that clients do not retry in step.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 3,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(8),
+            max_elapsed: Duration::from_secs(90),
+            jitter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Default::default()
+        }
+    }
+
+    /// The computed wait before retry number `retry` (0-based), jitter applied.
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let factor = 2u32.saturating_pow(retry.min(20));
+        let full = self
+            .initial_backoff
+            .saturating_mul(factor)
+            .min(self.max_backoff);
+        if !self.jitter || full.is_zero() {
+            return full;
+        }
+        let half = full / 2;
+        let extra = rand::rng().random_range(0..=(full - half).as_micros() as u64);
+        half + Duration::from_micros(extra)
+    }
+}
+
+/// Everything [`OpenAiCompatible`](super::OpenAiCompatible) needs. `Debug` never shows the key.
+#[derive(Debug, Clone)]
+pub struct LlmConfig {
+    /// Base URL of the OpenAI-compatible API, e.g. `https://api.groq.com/openai/v1` or
+    /// `http://localhost:11434/v1`; `/chat/completions` is appended.
+    pub base_url: String,
+    /// Model name sent with every request.
+    pub model: String,
+    /// API key sent as `Authorization: Bearer ...`; local servers need none.
+    pub api_key: Option<ApiKey>,
+    /// Time allowed to open the TCP (and TLS) connection.
+    pub connect_timeout: Duration,
+    /// Time allowed for one attempt: the whole answer without streaming, the response headers
+    /// with streaming.
+    pub request_timeout: Duration,
+    /// With streaming, the longest silence allowed between two chunks.
+    pub stream_idle_timeout: Duration,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Ask for usage in streamed answers (`stream_options.include_usage`). Turn off for
+    /// servers that reject the field.
+    pub stream_usage: bool,
+}
+
+impl Default for LlmConfig {
+    fn default() -> Self {
+        LlmConfig {
+            base_url: DEFAULT_BASE_URL.to_string(),
+            model: DEFAULT_MODEL.to_string(),
+            api_key: None,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            stream_idle_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            stream_usage: true,
+        }
+    }
+}
+
+impl LlmConfig {
+    /// Defaults overridden by the environment: `MEMEX_LLM_BASE_URL`, `MEMEX_LLM_MODEL`, and
+    /// the key from `MEMEX_LLM_API_KEY`, else `GROQ_API_KEY`, else `OPENAI_API_KEY`. Empty
+    /// variables count as unset.
+    pub fn from_env() -> Self {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`LlmConfig::from_env`] with a custom variable lookup (for tests and the CLI).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Self {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut config = LlmConfig::default();
+        if let Some(url) = get(ENV_BASE_URL) {
+            config.base_url = url.trim().to_string();
+        }
+        if let Some(model) = get(ENV_MODEL) {
+            config.model = model.trim().to_string();
+        }
+        config.api_key = ENV_API_KEYS
+            .iter()
+            .find_map(|name| get(name))
+            .map(|k| ApiKey::new(k.trim()));
+        config
+    }
+
+    /// Sets the base URL.
+    pub fn with_base_url(mut self, url: impl Into<String>) -> Self {
+        self.base_url = url.into();
+        self
+    }
+
+    /// Sets the model.
+    pub fn with_model(mut self, model: impl Into<String>) -> Self {
+        self.model = model.into();
+        self
+    }
+
+    /// Sets the API key.
+    pub fn with_api_key(mut self, key: impl Into<String>) -> Self {
+        self.api_key = Some(ApiKey::new(key));
+        self
+    }
+
+    /// Sets the retry policy.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Sets the connect and per-attempt timeouts.
+    pub fn with_timeouts(mut self, connect: Duration, request: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.request_timeout = request;
+        self
+    }
+
+    /// Checks the configuration and returns the chat-completions endpoint.
+    pub(crate) fn endpoint(&self) -> Result<reqwest::Url, LlmError> {
+        let base = self.base_url.trim().trim_end_matches('/');
+        let url = reqwest::Url::parse(&format!("{base}/chat/completions")).map_err(|e| {
+            LlmError::Config(format!(
+                "the base URL `{}` is not a valid URL: {e}",
+                redact_userinfo(&self.base_url)
+            ))
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(LlmError::Config(format!(
+                "the base URL must start with http:// or https://, not `{}://`",
+                url.scheme()
+            )));
+        }
+        if self.model.trim().is_empty() {
+            return Err(LlmError::Config("the model name is empty".into()));
+        }
+        Ok(url)
+    }
+}
+
+/// The URL without user name or password, for messages.
+pub(crate) fn safe_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.to_string()
+}
+
+fn redact_userinfo(raw: &str) -> String {
+    match (raw.find("://"), raw.find('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://[redacted]{}", &raw[..scheme_end], &raw[at..])
+        }
+        _ => raw.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_falls_back_in_order() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let c = LlmConfig::from_lookup(env(&[("OPENAI_API_KEY", "o"), ("GROQ_API_KEY", "g")]));
+        assert_eq!(c.api_key.unwrap().expose(), "g");
+        let c = LlmConfig::from_lookup(env(&[
+            ("OPENAI_API_KEY", "o"),
+            ("GROQ_API_KEY", "g"),
+            ("MEMEX_LLM_API_KEY", "m"),
+        ]));
+        assert_eq!(c.api_key.unwrap().expose(), "m");
+        let c = LlmConfig::from_lookup(env(&[("OPENAI_API_KEY", "o"), ("GROQ_API_KEY", " ")]));
+        assert_eq!(c.api_key.unwrap().expose(), "o");
+        let c = LlmConfig::from_lookup(env(&[]));
+        assert!(c.api_key.is_none());
+        assert_eq!(c.base_url, DEFAULT_BASE_URL);
+        assert_eq!(c.model, DEFAULT_MODEL);
+        let c = LlmConfig::from_lookup(env(&[
+            ("MEMEX_LLM_BASE_URL", "http://localhost:11434/v1"),
+            ("MEMEX_LLM_MODEL", "qwen2.5"),
+        ]));
+        assert_eq!(c.base_url, "http://localhost:11434/v1");
+        assert_eq!(c.model, "qwen2.5");
+    }
+
+    #[test]
+    fn debug_redacts_key() {
+        let c = LlmConfig::default().with_api_key("gsk_supersecret123");
+        let s = format!("{c:?}");
+        assert!(!s.contains("supersecret"), "{s}");
+        assert!(s.contains("[redacted]"));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy {
+            jitter: false,
+            ..Default::default()
+        };
+        assert_eq!(p.backoff(0), Duration::from_millis(500));
+        assert_eq!(p.backoff(1), Duration::from_millis(1000));
+        assert_eq!(p.backoff(10), Duration::from_secs(8));
+        let j = RetryPolicy::default();
+        for _ in 0..100 {
+            let d = j.backoff(2);
+            assert!(d >= Duration::from_millis(1000) && d <= Duration::from_millis(2000));
+        }
+    }
+
+    #[test]
+    fn endpoint_is_validated() {
+        let c = LlmConfig::default().with_base_url("http://127.0.0.1:1234/v1/");
+        assert_eq!(
+            c.endpoint().unwrap().as_str(),
+            "http://127.0.0.1:1234/v1/chat/completions"
+        );
+        assert!(matches!(
+            LlmConfig::default().with_base_url("not a url").endpoint(),
+            Err(LlmError::Config(_))
+        ));
+        let err = LlmConfig::default()
+            .with_base_url("ftp://u:pw@x/")
+            .endpoint()
+            .unwrap_err();
+        assert!(!err.to_string().contains("pw"));
+    }
+}

@@ -1,0 +1,262 @@
+//! The agent through the real binary against a fake OpenAI-compatible server on loopback:
+//! `init --demo`, `ask`, `approve`, `audit`, `stats`, the JSON contract and exit codes.
+
+#[path = "support/fake_openai.rs"]
+mod fake_openai;
+#[path = "support/model.rs"]
+mod model;
+
+use std::path::Path;
+use std::process::Output;
+
+use fake_openai::{FakeOpenAi, Reply};
+use serde_json::Value;
+
+async fn memex(data: &Path, base_url: &str, args: &[&str]) -> Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memex"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(args)
+        .env("MEMEX_LLM_BASE_URL", base_url)
+        .env("MEMEX_LLM_API_KEY", "sk-test-secret-123")
+        .env("MEMEX_LLM_MODEL", "fake-model")
+        .env_remove("MEMEX_JSON")
+        .env_remove("MEMEX_EPISODIC_URL");
+    tokio::task::spawn_blocking(move || cmd.output().expect("memex runs"))
+        .await
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_approve_audit_and_stats_through_the_cli() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+
+    let init = json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+    assert_eq!(init["payments"]["transactions_added"], 60);
+    let again = json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+    assert_eq!(again["kb"]["chunks_added"], 0, "init is idempotent");
+    assert_eq!(again["episodes_added"], 0);
+
+    // 429 with Retry-After, then a tool call, then the answer.
+    server
+        .push(Reply::status(429, "slow down").header("Retry-After", "0"))
+        .push(Reply::tool_calls(&[(
+            "call_1",
+            "get_transaction",
+            r#"{"transaction_id":"pay_ABC123"}"#,
+        )]))
+        .push(Reply::text(
+            "pay_ABC123 was captured on 2026-03-28 and settles on T+2.",
+        ));
+    let r = json_of(
+        &memex(
+            data,
+            &url,
+            &[
+                "ask",
+                "--merchant",
+                "MID001",
+                "--json",
+                "Where is the settlement for pay_ABC123?",
+            ],
+        )
+        .await,
+    );
+    let session = r["session"].as_str().unwrap().to_string();
+    assert_eq!(r["merchant"], "MID001");
+    assert!(r["answer"].as_str().unwrap().contains("T+2"));
+    assert_eq!(r["turns"], 1);
+    let call = &r["tool_calls"][0];
+    for key in ["id", "tool", "args", "status", "result", "latency_ms"] {
+        assert!(call.get(key).is_some(), "tool call lacks {key}: {call}");
+    }
+    assert_eq!(call["status"], "ok");
+    assert_eq!(call["result"]["customer_name"], "Priya Sharma");
+    assert!(r["pending_action"].is_null() && r["escalation"].is_null());
+    let kb = r["memory"]["kb"].as_array().unwrap();
+    assert!(!kb.is_empty());
+    for key in ["chunk_id", "source", "score"] {
+        assert!(kb[0].get(key).is_some(), "kb entry lacks {key}");
+    }
+    assert!(r["memory"]["episodes"][0].get("summary").is_some());
+    assert!(r["memory"].get("summary").is_some());
+    // The API key went to the server, never to the output.
+    let reqs = server.requests();
+    assert!(reqs
+        .iter()
+        .any(|q| q.header("authorization") == Some("Bearer sk-test-secret-123")));
+
+    // The model asks for a refund: the turn ends pending, nothing refunded.
+    server.push(Reply::tool_calls(&[(
+        "call_2",
+        "initiate_refund",
+        r#"{"transaction_id":"pay_ABC123","amount":1000,"reason":"partial refund requested"}"#,
+    )]));
+    let r = json_of(
+        &memex(
+            data,
+            &url,
+            &[
+                "ask",
+                "--merchant",
+                "MID001",
+                "--session",
+                &session,
+                "--json",
+                "Refund 1000 of pay_ABC123. yes, I confirm",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(r["turns"], 2);
+    assert_eq!(r["tool_calls"][0]["status"], "pending_approval");
+    let action = r["pending_action"]["id"].as_str().unwrap().to_string();
+    assert_eq!(r["pending_action"]["tool"], "initiate_refund");
+    assert_eq!(r["pending_action"]["args"]["amount"], 1000);
+
+    server.push(Reply::text("The refund of 1000 INR is on its way."));
+    let r = json_of(
+        &memex(
+            data,
+            &url,
+            &["approve", "--session", &session, &action, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(r["tool_calls"][0]["status"], "ok");
+    let refund_id = r["tool_calls"][0]["result"]["refund_id"].clone();
+    // Approving again runs nothing.
+    let r2 = json_of(
+        &memex(
+            data,
+            &url,
+            &["approve", "--session", &session, &action, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(r2["tool_calls"][0]["result"]["refund_id"], refund_id);
+
+    let audit = json_of(&memex(data, &url, &["audit", "--session", &session, "--json"]).await);
+    let refunds_run = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["tool"] == "initiate_refund" && e["status"] == "ok")
+        .count();
+    assert_eq!(refunds_run, 1);
+    let stats = json_of(&memex(data, &url, &["stats", "--json"]).await);
+    assert_eq!(stats["blocked_irreversible"], 1);
+    assert!(stats["llm_tokens"].as_u64().unwrap() > 0);
+    for key in [
+        "sessions",
+        "success_rate",
+        "tool_calls",
+        "tool_failure_rate",
+        "loop_detections",
+        "escalations",
+        "latency_ms",
+    ] {
+        assert!(stats.get(key).is_some(), "stats lacks {key}");
+    }
+    assert!(!audit.to_string().contains("sk-test-secret-123"));
+
+    // chat: the answer streams, a refund asks y/N on the terminal, leaving stores an episode.
+    server
+        .push(Reply::sse_text(&["Hello ", "from ", "memex."]))
+        .push(Reply::sse_tool_calls(
+            &[(
+                "call_9",
+                "initiate_refund",
+                r#"{"transaction_id":"pay_ABC123","amount":500,"reason":"damaged item"}"#,
+            )],
+            4,
+        ))
+        .push(Reply::sse_text(&["Refund ", "approved."]))
+        .push(Reply::text(
+            "MID001 chatted; a 500 INR refund of pay_ABC123 was approved.",
+        ));
+    let out = chat(data, &url, "hi\nrefund 500 of pay_ABC123\ny\n").await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("agent> Hello from memex."), "{stdout}");
+    assert!(stdout.contains("[y/N]"), "{stdout}");
+    assert!(stdout.contains("Refund approved."), "{stdout}");
+    assert!(stdout.contains("session saved as episode"), "{stdout}");
+}
+
+async fn chat(data: &Path, base_url: &str, stdin: &str) -> Output {
+    use std::io::Write;
+    use std::process::Stdio;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memex"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["chat", "--merchant", "MID001"])
+        .env("MEMEX_LLM_BASE_URL", base_url)
+        .env("MEMEX_LLM_API_KEY", "sk-test-secret-123")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let input = stdin.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut child = cmd.spawn().expect("memex chat starts");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_llm_is_a_one_sentence_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = memex(
+        dir.path(),
+        "http://127.0.0.1:9/v1",
+        &["ask", "--merchant", "MID001", "hello"],
+    )
+    .await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("error: ") && last.contains("LLM"), "{err}");
+    assert!(
+        !err.contains("panicked") && !err.contains("sk-test-secret-123"),
+        "{err}"
+    );
+
+    let out = memex(
+        dir.path(),
+        "http://127.0.0.1:9/v1",
+        &["ask", "--merchant", "MID 001; DROP", "hello"],
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --merchant"));
+}

@@ -1,0 +1,177 @@
+//! The conversation buffer on the Redis store (a real `redis-server`, started by the test).
+
+#[path = "support/conv.rs"]
+mod conv;
+#[path = "support/redis_conv.rs"]
+mod redis_conv;
+
+use std::sync::Arc;
+
+use conv::{faithful, filler};
+use memex::conversation::{
+    Compression, ConversationBuffer, ConversationConfig, ConversationError, ConversationStore,
+    RedisConversationStore,
+};
+use memex::llm::{LlmError, Message, ScriptedModel, ToolCall};
+
+const SESSION: &str = "merchant-42:session-9";
+
+fn config() -> ConversationConfig {
+    ConversationConfig {
+        system_prompt: "You are the support agent of a payments company.".into(),
+        token_budget: 300,
+        keep_recent_turns: 1,
+        compress_target: 0.5,
+        summary_max_tokens: 400,
+        preserve_identifiers: true,
+    }
+}
+
+async fn store(redis: &redis_conv::TestRedis, prefix: &str) -> Arc<RedisConversationStore> {
+    Arc::new(
+        RedisConversationStore::connect(&redis.url, prefix)
+            .await
+            .expect("connect to Redis"),
+    )
+}
+
+#[tokio::test]
+async fn compresses_and_resumes_after_restart() {
+    let redis = redis_conv::start();
+    let prefix = redis_conv::prefix();
+    let model = faithful();
+    let (messages, watermark, compressions);
+    {
+        let mut buf = ConversationBuffer::open(
+            store(&redis, &prefix).await,
+            model.clone(),
+            SESSION,
+            config(),
+        )
+        .await
+        .unwrap();
+        buf.append(Message::user("Refund pay_7Q2XK9 for ₹12,480.50 please"))
+            .await
+            .unwrap();
+        buf.append(Message::assistant_tool_calls(vec![ToolCall::new(
+            "c1",
+            "create_refund",
+            r#"{"id":"pay_7Q2XK9"}"#,
+        )]))
+        .await
+        .unwrap();
+        // Two equal messages must both be kept.
+        buf.append(Message::tool("c1", "ok")).await.unwrap();
+        buf.append(Message::assistant("ok")).await.unwrap();
+        for i in 0..8 {
+            for m in filler(i) {
+                let r = buf.append(m).await.unwrap();
+                assert!(!matches!(r.compression, Compression::Failed { .. }));
+            }
+        }
+        assert!(buf.compressions() >= 2);
+        assert!(buf.messages()[0].content().unwrap().contains("pay_7Q2XK9"));
+        messages = buf.messages();
+        watermark = buf.watermark();
+        compressions = buf.compressions();
+    }
+    let buf = ConversationBuffer::open(store(&redis, &prefix).await, model, SESSION, config())
+        .await
+        .unwrap();
+    assert_eq!(buf.messages(), messages);
+    assert_eq!(buf.watermark(), watermark);
+    assert_eq!(buf.compressions(), compressions);
+}
+
+#[tokio::test]
+async fn equal_messages_are_distinct_and_nothing_is_lost_on_failure() {
+    let redis = redis_conv::start();
+    let prefix = redis_conv::prefix();
+    let model = Arc::new(ScriptedModel::new());
+    model.push_error(LlmError::BadResponse("garbage".into()));
+    let mut buf = ConversationBuffer::open(
+        store(&redis, &prefix).await,
+        model.clone(),
+        SESSION,
+        config(),
+    )
+    .await
+    .unwrap();
+    let mut all = Vec::new();
+    let mut failed = false;
+    let mut i = 0;
+    while !failed {
+        for m in [Message::user("same"), Message::assistant("same")]
+            .into_iter()
+            .chain(filler(i))
+        {
+            all.push(m.clone());
+            let r = buf.append(m).await.unwrap();
+            failed |= matches!(r.compression, Compression::Failed { .. });
+        }
+        i += 1;
+    }
+    let reopened =
+        ConversationBuffer::open(store(&redis, &prefix).await, faithful(), SESSION, config())
+            .await
+            .unwrap();
+    assert_eq!(reopened.recent(), all.as_slice());
+    assert!(reopened.summary().is_empty());
+}
+
+#[tokio::test]
+async fn commit_is_checked_against_the_stored_watermark() {
+    let redis = redis_conv::start();
+    let prefix = redis_conv::prefix();
+    let s = store(&redis, &prefix).await;
+    for seq in 1..=5 {
+        s.append(SESSION, seq, &Message::user(format!("m{seq}")))
+            .await
+            .unwrap();
+    }
+    s.commit_summary(SESSION, "first three", 3).await.unwrap();
+    let loaded = s.load(SESSION).await.unwrap();
+    assert_eq!(loaded.summary, "first three");
+    assert_eq!((loaded.watermark, loaded.compressions), (3, 1));
+    assert_eq!(
+        loaded.messages.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+        vec![4, 5]
+    );
+    // A stale writer cannot move the session back.
+    let err = s.commit_summary(SESSION, "stale", 2).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConversationError::Conflict {
+                stored: 3,
+                ours: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let again = s.load(SESSION).await.unwrap();
+    assert_eq!(again, loaded);
+
+    // Sessions are separate, and delete removes one entirely.
+    s.append("other", 1, &Message::user("x")).await.unwrap();
+    s.delete(SESSION).await.unwrap();
+    assert_eq!(s.load(SESSION).await.unwrap(), Default::default());
+    assert_eq!(s.load("other").await.unwrap().messages.len(), 1);
+}
+
+#[tokio::test]
+async fn unreachable_redis_is_a_clear_error() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err =
+        RedisConversationStore::connect(&format!("redis://:hunter2@127.0.0.1:{port}/"), "memex")
+            .await
+            .unwrap_err();
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("connect to Redis"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
