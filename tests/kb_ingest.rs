@@ -358,7 +358,7 @@ fn exact_tokens_are_found_among_thousands_of_common_matches() {
             .unwrap();
     }
     let chunks: Vec<Chunk> = special.iter().map(|t| chunk(t, 99)).collect();
-    kb.insert_embedded("special.md", &chunks, &vectors[3..].to_vec())
+    kb.insert_embedded("special.md", &chunks, &vectors[3..])
         .unwrap();
     for mode in [SearchMode::Keyword, SearchMode::Hybrid] {
         for (q, want) in [

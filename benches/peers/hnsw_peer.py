@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--ef-construction", type=int, default=200)
     ap.add_argument("--ef", default="16,32,64,128")
     ap.add_argument("--peers", default="hnswlib,faiss")
+    ap.add_argument("--seed", type=int, default=100, help="hnswlib random_seed (its default: 100)")
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     allv = load(args.vectors)
@@ -84,7 +85,8 @@ def main():
             import hnswlib
 
             idx = hnswlib.Index(space="ip", dim=base.shape[1])
-            idx.init_index(max_elements=size, M=args.m, ef_construction=args.ef_construction)
+            idx.init_index(max_elements=size, M=args.m, ef_construction=args.ef_construction,
+                           random_seed=args.seed)
             idx.set_num_threads(1)
             t = time.perf_counter()
             idx.add_items(base, np.arange(size), num_threads=1)

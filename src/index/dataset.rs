@@ -176,7 +176,13 @@ pub const MIX_NEIGHBOURS: usize = 10;
 /// 384 dimensions: a quarter of [`PERTURBATION_SIGMA`]'s).
 pub const MIX_NOISE_SIGMA: f32 = 0.005;
 
-/// For each vector of `base`, the indices of its `k` nearest other vectors (exact, by dot).
+/// Cosine above which two real vectors count as the same text (the corpus repeats some
+/// boilerplate paragraphs verbatim).
+pub const DUPLICATE_COSINE: f32 = 0.9999;
+
+/// For each vector of `base`, the indices of its `k` nearest other vectors (exact, by dot),
+/// leaving out its duplicates (cosine above [`DUPLICATE_COSINE`]): mixing a vector with a copy
+/// of itself would only add noise, not follow the neighbourhood structure.
 pub fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
     use rayon::prelude::*;
     (0..base.len())
@@ -186,6 +192,7 @@ pub fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
             let mut scored: Vec<(f32, u32)> = (0..base.len())
                 .filter(|&j| j != i)
                 .map(|j| (super::dot(v, base.get(j)), j as u32))
+                .filter(|(s, _)| *s <= DUPLICATE_COSINE)
                 .collect();
             let k = k.min(scored.len());
             if k == 0 {

@@ -53,6 +53,9 @@ pub enum IndexError {
     },
 }
 
+/// Default seed of the level assignment ([`HnswParams::seed`]).
+pub const DEFAULT_SEED: u64 = 0x6d65_6d65_785f_686e;
+
 /// HNSW construction and search parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HnswParams {
@@ -62,6 +65,8 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Candidate-list size while searching (raised to `k` when smaller).
     pub ef_search: usize,
+    /// Seed of the random level assignment while building (not stored with the index).
+    pub seed: u64,
 }
 
 impl Default for HnswParams {
@@ -70,6 +75,7 @@ impl Default for HnswParams {
             m: 16,
             ef_construction: 200,
             ef_search: 64,
+            seed: DEFAULT_SEED,
         }
     }
 }

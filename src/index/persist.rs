@@ -200,6 +200,7 @@ fn decode(bytes: &[u8]) -> Result<HnswIndex, IndexError> {
         m: r.u32()? as usize,
         ef_construction: r.u32()? as usize,
         ef_search: (r.u32()? as usize).max(1),
+        seed: super::DEFAULT_SEED,
     };
     let m = r.u32()? as usize;
     let m0 = r.u32()? as usize;
