@@ -585,34 +585,8 @@ impl Agent {
         if !progress.wants_stream() {
             return self.model.chat(request).await;
         }
-        use futures::StreamExt;
-        let mut events = self.model.stream(request).await?;
-        let mut text: Option<String> = None;
-        let mut tool_calls = Vec::new();
-        while let Some(event) = events.next().await {
-            match event? {
-                crate::llm::StreamEvent::TextDelta(delta) => {
-                    progress.text_delta(&delta);
-                    text.get_or_insert_with(String::new).push_str(&delta);
-                }
-                crate::llm::StreamEvent::ToolCall(call) => tool_calls.push(call),
-                crate::llm::StreamEvent::Done {
-                    usage,
-                    finish_reason,
-                } => {
-                    return Ok(crate::llm::ChatResponse {
-                        content: text,
-                        tool_calls,
-                        usage: usage.unwrap_or_default(),
-                        finish_reason,
-                        model: String::new(),
-                    })
-                }
-            }
-        }
-        Err(crate::llm::LlmError::BadResponse(
-            "the stream ended without a final event".into(),
-        ))
+        let events = self.model.stream(request).await?;
+        crate::llm::collect_stream_with(events, |delta| progress.text_delta(delta)).await
     }
 
     fn finish(&self, st: &TurnState, outcome: &str) -> Result<(), AgentError> {

@@ -78,13 +78,24 @@ impl<T: ChatModel + ?Sized> ChatModel for Arc<T> {
 /// Reads a stream from [`ChatModel::stream`] to its end and assembles the [`ChatResponse`]
 /// (`model` is left empty: streams do not repeat it reliably).
 pub async fn collect_stream(
+    events: BoxStream<'static, Result<StreamEvent, LlmError>>,
+) -> Result<ChatResponse, LlmError> {
+    collect_stream_with(events, |_| {}).await
+}
+
+/// [`collect_stream`], handing each text delta to `on_text` as it arrives (for live display).
+pub async fn collect_stream_with(
     mut events: BoxStream<'static, Result<StreamEvent, LlmError>>,
+    mut on_text: impl FnMut(&str),
 ) -> Result<ChatResponse, LlmError> {
     let mut text: Option<String> = None;
     let mut tool_calls = Vec::new();
     while let Some(event) = events.next().await {
         match event? {
-            StreamEvent::TextDelta(delta) => text.get_or_insert_with(String::new).push_str(&delta),
+            StreamEvent::TextDelta(delta) => {
+                on_text(&delta);
+                text.get_or_insert_with(String::new).push_str(&delta)
+            }
             StreamEvent::ToolCall(call) => tool_calls.push(call),
             StreamEvent::Done {
                 usage,
