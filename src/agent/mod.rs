@@ -317,7 +317,6 @@ impl Agent {
                     action: action_id.to_string(),
                 })?;
         let turn = self.store.next_turn(session)?;
-        let started = Instant::now();
         let mut report = ToolCallReport {
             id: action.id.clone(),
             tool: action.tool.clone(),
@@ -429,7 +428,6 @@ impl Agent {
             .append(Message::user(note.clone()))
             .await
             .map_err(|e| AgentError::Memory(e.to_string()))?;
-        let _ = started;
         self.run_turn(
             &merchant,
             session,
@@ -842,7 +840,7 @@ impl Agent {
                 "cannot escalate: no create_support_ticket tool".into(),
             ));
         };
-        let last_user = st
+        let tools_tried = st
             .calls
             .iter()
             .map(|c| c.tool.as_str())
@@ -850,7 +848,7 @@ impl Agent {
             .join(", ");
         let args = json!({
             "subject": format!("Escalation from the support agent (session {})", st.session),
-            "description": format!("Automatic escalation: {reason}. Tools tried this turn: {}.", if last_user.is_empty() { "none" } else { &last_user }),
+            "description": format!("Automatic escalation: {reason}. Tools tried this turn: {}.", if tools_tried.is_empty() { "none" } else { &tools_tried }),
             "priority": "high",
             "type": "other",
         });

@@ -113,11 +113,9 @@ fn llm_config(g: &GlobalArgs) -> LlmConfig {
     cfg
 }
 
-struct Wiring {
-    agent: Agent,
-}
-
-async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Wiring> {
+/// Builds the agent the global flags describe: the real embedder, knowledge base, episodic and
+/// conversation stores, payments tools and the OpenAI-compatible model.
+async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
     let data_dir = g.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -146,18 +144,16 @@ async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Wiring> {
         .context("cannot register the tools")?;
     let model = Arc::new(OpenAiCompatible::new(llm_config(g)).context("bad LLM configuration")?);
     let store = Arc::new(AgentStore::open_in(&data_dir)?);
-    Ok(Wiring {
-        agent: Agent::new(
-            model,
-            tools,
-            embedder,
-            Some(kb),
-            episodes,
-            conversations,
-            store,
-            config,
-        ),
-    })
+    Ok(Agent::new(
+        model,
+        tools,
+        embedder,
+        Some(kb),
+        episodes,
+        conversations,
+        store,
+        config,
+    ))
 }
 
 fn merchant(raw: &str) -> anyhow::Result<MerchantId> {
@@ -317,13 +313,9 @@ pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let w = build(g, config).await?;
+        let agent = build(g, config).await?;
         let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
-        anyhow::Ok(
-            w.agent
-                .ask(&merchant, &session, &a.message, progress)
-                .await?,
-        )
+        anyhow::Ok(agent.ask(&merchant, &session, &a.message, progress).await?)
     })?;
     print_report(g, &report, new_session)?;
     Ok(ExitCode::SUCCESS)
@@ -333,12 +325,12 @@ pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
 pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let w = build(g, AgentConfig::default()).await?;
+        let agent = build(g, AgentConfig::default()).await?;
         let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
         anyhow::Ok(if approve {
-            w.agent.approve(&a.session, &a.action_id, progress).await?
+            agent.approve(&a.session, &a.action_id, progress).await?
         } else {
-            w.agent.reject(&a.session, &a.action_id, progress).await?
+            agent.reject(&a.session, &a.action_id, progress).await?
         })
     })?;
     print_report(g, &report, false)?;
@@ -395,8 +387,8 @@ pub fn session(g: &GlobalArgs, c: SessionCommand) -> anyhow::Result<ExitCode> {
     let SessionCommand::End { id } = c;
     let rt = runtime()?;
     let episode = rt.block_on(async {
-        let w = build(g, AgentConfig::default()).await?;
-        anyhow::Ok(w.agent.end_session(&id).await?)
+        let agent = build(g, AgentConfig::default()).await?;
+        anyhow::Ok(agent.end_session(&id).await?)
     })?;
     if g.json {
         println!(
@@ -417,7 +409,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
     let merchant = merchant(&a.merchant)?;
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
-    let w = rt.block_on(build(g, AgentConfig::default()))?;
+    let agent = rt.block_on(build(g, AgentConfig::default()))?;
     let stdin = io::stdin();
     let interactive = stdin.is_terminal();
     println!(
@@ -439,7 +431,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
             break;
         }
         let progress = ChatProgress::default();
-        let mut report = match rt.block_on(w.agent.ask(&merchant, &session, text, &progress)) {
+        let mut report = match rt.block_on(agent.ask(&merchant, &session, text, &progress)) {
             Ok(r) => r,
             Err(e) => {
                 progress.end();
@@ -462,9 +454,9 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
             let answer = lines.next().transpose()?.unwrap_or_default();
             let approve = matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes");
             let next = if approve {
-                rt.block_on(w.agent.approve(&session, &p.id, &progress))
+                rt.block_on(agent.approve(&session, &p.id, &progress))
             } else {
-                rt.block_on(w.agent.reject(&session, &p.id, &progress))
+                rt.block_on(agent.reject(&session, &p.id, &progress))
             };
             match next {
                 Ok(r) => report = r,
@@ -478,7 +470,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
             println!("(escalated: ticket {})", e.ticket_id);
         }
     }
-    match rt.block_on(w.agent.end_session(&session)) {
+    match rt.block_on(agent.end_session(&session)) {
         Ok(ep) => println!("session saved as episode {}", ep.id),
         Err(e) => eprintln!("could not save the session as an episode: {e}"),
     }
