@@ -225,6 +225,45 @@ impl Agent {
         &self.store
     }
 
+    /// The registered tools.
+    pub fn tools(&self) -> &ToolRegistry {
+        &self.tools
+    }
+
+    /// The chat model.
+    pub fn model(&self) -> &Arc<dyn ChatModel> {
+        &self.model
+    }
+
+    /// The agent's tunables.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// Waits (at most `max_wait`) for a token of `tool`'s rate limit; false when none came.
+    pub(crate) async fn acquire_tool_token(&self, tool: &str, max_wait: Duration) -> bool {
+        let deadline = Instant::now() + max_wait;
+        loop {
+            let wait = match self.tool_buckets.lock() {
+                Ok(mut b) => {
+                    let bucket = b.entry(tool.to_string()).or_insert_with(|| {
+                        TokenBucket::new(self.config.tool_rate.0, self.config.tool_rate.1)
+                    });
+                    if bucket.try_take() {
+                        return true;
+                    }
+                    bucket.wait_time()
+                }
+                Err(_) => return false,
+            };
+            let now = Instant::now();
+            if now + wait > deadline {
+                return false;
+            }
+            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+        }
+    }
+
     /// A new session id.
     pub fn new_session_id() -> String {
         format!("ses_{}", uuid::Uuid::new_v4().simple())
@@ -326,76 +365,26 @@ impl Agent {
             latency_ms: 0.0,
         };
         let note = if approve {
-            match action.status {
-                ActionStatus::Rejected => {
-                    return Err(AgentError::AlreadyDecided {
-                        action: action.id,
-                        status: "rejected".into(),
-                    })
-                }
-                ActionStatus::Executed | ActionStatus::Failed => {
-                    // Already ran: report what happened, run nothing again.
-                    report.status = if action.status == ActionStatus::Executed {
-                        "ok".into()
-                    } else {
-                        "error".into()
-                    };
-                    report.result = action.result.clone().unwrap_or(Value::Null);
-                    let answer = format!(
-                        "Action {} was already approved earlier and was not run again.",
-                        action.id
-                    );
-                    return Ok(TurnReport {
-                        session: session.to_string(),
-                        merchant: merchant.as_str().to_string(),
-                        answer,
-                        turns: turn,
-                        tool_calls: vec![report],
-                        pending_action: None,
-                        escalation: None,
-                        memory: MemoryContext::default(),
-                    });
-                }
-                ActionStatus::Pending | ActionStatus::Approved => {}
-            }
-            // Pending → approved atomically; an `approved` row is a crash mid-execution, which
-            // the idempotency key makes safe to finish.
-            self.store.transition(
-                &action.id,
-                &[ActionStatus::Pending, ActionStatus::Approved],
-                ActionStatus::Approved,
-                None,
-            )?;
-            let tool = self.tools.get(&action.tool).ok_or_else(|| {
-                AgentError::Invalid(format!("tool {} is no longer registered", action.tool))
-            })?;
-            progress.tool_started(&tool.progress(&action.args));
-            let ctx = ToolContext::new(merchant.clone(), session).with_idempotency_key(&action.id);
-            let t0 = Instant::now();
-            let outcome = tool.call(action.args.clone(), &ctx).await;
-            report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-            match outcome {
-                Ok(result) => {
-                    self.store.transition(
-                        &action.id,
-                        &[ActionStatus::Approved],
-                        ActionStatus::Executed,
-                        Some(&result),
-                    )?;
-                    self.invalidate_cache(session);
-                    report.status = "ok".into();
-                    report.result = result;
-                }
-                Err(e) => {
-                    self.store.transition(
-                        &action.id,
-                        &[ActionStatus::Approved],
-                        ActionStatus::Failed,
-                        Some(&e.to_json()),
-                    )?;
-                    report.status = "error".into();
-                    report.result = e.to_json();
-                }
+            let (executed, ran_now) = self
+                .execute_action(&merchant, session, &action, progress)
+                .await?;
+            report = executed;
+            if !ran_now {
+                // Already ran: report what happened, run nothing again.
+                let answer = format!(
+                    "Action {} was already approved earlier and was not run again.",
+                    action.id
+                );
+                return Ok(TurnReport {
+                    session: session.to_string(),
+                    merchant: merchant.as_str().to_string(),
+                    answer,
+                    turns: turn,
+                    tool_calls: vec![report],
+                    pending_action: None,
+                    escalation: None,
+                    memory: MemoryContext::default(),
+                });
             }
             format!(
                 "[operator] A human operator APPROVED action {} ({} with {}). It was executed; \
@@ -440,6 +429,86 @@ impl Agent {
         .await
     }
 
+    /// Runs the approved irreversible `action` at most once, ever: `pending`/`approved` →
+    /// `approved` → `executed`/`failed`, with the action id as the tool's idempotency key (an
+    /// `approved` row left by a crash mid-execution is finished safely). Returns the call's
+    /// report and whether it ran now (`false`: it had already run and its stored result is
+    /// reported). A rejected action is an error. Not audited here: callers audit the report.
+    pub(crate) async fn execute_action(
+        &self,
+        merchant: &MerchantId,
+        session: &str,
+        action: &PendingAction,
+        progress: &dyn Progress,
+    ) -> Result<(ToolCallReport, bool), AgentError> {
+        let mut report = ToolCallReport {
+            id: action.id.clone(),
+            tool: action.tool.clone(),
+            args: action.args.clone(),
+            status: String::new(),
+            result: Value::Null,
+            latency_ms: 0.0,
+        };
+        match action.status {
+            ActionStatus::Rejected => {
+                return Err(AgentError::AlreadyDecided {
+                    action: action.id.clone(),
+                    status: "rejected".into(),
+                })
+            }
+            ActionStatus::Executed | ActionStatus::Failed => {
+                report.status = if action.status == ActionStatus::Executed {
+                    "ok".into()
+                } else {
+                    "error".into()
+                };
+                report.result = action.result.clone().unwrap_or(Value::Null);
+                return Ok((report, false));
+            }
+            ActionStatus::Pending | ActionStatus::Approved => {}
+        }
+        // Pending → approved atomically; an `approved` row is a crash mid-execution, which the
+        // idempotency key makes safe to finish.
+        self.store.transition(
+            &action.id,
+            &[ActionStatus::Pending, ActionStatus::Approved],
+            ActionStatus::Approved,
+            None,
+        )?;
+        let tool = self.tools.get(&action.tool).ok_or_else(|| {
+            AgentError::Invalid(format!("tool {} is no longer registered", action.tool))
+        })?;
+        progress.tool_started(&tool.progress(&action.args));
+        let ctx = ToolContext::new(merchant.clone(), session).with_idempotency_key(&action.id);
+        let t0 = Instant::now();
+        let outcome = tool.call(action.args.clone(), &ctx).await;
+        report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+        match outcome {
+            Ok(result) => {
+                self.store.transition(
+                    &action.id,
+                    &[ActionStatus::Approved],
+                    ActionStatus::Executed,
+                    Some(&result),
+                )?;
+                self.invalidate_cache(session);
+                report.status = "ok".into();
+                report.result = result;
+            }
+            Err(e) => {
+                self.store.transition(
+                    &action.id,
+                    &[ActionStatus::Approved],
+                    ActionStatus::Failed,
+                    Some(&e.to_json()),
+                )?;
+                report.status = "error".into();
+                report.result = e.to_json();
+            }
+        }
+        Ok((report, true))
+    }
+
     /// The loop of one turn, from the model's first call to an answer, a pending action or an
     /// escalation.
     #[allow(clippy::too_many_arguments)]
@@ -464,7 +533,8 @@ impl Agent {
             usage: Usage::default(),
             memory: MemoryContext::default(),
         };
-        st.memory = self.gather_memory(merchant, query, &buffer).await?;
+        st.memory = self.recall(merchant, query).await?;
+        st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
         let sections = prompt::memory_sections(&st.memory);
         let tool_defs: Vec<ToolDefinition> = self
             .tools
@@ -602,7 +672,7 @@ impl Agent {
         )
     }
 
-    async fn pace_llm(&self) {
+    pub(crate) async fn pace_llm(&self) {
         let wait = match self.llm_bucket.lock() {
             Ok(mut b) => {
                 if b.try_take() {
@@ -621,12 +691,12 @@ impl Agent {
         }
     }
 
-    /// Knowledge base, episodes and summary for this turn; the message is embedded once.
-    async fn gather_memory(
+    /// Knowledge-base hits and this merchant's recent and similar episodes for `query`, which
+    /// is embedded once. The conversation summary is left empty (callers with a buffer add it).
+    pub(crate) async fn recall(
         &self,
         merchant: &MerchantId,
         query: &str,
-        buffer: &ConversationBuffer,
     ) -> Result<MemoryContext, AgentError> {
         let vector = self
             .embedder
@@ -674,7 +744,7 @@ impl Agent {
         Ok(MemoryContext {
             kb,
             episodes,
-            summary: Some(buffer.summary().to_string()).filter(|s| !s.is_empty()),
+            summary: None,
         })
     }
 
@@ -886,7 +956,7 @@ impl Agent {
         Ok(ticket)
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         merchant: &MerchantId,
         session: &str,
@@ -907,11 +977,11 @@ impl Agent {
         })
     }
 
-    fn cache_get(&self, session: &str, key: &str) -> Option<Value> {
+    pub(crate) fn cache_get(&self, session: &str, key: &str) -> Option<Value> {
         self.cache.lock().ok()?.get_mut(session)?.get(key)
     }
 
-    fn cache_put(&self, session: &str, key: String, value: Value) {
+    pub(crate) fn cache_put(&self, session: &str, key: String, value: Value) {
         if let Ok(mut c) = self.cache.lock() {
             c.entry(session.to_string())
                 .or_insert_with(|| ResultCache::new(self.config.cache_ttl))
@@ -919,7 +989,7 @@ impl Agent {
         }
     }
 
-    fn invalidate_cache(&self, session: &str) {
+    pub(crate) fn invalidate_cache(&self, session: &str) {
         if let Ok(mut c) = self.cache.lock() {
             if let Some(entry) = c.get_mut(session) {
                 entry.clear();
@@ -927,7 +997,7 @@ impl Agent {
         }
     }
 
-    fn take_tool_token(&self, tool: &str) -> bool {
+    pub(crate) fn take_tool_token(&self, tool: &str) -> bool {
         match self.tool_buckets.lock() {
             Ok(mut b) => b
                 .entry(tool.to_string())

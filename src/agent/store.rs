@@ -214,6 +214,11 @@ impl AgentStore {
         })
     }
 
+    /// The database file (the planner keeps its tables in the same file).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, AgentError> {
         self.conn
             .lock()
@@ -446,6 +451,23 @@ impl AgentStore {
             })
         })
         .transpose()
+    }
+
+    /// The action `id`, whatever its session (action ids are unique), if any.
+    pub fn action_by_id(&self, id: &str) -> Result<Option<PendingAction>, AgentError> {
+        let session: Option<String> = self
+            .conn()?
+            .query_row(
+                "SELECT session_id FROM actions WHERE id = ?1",
+                params![id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(db_err)?;
+        match session {
+            Some(session) => self.action(&session, id),
+            None => Ok(None),
+        }
     }
 
     /// Moves action `id` from `from` to `to` atomically; false when it was not in `from`.

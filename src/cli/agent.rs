@@ -46,10 +46,11 @@ pub struct AskArgs {
 /// Arguments of `memex approve` and `memex reject`.
 #[derive(Args, Debug)]
 pub struct DecideArgs {
-    /// The session holding the action.
+    /// The session holding the action (optional: action ids are unique).
     #[arg(long)]
-    pub session: String,
-    /// The action id (act_…) from the pending action.
+    pub session: Option<String>,
+    /// The action id (act_…) from the pending action or plan step; or a plan id (plan_…)
+    /// whose single waiting step is meant.
     pub action_id: String,
 }
 
@@ -82,7 +83,7 @@ pub enum SessionCommand {
     },
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -115,7 +116,7 @@ fn llm_config(g: &GlobalArgs) -> LlmConfig {
 
 /// Builds the agent the global flags describe: the real embedder, knowledge base, episodic and
 /// conversation stores, payments tools and the OpenAI-compatible model.
-async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
+pub(super) async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
     let data_dir = g.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
@@ -156,12 +157,12 @@ async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
     ))
 }
 
-fn merchant(raw: &str) -> anyhow::Result<MerchantId> {
+pub(super) fn merchant(raw: &str) -> anyhow::Result<MerchantId> {
     MerchantId::parse(raw).map_err(|e| anyhow::anyhow!("invalid --merchant: {e}"))
 }
 
 /// Progress lines on stderr ("Looking up transaction pay_ABC123…").
-struct StderrProgress;
+pub(super) struct StderrProgress;
 impl Progress for StderrProgress {
     fn tool_started(&self, line: &str) {
         eprintln!("{line}");
@@ -321,16 +322,51 @@ pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `memex approve` / `memex reject`.
+/// `memex approve` / `memex reject`: an action of a plan step continues its plan; any other
+/// action continues its agent session.
 pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
+    let store = AgentStore::open_in(&g.data_dir())?;
+    let plans = memex::planner::store::PlanStore::open(store.path())?;
+    let mut action_id = a.action_id.trim().to_string();
+    if action_id.starts_with("plan_") {
+        let report = memex::planner::load_report(&plans, &action_id)?;
+        match report.pending_actions.as_slice() {
+            [one] => action_id = one.action_id.clone(),
+            [] => anyhow::bail!("plan {action_id} has no step waiting for approval"),
+            many => anyhow::bail!(
+                "plan {action_id} has {} steps waiting for approval; name one: {}",
+                many.len(),
+                many.iter()
+                    .map(|p| format!("{} (step {})", p.action_id, p.step))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }
+    }
+    let action = store
+        .action_by_id(&action_id)?
+        .ok_or_else(|| anyhow::anyhow!("no action {action_id}"))?;
+    if let Some(s) = &a.session {
+        if s != &action.session {
+            anyhow::bail!("no action {action_id} in session {s}");
+        }
+    }
+    if plans.step_for_action(&action_id)?.is_some() {
+        return super::plan::decide(g, &action_id, approve);
+    }
+    let a = DecideArgs {
+        session: Some(action.session.clone()),
+        action_id,
+    };
+    let session = action.session;
     let rt = runtime()?;
     let report = rt.block_on(async {
         let agent = build(g, AgentConfig::default()).await?;
         let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
         anyhow::Ok(if approve {
-            agent.approve(&a.session, &a.action_id, progress).await?
+            agent.approve(&session, &a.action_id, progress).await?
         } else {
-            agent.reject(&a.session, &a.action_id, progress).await?
+            agent.reject(&session, &a.action_id, progress).await?
         })
     })?;
     print_report(g, &report, false)?;

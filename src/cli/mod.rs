@@ -11,6 +11,7 @@ mod episodes;
 mod kb;
 mod kb_bench;
 mod model;
+mod plan;
 
 /// memex: local-first memory and retrieval for AI agents.
 #[derive(Parser, Debug)]
@@ -118,6 +119,8 @@ pub enum Command {
     Audit(agent::AuditArgs),
     /// Agent metrics over all sessions.
     Stats,
+    /// Plan a task into tool-call steps, validate and execute them; `plan show|resume|list`.
+    Plan(plan::PlanArgs),
     /// Session management.
     #[command(subcommand)]
     Session(agent::SessionCommand),
@@ -156,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Chat(a) => agent::chat(g, a),
         Command::Audit(a) => agent::audit(g, a),
         Command::Stats => agent::stats(g),
+        Command::Plan(a) => plan::plan(g, a),
         Command::Session(c) => agent::session(g, c),
     }
 }

@@ -1,1 +1,466 @@
-//! Task planning (LLM-built dependency graphs executed with the agent's guards): not built yet; see issue 7.
+//! Task planning: one LLM call turns a task into a dependency graph of tool calls, which is
+//! validated, stored, and executed with the agent's guards.
+//!
+//! * [`plan`] — the data: draft steps as the model writes them, [`Step`]/[`StepStatus`], and
+//!   the [`PlanReport`] every command prints;
+//! * [`validate`] — checks a draft before anything runs (tools, schemas, dependencies, cycles,
+//!   references, repeated calls, the step limit);
+//! * [`refs`] — `{"$ref": "STEP.result.FIELD"}` arguments, resolved just before a step runs;
+//! * [`store`] — plans and step states in SQLite (`agent.db`), one committed write per change;
+//! * `executor` — runs ready steps concurrently (bounded), retries transient failures with
+//!   backoff, skips the dependents of failed steps, holds irreversible steps for approval;
+//! * [`prompt`] — the planning, correction and summary requests.
+//!
+//! A plan runs inside an agent session of its own, so every step is audited (`memex audit`),
+//! counted (`memex stats`), rate limited and cached exactly like the agent's own calls, and an
+//! irreversible step becomes an approval (`act_…`) that only `memex approve` executes — after
+//! which the plan continues from its stored state, in this process or a later one.
+
+mod error;
+mod executor;
+pub mod plan;
+pub mod prompt;
+pub mod refs;
+pub mod store;
+pub mod validate;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub use error::PlanError;
+pub use plan::{PendingStep, PlanReport, PlanStatus, PlanSummary, Step, StepStatus};
+use store::{PlanRow, PlanStore};
+
+use crate::agent::{ActionStatus, Agent, Progress, TurnRecord};
+use crate::llm::Usage;
+use crate::merchant::MerchantId;
+
+/// Tunables of the planner.
+#[derive(Debug, Clone)]
+pub struct PlannerConfig {
+    /// Most steps a plan may have (a longer plan is invalid).
+    pub max_steps: usize,
+    /// Most steps executing at the same time.
+    pub max_concurrency: usize,
+    /// Tool calls per step before a transient failure fails it.
+    pub max_attempts: u32,
+    /// Backoff before the first retry; doubled for each further one.
+    pub retry_backoff: Duration,
+    /// Longest wait for a tool's rate limit before the attempt counts as failed.
+    pub rate_limit_wait: Duration,
+    /// Whether the planning call gets the knowledge-base and episode memory blocks.
+    pub use_memory: bool,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            max_steps: 12,
+            max_concurrency: 4,
+            max_attempts: 3,
+            retry_backoff: Duration::from_millis(200),
+            rate_limit_wait: Duration::from_secs(10),
+            use_memory: true,
+        }
+    }
+}
+
+/// Plans tasks and executes plans through an [`Agent`]'s tools and guards.
+pub struct Planner {
+    agent: Arc<Agent>,
+    store: PlanStore,
+    config: PlannerConfig,
+}
+
+impl std::fmt::Debug for Planner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Planner")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Runner tokens of executions alive in this process (a token left in the store by an
+/// execution that is gone from here, or by a dead process, can be taken over).
+fn active_runners() -> &'static Mutex<HashSet<String>> {
+    static ACTIVE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
+    ACTIVE.get_or_init(|| Mutex::new(HashSet::new()))
+}
+
+/// Whether the execution holding a plan (`PID:TOKEN`) may still be running.
+fn runner_alive(holder: &str) -> bool {
+    let pid = holder.split(':').next().and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) if pid == std::process::id() => active_runners()
+            .lock()
+            .map(|a| a.contains(holder))
+            .unwrap_or(false),
+        Some(pid) => process_exists(pid),
+        None => false,
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Without /proc the holder is presumed gone (concurrent resumes of one plan are then the
+/// user's to avoid).
+#[cfg(not(target_os = "linux"))]
+fn process_exists(_pid: u32) -> bool {
+    false
+}
+
+/// An execution's hold on a plan; dropping it (even by cancellation) ends the hold in this
+/// process.
+struct Claim<'a> {
+    store: &'a PlanStore,
+    plan: String,
+    token: String,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut a) = active_runners().lock() {
+            a.remove(&self.token);
+        }
+        let _ = self.store.release(&self.plan, &self.token);
+    }
+}
+
+impl Planner {
+    /// A planner over `agent`; its tables live in the agent's store file.
+    pub fn new(agent: Arc<Agent>, config: PlannerConfig) -> Result<Self, PlanError> {
+        let store = PlanStore::open(agent.store().path())?;
+        Ok(Planner {
+            agent,
+            store,
+            config,
+        })
+    }
+
+    /// The agent the planner acts through.
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
+    /// Asks the model for a plan for `task`, validates it (sending it back once with the exact
+    /// errors when invalid) and stores it as `planned`, without executing anything.
+    pub async fn create(&self, merchant: &MerchantId, task: &str) -> Result<PlanReport, PlanError> {
+        let (report, _, _) = self.create_inner(merchant, task).await?;
+        Ok(report)
+    }
+
+    /// Plans `task` and executes the plan until every step is finished or waits for approval;
+    /// a final model call summarises the outcome.
+    pub async fn run(
+        &self,
+        merchant: &MerchantId,
+        task: &str,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        let (report, usage, memory) = self.create_inner(merchant, task).await?;
+        self.execute(&report.plan_id, progress, usage, memory).await
+    }
+
+    /// Continues plan `plan_id` from its stored state: done steps are never run again, steps
+    /// interrupted by a crash run again with the same idempotency key, decided approvals are
+    /// taken into account. A finished plan is reported as it is.
+    pub async fn resume(
+        &self,
+        plan_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        let row = self.row(plan_id)?;
+        if row.status == PlanStatus::Completed {
+            return self.show(plan_id);
+        }
+        self.execute(plan_id, progress, Usage::default(), Value::Null)
+            .await
+    }
+
+    /// The stored plan `plan_id`.
+    pub fn show(&self, plan_id: &str) -> Result<PlanReport, PlanError> {
+        load_report(&self.store, plan_id)
+    }
+
+    /// Plans of `merchant` (or all), newest first: `(plan_id, merchant, status, task,
+    /// created_at)`.
+    pub fn list(
+        &self,
+        merchant: Option<&MerchantId>,
+        limit: usize,
+    ) -> Result<Vec<(String, String, String, String, String)>, PlanError> {
+        self.store.list(merchant.map(MerchantId::as_str), limit)
+    }
+
+    /// The plan whose step holds approval `action_id`, if any.
+    pub fn plan_of_action(&self, action_id: &str) -> Result<Option<String>, PlanError> {
+        Ok(self.store.step_for_action(action_id)?.map(|(p, _)| p))
+    }
+
+    /// A human approves the plan step holding `action_id`: it runs (at most once, ever, with
+    /// exactly the stored arguments) and the plan continues.
+    pub async fn approve(
+        &self,
+        action_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        let (plan_id, _) = self
+            .store
+            .step_for_action(action_id)?
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        let action = self
+            .agent
+            .store()
+            .action_by_id(action_id)?
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        if action.status == ActionStatus::Rejected {
+            return Err(PlanError::AlreadyDecided {
+                action: action_id.to_string(),
+                status: "rejected".into(),
+            });
+        }
+        // Executing happens inside the plan's execution, under its claim, so two approvals
+        // racing cannot both run it (and the action's state machine forbids it anyway).
+        let _ = self.row(&plan_id)?;
+        let mut decided = HashSet::new();
+        decided.insert(action_id.to_string());
+        self.execute_with(&plan_id, progress, Usage::default(), Value::Null, decided)
+            .await
+    }
+
+    /// A human rejects the plan step holding `action_id`: it never runs, the steps depending
+    /// on it are skipped and the rest of the plan continues.
+    pub async fn reject(
+        &self,
+        action_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        let (plan_id, _) = self
+            .store
+            .step_for_action(action_id)?
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        let action = self
+            .agent
+            .store()
+            .action_by_id(action_id)?
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        if !self.agent.store().transition(
+            action_id,
+            &[ActionStatus::Pending],
+            ActionStatus::Rejected,
+            None,
+        )? {
+            return Err(PlanError::AlreadyDecided {
+                action: action_id.to_string(),
+                status: format!("{:?}", action.status).to_lowercase(),
+            });
+        }
+        self.execute(&plan_id, progress, Usage::default(), Value::Null)
+            .await
+    }
+
+    fn row(&self, plan_id: &str) -> Result<PlanRow, PlanError> {
+        self.store
+            .plan(plan_id)?
+            .ok_or_else(|| PlanError::UnknownPlan(plan_id.to_string()))
+    }
+
+    /// Plans, validates (one correction round) and stores. Returns the report, the planning
+    /// calls' usage and the memory context used.
+    async fn create_inner(
+        &self,
+        merchant: &MerchantId,
+        task: &str,
+    ) -> Result<(PlanReport, Usage, Value), PlanError> {
+        let task = task.trim();
+        if task.is_empty() {
+            return Err(PlanError::Invalid("the task is empty".into()));
+        }
+        let memory = if self.config.use_memory {
+            Some(self.agent.recall(merchant, task).await?)
+        } else {
+            None
+        };
+        let system = prompt::planning_system(
+            merchant.as_str(),
+            self.agent.tools(),
+            self.config.max_steps,
+            memory.as_ref(),
+        );
+        let first = prompt::planning_request(system, task);
+        let mut usage = Usage::default();
+        self.agent.pace_llm().await;
+        let reply = self.agent.model().chat(first.clone()).await?;
+        usage += reply.usage;
+        let text = reply.content.unwrap_or_default();
+        let steps = match self.check(&text) {
+            Ok(steps) => steps,
+            Err(errors) => {
+                let retry = prompt::replan_request(&first, &text, &errors);
+                self.agent.pace_llm().await;
+                let reply = self.agent.model().chat(retry).await?;
+                usage += reply.usage;
+                let text = reply.content.unwrap_or_default();
+                self.check(&text)
+                    .map_err(|errors| PlanError::InvalidPlan { errors })?
+            }
+        };
+        let session = Agent::new_session_id();
+        self.agent.store().begin_session(&session, merchant)?;
+        let turn = self.agent.store().next_turn(&session)?;
+        let row = PlanRow {
+            id: format!("plan_{}", uuid::Uuid::new_v4().simple()),
+            session,
+            merchant: merchant.as_str().to_string(),
+            task: task.to_string(),
+            status: PlanStatus::Planned,
+            answer: None,
+            turn,
+        };
+        self.store.insert(&row, &steps)?;
+        let memory = memory
+            .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        let report = report_of(&row, self.store.steps(&row.id)?);
+        Ok((report, usage, memory))
+    }
+
+    fn check(&self, reply: &str) -> Result<Vec<plan::DraftStep>, Vec<String>> {
+        let draft = plan::parse_draft(reply)?;
+        validate::validate(&draft, self.agent.tools(), self.config.max_steps)
+    }
+
+    async fn execute(
+        &self,
+        plan_id: &str,
+        progress: &dyn Progress,
+        usage: Usage,
+        memory: Value,
+    ) -> Result<PlanReport, PlanError> {
+        self.execute_with(plan_id, progress, usage, memory, HashSet::new())
+            .await
+    }
+
+    /// Claims the plan, drives it to a stopping point, writes the summary and records the
+    /// execution as a turn of the plan's session. `approved` lists actions a human approved
+    /// just now, to execute as part of this run.
+    async fn execute_with(
+        &self,
+        plan_id: &str,
+        progress: &dyn Progress,
+        mut usage: Usage,
+        memory: Value,
+        approved: HashSet<String>,
+    ) -> Result<PlanReport, PlanError> {
+        let started = Instant::now();
+        let row = self.row(plan_id)?;
+        if row.status == PlanStatus::Completed {
+            // Finished plans are never executed again (a repeated approval lands here).
+            return self.show(plan_id);
+        }
+        let token = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
+        if let Ok(mut a) = active_runners().lock() {
+            a.insert(token.clone());
+        }
+        let claim = Claim {
+            store: &self.store,
+            plan: plan_id.to_string(),
+            token: token.clone(),
+        };
+        if !self.store.claim(plan_id, &token, runner_alive)? {
+            return Err(PlanError::Busy(plan_id.to_string()));
+        }
+        let merchant = MerchantId::parse(&row.merchant)
+            .map_err(|e| PlanError::Store(format!("plan {plan_id}: {e}")))?;
+        // The first execution uses the turn counted at planning; later ones count a new turn.
+        let turn = if row.status == PlanStatus::Planned {
+            row.turn
+        } else {
+            self.agent.store().next_turn(&row.session)?
+        };
+        self.store.set_status(plan_id, PlanStatus::Running, None)?;
+        let ctx = executor::RunContext {
+            plan_id: plan_id.to_string(),
+            session: row.session.clone(),
+            merchant: merchant.clone(),
+            turn,
+            approved,
+        };
+        let drive = self.drive(&ctx, progress).await;
+        let steps = self.store.steps(plan_id)?;
+        let (status, answer, outcome) = match &drive {
+            Err(_) => (PlanStatus::Running, None, "error"),
+            Ok(()) => {
+                // Nothing can start any more: what is not finished waits for an approval.
+                if steps.iter().any(|s| s.status == StepStatus::PendingApproval) {
+                    let a = prompt::plain_summary(PlanStatus::AwaitingApproval, &steps);
+                    (PlanStatus::AwaitingApproval, Some(a), "pending_action")
+                } else if steps.iter().any(|s| !s.status.is_final()) {
+                    (PlanStatus::Running, None, "error")
+                } else {
+                    let a = self.summarise(&row, &steps, &mut usage).await;
+                    (PlanStatus::Completed, Some(a), "answer")
+                }
+            }
+        };
+        self.store.set_status(plan_id, status, answer.as_deref())?;
+        self.agent.store().record_turn(
+            &row.session,
+            &merchant,
+            turn,
+            &TurnRecord {
+                outcome: outcome.to_string(),
+                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+            },
+        )?;
+        drop(claim);
+        drive?;
+        self.show(plan_id)
+    }
+
+    /// The final human summary: the model's, or a plain account when it cannot write one.
+    async fn summarise(&self, row: &PlanRow, steps: &[Step], usage: &mut Usage) -> String {
+        let request = prompt::summary_request(&row.merchant, &row.task, steps);
+        self.agent.pace_llm().await;
+        match self.agent.model().chat(request).await {
+            Ok(r) => {
+                *usage += r.usage;
+                match r.content {
+                    Some(text) if !text.trim().is_empty() => text.trim().to_string(),
+                    _ => prompt::plain_summary(PlanStatus::Completed, steps),
+                }
+            }
+            Err(_) => prompt::plain_summary(PlanStatus::Completed, steps),
+        }
+    }
+}
+
+/// The stored plan `plan_id` read straight from `store` (no model, no embedder needed).
+pub fn load_report(store: &PlanStore, plan_id: &str) -> Result<PlanReport, PlanError> {
+    let row = store
+        .plan(plan_id)?
+        .ok_or_else(|| PlanError::UnknownPlan(plan_id.to_string()))?;
+    let steps = store.steps(plan_id)?;
+    Ok(report_of(&row, steps))
+}
+
+fn report_of(row: &PlanRow, steps: Vec<Step>) -> PlanReport {
+    PlanReport::new(
+        row.id.clone(),
+        steps,
+        row.status,
+        row.merchant.clone(),
+        row.session.clone(),
+        row.task.clone(),
+        row.answer.clone(),
+    )
+}

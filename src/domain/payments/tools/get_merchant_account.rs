@@ -7,8 +7,9 @@ use super::{blocking, to_value, Db};
 use crate::domain::payments::error::PaymentsError;
 use crate::tools::{Tool, ToolContext, ToolError};
 
-/// Reads the account of the session's merchant; it takes no arguments, so it cannot be
-/// pointed at another merchant.
+/// Reads the account of the session's merchant. Its only argument, an optional `merchant_id`,
+/// must name that same merchant: any other id is `not_found`, exactly like an unknown one, so
+/// the tool cannot be pointed at another merchant.
 pub struct GetMerchantAccount {
     db: Db,
     parameters: Value,
@@ -21,7 +22,14 @@ impl GetMerchantAccount {
             db,
             parameters: json!({
                 "type": "object",
-                "properties": {},
+                "properties": {
+                    "merchant_id": {
+                        "type": "string",
+                        "description": "Optional: the merchant id (e.g. MID001). It must be this conversation's merchant; leave it out to read that merchant.",
+                        "minLength": 1,
+                        "maxLength": 64,
+                    },
+                },
                 "additionalProperties": false,
             }),
         }
@@ -42,8 +50,8 @@ impl Tool for GetMerchantAccount {
          pending_settlement (part of the balance due in upcoming settlements), \
          settled_this_month, and the five most recent settlements (settlement_id, settled_at, \
          amount, payment_count). Amounts are whole rupees (INR). Use it for questions about \
-         settlements, holds, KYC or the account's state. Takes no arguments: it always reads \
-         the merchant of this conversation."
+         settlements, holds, KYC or the account's state. It always reads the merchant of this \
+         conversation: merchant_id is optional and any other merchant's id is not_found."
     }
 
     fn parameters(&self) -> &Value {
@@ -58,7 +66,16 @@ impl Tool for GetMerchantAccount {
         "Checking the merchant account".into()
     }
 
-    async fn call(&self, _args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
+    async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
+        if let Some(asked) = args.get("merchant_id").and_then(Value::as_str) {
+            if asked != ctx.merchant.as_str() {
+                // Another merchant's account is reported exactly like a missing one.
+                return Err(ToolError::NotFound(format!(
+                    "no merchant account {}",
+                    crate::tools::sanitize_id(asked)
+                )));
+            }
+        }
         let db = self.db.clone();
         let merchant = ctx.merchant.clone();
         let account = blocking(move || {
