@@ -1,0 +1,239 @@
+//! `memex plan` through the real binary against a fake OpenAI-compatible server on loopback:
+//! the JSON contract, `--dry-run` then `plan resume`, `plan show`, a paused plan continued by
+//! `memex approve`, an invalid plan refused, and a process killed mid-plan resumed.
+
+#[path = "support/fake_openai.rs"]
+mod fake_openai;
+#[path = "support/model.rs"]
+mod model;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fake_openai::{FakeOpenAi, Reply};
+use serde_json::{json, Value};
+
+fn command(data: &Path, base_url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
+    cmd.arg("--data-dir")
+        .arg(data)
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(args)
+        .env("MEMEX_LLM_BASE_URL", base_url)
+        .env("MEMEX_LLM_API_KEY", "sk-test-secret-456")
+        .env("MEMEX_LLM_MODEL", "fake-model")
+        .env_remove("MEMEX_JSON")
+        .env_remove("MEMEX_EPISODIC_URL");
+    cmd
+}
+
+async fn memex(data: &Path, base_url: &str, args: &[&str]) -> Output {
+    let mut cmd = command(data, base_url, args);
+    tokio::task::spawn_blocking(move || cmd.output().expect("memex runs"))
+        .await
+        .unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+fn step<'a>(plan: &'a Value, id: &str) -> &'a Value {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .unwrap_or_else(|| panic!("no step {id} in {plan}"))
+}
+
+fn dispute_plan() -> String {
+    json!({"steps": [
+        {"id": "1", "description": "Look up the payment", "tool": "get_transaction",
+         "args": {"transaction_id": "pay_ABC123"}, "depends_on": []},
+        {"id": "2", "description": "Check the account", "tool": "get_merchant_account",
+         "args": {"merchant_id": {"$ref": "1.result.merchant_id"}}, "depends_on": ["1"]},
+        {"id": "3", "description": "Settlement policy", "tool": "search_knowledge_base",
+         "args": {"query": "settlement timeline T+2"}, "depends_on": []},
+        {"id": "4", "description": "Escalate", "tool": "create_support_ticket",
+         "args": {"subject": "Settlement missing for pay_ABC123",
+                  "description": "Captured 4999 INR on 2026-03-28, not settled.",
+                  "priority": "high", "type": "settlement",
+                  "transaction_id": {"$ref": "1.result.id"}},
+         "depends_on": ["1", "2", "3"]}
+    ]})
+    .to_string()
+}
+
+const TASK: &str = "merchant MID001 says pay_ABC123 was charged but never settled: look up the transaction, check the account, search the settlement policy, and if unresolved open a high-priority ticket";
+
+fn ok_tickets(data: &Path, url: &str, session: &str) -> impl std::future::Future<Output = usize> {
+    let data = data.to_path_buf();
+    let url = url.to_string();
+    let session = session.to_string();
+    async move {
+        let audit = json_of(&memex(&data, &url, &["audit", "--session", &session, "--json"]).await);
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["tool"] == "create_support_ticket" && e["status"] == "ok")
+            .count()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+
+    // --dry-run: planned and stored, nothing executed.
+    server.push(Reply::text(&dispute_plan()));
+    let planned = json_of(
+        &memex(data, &url, &["plan", "--merchant", "MID001", "--json", "--dry-run", TASK]).await,
+    );
+    let plan_id = planned["plan_id"].as_str().unwrap().to_string();
+    assert!(plan_id.starts_with("plan_"));
+    assert_eq!(planned["steps"].as_array().unwrap().len(), 4);
+    for s in planned["steps"].as_array().unwrap() {
+        for key in ["id", "description", "tool", "args", "depends_on", "status", "attempts", "result", "error"] {
+            assert!(s.get(key).is_some(), "step lacks {key}: {s}");
+        }
+        assert_eq!(s["status"], "pending");
+        assert_eq!(s["attempts"], 0);
+    }
+    assert_eq!(
+        planned["summary"],
+        json!({"total": 4, "done": 0, "failed": 0, "skipped": 0, "pending_approval": 0})
+    );
+    assert_eq!(server.request_count(), 1, "a dry run makes only the planning call");
+    let planning = server.requests()[0].body.clone();
+    assert_eq!(planning["response_format"]["type"], "json_object");
+    let session = planned["session"].as_str().unwrap().to_string();
+    assert_eq!(ok_tickets(data, &url, &session).await, 0);
+
+    // resume executes it; show reads it back.
+    server.push(Reply::text("pay_ABC123 (4999 INR) is captured and not settled yet; ticket opened."));
+    let done = json_of(&memex(data, &url, &["plan", "resume", &plan_id, "--json"]).await);
+    assert_eq!(
+        done["summary"],
+        json!({"total": 4, "done": 4, "failed": 0, "skipped": 0, "pending_approval": 0})
+    );
+    assert_eq!(step(&done, "2")["args"]["merchant_id"], "MID001");
+    assert_eq!(step(&done, "1")["result"]["customer_name"], "Priya Sharma");
+    assert!(step(&done, "4")["result"]["ticket_id"].as_str().unwrap().starts_with("tkt_"));
+    assert!(done["answer"].as_str().unwrap().contains("pay_ABC123"));
+    let shown = json_of(&memex(data, &url, &["plan", "show", &plan_id, "--json"]).await);
+    assert_eq!(shown, done);
+    let text = memex(data, &url, &["plan", "show", &plan_id]).await;
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("[done] 4 create_support_ticket"), "{text}");
+    assert_eq!(ok_tickets(data, &url, &session).await, 1);
+
+    // A refund step pauses the plan; `memex approve ACTION` (no --session) continues it.
+    server.push(Reply::text(
+        &json!({"steps": [
+            {"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
+            {"id": "2", "tool": "initiate_refund", "depends_on": ["1"],
+             "args": {"transaction_id": {"$ref": "1.result.id"}, "amount": 700, "reason": "duplicate charge"}},
+            {"id": "3", "tool": "create_support_ticket", "depends_on": ["2"],
+             "args": {"subject": "Refund for pay_ABC123", "description": "Refunded 700 INR for a duplicate charge.", "priority": "low", "type": "refund"}}
+        ]})
+        .to_string(),
+    ));
+    let paused = json_of(
+        &memex(data, &url, &["plan", "--merchant", "MID001", "--json", "refund 700 on pay_ABC123, approved by me"]).await,
+    );
+    assert_eq!(step(&paused, "2")["status"], "pending_approval");
+    assert_eq!(step(&paused, "3")["status"], "pending");
+    assert_eq!(paused["summary"]["pending_approval"], 1);
+    let action = step(&paused, "2")["result"]["action_id"].as_str().unwrap().to_string();
+    assert!(action.starts_with("act_"));
+    let refund_session = paused["session"].as_str().unwrap().to_string();
+
+    server.push(Reply::text("Refunded 700 INR on pay_ABC123 and logged a ticket."));
+    let resumed = json_of(&memex(data, &url, &["approve", &action, "--json"]).await);
+    assert_eq!(resumed["plan_id"], paused["plan_id"]);
+    assert_eq!(step(&resumed, "2")["status"], "done");
+    assert_eq!(step(&resumed, "2")["result"]["amount"], 700);
+    assert_eq!(step(&resumed, "3")["status"], "done");
+    // A second approval runs nothing.
+    let again = json_of(&memex(data, &url, &["approve", "--session", &refund_session, &action, "--json"]).await);
+    assert_eq!(again["summary"], resumed["summary"]);
+    let audit = json_of(&memex(data, &url, &["audit", "--session", &refund_session, "--json"]).await);
+    let refunds = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["tool"] == "initiate_refund" && e["status"] == "ok")
+        .count();
+    assert_eq!(refunds, 1);
+
+    // Two invalid plans: a clear one-line error, a non-zero exit, nothing executed.
+    let bad = json!({"steps": [{"id": "1", "tool": "wire_money", "args": {}}]}).to_string();
+    server.push(Reply::text(&bad)).push(Reply::text(&bad));
+    let out = memex(data, &url, &["plan", "--merchant", "MID001", "--json", "send money"]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing was executed") && err.contains("unknown tool"), "{err}");
+    assert!(!err.contains("sk-test-secret-456"));
+
+    let out = memex(data, &url, &["plan", "show", "plan_doesnotexist"]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no plan plan_doesnotexist"));
+    let out = memex(data, &url, &["plan", "--merchant", "MID 001", "x"]).await;
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_plan_resumes_without_a_second_ticket() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+
+    // The plan runs; the summary call hangs, and the process is killed there.
+    server.push(Reply::text(&dispute_plan())).push(Reply::Hang);
+    let mut child = command(data, &url, &["plan", "--merchant", "MID001", "--json", TASK])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let plan_id = loop {
+        assert!(Instant::now() < deadline, "the plan never reached its summary");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if server.request_count() >= 2 {
+            let list = json_of(&memex(data, &url, &["plan", "list", "--json"]).await);
+            break list[0]["plan_id"].as_str().unwrap().to_string();
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let killed = json_of(&memex(data, &url, &["plan", "show", &plan_id, "--json"]).await);
+    assert_eq!(killed["status"], "running", "the kill left the plan unfinished");
+    assert_eq!(killed["summary"]["done"], 4);
+    let session = killed["session"].as_str().unwrap().to_string();
+
+    server.push(Reply::text("Ticket opened for pay_ABC123."));
+    let done = json_of(&memex(data, &url, &["plan", "resume", &plan_id, "--json"]).await);
+    assert_eq!(done["status"], "completed");
+    assert_eq!(done["summary"]["done"], 4);
+    for id in ["1", "2", "3", "4"] {
+        assert_eq!(step(&done, id)["attempts"], 1, "step {id} ran again");
+    }
+    assert_eq!(ok_tickets(data, &url, &session).await, 1);
+}
