@@ -199,8 +199,8 @@ fn schema_violations_are_precise() {
         ["unexpected property \"foo\""]
     );
     assert_eq!(
-        violations(&reg, "get_merchant_account", r#"{"merchant_id": "MID002"}"#),
-        ["unexpected property \"merchant_id\""]
+        violations(&reg, "get_merchant_account", r#"{"account": "MID002"}"#),
+        ["unexpected property \"account\""]
     );
     assert_eq!(
         violations(
