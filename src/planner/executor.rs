@@ -150,7 +150,8 @@ impl Planner {
             s.attempts = done.attempts;
             s.result = done.result;
             s.error = done.error;
-            self.save(ctx, s, None)?;
+            let resolved = s.args.clone();
+            self.save(ctx, s, Some(&resolved))?;
         }
         Ok(())
     }
@@ -406,16 +407,6 @@ impl Planner {
             result: Value::Null,
             latency_ms: 0.0,
         };
-        self.store.update_step(
-            &ctx.plan_id,
-            &step_id,
-            StepStatus::Running,
-            attempts,
-            Some(&args),
-            None,
-            None,
-            None,
-        )?;
         if tool.read_only() {
             if let Some(hit) = self.agent.cache_get(&ctx.session, &key) {
                 report.status = "cached".into();
@@ -441,12 +432,13 @@ impl Planner {
         loop {
             tries += 1;
             attempts += 1;
+            // Recorded before the call: a crash now leaves the step `running`, to run again.
             self.store.update_step(
                 &ctx.plan_id,
                 &step_id,
                 StepStatus::Running,
                 attempts,
-                None,
+                (tries == 1).then_some(&args),
                 None,
                 None,
                 None,
