@@ -73,17 +73,24 @@ impl Tool for Sleep {
 
 /// A 10-step diamond-shaped plan over the echo tools with `$ref`s between steps.
 fn ten_step_plan() -> String {
-    let mut steps = vec![json!({"id": "1", "tool": "echo_0", "args": {"x": "root"}, "depends_on": []})];
+    let mut steps =
+        vec![json!({"id": "1", "tool": "echo_0", "args": {"x": "root"}, "depends_on": []})];
     for i in 2..=5 {
-        steps.push(json!({"id": i.to_string(), "tool": format!("echo_{}", i % 4),
-            "args": {"x": {"$ref": "1.result.id"}, "n": i}, "depends_on": ["1"]}));
+        steps.push(
+            json!({"id": i.to_string(), "tool": format!("echo_{}", i % 4),
+            "args": {"x": {"$ref": "1.result.id"}, "n": i}, "depends_on": ["1"]}),
+        );
     }
-    steps.push(json!({"id": "6", "tool": "echo_1", "args": {"x": {"$ref": "2.result.id"}, "n": 6},
-        "depends_on": ["2", "3", "4", "5"]}));
+    steps.push(
+        json!({"id": "6", "tool": "echo_1", "args": {"x": {"$ref": "2.result.id"}, "n": 6},
+        "depends_on": ["2", "3", "4", "5"]}),
+    );
     for i in 7..=8 {
         steps.push(json!({"id": i.to_string(), "tool": "echo_2", "args": {"x": {"$ref": "6.result.echo"}, "n": i}, "depends_on": ["6"]}));
     }
-    steps.push(json!({"id": "9", "tool": "echo_3", "args": {"x": "nine"}, "depends_on": ["7", "8"]}));
+    steps.push(
+        json!({"id": "9", "tool": "echo_3", "args": {"x": "nine"}, "depends_on": ["7", "8"]}),
+    );
     steps.push(json!({"id": "10", "tool": "echo_0", "args": {"x": {"$ref": "9.result.id"}}, "depends_on": ["9"]}));
     json!({"steps": steps}).to_string()
 }
@@ -111,19 +118,23 @@ fn planner(
     max_concurrency: usize,
 ) -> Planner {
     let model = ScriptedModel::from_fn(move |req| {
-        Ok(if matches!(req.response_format, Some(ResponseFormat::JsonObject)) {
-            ChatResponse::text(plan.clone())
-        } else {
-            ChatResponse::text("All steps finished.")
-        })
+        Ok(
+            if matches!(req.response_format, Some(ResponseFormat::JsonObject)) {
+                ChatResponse::text(plan.clone())
+            } else {
+                ChatResponse::text("All steps finished.")
+            },
+        )
     });
     let episodes = rt
         .block_on(memex::episodic::open(None, dir))
         .expect("episodes");
-    let mut config = AgentConfig::default();
     // The benchmark measures the planner, not the rate limiter.
-    config.tool_rate = (1e9, 1e9);
-    config.llm_rate = (1e9, 1e9);
+    let config = AgentConfig {
+        tool_rate: (1e9, 1e9),
+        llm_rate: (1e9, 1e9),
+        ..AgentConfig::default()
+    };
     let agent = Agent::new(
         Arc::new(model),
         registry(),
@@ -154,8 +165,11 @@ fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
 fn bench(c: &mut Criterion) {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let embedder: Arc<dyn Embedder> = Arc::new(
-        MiniLmEmbedder::load(&root.join("models/all-MiniLM-L6-v2"), EmbedderOptions::default())
-            .expect("model loads"),
+        MiniLmEmbedder::load(
+            &root.join("models/all-MiniLM-L6-v2"),
+            EmbedderOptions::default(),
+        )
+        .expect("model loads"),
     );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -168,7 +182,9 @@ fn bench(c: &mut Criterion) {
     let p = planner(dir.path(), Arc::clone(&embedder), plan.clone(), &rt, 4);
 
     // Sanity: the plan runs to completion.
-    let r = rt.block_on(p.run(&mid, "run the ten steps", &Silent)).expect("plan runs");
+    let r = rt
+        .block_on(p.run(&mid, "run the ten steps", &Silent))
+        .expect("plan runs");
     assert_eq!(r.summary.done, 10, "{r:?}");
 
     // Direct peer: the same ten calls, sequential, no planner.
@@ -185,7 +201,9 @@ fn bench(c: &mut Criterion) {
     let mut direct = Vec::with_capacity(n);
     for _ in 0..n {
         let t0 = Instant::now();
-        let r = rt.block_on(p.run(&mid, "run the ten steps", &Silent)).expect("plan");
+        let r = rt
+            .block_on(p.run(&mid, "run the ten steps", &Silent))
+            .expect("plan");
         planned.push(t0.elapsed().as_secs_f64() * 1e3);
         assert_eq!(r.summary.done, 10);
         let t0 = Instant::now();
@@ -216,18 +234,25 @@ fn bench(c: &mut Criterion) {
         let mut walls = Vec::new();
         for _ in 0..10 {
             let t0 = Instant::now();
-            let r = rt.block_on(p2.run(&mid, "two slow checks", &Silent)).expect("plan");
+            let r = rt
+                .block_on(p2.run(&mid, "two slow checks", &Silent))
+                .expect("plan");
             walls.push(t0.elapsed().as_secs_f64() * 1e3);
             assert_eq!(r.summary.done, 2);
         }
         let (w50, w99) = percentiles(walls);
-        eprintln!("two independent 200 ms steps, {label}: wall p50 {w50:.1} ms, max-ish p99 {w99:.1} ms");
+        eprintln!(
+            "two independent 200 ms steps, {label}: wall p50 {w50:.1} ms, max-ish p99 {w99:.1} ms"
+        );
     }
 
     let mut g = c.benchmark_group("planner");
     g.sample_size(50);
     g.bench_function("run_10_step_plan", |b| {
-        b.iter(|| rt.block_on(p.run(&mid, "run the ten steps", &Silent)).expect("plan"))
+        b.iter(|| {
+            rt.block_on(p.run(&mid, "run the ten steps", &Silent))
+                .expect("plan")
+        })
     });
     g.bench_function("direct_10_calls", |b| {
         b.iter(|| {
@@ -239,14 +264,12 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    let draft = memex::planner::plan::parse_draft(&plan).expect("parses");
     g.bench_function("parse_and_validate_10_steps", |b| {
         b.iter(|| {
             let d = memex::planner::plan::parse_draft(&plan).expect("parses");
             memex::planner::validate::validate(&d, &reg, 12).expect("valid")
         })
     });
-    let _ = draft;
     g.finish();
 }
 

@@ -155,13 +155,23 @@ async fn merchant_account_reads_only_the_session_merchant() {
     assert!(matches!(none, ToolError::NotFound(_)), "{none:?}");
     // Naming the session's own merchant is allowed; naming another is not_found, like a
     // missing account, and reveals nothing.
-    let same = call(&reg, "get_merchant_account", r#"{"merchant_id": "MID002"}"#, &ctx("MID002"))
-        .await
-        .unwrap();
+    let same = call(
+        &reg,
+        "get_merchant_account",
+        r#"{"merchant_id": "MID002"}"#,
+        &ctx("MID002"),
+    )
+    .await
+    .unwrap();
     assert_eq!(same, a);
-    let other = call(&reg, "get_merchant_account", r#"{"merchant_id": "MID001"}"#, &ctx("MID002"))
-        .await
-        .unwrap_err();
+    let other = call(
+        &reg,
+        "get_merchant_account",
+        r#"{"merchant_id": "MID001"}"#,
+        &ctx("MID002"),
+    )
+    .await
+    .unwrap_err();
     assert!(matches!(other, ToolError::NotFound(_)), "{other:?}");
     assert!(!other.message().contains("MID002"));
 }

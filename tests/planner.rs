@@ -158,7 +158,10 @@ impl Fixture {
             "additionalProperties": false,
         });
         let slow_ms = Arc::new(AtomicU64::new(200));
-        for (name, ms) in [("slow_check", slow_ms), ("very_slow_check", Arc::clone(&self.very_slow_ms))] {
+        for (name, ms) in [
+            ("slow_check", slow_ms),
+            ("very_slow_check", Arc::clone(&self.very_slow_ms)),
+        ] {
             tools.push(Arc::new(Slow {
                 name,
                 pause_ms: ms,
@@ -252,7 +255,13 @@ async fn the_seed_dispute_task_runs_end_to_end() {
         assert!(step(&r, id).error.is_none());
     }
     assert_eq!(
-        (r.summary.total, r.summary.done, r.summary.failed, r.summary.skipped, r.summary.pending_approval),
+        (
+            r.summary.total,
+            r.summary.done,
+            r.summary.failed,
+            r.summary.skipped,
+            r.summary.pending_approval
+        ),
         (4, 4, 0, 0, 0)
     );
     assert_eq!(step(&r, "1").result["amount"], 4999);
@@ -261,7 +270,11 @@ async fn the_seed_dispute_task_runs_end_to_end() {
     assert_eq!(step(&r, "2").args, json!({"merchant_id": "MID001"}));
     assert_eq!(step(&r, "2").result["merchant_id"], "MID001");
     assert_eq!(step(&r, "4").args["transaction_id"], "pay_ABC123");
-    assert!(step(&r, "3").result.to_string().to_lowercase().contains("settle"));
+    assert!(step(&r, "3")
+        .result
+        .to_string()
+        .to_lowercase()
+        .contains("settle"));
     // Exactly one ticket, for this merchant and payment.
     let tickets = f.payments.list_tickets(&mid("MID001")).unwrap();
     assert_eq!(tickets.len(), 1);
@@ -270,9 +283,18 @@ async fn the_seed_dispute_task_runs_end_to_end() {
     // One planning call in JSON mode with the tools and memory; one summary call with the results.
     let requests = f.model.requests();
     assert_eq!(requests.len(), 2);
-    assert!(matches!(requests[0].response_format, Some(ResponseFormat::JsonObject)));
+    assert!(matches!(
+        requests[0].response_format,
+        Some(ResponseFormat::JsonObject)
+    ));
     let planning = serde_json::to_string(&requests[0].messages).unwrap();
-    for needle in ["get_transaction", "initiate_refund", "$ref", "<memory", "pay_ABC123"] {
+    for needle in [
+        "get_transaction",
+        "initiate_refund",
+        "$ref",
+        "<memory",
+        "pay_ABC123",
+    ] {
         assert!(planning.contains(needle), "planning prompt lacks {needle}");
     }
     let summary = serde_json::to_string(&requests[1].messages).unwrap();
@@ -280,7 +302,9 @@ async fn the_seed_dispute_task_runs_end_to_end() {
     // Every step is in the session's audit log, and the plan reads back the same.
     let audit = planner.agent().store().audit_log(&r.session).unwrap();
     assert_eq!(audit.len(), 4);
-    assert!(audit.iter().all(|e| e.call_id.starts_with(&r.plan_id) && e.status == "ok"));
+    assert!(audit
+        .iter()
+        .all(|e| e.call_id.starts_with(&r.plan_id) && e.status == "ok"));
     assert_eq!(planner.show(&r.plan_id).unwrap(), r);
     let stats = planner.agent().store().stats().unwrap();
     assert_eq!((stats.sessions, stats.turns, stats.tool_calls), (1, 1, 4));
@@ -300,15 +324,33 @@ async fn a_cycle_and_an_unknown_tool_are_sent_back_and_the_corrected_plan_runs()
         {"id": "2", "tool": "get_merchant_account", "args": {}, "depends_on": ["1"]}
     ]}));
     f.model.push_text("Both lookups succeeded.");
-    let r = planner.run(&mid("MID001"), "check pay_ABC123 and my account", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "check pay_ABC123 and my account", &Silent)
+        .await
+        .unwrap();
     assert_eq!(r.summary.done, 2);
     let requests = f.model.requests();
     assert_eq!(requests.len(), 3);
-    let correction = requests[1].messages.last().unwrap().content().unwrap().to_string();
+    let correction = requests[1]
+        .messages
+        .last()
+        .unwrap()
+        .content()
+        .unwrap()
+        .to_string();
     assert!(correction.contains("cycle"), "{correction}");
-    assert!(correction.contains("unknown tool \"check_weather\""), "{correction}");
-    assert!(correction.contains("get_transaction"), "the available tools are listed: {correction}");
-    assert!(matches!(requests[1].response_format, Some(ResponseFormat::JsonObject)));
+    assert!(
+        correction.contains("unknown tool \"check_weather\""),
+        "{correction}"
+    );
+    assert!(
+        correction.contains("get_transaction"),
+        "the available tools are listed: {correction}"
+    );
+    assert!(matches!(
+        requests[1].response_format,
+        Some(ResponseFormat::JsonObject)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -325,8 +367,17 @@ async fn a_second_invalid_plan_is_a_clear_error_and_nothing_runs() {
         .unwrap_err();
     assert!(matches!(err, PlanError::InvalidPlan { .. }), "{err}");
     let text = err.to_string();
-    assert!(text.contains("nothing was executed") && text.contains("not JSON"), "{text}");
-    let first = f.model.requests()[1].messages.last().unwrap().content().unwrap().to_string();
+    assert!(
+        text.contains("nothing was executed") && text.contains("not JSON"),
+        "{text}"
+    );
+    let first = f.model.requests()[1]
+        .messages
+        .last()
+        .unwrap()
+        .content()
+        .unwrap()
+        .to_string();
     assert!(first.contains("depends on itself"), "{first}");
     assert!(first.contains("missing required property"), "{first}");
     assert_eq!(f.tickets("MID001"), 0);
@@ -339,16 +390,37 @@ async fn validation_catches_every_kind_of_bad_plan() {
     let planner = f.default_planner();
     let cases = [
         (json!({"steps": []}), "no steps"),
-        (json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}, "depends_on": ["9"]}]}), "not a step of this plan"),
-        (json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
-                          {"id": "1", "tool": "get_merchant_account", "args": {}}]}), "more than one step"),
-        (json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
-                          {"id": "2", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}}]}), "repeats step"),
-        (json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
-                          {"id": "2", "tool": "get_merchant_account", "args": {"merchant_id": {"$ref": "1.result.merchant_id"}}}]}), "does not depend on"),
-        (json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "one.output"}}}]}), "STEP.result"),
-        (json!({"steps": (1..=13).map(|i| json!({"id": i.to_string(), "tool": "search_knowledge_base", "args": {"query": format!("query {i}")}})).collect::<Vec<_>>()}), "the limit is 12"),
-        (json!({"steps": [{"id": "a.b", "tool": "get_merchant_account", "args": {}}]}), "step id must be"),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}, "depends_on": ["9"]}]}),
+            "not a step of this plan",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
+                          {"id": "1", "tool": "get_merchant_account", "args": {}}]}),
+            "more than one step",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
+                          {"id": "2", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}}]}),
+            "repeats step",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
+                          {"id": "2", "tool": "get_merchant_account", "args": {"merchant_id": {"$ref": "1.result.merchant_id"}}}]}),
+            "does not depend on",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "one.output"}}}]}),
+            "STEP.result",
+        ),
+        (
+            json!({"steps": (1..=13).map(|i| json!({"id": i.to_string(), "tool": "search_knowledge_base", "args": {"query": format!("query {i}")}})).collect::<Vec<_>>()}),
+            "the limit is 12",
+        ),
+        (
+            json!({"steps": [{"id": "a.b", "tool": "get_merchant_account", "args": {}}]}),
+            "step id must be",
+        ),
     ];
     for (plan, needle) in cases {
         f.push_plan(plan.clone());
@@ -369,11 +441,19 @@ async fn a_failed_step_skips_its_dependents_transitively_while_a_sibling_branch_
         {"id": "4", "tool": "search_knowledge_base", "args": {"query": "refund timelines"}},
         {"id": "5", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}, "depends_on": ["4"]}
     ]}));
-    f.model.push_text("The payment was not found; the rest is done.");
-    let r = planner.run(&mid("MID001"), "check pay_NOPE999", &Silent).await.unwrap();
+    f.model
+        .push_text("The payment was not found; the rest is done.");
+    let r = planner
+        .run(&mid("MID001"), "check pay_NOPE999", &Silent)
+        .await
+        .unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Failed);
     assert_eq!(step(&r, "1").attempts, 1, "not_found is not retried");
-    assert!(step(&r, "1").error.as_deref().unwrap().starts_with("not_found"));
+    assert!(step(&r, "1")
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("not_found"));
     assert_eq!(step(&r, "1").result["error"], "not_found");
     assert_eq!(status(&r, "2"), StepStatus::Skipped);
     assert_eq!(status(&r, "3"), StepStatus::Skipped);
@@ -382,7 +462,12 @@ async fn a_failed_step_skips_its_dependents_transitively_while_a_sibling_branch_
     assert_eq!(status(&r, "4"), StepStatus::Done);
     assert_eq!(status(&r, "5"), StepStatus::Done);
     assert_eq!(
-        (r.summary.total, r.summary.done, r.summary.failed, r.summary.skipped),
+        (
+            r.summary.total,
+            r.summary.done,
+            r.summary.failed,
+            r.summary.skipped
+        ),
         (5, 2, 1, 2)
     );
     assert_eq!(r.status, PlanStatus::Completed);
@@ -395,7 +480,10 @@ async fn transient_failures_are_retried_with_backoff_then_fail_the_step() {
     let planner = f.default_planner();
     f.push_plan(json!({"steps": [{"id": "1", "tool": "check_gateway_status", "args": {}}]}));
     f.model.push_text("ok");
-    let r = planner.run(&mid("MID001"), "is the gateway up?", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "is the gateway up?", &Silent)
+        .await
+        .unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Done);
     assert_eq!(step(&r, "1").attempts, 3);
 
@@ -406,10 +494,17 @@ async fn transient_failures_are_retried_with_backoff_then_fail_the_step() {
         {"id": "2", "tool": "get_merchant_account", "args": {}, "depends_on": ["1"]}
     ]}));
     f.model.push_text("the gateway check failed");
-    let r = planner.run(&mid("MID001"), "is the gateway up?", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "is the gateway up?", &Silent)
+        .await
+        .unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Failed);
     assert_eq!(step(&r, "1").attempts, 3);
-    assert!(step(&r, "1").error.as_deref().unwrap().contains("after 3 attempts"));
+    assert!(step(&r, "1")
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("after 3 attempts"));
     assert_eq!(status(&r, "2"), StepStatus::Skipped);
     assert_eq!(f.flaky.calls.load(Ordering::SeqCst), 3);
     let audit = planner.agent().store().audit_log(&r.session).unwrap();
@@ -426,7 +521,10 @@ async fn independent_slow_steps_overlap_in_time() {
         {"id": "c", "tool": "get_merchant_account", "args": {}, "depends_on": ["a", "b"]}
     ]}));
     f.model.push_text("done");
-    let r = planner.run(&mid("MID001"), "check both", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "check both", &Silent)
+        .await
+        .unwrap();
     assert_eq!(r.summary.done, 3);
     let spans = f.spans.lock().unwrap().clone();
     assert_eq!(spans.len(), 2);
@@ -447,9 +545,15 @@ async fn the_concurrency_bound_serialises_steps_when_it_is_one() {
         {"id": "b", "tool": "slow_check", "args": {"label": "b"}}
     ]}));
     f.model.push_text("done");
-    planner.run(&mid("MID001"), "check both", &Silent).await.unwrap();
+    planner
+        .run(&mid("MID001"), "check both", &Silent)
+        .await
+        .unwrap();
     let spans = f.spans.lock().unwrap().clone();
-    assert!(spans[0].2 <= spans[1].1, "with one slot the steps must not overlap");
+    assert!(
+        spans[0].2 <= spans[1].1,
+        "with one slot the steps must not overlap"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -463,10 +567,16 @@ async fn a_broken_ref_fails_its_step_cleanly_and_a_ref_to_the_same_call_hits_the
         {"id": "4", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "1.result.id"}}, "depends_on": ["1"]}
     ]}));
     f.model.push_text("done");
-    let r = planner.run(&mid("MID001"), "look it up", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "look it up", &Silent)
+        .await
+        .unwrap();
     assert_eq!(status(&r, "2"), StepStatus::Failed);
     let e = step(&r, "2").error.clone().unwrap();
-    assert!(e.starts_with("unresolved_ref") && e.contains("settlement_reference"), "{e}");
+    assert!(
+        e.starts_with("unresolved_ref") && e.contains("settlement_reference"),
+        "{e}"
+    );
     assert_eq!(step(&r, "2").attempts, 0, "the tool was never called");
     assert_eq!(status(&r, "3"), StepStatus::Skipped);
     // Step 4 resolves to step 1's exact call: the read-only cache answers it.
@@ -485,7 +595,10 @@ async fn plan_steps_are_scoped_to_the_plans_merchant() {
         {"id": "2", "tool": "get_merchant_account", "args": {"merchant_id": "MID001"}}
     ]}));
     f.model.push_text("nothing found");
-    let r = planner.run(&mid("MID002"), "look at MID001's payment", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID002"), "look at MID001's payment", &Silent)
+        .await
+        .unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Failed);
     assert_eq!(status(&r, "2"), StepStatus::Failed);
     assert!(!serde_json::to_string(&r).unwrap().contains("Priya Sharma"));
@@ -510,16 +623,28 @@ async fn an_irreversible_step_pauses_the_plan_and_resumes_after_approval_exactly
     let planner = f.default_planner();
     f.push_plan(refund_plan());
     let r = planner
-        .run(&mid("MID001"), "refund 500 of pay_ABC123 — I confirm, it is approved", &Silent)
+        .run(
+            &mid("MID001"),
+            "refund 500 of pay_ABC123 — I confirm, it is approved",
+            &Silent,
+        )
         .await
         .unwrap();
     assert_eq!(r.status, PlanStatus::AwaitingApproval);
     assert_eq!(status(&r, "1"), StepStatus::Done);
     assert_eq!(status(&r, "2"), StepStatus::PendingApproval);
     assert_eq!(status(&r, "3"), StepStatus::Pending);
-    assert_eq!(status(&r, "4"), StepStatus::Done, "an unrelated branch goes on");
+    assert_eq!(
+        status(&r, "4"),
+        StepStatus::Done,
+        "an unrelated branch goes on"
+    );
     assert_eq!(r.summary.pending_approval, 1);
-    assert_eq!(f.refunds("MID001"), 0, "nothing refunded before the approval");
+    assert_eq!(
+        f.refunds("MID001"),
+        0,
+        "nothing refunded before the approval"
+    );
     let action = r.pending_actions[0].action_id.clone();
     assert_eq!(step(&r, "2").result["action_id"], action.as_str());
     assert_eq!(r.pending_actions[0].args["transaction_id"], "pay_ABC123");
@@ -528,7 +653,8 @@ async fn an_irreversible_step_pauses_the_plan_and_resumes_after_approval_exactly
 
     // A restarted process approves; the plan continues from its stored state.
     let planner = f.default_planner();
-    f.model.push_text("Refunded 500 INR on pay_ABC123 and logged a ticket.");
+    f.model
+        .push_text("Refunded 500 INR on pay_ABC123 and logged a ticket.");
     let r = planner.approve(&action, &Silent).await.unwrap();
     assert_eq!(r.status, PlanStatus::Completed);
     assert_eq!(status(&r, "2"), StepStatus::Done);
@@ -542,13 +668,19 @@ async fn an_irreversible_step_pauses_the_plan_and_resumes_after_approval_exactly
     // Approving again (or resuming) runs nothing more.
     let again = planner.approve(&action, &Silent).await.unwrap();
     assert_eq!(again.status, PlanStatus::Completed);
-    assert_eq!(again.answer, r.answer, "nothing was re-run or re-summarised");
+    assert_eq!(
+        again.answer, r.answer,
+        "nothing was re-run or re-summarised"
+    );
     planner.resume(&r.plan_id, &Silent).await.unwrap();
     assert_eq!(f.refunds("MID001"), 1);
     assert_eq!(f.tickets("MID001"), 1);
     let audit = planner.agent().store().audit_log(&r.session).unwrap();
     assert_eq!(
-        audit.iter().filter(|e| e.tool == "initiate_refund" && e.status == "ok").count(),
+        audit
+            .iter()
+            .filter(|e| e.tool == "initiate_refund" && e.status == "ok")
+            .count(),
         1
     );
 }
@@ -558,7 +690,10 @@ async fn a_rejected_step_skips_its_dependents_and_refunds_nothing() {
     let f = Fixture::new();
     let planner = f.default_planner();
     f.push_plan(refund_plan());
-    let r = planner.run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
     let action = r.pending_actions[0].action_id.clone();
     f.model.push_text("The refund was rejected by an operator.");
     let r = planner.reject(&action, &Silent).await.unwrap();
@@ -566,7 +701,10 @@ async fn a_rejected_step_skips_its_dependents_and_refunds_nothing() {
     assert_eq!(status(&r, "2"), StepStatus::Rejected);
     assert_eq!(status(&r, "3"), StepStatus::Skipped);
     assert_eq!(f.refunds("MID001"), 0);
-    assert!(planner.approve(&action, &Silent).await.is_err(), "a rejected action cannot be approved");
+    assert!(
+        planner.approve(&action, &Silent).await.is_err(),
+        "a rejected action cannot be approved"
+    );
     assert_eq!(f.refunds("MID001"), 0);
 }
 
@@ -589,7 +727,7 @@ async fn a_crash_between_steps_resumes_without_repeating_side_effects() {
     drop(planner);
     assert_eq!(f.tickets("MID001"), 1);
     let planner = f.default_planner();
-    let plan_id = planner.list(None, 10).unwrap()[0].0.clone();
+    let plan_id = planner.list(None, 10).unwrap()[0].plan_id.clone();
     let before = planner.show(&plan_id).unwrap();
     assert_eq!(status(&before, "1"), StepStatus::Done);
     assert_eq!(status(&before, "2"), StepStatus::Running);
@@ -598,7 +736,8 @@ async fn a_crash_between_steps_resumes_without_repeating_side_effects() {
     // The restarted process's tool answers quickly this time.
     f.very_slow_ms.store(10, Ordering::SeqCst);
     f.model.push_text("Both tickets are open.");
-    let resumed = tokio::time::timeout(Duration::from_secs(60), planner.resume(&plan_id, &Silent)).await;
+    let resumed =
+        tokio::time::timeout(Duration::from_secs(60), planner.resume(&plan_id, &Silent)).await;
     let r = resumed.expect("resume finishes").unwrap();
     assert_eq!(r.status, PlanStatus::Completed);
     assert_eq!(step(&r, "1").attempts, 1, "the done step did not run again");
@@ -614,17 +753,32 @@ async fn a_step_interrupted_after_its_write_does_not_write_twice() {
         {"id": "1", "tool": "create_support_ticket", "args": {"subject": "Only one ticket, please", "description": "Idempotent across a crash.", "priority": "medium", "type": "other"}}
     ]}));
     f.model.push_text("ticket opened");
-    let r = planner.run(&mid("MID001"), "open a ticket", &Silent).await.unwrap();
+    let r = planner
+        .run(&mid("MID001"), "open a ticket", &Silent)
+        .await
+        .unwrap();
     let ticket = step(&r, "1").result["ticket_id"].clone();
     assert_eq!(f.tickets("MID001"), 1);
     // Simulate a kill after the tool committed but before the step was marked done.
     let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
-    db.execute("UPDATE plan_steps SET status = 'running', result = NULL WHERE plan_id = ?1", [&r.plan_id]).unwrap();
-    db.execute("UPDATE plans SET status = 'running' WHERE id = ?1", [&r.plan_id]).unwrap();
+    db.execute(
+        "UPDATE plan_steps SET status = 'running', result = NULL WHERE plan_id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE plans SET status = 'running' WHERE id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
     f.model.push_text("ticket opened");
     let r = planner.resume(&r.plan_id, &Silent).await.unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Done);
-    assert_eq!(step(&r, "1").result["ticket_id"], ticket, "the same ticket came back");
+    assert_eq!(
+        step(&r, "1").result["ticket_id"],
+        ticket,
+        "the same ticket came back"
+    );
     assert_eq!(f.tickets("MID001"), 1);
 }
 
@@ -635,8 +789,14 @@ async fn a_dry_run_stores_the_plan_and_executes_nothing_until_resumed() {
     f.push_plan(dispute_plan());
     let r = planner.create(&mid("MID001"), DISPUTE).await.unwrap();
     assert_eq!(r.status, PlanStatus::Planned);
-    assert!(r.steps.iter().all(|s| s.status == StepStatus::Pending && s.attempts == 0));
-    assert_eq!(step(&r, "2").args, json!({"merchant_id": {"$ref": "1.result.merchant_id"}}));
+    assert!(r
+        .steps
+        .iter()
+        .all(|s| s.status == StepStatus::Pending && s.attempts == 0));
+    assert_eq!(
+        step(&r, "2").args,
+        json!({"merchant_id": {"$ref": "1.result.merchant_id"}})
+    );
     assert_eq!(f.tickets("MID001"), 0);
     f.model.push_text("done");
     let r = planner.resume(&r.plan_id, &Silent).await.unwrap();
@@ -649,8 +809,14 @@ async fn the_summary_falls_back_to_a_plain_account_when_the_model_fails() {
     let f = Fixture::new();
     let planner = f.default_planner();
     f.push_plan(json!({"steps": [{"id": "1", "tool": "get_merchant_account", "args": {}}]}));
-    f.model.push_error(memex::llm::LlmError::Timeout { attempts: 3, after: Duration::from_secs(30) });
-    let r = planner.run(&mid("MID001"), "check my account", &Silent).await.unwrap();
+    f.model.push_error(memex::llm::LlmError::Timeout {
+        attempts: 3,
+        after: Duration::from_secs(30),
+    });
+    let r = planner
+        .run(&mid("MID001"), "check my account", &Silent)
+        .await
+        .unwrap();
     assert_eq!(r.status, PlanStatus::Completed);
     assert!(r.answer.as_deref().unwrap().contains("1 of 1 steps done"));
 }

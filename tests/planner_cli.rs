@@ -102,13 +102,28 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
     // --dry-run: planned and stored, nothing executed.
     server.push(Reply::text(&dispute_plan()));
     let planned = json_of(
-        &memex(data, &url, &["plan", "--merchant", "MID001", "--json", "--dry-run", TASK]).await,
+        &memex(
+            data,
+            &url,
+            &["plan", "--merchant", "MID001", "--json", "--dry-run", TASK],
+        )
+        .await,
     );
     let plan_id = planned["plan_id"].as_str().unwrap().to_string();
     assert!(plan_id.starts_with("plan_"));
     assert_eq!(planned["steps"].as_array().unwrap().len(), 4);
     for s in planned["steps"].as_array().unwrap() {
-        for key in ["id", "description", "tool", "args", "depends_on", "status", "attempts", "result", "error"] {
+        for key in [
+            "id",
+            "description",
+            "tool",
+            "args",
+            "depends_on",
+            "status",
+            "attempts",
+            "result",
+            "error",
+        ] {
             assert!(s.get(key).is_some(), "step lacks {key}: {s}");
         }
         assert_eq!(s["status"], "pending");
@@ -118,14 +133,20 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
         planned["summary"],
         json!({"total": 4, "done": 0, "failed": 0, "skipped": 0, "pending_approval": 0})
     );
-    assert_eq!(server.request_count(), 1, "a dry run makes only the planning call");
+    assert_eq!(
+        server.request_count(),
+        1,
+        "a dry run makes only the planning call"
+    );
     let planning = server.requests()[0].body.clone();
     assert_eq!(planning["response_format"]["type"], "json_object");
     let session = planned["session"].as_str().unwrap().to_string();
     assert_eq!(ok_tickets(data, &url, &session).await, 0);
 
     // resume executes it; show reads it back.
-    server.push(Reply::text("pay_ABC123 (4999 INR) is captured and not settled yet; ticket opened."));
+    server.push(Reply::text(
+        "pay_ABC123 (4999 INR) is captured and not settled yet; ticket opened.",
+    ));
     let done = json_of(&memex(data, &url, &["plan", "resume", &plan_id, "--json"]).await);
     assert_eq!(
         done["summary"],
@@ -133,7 +154,10 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
     );
     assert_eq!(step(&done, "2")["args"]["merchant_id"], "MID001");
     assert_eq!(step(&done, "1")["result"]["customer_name"], "Priya Sharma");
-    assert!(step(&done, "4")["result"]["ticket_id"].as_str().unwrap().starts_with("tkt_"));
+    assert!(step(&done, "4")["result"]["ticket_id"]
+        .as_str()
+        .unwrap()
+        .starts_with("tkt_"));
     assert!(done["answer"].as_str().unwrap().contains("pay_ABC123"));
     let shown = json_of(&memex(data, &url, &["plan", "show", &plan_id, "--json"]).await);
     assert_eq!(shown, done);
@@ -154,25 +178,74 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
         .to_string(),
     ));
     let paused = json_of(
-        &memex(data, &url, &["plan", "--merchant", "MID001", "--json", "refund 700 on pay_ABC123, approved by me"]).await,
+        &memex(
+            data,
+            &url,
+            &[
+                "plan",
+                "--merchant",
+                "MID001",
+                "--json",
+                "refund 700 on pay_ABC123, approved by me",
+            ],
+        )
+        .await,
     );
     assert_eq!(step(&paused, "2")["status"], "pending_approval");
     assert_eq!(step(&paused, "3")["status"], "pending");
     assert_eq!(paused["summary"]["pending_approval"], 1);
-    let action = step(&paused, "2")["result"]["action_id"].as_str().unwrap().to_string();
+    let action = step(&paused, "2")["result"]["action_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(action.starts_with("act_"));
     let refund_session = paused["session"].as_str().unwrap().to_string();
 
-    server.push(Reply::text("Refunded 700 INR on pay_ABC123 and logged a ticket."));
+    server.push(Reply::text(
+        "Refunded 700 INR on pay_ABC123 and logged a ticket.",
+    ));
     let resumed = json_of(&memex(data, &url, &["approve", &action, "--json"]).await);
     assert_eq!(resumed["plan_id"], paused["plan_id"]);
     assert_eq!(step(&resumed, "2")["status"], "done");
     assert_eq!(step(&resumed, "2")["result"]["amount"], 700);
     assert_eq!(step(&resumed, "3")["status"], "done");
-    // A second approval runs nothing.
-    let again = json_of(&memex(data, &url, &["approve", "--session", &refund_session, &action, "--json"]).await);
+    // It also carries the fields of every `approve --json`.
+    assert_eq!(resumed["tool_calls"][0]["id"], action.as_str());
+    assert_eq!(resumed["tool_calls"][0]["status"], "ok");
+    assert!(resumed["pending_action"].is_null() && resumed["escalation"].is_null());
+    // A second approval (the session named by the plan's session or by the plan id) runs nothing.
+    let again = json_of(
+        &memex(
+            data,
+            &url,
+            &["approve", "--session", &refund_session, &action, "--json"],
+        )
+        .await,
+    );
     assert_eq!(again["summary"], resumed["summary"]);
-    let audit = json_of(&memex(data, &url, &["audit", "--session", &refund_session, "--json"]).await);
+    let plan2 = paused["plan_id"].as_str().unwrap();
+    let again = json_of(
+        &memex(
+            data,
+            &url,
+            &["approve", "--session", plan2, &action, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(again["summary"], resumed["summary"]);
+    let wrong = memex(data, &url, &["approve", "--session", "ses_other", &action]).await;
+    assert!(
+        !wrong.status.success(),
+        "an action is only found in its own session"
+    );
+    let audit = json_of(
+        &memex(
+            data,
+            &url,
+            &["audit", "--session", &refund_session, "--json"],
+        )
+        .await,
+    );
     let refunds = audit
         .as_array()
         .unwrap()
@@ -181,13 +254,48 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
         .count();
     assert_eq!(refunds, 1);
 
+    // A rejection, naming the step by plan id and step id: its dependents are skipped.
+    server.push(Reply::text(
+        &json!({"steps": [
+            {"id": "1", "tool": "initiate_refund", "args": {"transaction_id": "pay_ABC123", "amount": 100, "reason": "goodwill"}},
+            {"id": "2", "tool": "create_support_ticket", "depends_on": ["1"],
+             "args": {"subject": "Goodwill refund logged", "description": "Refunded 100 INR as goodwill.", "priority": "low", "type": "refund"}}
+        ]})
+        .to_string(),
+    ));
+    let paused = json_of(
+        &memex(
+            data,
+            &url,
+            &["plan", "--merchant", "MID001", "--json", "goodwill refund"],
+        )
+        .await,
+    );
+    let plan3 = paused["plan_id"].as_str().unwrap().to_string();
+    server.push(Reply::text(
+        "The refund was rejected; nothing was refunded.",
+    ));
+    let rejected =
+        json_of(&memex(data, &url, &["reject", "--session", &plan3, "1", "--json"]).await);
+    assert_eq!(step(&rejected, "1")["status"], "rejected");
+    assert_eq!(step(&rejected, "2")["status"], "skipped");
+    assert_eq!(rejected["status"], "completed");
+
     // Two invalid plans: a clear one-line error, a non-zero exit, nothing executed.
     let bad = json!({"steps": [{"id": "1", "tool": "wire_money", "args": {}}]}).to_string();
     server.push(Reply::text(&bad)).push(Reply::text(&bad));
-    let out = memex(data, &url, &["plan", "--merchant", "MID001", "--json", "send money"]).await;
+    let out = memex(
+        data,
+        &url,
+        &["plan", "--merchant", "MID001", "--json", "send money"],
+    )
+    .await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("nothing was executed") && err.contains("unknown tool"), "{err}");
+    assert!(
+        err.contains("nothing was executed") && err.contains("unknown tool"),
+        "{err}"
+    );
     assert!(!err.contains("sk-test-secret-456"));
 
     let out = memex(data, &url, &["plan", "show", "plan_doesnotexist"]).await;
@@ -207,14 +315,21 @@ async fn a_killed_plan_resumes_without_a_second_ticket() {
 
     // The plan runs; the summary call hangs, and the process is killed there.
     server.push(Reply::text(&dispute_plan())).push(Reply::Hang);
-    let mut child = command(data, &url, &["plan", "--merchant", "MID001", "--json", TASK])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = command(
+        data,
+        &url,
+        &["plan", "--merchant", "MID001", "--json", TASK],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let plan_id = loop {
-        assert!(Instant::now() < deadline, "the plan never reached its summary");
+        assert!(
+            Instant::now() < deadline,
+            "the plan never reached its summary"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
         if server.request_count() >= 2 {
             let list = json_of(&memex(data, &url, &["plan", "list", "--json"]).await);
@@ -224,7 +339,10 @@ async fn a_killed_plan_resumes_without_a_second_ticket() {
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = json_of(&memex(data, &url, &["plan", "show", &plan_id, "--json"]).await);
-    assert_eq!(killed["status"], "running", "the kill left the plan unfinished");
+    assert_eq!(
+        killed["status"], "running",
+        "the kill left the plan unfinished"
+    );
     assert_eq!(killed["summary"]["done"], 4);
     let session = killed["session"].as_str().unwrap().to_string();
 

@@ -343,15 +343,27 @@ pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<Ex
             ),
         }
     }
+    if store.action_by_id(&action_id)?.is_none() {
+        // `--session PLAN_ID STEP_ID`: the waiting step of a plan, named by its step id.
+        if let Some(plan_id) = a.session.as_deref().filter(|s| s.starts_with("plan_")) {
+            let report = memex::planner::load_report(&plans, plan_id)?;
+            if let Some(p) = report.pending_actions.iter().find(|p| p.step == action_id) {
+                action_id = p.action_id.clone();
+            }
+        }
+    }
     let action = store
         .action_by_id(&action_id)?
         .ok_or_else(|| anyhow::anyhow!("no action {action_id}"))?;
+    let plan_step = plans.step_for_action(&action_id)?;
     if let Some(s) = &a.session {
-        if s != &action.session {
+        // The session is the action's; for a plan step the plan id names it as well.
+        let plan_matches = plan_step.as_ref().is_some_and(|(p, _)| p == s);
+        if s != &action.session && !plan_matches {
             anyhow::bail!("no action {action_id} in session {s}");
         }
     }
-    if plans.step_for_action(&action_id)?.is_some() {
+    if plan_step.is_some() {
         return super::plan::decide(g, &action_id, approve);
     }
     let a = DecideArgs {

@@ -100,18 +100,19 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
             let m = m.as_deref().map(merchant).transpose()?;
             let rows = plans.list(m.as_ref().map(|x| x.as_str()), *limit)?;
             if g.json {
-                let list: Vec<serde_json::Value> = rows
-                    .iter()
-                    .map(|(id, mid, status, task, at)| {
-                        serde_json::json!({"plan_id": id, "merchant": mid, "status": status, "task": task, "created_at": at})
-                    })
-                    .collect();
-                println!("{}", serde_json::to_string(&list)?);
+                println!("{}", serde_json::to_string(&rows)?);
             } else if rows.is_empty() {
                 println!("no plans");
             } else {
-                for (id, mid, status, task, at) in rows {
-                    println!("{id}  {at}  {mid}  {status}  {}", one_line(&task, 80));
+                for r in rows {
+                    println!(
+                        "{}  {}  {}  {}  {}",
+                        r.plan_id,
+                        r.created_at,
+                        r.merchant,
+                        r.status,
+                        one_line(&r.task, 80)
+                    );
                 }
             }
         }
@@ -135,23 +136,74 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `memex approve|reject` for an action held by a plan step.
-pub fn decide(
-    g: &GlobalArgs,
-    action_id: &str,
-    approve: bool,
-) -> anyhow::Result<ExitCode> {
+pub fn decide(g: &GlobalArgs, action_id: &str, approve: bool) -> anyhow::Result<ExitCode> {
     let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
     let rt = runtime()?;
-    let report = rt.block_on(async {
+    let (report, turns) = rt.block_on(async {
         let p = planner(g, PlannerConfig::default()).await?;
-        anyhow::Ok(if approve {
+        let report = if approve {
             p.approve(action_id, progress).await?
         } else {
             p.reject(action_id, progress).await?
-        })
+        };
+        let merchant = merchant(&report.merchant)?;
+        let turns = p
+            .agent()
+            .store()
+            .begin_session(&report.session, &merchant)?;
+        anyhow::Ok((report, turns))
     })?;
+    if g.json {
+        println!("{}", decision_json(&report, action_id, turns)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     print_report(g, &report)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `approve`/`reject --json` of a plan step: the plan report, plus the fields every
+/// `approve --json` prints (`turns`, `tool_calls` with the decided call, `pending_action`,
+/// `escalation`, `memory`), so scripts written for agent approvals read it too.
+fn decision_json(r: &PlanReport, action_id: &str, turns: u32) -> anyhow::Result<String> {
+    let mut v = serde_json::to_value(r)?;
+    let decided = r
+        .steps
+        .iter()
+        .find(|s| s.action_id.as_deref() == Some(action_id));
+    let tool_calls: Vec<serde_json::Value> = decided
+        .map(|s| {
+            let status = match s.status {
+                StepStatus::Done => "ok",
+                StepStatus::Rejected => "rejected",
+                StepStatus::PendingApproval => "pending_approval",
+                _ => "error",
+            };
+            serde_json::json!({"id": action_id, "tool": s.tool, "args": s.args, "status": status,
+                "result": s.result, "latency_ms": 0.0})
+        })
+        .into_iter()
+        .collect();
+    let pending = r
+        .pending_actions
+        .first()
+        .map(|p| serde_json::json!({"id": p.action_id, "tool": p.tool, "args": p.args}));
+    if let Some(o) = v.as_object_mut() {
+        o.insert("turns".into(), turns.into());
+        o.insert("tool_calls".into(), tool_calls.into());
+        o.insert(
+            "pending_action".into(),
+            pending.unwrap_or(serde_json::Value::Null),
+        );
+        o.insert("escalation".into(), serde_json::Value::Null);
+        o.insert(
+            "memory".into(),
+            serde_json::json!({"kb": [], "episodes": [], "summary": null}),
+        );
+        if o.get("answer").is_some_and(serde_json::Value::is_null) {
+            o.insert("answer".into(), "".into());
+        }
+    }
+    Ok(v.to_string())
 }
 
 fn one_line(s: &str, max: usize) -> String {
@@ -218,7 +270,10 @@ fn print_report(g: &GlobalArgs, r: &PlanReport) -> anyhow::Result<()> {
         );
     }
     if r.status == memex::planner::PlanStatus::Planned {
-        println!("not executed (dry run); run it with: memex plan resume {}", r.plan_id);
+        println!(
+            "not executed (dry run); run it with: memex plan resume {}",
+            r.plan_id
+        );
     }
     if let Some(a) = &r.answer {
         println!("\n{a}");

@@ -82,11 +82,8 @@ impl Planner {
                         .find(|&&d| steps[d].status.blocks_dependents())
                         .copied();
                     if let Some(d) = blocker {
-                        let why = format!(
-                            "skipped: step {} {}",
-                            steps[d].id,
-                            steps[d].status.as_str()
-                        );
+                        let why =
+                            format!("skipped: step {} {}", steps[d].id, steps[d].status.as_str());
                         steps[i].status = StepStatus::Skipped;
                         steps[i].error = Some(why);
                         steps[i].result = Value::Null;
@@ -102,10 +99,11 @@ impl Planner {
                     if steps[i].status != StepStatus::Pending || in_flight.contains(&i) {
                         continue;
                     }
-                    let ready = steps[i]
-                        .depends_on
-                        .iter()
-                        .all(|d| index.get(d).is_some_and(|&j| steps[j].status == StepStatus::Done));
+                    let ready = steps[i].depends_on.iter().all(|d| {
+                        index
+                            .get(d)
+                            .is_some_and(|&j| steps[j].status == StepStatus::Done)
+                    });
                     if !ready {
                         continue;
                     }
@@ -157,7 +155,12 @@ impl Planner {
     }
 
     /// Persists `step`'s state (and its resolved arguments when given).
-    fn save(&self, ctx: &RunContext, step: &Step, resolved: Option<&Value>) -> Result<(), PlanError> {
+    fn save(
+        &self,
+        ctx: &RunContext,
+        step: &Step,
+        resolved: Option<&Value>,
+    ) -> Result<(), PlanError> {
         let result = (!step.result.is_null()).then_some(&step.result);
         self.store.update_step(
             &ctx.plan_id,
@@ -195,7 +198,10 @@ impl Planner {
                 ActionStatus::Executed | ActionStatus::Failed => true,
                 ActionStatus::Rejected => {
                     s.status = StepStatus::Rejected;
-                    s.error = Some("rejected: a human operator rejected this action; it was not executed".into());
+                    s.error = Some(
+                        "rejected: a human operator rejected this action; it was not executed"
+                            .into(),
+                    );
                     s.result = json!({"status": "rejected", "action_id": action_id});
                     self.save(ctx, s, None)?;
                     let report = ToolCallReport {
@@ -444,16 +450,19 @@ impl Planner {
                 None,
             )?;
             let t0 = Instant::now();
-            let outcome: Result<Value, ToolError> =
-                if self.agent.acquire_tool_token(&name, self.config.rate_limit_wait).await {
-                    progress.tool_started(&tool.progress(&args));
-                    tool.call(args.clone(), &tool_ctx).await
-                } else {
-                    Err(ToolError::Transient(format!(
-                        "{name} is rate limited; no call slot within {:?}",
-                        self.config.rate_limit_wait
-                    )))
-                };
+            let outcome: Result<Value, ToolError> = if self
+                .agent
+                .acquire_tool_token(&name, self.config.rate_limit_wait)
+                .await
+            {
+                progress.tool_started(&tool.progress(&args));
+                tool.call(args.clone(), &tool_ctx).await
+            } else {
+                Err(ToolError::Transient(format!(
+                    "{name} is rate limited; no call slot within {:?}",
+                    self.config.rate_limit_wait
+                )))
+            };
             report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
             // A result object carrying an "error" is a failure too.
             let outcome = match outcome {
@@ -557,7 +566,10 @@ fn from_result(v: &Value) -> ToolError {
 
 /// `kind: message` of an error result object.
 fn error_text(result: &Value) -> String {
-    let kind = result.get("error").and_then(Value::as_str).unwrap_or("error");
+    let kind = result
+        .get("error")
+        .and_then(Value::as_str)
+        .unwrap_or("error");
     let message = result.get("message").and_then(Value::as_str).unwrap_or("");
     format!("{kind}: {message}")
 }

@@ -188,13 +188,12 @@ impl Planner {
         load_report(&self.store, plan_id)
     }
 
-    /// Plans of `merchant` (or all), newest first: `(plan_id, merchant, status, task,
-    /// created_at)`.
+    /// Plans of `merchant` (or all), newest first.
     pub fn list(
         &self,
         merchant: Option<&MerchantId>,
         limit: usize,
-    ) -> Result<Vec<(String, String, String, String, String)>, PlanError> {
+    ) -> Result<Vec<store::PlanListing>, PlanError> {
         self.store.list(merchant.map(MerchantId::as_str), limit)
     }
 
@@ -398,7 +397,10 @@ impl Planner {
             Err(_) => (PlanStatus::Running, None, "error"),
             Ok(()) => {
                 // Nothing can start any more: what is not finished waits for an approval.
-                if steps.iter().any(|s| s.status == StepStatus::PendingApproval) {
+                if steps
+                    .iter()
+                    .any(|s| s.status == StepStatus::PendingApproval)
+                {
                     let a = prompt::plain_summary(PlanStatus::AwaitingApproval, &steps);
                     (PlanStatus::AwaitingApproval, Some(a), "pending_action")
                 } else if steps.iter().any(|s| !s.status.is_final()) {

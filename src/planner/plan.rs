@@ -277,7 +277,7 @@ pub fn parse_draft(reply: &str) -> Result<Vec<DraftStep>, Vec<String>> {
         },
         _ => {
             return Err(vec![
-                "the reply is not a JSON object with a \"steps\" array".to_string()
+                "the reply is not a JSON object with a \"steps\" array".to_string(),
             ])
         }
     };

@@ -80,9 +80,7 @@ pub fn replan_request(first: &ChatRequest, reply: &str, errors: &[String]) -> Ch
         text.push('\n');
     }
     messages.push(Message::user(text));
-    ChatRequest::new(messages)
-        .json_mode()
-        .with_temperature(0.0)
+    ChatRequest::new(messages).json_mode().with_temperature(0.0)
 }
 
 /// The request for the short human summary of a finished plan.

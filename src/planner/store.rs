@@ -31,6 +31,21 @@ pub struct PlanRow {
     pub turn: u32,
 }
 
+/// One line of `memex plan list`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct PlanListing {
+    /// Plan id.
+    pub plan_id: String,
+    /// Merchant id.
+    pub merchant: String,
+    /// Plan status.
+    pub status: String,
+    /// The task.
+    pub task: String,
+    /// When it was planned (RFC 3339).
+    pub created_at: String,
+}
+
 /// The planner's tables.
 pub struct PlanStore {
     conn: Mutex<Connection>,
@@ -193,8 +208,19 @@ impl PlanStore {
             serde_json::from_str(t).map_err(|e| PlanError::Store(format!("corrupt plan row: {e}")))
         };
         rows.map(|row| {
-            let (step_id, description, tool, args, resolved, deps, status, attempts, result, error, action_id) =
-                row.map_err(db_err)?;
+            let (
+                step_id,
+                description,
+                tool,
+                args,
+                resolved,
+                deps,
+                status,
+                attempts,
+                result,
+                error,
+                action_id,
+            ) = row.map_err(db_err)?;
             let depends_on: Vec<String> = serde_json::from_str(&deps)
                 .map_err(|e| PlanError::Store(format!("corrupt plan row: {e}")))?;
             Ok(Step {
@@ -362,12 +388,12 @@ impl PlanStore {
             .map_err(db_err)
     }
 
-    /// Plans, newest first, optionally of one merchant: (id, merchant, status, task, created).
+    /// Plans, newest first, optionally of one merchant.
     pub fn list(
         &self,
         merchant: Option<&str>,
         limit: usize,
-    ) -> Result<Vec<(String, String, String, String, String)>, PlanError> {
+    ) -> Result<Vec<PlanListing>, PlanError> {
         let conn = self.conn()?;
         let mut stmt = conn
             .prepare(
@@ -377,7 +403,13 @@ impl PlanStore {
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![merchant, limit as i64], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                Ok(PlanListing {
+                    plan_id: r.get(0)?,
+                    merchant: r.get(1)?,
+                    status: r.get(2)?,
+                    task: r.get(3)?,
+                    created_at: r.get(4)?,
+                })
             })
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
