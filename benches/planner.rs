@@ -149,6 +149,7 @@ fn planner(
         Arc::new(agent),
         PlannerConfig {
             use_memory: false,
+            save_episode: false,
             max_concurrency,
             ..PlannerConfig::default()
         },

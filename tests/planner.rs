@@ -308,6 +308,34 @@ async fn the_seed_dispute_task_runs_end_to_end() {
     assert_eq!(planner.show(&r.plan_id).unwrap(), r);
     let stats = planner.agent().store().stats().unwrap();
     assert_eq!((stats.sessions, stats.turns, stats.tool_calls), (1, 1, 4));
+    // The outcome joins the merchant's episodic memory (and only that merchant's).
+    let episodes = memex::episodic::open(None, f.dir.path()).await.unwrap();
+    let recent = episodes.recent(&mid("MID001"), 5).await.unwrap();
+    assert_eq!(recent.len(), 1);
+    assert!(recent[0].summary.contains("pay_ABC123"));
+    assert_eq!(recent[0].metadata["plan_id"], r.plan_id.as_str());
+    assert!(episodes.recent(&mid("MID002"), 5).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_tool_call_times_out_and_is_retried_then_fails() {
+    let f = Fixture::new();
+    let planner = f.planner(PlannerConfig {
+        step_timeout: Duration::from_millis(50),
+        max_attempts: 2,
+        retry_backoff: Duration::from_millis(1),
+        ..PlannerConfig::default()
+    });
+    f.push_plan(json!({"steps": [
+        {"id": "1", "tool": "very_slow_check", "args": {"label": "hung"}},
+        {"id": "2", "tool": "get_merchant_account", "args": {}}
+    ]}));
+    f.model.push_text("the check hung");
+    let r = planner.run(&mid("MID001"), "check", &Silent).await.unwrap();
+    assert_eq!(status(&r, "1"), StepStatus::Failed);
+    assert_eq!(step(&r, "1").attempts, 2);
+    assert!(step(&r, "1").error.as_deref().unwrap().contains("did not answer"));
+    assert_eq!(status(&r, "2"), StepStatus::Done);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

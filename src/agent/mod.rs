@@ -1009,6 +1009,27 @@ impl Agent {
         }
     }
 
+    /// Saves `summary` as an episode of `merchant` (embedded for similarity search), with
+    /// `metadata`.
+    pub(crate) async fn remember(
+        &self,
+        merchant: &MerchantId,
+        summary: &str,
+        metadata: Value,
+    ) -> Result<crate::episodic::Episode, AgentError> {
+        let vector = self
+            .embedder
+            .embed_one(summary)
+            .map_err(|e| AgentError::Memory(e.to_string()))?;
+        let draft = EpisodeDraft::new(summary)
+            .with_metadata(metadata)
+            .with_embedding(vector);
+        self.episodes
+            .save(merchant, draft)
+            .await
+            .map_err(|e| AgentError::Memory(e.to_string()))
+    }
+
     /// Ends `session`: summarises it into an episode for its merchant (the model writes the
     /// summary; if it cannot, a plain transcript digest is kept instead, so nothing is lost).
     pub async fn end_session(&self, session: &str) -> Result<crate::episodic::Episode, AgentError> {
@@ -1039,23 +1060,13 @@ impl Agent {
         } else {
             summary
         };
-        let vector = self
-            .embedder
-            .embed_one(&summary)
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
         let audit = self.store.audit_log(session)?;
-        let draft = EpisodeDraft::new(summary)
-            .with_metadata(json!({
-                "session_id": session,
-                "tool_calls": audit.len(),
-                "tools": audit.iter().map(|a| a.tool.clone()).collect::<Vec<_>>(),
-            }))
-            .with_embedding(vector);
-        let episode = self
-            .episodes
-            .save(&merchant, draft)
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
+        let metadata = json!({
+            "session_id": session,
+            "tool_calls": audit.len(),
+            "tools": audit.iter().map(|a| a.tool.clone()).collect::<Vec<_>>(),
+        });
+        let episode = self.remember(&merchant, &summary, metadata).await?;
         self.store.end_session(session, &episode.id.to_string())?;
         Ok(episode)
     }

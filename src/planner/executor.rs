@@ -456,7 +456,14 @@ impl Planner {
                 .await
             {
                 progress.tool_started(&tool.progress(&args));
-                tool.call(args.clone(), &tool_ctx).await
+                let limit = self.config.step_timeout;
+                match tokio::time::timeout(limit, tool.call(args.clone(), &tool_ctx)).await {
+                    Ok(r) => r,
+                    Err(_) => Err(ToolError::Transient(format!(
+                        "{name} did not answer within {:.1} s",
+                        limit.as_secs_f64()
+                    ))),
+                }
             } else {
                 Err(ToolError::Transient(format!(
                     "{name} is rate limited; no call slot within {:?}",

@@ -53,6 +53,10 @@ pub struct PlannerConfig {
     pub rate_limit_wait: Duration,
     /// Whether the planning call gets the knowledge-base and episode memory blocks.
     pub use_memory: bool,
+    /// Whether a completed plan's summary is saved as an episode of its merchant.
+    pub save_episode: bool,
+    /// Longest a single tool call may take before the attempt counts as a transient failure.
+    pub step_timeout: Duration,
 }
 
 impl Default for PlannerConfig {
@@ -64,6 +68,8 @@ impl Default for PlannerConfig {
             retry_backoff: Duration::from_millis(200),
             rate_limit_wait: Duration::from_secs(10),
             use_memory: true,
+            save_episode: true,
+            step_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -407,6 +413,9 @@ impl Planner {
                     (PlanStatus::Running, None, "error")
                 } else {
                     let a = self.summarise(&row, &steps, &mut usage).await;
+                    if self.config.save_episode {
+                        self.remember(&row, &merchant, &steps, &a).await;
+                    }
                     (PlanStatus::Completed, Some(a), "answer")
                 }
             }
@@ -427,6 +436,25 @@ impl Planner {
         drop(claim);
         drive?;
         self.show(plan_id)
+    }
+
+    /// Saves the completed plan's outcome in the merchant's episodic memory, so later sessions
+    /// and plans see it. A failure here is logged, not fatal: the plan itself is done.
+    async fn remember(&self, row: &PlanRow, merchant: &MerchantId, steps: &[Step], answer: &str) {
+        let summary = PlanSummary::of(steps);
+        let metadata = serde_json::json!({
+            "plan_id": row.id,
+            "session_id": row.session,
+            "task": row.task,
+            "tools": steps.iter().map(|s| s.tool.clone()).collect::<Vec<_>>(),
+            "done": summary.done,
+            "failed": summary.failed,
+            "skipped": summary.skipped,
+        });
+        let text = format!("Plan for \"{}\": {answer}", row.task);
+        if let Err(e) = self.agent.remember(merchant, &text, metadata).await {
+            tracing::warn!(plan = %row.id, error = %e, "could not save the plan as an episode");
+        }
     }
 
     /// The final human summary: the model's, or a plain account when it cannot write one.
