@@ -334,7 +334,11 @@ async fn a_hung_tool_call_times_out_and_is_retried_then_fails() {
     let r = planner.run(&mid("MID001"), "check", &Silent).await.unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Failed);
     assert_eq!(step(&r, "1").attempts, 2);
-    assert!(step(&r, "1").error.as_deref().unwrap().contains("did not answer"));
+    assert!(step(&r, "1")
+        .error
+        .as_deref()
+        .unwrap()
+        .contains("did not answer"));
     assert_eq!(status(&r, "2"), StepStatus::Done);
 }
 
@@ -434,8 +438,21 @@ async fn validation_catches_every_kind_of_bad_plan() {
         ),
         (
             json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}},
-                          {"id": "2", "tool": "get_merchant_account", "args": {"merchant_id": {"$ref": "1.result.merchant_id"}}}]}),
-            "does not depend on",
+                          {"id": "2", "tool": "get_merchant_account", "args": {"merchant_id": {"$ref": "3.result.merchant_id"}}}]}),
+            "not in the plan",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "2.result.id"}}},
+                          {"id": "2", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "1.result.id"}}}]}),
+            "cycle",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "1.result.id"}}}]}),
+            "refers to the step itself",
+        ),
+        (
+            json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": 42}}]}),
+            "invalid arguments for get_transaction",
         ),
         (
             json!({"steps": [{"id": "1", "tool": "get_transaction", "args": {"transaction_id": {"$ref": "one.output"}}}]}),
@@ -456,6 +473,23 @@ async fn validation_catches_every_kind_of_bad_plan() {
         let err = planner.create(&mid("MID001"), "do it").await.unwrap_err();
         assert!(err.to_string().contains(needle), "{needle}: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ref_to_a_step_not_in_depends_on_makes_it_a_dependency() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    // Step 1 refers to step 2 without listing it: step 2 must run first.
+    f.push_plan(json!({"steps": [
+        {"id": "1", "tool": "get_merchant_account", "args": {"merchant_id": {"$ref": "2.result.merchant_id"}}},
+        {"id": "2", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}}
+    ]}));
+    f.model.push_text("done");
+    let r = planner.run(&mid("MID001"), "check", &Silent).await.unwrap();
+    assert_eq!(step(&r, "1").depends_on, vec!["2"]);
+    assert_eq!(status(&r, "1"), StepStatus::Done);
+    assert_eq!(step(&r, "1").args, json!({"merchant_id": "MID001"}));
+    assert_eq!(f.model.request_count(), 2, "valid at the first attempt");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

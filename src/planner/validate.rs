@@ -1,8 +1,9 @@
 //! Plan validation, before anything runs: well-formed unique step ids, known tools, arguments
 //! that satisfy each tool's schema (with `$ref` values checked for form and target instead),
-//! dependencies that exist and are not the step itself, no cycles, references only to steps
-//! the step depends on, no step repeating another's exact call, and at most a configured
-//! number of steps. Every problem found is reported, as a sentence the model can act on.
+//! dependencies that exist and are not the step itself, references only to other steps of the
+//! plan (a reference adds its step to `depends_on`, so it always runs first), no cycles, no step
+//! repeating another's exact call, and at most a configured number of steps. Every problem
+//! found is reported, as a sentence the model can act on.
 
 use std::collections::{HashMap, HashSet};
 
@@ -112,6 +113,29 @@ pub fn validate(
             Err(e) => errors.push(format!("step {}: {e}", shown(&s.id))),
         }
     }
+    // References: a step may only use the output of a step that runs before it. A reference
+    // to a step not listed in `depends_on` makes that step an implicit dependency.
+    for (i, s) in steps.iter().enumerate() {
+        for text in refs::refs_in(&s.args) {
+            let Ok(r) = refs::parse(&text) else { continue };
+            if r.step == s.id {
+                errors.push(format!(
+                    "step {}: $ref {} refers to the step itself",
+                    shown(&s.id),
+                    shown(&text)
+                ));
+            } else if !index.contains_key(r.step.as_str()) {
+                errors.push(format!(
+                    "step {}: $ref {} names step {}, which is not in the plan",
+                    shown(&s.id),
+                    shown(&text),
+                    shown(&r.step)
+                ));
+            } else if !out[i].depends_on.contains(&r.step) {
+                out[i].depends_on.push(r.step.clone());
+            }
+        }
+    }
     // Dependencies.
     let mut deps_ok = true;
     for s in steps {
@@ -137,45 +161,15 @@ pub fn validate(
         }
     }
     if deps_ok {
-        if let Some(cycle) = find_cycle(steps, &index) {
+        if let Some(cycle) = find_cycle(&out, &index) {
             errors.push(format!(
                 "the dependencies form a cycle: {}; a plan must be acyclic",
                 cycle
                     .iter()
-                    .map(|i| shown(&steps[*i].id))
+                    .map(|i| shown(&out[*i].id))
                     .collect::<Vec<_>>()
                     .join(" -> ")
             ));
-        } else {
-            // References must point at steps that are certainly done first.
-            for s in steps {
-                let ancestors = ancestors(s, steps, &index);
-                for text in refs::refs_in(&s.args) {
-                    let Ok(r) = refs::parse(&text) else { continue };
-                    if r.step == s.id {
-                        errors.push(format!(
-                            "step {}: $ref {} refers to the step itself",
-                            shown(&s.id),
-                            shown(&text)
-                        ));
-                    } else if !index.contains_key(r.step.as_str()) {
-                        errors.push(format!(
-                            "step {}: $ref {} names step {}, which is not in the plan",
-                            shown(&s.id),
-                            shown(&text),
-                            shown(&r.step)
-                        ));
-                    } else if !ancestors.contains(r.step.as_str()) {
-                        errors.push(format!(
-                            "step {}: $ref {} uses step {}, which step {} does not depend on; add it to depends_on",
-                            shown(&s.id),
-                            shown(&text),
-                            shown(&r.step),
-                            shown(&s.id)
-                        ));
-                    }
-                }
-            }
         }
     }
     // The plan-level loop guard: the same call twice.
@@ -309,23 +303,4 @@ fn find_cycle(steps: &[DraftStep], index: &HashMap<&str, usize>) -> Option<Vec<u
         }
     }
     None
-}
-
-/// Ids of every step `s` depends on, directly or not (the graph is acyclic).
-fn ancestors<'a>(
-    s: &'a DraftStep,
-    steps: &'a [DraftStep],
-    index: &HashMap<&str, usize>,
-) -> HashSet<&'a str> {
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut stack: Vec<&str> = s.depends_on.iter().map(String::as_str).collect();
-    while let Some(id) = stack.pop() {
-        if !seen.insert(id) {
-            continue;
-        }
-        if let Some(&j) = index.get(id) {
-            stack.extend(steps[j].depends_on.iter().map(String::as_str));
-        }
-    }
-    seen
 }
