@@ -108,6 +108,46 @@ impl Tool for Flaky {
     }
 }
 
+/// An irreversible tool that fails transiently `fail_first` times, then "refunds".
+struct FlakyRefund {
+    calls: AtomicUsize,
+    fail_first: usize,
+    keys: Mutex<Vec<String>>,
+    schema: Value,
+}
+
+#[async_trait]
+impl Tool for FlakyRefund {
+    fn name(&self) -> &str {
+        "flaky_refund"
+    }
+    fn description(&self) -> &str {
+        "Refunds through a flaky gateway."
+    }
+    fn parameters(&self) -> &Value {
+        &self.schema
+    }
+    fn irreversible(&self) -> bool {
+        true
+    }
+    fn read_only(&self) -> bool {
+        false
+    }
+    async fn call(&self, _args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
+        let key = ctx
+            .idempotency_key
+            .clone()
+            .ok_or_else(|| ToolError::Refused("no approval key".into()))?;
+        self.keys.lock().unwrap().push(key);
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if n < self.fail_first {
+            Err(ToolError::Transient("the refund gateway timed out".into()))
+        } else {
+            Ok(json!({"refund": "ok"}))
+        }
+    }
+}
+
 struct Fixture {
     dir: tempfile::TempDir,
     model: Arc<ScriptedModel>,
@@ -115,6 +155,7 @@ struct Fixture {
     spans: Arc<Mutex<Vec<(String, Instant, Instant)>>>,
     flaky: Arc<Flaky>,
     very_slow_ms: Arc<AtomicU64>,
+    flaky_refund: Arc<FlakyRefund>,
 }
 
 impl Fixture {
@@ -136,6 +177,12 @@ impl Fixture {
             payments,
             spans: Arc::default(),
             very_slow_ms: Arc::new(AtomicU64::new(30_000)),
+            flaky_refund: Arc::new(FlakyRefund {
+                calls: AtomicUsize::new(0),
+                fail_first: 1,
+                keys: Mutex::default(),
+                schema: json!({"type": "object", "properties": {"amount": {"type": "integer"}}, "additionalProperties": false}),
+            }),
             flaky: Arc::new(Flaky {
                 calls: AtomicUsize::new(0),
                 fail_first,
@@ -170,6 +217,7 @@ impl Fixture {
             }) as Arc<dyn Tool>);
         }
         tools.push(Arc::clone(&self.flaky) as Arc<dyn Tool>);
+        tools.push(Arc::clone(&self.flaky_refund) as Arc<dyn Tool>);
         let rt = tokio::runtime::Handle::current();
         let episodes = tokio::task::block_in_place(|| {
             rt.block_on(memex::episodic::open(None, self.dir.path()))
@@ -663,6 +711,16 @@ async fn plan_steps_are_scoped_to_the_plans_merchant() {
         .unwrap();
     assert_eq!(status(&r, "1"), StepStatus::Failed);
     assert_eq!(status(&r, "2"), StepStatus::Failed);
+    assert!(step(&r, "1")
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("not_found"));
+    assert!(step(&r, "2")
+        .error
+        .as_deref()
+        .unwrap()
+        .starts_with("not_found"));
     assert!(!serde_json::to_string(&r).unwrap().contains("Priya Sharma"));
 }
 
@@ -881,4 +939,199 @@ async fn the_summary_falls_back_to_a_plain_account_when_the_model_fails() {
         .unwrap();
     assert_eq!(r.status, PlanStatus::Completed);
     assert!(r.answer.as_deref().unwrap().contains("1 of 1 steps done"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_asking_for_approval_and_recording_it_asks_only_once() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(refund_plan());
+    let r = planner
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    // The kill came after the approval row was written but before the step was linked to it.
+    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
+    db.execute(
+        "UPDATE plan_steps SET status = 'pending', action_id = NULL, result = NULL WHERE plan_id = ?1 AND step_id = '2'",
+        [&r.plan_id],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE plans SET status = 'running' WHERE id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
+    // Approving that action finds its plan by the action's call id, and runs it once.
+    f.model.push_text("Refunded.");
+    let done = planner.approve(&action, &Silent).await.unwrap();
+    assert_eq!(status(&done, "2"), StepStatus::Done);
+    assert_eq!(step(&done, "2").result["amount"], 500);
+    let actions: i64 = db
+        .query_row(
+            "SELECT COUNT(*) FROM actions WHERE session_id = ?1",
+            [&r.session],
+            |x| x.get(0),
+        )
+        .unwrap();
+    assert_eq!(actions, 1, "no second approval was asked for");
+    assert_eq!(f.refunds("MID001"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_after_that_crash_reuses_the_same_approval() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(refund_plan());
+    let r = planner
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
+    db.execute(
+        "UPDATE plan_steps SET status = 'pending', action_id = NULL, result = NULL WHERE plan_id = ?1 AND step_id = '2'",
+        [&r.plan_id],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE plans SET status = 'running' WHERE id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
+    let again = planner.resume(&r.plan_id, &Silent).await.unwrap();
+    assert_eq!(again.status, PlanStatus::AwaitingApproval);
+    assert_eq!(again.pending_actions.len(), 1);
+    assert_eq!(again.pending_actions[0].action_id, action);
+    assert_eq!(f.refunds("MID001"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_action_gets_the_steps_retries_with_its_approval_as_key() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(json!({"steps": [{"id": "r", "tool": "flaky_refund", "args": {"amount": 10}}]}));
+    let r = planner
+        .run(&mid("MID001"), "refund 10", &Silent)
+        .await
+        .unwrap();
+    assert_eq!(status(&r, "r"), StepStatus::PendingApproval);
+    assert_eq!(f.flaky_refund.calls.load(Ordering::SeqCst), 0);
+    let action = r.pending_actions[0].action_id.clone();
+    f.model.push_text("refunded after a retry");
+    let r = planner.approve(&action, &Silent).await.unwrap();
+    assert_eq!(status(&r, "r"), StepStatus::Done);
+    assert_eq!(step(&r, "r").attempts, 2);
+    assert_eq!(f.flaky_refund.calls.load(Ordering::SeqCst), 2);
+    let keys = f.flaky_refund.keys.lock().unwrap().clone();
+    assert_eq!(
+        keys,
+        vec![action.clone(), action.clone()],
+        "every attempt carries the approval id"
+    );
+    let stored = planner
+        .agent()
+        .store()
+        .action_by_id(&action)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.status, memex::agent::ActionStatus::Executed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_racing_approvals_run_the_refund_once() {
+    let f = Fixture::new();
+    let first = f.default_planner();
+    f.push_plan(refund_plan());
+    let r = first
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    let second = f.default_planner();
+    f.model.push_text("Refunded.");
+    f.model.push_text("Refunded.");
+    let (a, b) = tokio::join!(
+        first.approve(&action, &Silent),
+        second.approve(&action, &Silent)
+    );
+    assert!(a.is_ok() || b.is_ok(), "{a:?} {b:?}");
+    for outcome in [&a, &b] {
+        if let Err(e) = outcome {
+            assert!(
+                matches!(e, PlanError::Busy(_) | PlanError::AlreadyDecided { .. }),
+                "{e}"
+            );
+        }
+    }
+    assert_eq!(f.refunds("MID001"), 1);
+    assert_eq!(f.tickets("MID001"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_skips_dependents_transitively_and_the_agent_path_refuses_plan_actions() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(json!({"steps": [
+        {"id": "1", "tool": "initiate_refund", "args": {"transaction_id": "pay_ABC123", "amount": 200, "reason": "damaged goods"}},
+        {"id": "2", "tool": "create_support_ticket", "depends_on": ["1"],
+         "args": {"subject": "Refund follow-up", "description": "Refund of 200 INR issued.", "priority": "low", "type": "refund"}},
+        {"id": "3", "tool": "get_merchant_account", "args": {}, "depends_on": ["2"]},
+        {"id": "4", "tool": "get_transaction", "args": {"transaction_id": "pay_ABC123"}}
+    ]}));
+    let r = planner
+        .run(&mid("MID001"), "refund 200", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    // The agent's own approval path does not run a plan's action.
+    let err = planner
+        .agent()
+        .approve(&r.session, &action, &Silent)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("plan step"), "{err}");
+    assert_eq!(f.refunds("MID001"), 0);
+    f.model.push_text("rejected");
+    let r = planner.reject(&action, &Silent).await.unwrap();
+    assert_eq!(status(&r, "1"), StepStatus::Rejected);
+    assert_eq!(status(&r, "2"), StepStatus::Skipped);
+    assert_eq!(status(&r, "3"), StepStatus::Skipped);
+    assert_eq!(status(&r, "4"), StepStatus::Done);
+    let err = planner.reject(&action, &Silent).await.unwrap_err();
+    assert!(err.to_string().contains("already rejected"), "{err}");
+    assert_eq!(f.refunds("MID001"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_the_bound_of_steps_run_at_once() {
+    let f = Fixture::new();
+    let planner = f.planner(PlannerConfig {
+        max_concurrency: 2,
+        ..PlannerConfig::default()
+    });
+    let steps: Vec<Value> = ["a", "b", "c", "d"]
+        .iter()
+        .map(|l| json!({"id": l, "tool": "slow_check", "args": {"label": l}}))
+        .collect();
+    f.push_plan(json!({ "steps": steps }));
+    f.model.push_text("done");
+    let r = planner
+        .run(&mid("MID001"), "four checks", &Silent)
+        .await
+        .unwrap();
+    assert_eq!(r.summary.done, 4);
+    let spans = f.spans.lock().unwrap().clone();
+    let most = spans
+        .iter()
+        .map(|(_, start, _)| {
+            spans
+                .iter()
+                .filter(|(_, s, e)| s <= start && start < e)
+                .count()
+        })
+        .max()
+        .unwrap();
+    assert_eq!(most, 2, "two at a time, never more, never fewer");
 }

@@ -345,13 +345,33 @@ async fn a_killed_plan_resumes_without_a_second_ticket() {
     );
     assert_eq!(killed["summary"]["done"], 4);
     let session = killed["session"].as_str().unwrap().to_string();
+    let ticket = step(&killed, "4")["result"]["ticket_id"].clone();
+    // Make it as if the kill had come while the ticket step was running, after its write.
+    let db = rusqlite::Connection::open(data.join("agent.db")).unwrap();
+    db.execute(
+        "UPDATE plan_steps SET status = 'running', result = NULL WHERE plan_id = ?1 AND step_id = '4'",
+        [&plan_id],
+    )
+    .unwrap();
+    drop(db);
 
+    // The dead process's hold on the plan is taken over; done steps are not run again; the
+    // interrupted ticket step gets its first ticket back, not a second one.
     server.push(Reply::text("Ticket opened for pay_ABC123."));
     let done = json_of(&memex(data, &url, &["plan", "resume", &plan_id, "--json"]).await);
     assert_eq!(done["status"], "completed");
     assert_eq!(done["summary"]["done"], 4);
-    for id in ["1", "2", "3", "4"] {
+    for id in ["1", "2", "3"] {
         assert_eq!(step(&done, id)["attempts"], 1, "step {id} ran again");
     }
-    assert_eq!(ok_tickets(data, &url, &session).await, 1);
+    assert_eq!(step(&done, "4")["attempts"], 2);
+    assert_eq!(step(&done, "4")["result"]["ticket_id"], ticket);
+    assert_eq!(step(&done, "4")["result"]["idempotent_replay"], true);
+    let again = json_of(&memex(data, &url, &["plan", "resume", &plan_id, "--json"]).await);
+    assert_eq!(again, done, "resuming a completed plan changes nothing");
+    assert_eq!(
+        ok_tickets(data, &url, &session).await,
+        2,
+        "two calls, one ticket"
+    );
 }

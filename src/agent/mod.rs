@@ -355,6 +355,13 @@ impl Agent {
                     session: session.to_string(),
                     action: action_id.to_string(),
                 })?;
+        if action.call_id.starts_with("plan_") {
+            // A plan step's approval runs inside its plan (retries, then the plan continues).
+            return Err(AgentError::Invalid(format!(
+                "action {} belongs to a plan step; decide it through the planner (memex approve {})",
+                action.id, action.id
+            )));
+        }
         let turn = self.store.next_turn(session)?;
         let mut report = ToolCallReport {
             id: action.id.clone(),
@@ -467,14 +474,23 @@ impl Agent {
             }
             ActionStatus::Pending | ActionStatus::Approved => {}
         }
-        // Pending → approved atomically; an `approved` row is a crash mid-execution, which the
-        // idempotency key makes safe to finish.
-        self.store.transition(
-            &action.id,
-            &[ActionStatus::Pending, ActionStatus::Approved],
-            ActionStatus::Approved,
-            None,
-        )?;
+        // Pending → approved atomically, and only once: a concurrent approval loses here. An
+        // `approved` row is a crash mid-execution, which the idempotency key makes safe to
+        // finish.
+        let from = if action.status == ActionStatus::Pending {
+            ActionStatus::Pending
+        } else {
+            ActionStatus::Approved
+        };
+        if !self
+            .store
+            .transition(&action.id, &[from], ActionStatus::Approved, None)?
+        {
+            return Err(AgentError::AlreadyDecided {
+                action: action.id.clone(),
+                status: "being decided by another approval".into(),
+            });
+        }
         let tool = self.tools.get(&action.tool).ok_or_else(|| {
             AgentError::Invalid(format!("tool {} is no longer registered", action.tool))
         })?;

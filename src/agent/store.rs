@@ -96,6 +96,8 @@ pub struct PendingAction {
     pub status: ActionStatus,
     /// The tool's result once executed.
     pub result: Option<Value>,
+    /// The tool call it was created for (the model's call id, or `PLAN:STEP` for a plan step).
+    pub call_id: String,
 }
 
 /// What one finished turn leaves behind for `memex stats`.
@@ -205,7 +207,8 @@ impl AgentStore {
                 id TEXT PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
                 turn INTEGER NOT NULL, call_id TEXT NOT NULL, tool TEXT NOT NULL,
                 args TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
-                created_at TEXT NOT NULL, decided_at TEXT, executed_at TEXT);",
+                created_at TEXT NOT NULL, decided_at TEXT, executed_at TEXT);
+             CREATE INDEX IF NOT EXISTS actions_call ON actions(session_id, call_id);",
         )
         .map_err(db_err)?;
         Ok(Self {
@@ -429,25 +432,66 @@ impl AgentStore {
 
     /// The action `id` of `session`, if any.
     pub fn action(&self, session: &str, id: &str) -> Result<Option<PendingAction>, AgentError> {
+        self.action_where("id = ?1 AND session_id = ?2", id, session)
+    }
+
+    /// The action of `session` created for tool call `call_id`, if any (the planner uses it
+    /// so that a step asks for at most one approval, even across a crash).
+    pub fn action_by_call(
+        &self,
+        session: &str,
+        call_id: &str,
+    ) -> Result<Option<PendingAction>, AgentError> {
+        self.action_where("call_id = ?1 AND session_id = ?2", call_id, session)
+    }
+
+    fn action_where(
+        &self,
+        condition: &str,
+        a: &str,
+        session: &str,
+    ) -> Result<Option<PendingAction>, AgentError> {
         let conn = self.conn()?;
-        let row: Option<(String, String, String, String, Option<String>)> = conn
+        type Row = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+        );
+        let row: Option<Row> = conn
             .query_row(
-                "SELECT merchant_id, tool, args, status, result FROM actions
-                 WHERE id = ?1 AND session_id = ?2",
-                params![id, session],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+                &format!(
+                    "SELECT id, merchant_id, tool, args, status, result, call_id FROM actions
+                     WHERE {condition} ORDER BY created_at LIMIT 1"
+                ),
+                params![a, session],
+                |r| {
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                    ))
+                },
             )
             .optional()
             .map_err(db_err)?;
-        row.map(|(merchant, tool, args, status, result)| {
+        row.map(|(id, merchant, tool, args, status, result, call_id)| {
             Ok(PendingAction {
-                id: id.to_string(),
+                id,
                 session: session.to_string(),
                 merchant,
                 tool,
                 args: serde_json::from_str(&args).map_err(|e| AgentError::Store(e.to_string()))?,
                 status: ActionStatus::parse(&status)?,
                 result: result.and_then(|r| serde_json::from_str(&r).ok()),
+                call_id,
             })
         })
         .transpose()

@@ -358,12 +358,13 @@ pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<Ex
     let plan_step = plans.step_for_action(&action_id)?;
     if let Some(s) = &a.session {
         // The session is the action's; for a plan step the plan id names it as well.
-        let plan_matches = plan_step.as_ref().is_some_and(|(p, _)| p == s);
+        let plan_matches = plan_step.as_ref().is_some_and(|(p, _)| p == s)
+            || action.call_id.starts_with(&format!("{s}:"));
         if s != &action.session && !plan_matches {
             anyhow::bail!("no action {action_id} in session {s}");
         }
     }
-    if plan_step.is_some() {
+    if plan_step.is_some() || action.call_id.starts_with("plan_") {
         return super::plan::decide(g, &action_id, approve);
     }
     let a = DecideArgs {

@@ -47,6 +47,13 @@ pub enum PlanCommand {
     Resume {
         /// The plan id (plan_…).
         id: String,
+        /// Most steps running at the same time (default 4).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Take the plan over even if the store names a live holder (only when you know that
+        /// process is gone, e.g. its process id was reused).
+        #[arg(long)]
+        force: bool,
     },
     /// List stored plans, newest first.
     List {
@@ -86,11 +93,23 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
             let plans = memex::planner::store::PlanStore::open(store.path())?;
             print_report(g, &memex::planner::load_report(&plans, id)?)?;
         }
-        Some(PlanCommand::Resume { id }) => {
+        Some(PlanCommand::Resume {
+            id,
+            concurrency,
+            force,
+        }) => {
+            let mut cfg = PlannerConfig::default();
+            if let Some(n) = concurrency {
+                cfg.max_concurrency = (*n).max(1);
+            }
             let rt = runtime()?;
             let report = rt.block_on(async {
-                let p = planner(g, PlannerConfig::default()).await?;
-                anyhow::Ok(p.resume(id, progress).await?)
+                let p = planner(g, cfg).await?;
+                anyhow::Ok(if *force {
+                    p.resume_forced(id, progress).await?
+                } else {
+                    p.resume(id, progress).await?
+                })
             })?;
             print_report(g, &report)?;
         }

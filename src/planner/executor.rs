@@ -6,8 +6,13 @@
 //! Scheduling is a loop over the stored step states: skip what depends on a failed, skipped or
 //! rejected step; start every pending step whose dependencies are done (up to the concurrency
 //! bound); wait for one to finish; repeat until nothing runs and nothing can start.
+//!
+//! An irreversible step asks for one approval (`actions` row keyed by the call id
+//! `PLAN:STEP`, so a crash never makes a second one) and waits. An approved action runs here,
+//! under the plan's claim, through the same attempt loop as any step (timeout, retries with
+//! backoff, error results) with the approval id as the tool's idempotency key.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,9 +22,18 @@ use serde_json::{json, Value};
 use super::plan::{shown, Step, StepStatus};
 use super::{refs, PlanError, Planner};
 use crate::agent::guards::call_key;
-use crate::agent::{ActionStatus, Progress, ToolCallReport};
+use crate::agent::{ActionStatus, PendingAction, Progress, ToolCallReport};
 use crate::merchant::MerchantId;
 use crate::tools::{Tool, ToolContext, ToolError};
+
+/// A human decision taken in this run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Decision {
+    /// Run this action.
+    Approve(String),
+    /// Never run this action.
+    Reject(String),
+}
 
 /// What one execution of a plan works with.
 pub(super) struct RunContext {
@@ -27,8 +41,14 @@ pub(super) struct RunContext {
     pub session: String,
     pub merchant: MerchantId,
     pub turn: u32,
-    /// Actions a human approved for this run: executed when their step is reached.
-    pub approved: HashSet<String>,
+    /// The decision this run carries out, if any.
+    pub decision: Option<Decision>,
+}
+
+impl RunContext {
+    fn approves(&self, action_id: &str) -> bool {
+        matches!(&self.decision, Some(Decision::Approve(a)) if a == action_id)
+    }
 }
 
 /// How a step's execution ended.
@@ -38,6 +58,43 @@ struct Outcome {
     attempts: u32,
     result: Value,
     error: Option<String>,
+}
+
+/// A step handed to [`Planner::run_step`].
+struct Job {
+    index: usize,
+    step_id: String,
+    tool_name: String,
+    attempts: u32,
+}
+
+/// What [`Planner::prepare`] decided.
+enum Prepared {
+    /// Run the tool with these (resolved, validated) arguments.
+    Run(Arc<dyn Tool>, Value),
+    /// The step is settled without running (failed before the call, or waiting for approval).
+    Settled(Settled),
+}
+
+/// A step state decided without running the tool.
+struct Settled {
+    status: StepStatus,
+    result: Value,
+    error: Option<String>,
+    args: Option<Value>,
+    action_id: Option<String>,
+}
+
+impl Settled {
+    fn failed(kind: &str, msg: String, args: Option<Value>) -> Self {
+        Settled {
+            status: StepStatus::Failed,
+            result: json!({"error": kind, "message": msg}),
+            error: Some(format!("{kind}: {msg}")),
+            args,
+            action_id: None,
+        }
+    }
 }
 
 impl Planner {
@@ -55,17 +112,22 @@ impl Planner {
             .enumerate()
             .map(|(i, s)| (s.id.clone(), i))
             .collect();
-        // A step left `running` was interrupted: it runs again (same idempotency key).
+        // A step left `running` was interrupted: it runs again (same idempotency key; an
+        // irreversible one finds its approval again by call id).
         for s in steps.iter_mut() {
             if s.status == StepStatus::Running {
                 s.status = StepStatus::Pending;
                 self.save(ctx, s, None)?;
             }
         }
-        self.sync_approvals(ctx, &mut steps, progress).await?;
+        for step in steps.iter_mut() {
+            if step.status == StepStatus::PendingApproval {
+                self.settle_approval(ctx, step, progress).await?;
+            }
+        }
 
         let mut running = FuturesUnordered::new();
-        let mut in_flight: HashSet<usize> = HashSet::new();
+        let mut in_flight = vec![false; steps.len()];
         loop {
             let mut changed = true;
             while changed {
@@ -96,7 +158,7 @@ impl Planner {
                     if running.len() >= self.config.max_concurrency.max(1) {
                         break;
                     }
-                    if steps[i].status != StepStatus::Pending || in_flight.contains(&i) {
+                    if steps[i].status != StepStatus::Pending || in_flight[i] {
                         continue;
                     }
                     let ready = steps[i].depends_on.iter().all(|d| {
@@ -112,7 +174,7 @@ impl Planner {
                         Prepared::Run(tool, args) => {
                             steps[i].args = args.clone();
                             steps[i].status = StepStatus::Running;
-                            in_flight.insert(i);
+                            in_flight[i] = true;
                             let job = Job {
                                 index: i,
                                 step_id: steps[i].id.clone(),
@@ -121,18 +183,23 @@ impl Planner {
                             };
                             running.push(self.run_step(ctx, job, tool, args, progress));
                         }
-                        Prepared::Finished(status, result, error, args, action_id) => {
-                            if let Some(a) = args {
-                                steps[i].args = a;
+                        Prepared::Settled(s) => {
+                            let step = &mut steps[i];
+                            if let Some(a) = s.args {
+                                step.args = a;
                             }
-                            steps[i].status = status;
-                            steps[i].result = result;
-                            steps[i].error = error;
-                            if action_id.is_some() {
-                                steps[i].action_id = action_id;
+                            step.status = s.status;
+                            step.result = s.result;
+                            step.error = s.error;
+                            if s.action_id.is_some() {
+                                step.action_id = s.action_id;
                             }
-                            let resolved = steps[i].args.clone();
-                            self.save(ctx, &steps[i], Some(&resolved))?;
+                            let resolved = step.args.clone();
+                            self.save(ctx, step, Some(&resolved))?;
+                            if step.status == StepStatus::PendingApproval {
+                                // Approved already (this run's decision, or before a crash)?
+                                self.settle_approval(ctx, step, progress).await?;
+                            }
                             changed = true;
                         }
                     }
@@ -142,7 +209,7 @@ impl Planner {
                 break;
             };
             let done: Outcome = done?;
-            in_flight.remove(&done.index);
+            in_flight[done.index] = false;
             let s = &mut steps[done.index];
             s.status = done.status;
             s.attempts = done.attempts;
@@ -174,91 +241,176 @@ impl Planner {
         )
     }
 
-    /// Brings steps waiting for approval up to date with their actions: executes those a
-    /// human approved (now, or before a crash), records rejections and earlier executions.
-    async fn sync_approvals(
+    /// Brings a step waiting for approval up to date with its action: runs it when a human
+    /// approved it (in this run, or before a crash that interrupted its execution), records a
+    /// rejection or an earlier execution, and otherwise leaves it waiting.
+    async fn settle_approval(
         &self,
         ctx: &RunContext,
-        steps: &mut [Step],
+        step: &mut Step,
         progress: &dyn Progress,
     ) -> Result<(), PlanError> {
-        for s in steps.iter_mut() {
-            if s.status != StepStatus::PendingApproval {
-                continue;
+        let Some(action_id) = step.action_id.clone() else {
+            return Ok(());
+        };
+        let Some(action) = self.agent.store().action_by_id(&action_id)? else {
+            return Ok(());
+        };
+        match action.status {
+            ActionStatus::Pending if !ctx.approves(&action_id) => {}
+            ActionStatus::Pending | ActionStatus::Approved => {
+                self.execute_approved(ctx, step, &action, progress).await?;
             }
-            let Some(action_id) = s.action_id.clone() else {
-                continue;
-            };
-            let Some(action) = self.agent.store().action_by_id(&action_id)? else {
-                continue;
-            };
-            let run_now = match action.status {
-                ActionStatus::Pending => ctx.approved.contains(&action_id),
-                ActionStatus::Approved => true,
-                ActionStatus::Executed | ActionStatus::Failed => true,
-                ActionStatus::Rejected => {
-                    s.status = StepStatus::Rejected;
-                    s.error = Some(
-                        "rejected: a human operator rejected this action; it was not executed"
-                            .into(),
-                    );
-                    s.result = json!({"status": "rejected", "action_id": action_id});
-                    self.save(ctx, s, None)?;
-                    let report = ToolCallReport {
-                        id: action_id.clone(),
-                        tool: s.tool.clone(),
-                        args: s.args.clone(),
-                        status: "rejected".into(),
-                        result: s.result.clone(),
-                        latency_ms: 0.0,
-                    };
-                    self.audit_once(ctx, &report, "rejected")?;
-                    continue;
-                }
-            };
-            if !run_now {
-                continue;
+            ActionStatus::Executed => {
+                step.status = StepStatus::Done;
+                step.result = action.result.unwrap_or(Value::Null);
+                step.error = None;
+                self.save(ctx, step, None)?;
             }
-            let (report, ran_now) = self
-                .agent
-                .execute_action(&ctx.merchant, &ctx.session, &action, progress)
-                .await?;
-            if ran_now {
-                self.agent
-                    .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                s.attempts += 1;
+            ActionStatus::Failed => {
+                step.status = StepStatus::Failed;
+                step.result = action.result.unwrap_or(Value::Null);
+                step.error = Some(error_text(&step.result));
+                self.save(ctx, step, None)?;
             }
-            if report.status == "ok" {
-                s.status = StepStatus::Done;
-                s.error = None;
-            } else {
-                s.status = StepStatus::Failed;
-                s.error = Some(error_text(&report.result));
+            ActionStatus::Rejected => {
+                step.status = StepStatus::Rejected;
+                step.error = Some(
+                    "rejected: a human operator rejected this action; it was not executed".into(),
+                );
+                step.result = json!({"status": "rejected", "action_id": action_id});
+                self.save(ctx, step, None)?;
+                let report = ToolCallReport {
+                    id: action_id.clone(),
+                    tool: step.tool.clone(),
+                    args: step.args.clone(),
+                    status: "rejected".into(),
+                    result: step.result.clone(),
+                    latency_ms: 0.0,
+                };
+                self.audit_once(ctx, &report)?;
             }
-            s.result = report.result;
-            self.save(ctx, s, None)?;
         }
         Ok(())
     }
 
-    /// Audits a decision once (a resume must not log the same rejection again).
-    fn audit_once(
+    /// Runs an approved irreversible action for its step: `pending`/`approved` → `approved`
+    /// (only one execution can win that transition), the attempt loop with the approval id as
+    /// the idempotency key, then `executed`/`failed` with the result.
+    async fn execute_approved(
         &self,
         ctx: &RunContext,
-        report: &ToolCallReport,
-        status: &str,
+        step: &mut Step,
+        action: &PendingAction,
+        progress: &dyn Progress,
     ) -> Result<(), PlanError> {
+        let store = self.agent.store();
+        let from = if action.status == ActionStatus::Pending {
+            ActionStatus::Pending
+        } else {
+            ActionStatus::Approved
+        };
+        if !store.transition(&action.id, &[from], ActionStatus::Approved, None)? {
+            return Err(PlanError::AlreadyDecided {
+                action: action.id.clone(),
+                status: "being decided elsewhere".into(),
+            });
+        }
+        let Some(tool) = self.agent.tools().get(&action.tool) else {
+            let e = ToolError::Internal(format!(
+                "tool {} is no longer registered",
+                shown(&action.tool)
+            ));
+            store.transition(
+                &action.id,
+                &[ActionStatus::Approved],
+                ActionStatus::Failed,
+                Some(&e.to_json()),
+            )?;
+            step.status = StepStatus::Failed;
+            step.result = e.to_json();
+            step.error = Some(format!("{}: {}", e.kind(), e.message()));
+            return self.save(ctx, step, None);
+        };
+        let tool_ctx = ToolContext::new(ctx.merchant.clone(), ctx.session.clone())
+            .with_idempotency_key(&action.id);
+        let (outcome, attempts) = self
+            .call_with_retries(
+                ctx,
+                &step.id,
+                &action.id,
+                tool.as_ref(),
+                &action.args,
+                &tool_ctx,
+                step.attempts,
+                progress,
+            )
+            .await?;
+        step.attempts = attempts;
+        step.args = action.args.clone();
+        match outcome {
+            Ok(value) => {
+                store.transition(
+                    &action.id,
+                    &[ActionStatus::Approved],
+                    ActionStatus::Executed,
+                    Some(&value),
+                )?;
+                self.agent.invalidate_cache(&ctx.session);
+                step.status = StepStatus::Done;
+                step.result = value;
+                step.error = None;
+            }
+            Err((e, error)) => {
+                store.transition(
+                    &action.id,
+                    &[ActionStatus::Approved],
+                    ActionStatus::Failed,
+                    Some(&e.to_json()),
+                )?;
+                step.status = StepStatus::Failed;
+                step.result = e.to_json();
+                step.error = Some(error);
+            }
+        }
+        let resolved = step.args.clone();
+        self.save(ctx, step, Some(&resolved))
+    }
+
+    /// Audits a decision once (a resume must not log the same rejection again).
+    fn audit_once(&self, ctx: &RunContext, report: &ToolCallReport) -> Result<(), PlanError> {
         let already = self
             .agent
             .store()
             .audit_log(&ctx.session)?
             .iter()
-            .any(|e| e.call_id == report.id && e.status == status);
+            .any(|e| e.call_id == report.id && e.status == report.status);
         if !already {
             self.agent
                 .audit(&ctx.merchant, &ctx.session, ctx.turn, report)?;
         }
         Ok(())
+    }
+
+    fn audit_report(
+        &self,
+        ctx: &RunContext,
+        step: &Step,
+        args: &Value,
+        status: &str,
+        result: &Value,
+    ) -> Result<(), PlanError> {
+        let report = ToolCallReport {
+            id: call_id(ctx, step),
+            tool: step.tool.clone(),
+            args: args.clone(),
+            status: status.into(),
+            result: result.clone(),
+            latency_ms: 0.0,
+        };
+        Ok(self
+            .agent
+            .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?)
     }
 
     /// Resolves a ready step's references and checks its arguments; decides whether it runs,
@@ -279,117 +431,95 @@ impl Planner {
         let args = match refs::resolve(planned_args, &results) {
             Ok(a) => a,
             Err(msg) => {
-                return Ok(Prepared::Finished(
-                    StepStatus::Failed,
-                    json!({"error": "unresolved_ref", "message": msg}),
-                    Some(format!("unresolved_ref: {msg}")),
+                return Ok(Prepared::Settled(Settled::failed(
+                    "unresolved_ref",
+                    msg,
                     None,
-                    None,
-                ))
+                )))
             }
         };
         let Some(tool) = self.agent.tools().get(&step.tool) else {
             let msg = format!("tool {} is no longer registered", shown(&step.tool));
-            return Ok(Prepared::Finished(
-                StepStatus::Failed,
-                json!({"error": "unknown_tool", "message": msg}),
-                Some(format!("unknown_tool: {msg}")),
+            return Ok(Prepared::Settled(Settled::failed(
+                "unknown_tool",
+                msg,
                 Some(args),
-                None,
-            ));
+            )));
         };
         let args = match self.agent.tools().validate(&step.tool, &args.to_string()) {
             Ok(a) => a,
             Err(e) => {
-                let report = ToolCallReport {
-                    id: call_id(ctx, step),
-                    tool: step.tool.clone(),
-                    args: args.clone(),
-                    status: "invalid_args".into(),
+                self.audit_report(ctx, step, &args, "invalid_args", &e.to_json())?;
+                return Ok(Prepared::Settled(Settled {
+                    status: StepStatus::Failed,
                     result: e.to_json(),
-                    latency_ms: 0.0,
-                };
-                self.agent
-                    .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                return Ok(Prepared::Finished(
-                    StepStatus::Failed,
-                    e.to_json(),
-                    Some(format!("invalid_args: {e}")),
-                    Some(args),
-                    None,
-                ));
+                    error: Some(format!("invalid_args: {e}")),
+                    args: Some(args),
+                    action_id: None,
+                }));
             }
         };
-        if tool.irreversible() {
-            // The approval gate: the exact resolved arguments are held for a human.
-            let action_id = self.agent.store().create_action(
-                &ctx.session,
-                &ctx.merchant,
-                ctx.turn,
-                &call_id(ctx, step),
-                &step.tool,
-                &args,
-            )?;
-            let result = json!({
-                "status": "pending_approval",
-                "action_id": action_id,
-                "message": "NOT executed. This irreversible action is held until a human operator approves it.",
-            });
-            let report = ToolCallReport {
-                id: call_id(ctx, step),
-                tool: step.tool.clone(),
-                args: args.clone(),
-                status: "pending_approval".into(),
-                result: result.clone(),
-                latency_ms: 0.0,
-            };
-            self.agent
-                .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-            return Ok(Prepared::Finished(
-                StepStatus::PendingApproval,
-                result,
-                None,
-                Some(args),
-                Some(action_id),
-            ));
-        }
-        // The loop guard: a write identical to one this plan already made is not repeated.
+        // The loop guard: a write (or an approval request) identical to one this plan already
+        // made is not repeated.
         if !tool.read_only() {
             let key = call_key(&step.tool, &args);
             if let Some(earlier) = steps.iter().find(|s| {
                 s.id != step.id
                     && s.tool == step.tool
-                    && matches!(s.status, StepStatus::Done | StepStatus::Running)
+                    && matches!(
+                        s.status,
+                        StepStatus::Done | StepStatus::Running | StepStatus::PendingApproval
+                    )
                     && call_key(&s.tool, &s.args) == key
             }) {
                 let msg = format!(
                     "this exact call was already made by step {}; it was not repeated",
                     earlier.id
                 );
-                let report = ToolCallReport {
-                    id: call_id(ctx, step),
-                    tool: step.tool.clone(),
-                    args: args.clone(),
-                    status: "loop_detected".into(),
-                    result: json!({"error": "loop_detected", "message": msg}),
-                    latency_ms: 0.0,
-                };
-                self.agent
-                    .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                return Ok(Prepared::Finished(
-                    StepStatus::Failed,
-                    report.result,
-                    Some(format!("loop_detected: {msg}")),
-                    Some(args),
-                    None,
-                ));
+                let result = json!({"error": "loop_detected", "message": msg});
+                self.audit_report(ctx, step, &args, "loop_detected", &result)?;
+                return Ok(Prepared::Settled(Settled {
+                    status: StepStatus::Failed,
+                    result,
+                    error: Some(format!("loop_detected: {msg}")),
+                    args: Some(args),
+                    action_id: None,
+                }));
             }
+        }
+        if tool.irreversible() {
+            // The approval gate: the exact resolved arguments are held for a human. One
+            // approval per step, ever: a resume after a crash finds it again by call id.
+            let store = self.agent.store();
+            let call = call_id(ctx, step);
+            let (action_id, held_args) = match store.action_by_call(&ctx.session, &call)? {
+                Some(existing) => (existing.id, existing.args),
+                None => {
+                    let id = store.create_action(
+                        &ctx.session,
+                        &ctx.merchant,
+                        ctx.turn,
+                        &call,
+                        &step.tool,
+                        &args,
+                    )?;
+                    let result = pending_result(&id);
+                    self.audit_report(ctx, step, &args, "pending_approval", &result)?;
+                    (id, args)
+                }
+            };
+            return Ok(Prepared::Settled(Settled {
+                status: StepStatus::PendingApproval,
+                result: pending_result(&action_id),
+                error: None,
+                args: Some(held_args),
+                action_id: Some(action_id),
+            }));
         }
         Ok(Prepared::Run(tool, args))
     }
 
-    /// Runs one step: cache, rate limit, the call, retries with backoff for transient
-    /// failures; every attempt audited and its count recorded before it starts.
+    /// Runs one step: the read-only cache, then the attempt loop.
     async fn run_step(
         &self,
         ctx: &RunContext,
@@ -402,21 +532,20 @@ impl Planner {
             index,
             step_id,
             tool_name: name,
-            mut attempts,
+            attempts,
         } = job;
         let key = call_key(&name, &args);
-        let mut report = ToolCallReport {
-            id: format!("{}:{}", ctx.plan_id, step_id),
-            tool: name.clone(),
-            args: args.clone(),
-            status: String::new(),
-            result: Value::Null,
-            latency_ms: 0.0,
-        };
+        let report_id = format!("{}:{}", ctx.plan_id, step_id);
         if tool.read_only() {
             if let Some(hit) = self.agent.cache_get(&ctx.session, &key) {
-                report.status = "cached".into();
-                report.result = hit.clone();
+                let report = ToolCallReport {
+                    id: report_id,
+                    tool: name,
+                    args,
+                    status: "cached".into(),
+                    result: hit.clone(),
+                    latency_ms: 0.0,
+                };
                 self.agent
                     .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
                 return Ok(Outcome {
@@ -431,20 +560,82 @@ impl Planner {
         let mut tool_ctx = ToolContext::new(ctx.merchant.clone(), ctx.session.clone());
         if !tool.read_only() {
             // A step that is run again after a crash must not act twice.
-            tool_ctx = tool_ctx.with_idempotency_key(format!("{}:{}", ctx.plan_id, step_id));
+            tool_ctx = tool_ctx.with_idempotency_key(report_id.clone());
         }
+        let (outcome, attempts) = self
+            .call_with_retries(
+                ctx,
+                &step_id,
+                &report_id,
+                tool.as_ref(),
+                &args,
+                &tool_ctx,
+                attempts,
+                progress,
+            )
+            .await?;
+        Ok(match outcome {
+            Ok(value) => {
+                if tool.read_only() {
+                    self.agent.cache_put(&ctx.session, key, value.clone());
+                } else {
+                    self.agent.invalidate_cache(&ctx.session);
+                }
+                Outcome {
+                    index,
+                    status: StepStatus::Done,
+                    attempts,
+                    result: value,
+                    error: None,
+                }
+            }
+            Err((e, error)) => Outcome {
+                index,
+                status: StepStatus::Failed,
+                attempts,
+                result: e.to_json(),
+                error: Some(error),
+            },
+        })
+    }
+
+    /// Calls `tool` until it succeeds, fails for good, or `max_attempts` are spent: each
+    /// attempt counted in the store before it starts (a crash leaves the step `running`),
+    /// rate limited, cut at `step_timeout`, audited; a result object carrying `"error"` is a
+    /// failure; transient and internal failures are retried with doubling backoff. Returns
+    /// the outcome (the error with its `kind: message` text) and the attempt count.
+    #[allow(clippy::too_many_arguments)]
+    async fn call_with_retries(
+        &self,
+        ctx: &RunContext,
+        step_id: &str,
+        report_id: &str,
+        tool: &dyn Tool,
+        args: &Value,
+        tool_ctx: &ToolContext,
+        mut attempts: u32,
+        progress: &dyn Progress,
+    ) -> Result<(Result<Value, (ToolError, String)>, u32), PlanError> {
+        let name = tool.name().to_string();
         let max = self.config.max_attempts.max(1);
+        let mut report = ToolCallReport {
+            id: report_id.to_string(),
+            tool: name.clone(),
+            args: args.clone(),
+            status: String::new(),
+            result: Value::Null,
+            latency_ms: 0.0,
+        };
         let mut tries = 0;
         loop {
             tries += 1;
             attempts += 1;
-            // Recorded before the call: a crash now leaves the step `running`, to run again.
             self.store.update_step(
                 &ctx.plan_id,
-                &step_id,
+                step_id,
                 StepStatus::Running,
                 attempts,
-                (tries == 1).then_some(&args),
+                (tries == 1).then_some(args),
                 None,
                 None,
                 None,
@@ -455,9 +646,9 @@ impl Planner {
                 .acquire_tool_token(&name, self.config.rate_limit_wait)
                 .await
             {
-                progress.tool_started(&tool.progress(&args));
+                progress.tool_started(&tool.progress(args));
                 let limit = self.config.step_timeout;
-                match tokio::time::timeout(limit, tool.call(args.clone(), &tool_ctx)).await {
+                match tokio::time::timeout(limit, tool.call(args.clone(), tool_ctx)).await {
                     Ok(r) => r,
                     Err(_) => Err(ToolError::Transient(format!(
                         "{name} did not answer within {:.1} s",
@@ -482,18 +673,7 @@ impl Planner {
                     report.result = value.clone();
                     self.agent
                         .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                    if tool.read_only() {
-                        self.agent.cache_put(&ctx.session, key, value.clone());
-                    } else {
-                        self.agent.invalidate_cache(&ctx.session);
-                    }
-                    return Ok(Outcome {
-                        index,
-                        status: StepStatus::Done,
-                        attempts,
-                        result: value,
-                        error: None,
-                    });
+                    return Ok((Ok(value), attempts));
                 }
                 Err(e) => {
                     report.status = "error".into();
@@ -511,40 +691,20 @@ impl Planner {
                     } else {
                         format!("{}: {}", e.kind(), e.message())
                     };
-                    return Ok(Outcome {
-                        index,
-                        status: StepStatus::Failed,
-                        attempts,
-                        result: e.to_json(),
-                        error: Some(error),
-                    });
+                    return Ok((Err((e, error)), attempts));
                 }
             }
         }
     }
 }
 
-/// A step handed to [`Planner::run_step`].
-struct Job {
-    index: usize,
-    step_id: String,
-    tool_name: String,
-    attempts: u32,
-}
-
-/// What [`Planner::prepare`] decided.
-enum Prepared {
-    /// Run the tool with these (resolved, validated) arguments.
-    Run(Arc<dyn Tool>, Value),
-    /// The step is settled without running: status, result, error, resolved arguments and
-    /// the approval id of a held irreversible step.
-    Finished(
-        StepStatus,
-        Value,
-        Option<String>,
-        Option<Value>,
-        Option<String>,
-    ),
+/// What a step waiting for approval reports as its result.
+fn pending_result(action_id: &str) -> Value {
+    json!({
+        "status": "pending_approval",
+        "action_id": action_id,
+        "message": "NOT executed. This irreversible action is held until a human operator approves it.",
+    })
 }
 
 /// The audit log's call id of a plan step.

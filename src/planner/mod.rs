@@ -175,18 +175,25 @@ impl Planner {
 
     /// Continues plan `plan_id` from its stored state: done steps are never run again, steps
     /// interrupted by a crash run again with the same idempotency key, decided approvals are
-    /// taken into account. A finished plan is reported as it is.
+    /// taken into account. A finished plan is reported as it is. Refused while another live
+    /// process executes the plan.
     pub async fn resume(
         &self,
         plan_id: &str,
         progress: &dyn Progress,
     ) -> Result<PlanReport, PlanError> {
-        let row = self.row(plan_id)?;
-        if row.status == PlanStatus::Completed {
-            return self.show(plan_id);
-        }
-        self.execute(plan_id, progress, Usage::default(), Value::Null)
-            .await
+        self.run_stored(plan_id, progress, None, false).await
+    }
+
+    /// [`Planner::resume`] even when the store says another process holds the plan — for a
+    /// holder that is known to be gone (its process id was reused, or no `/proc`). Never use it
+    /// while another process may really be executing the plan.
+    pub async fn resume_forced(
+        &self,
+        plan_id: &str,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        self.run_stored(plan_id, progress, None, true).await
     }
 
     /// The stored plan `plan_id`.
@@ -209,34 +216,21 @@ impl Planner {
     }
 
     /// A human approves the plan step holding `action_id`: it runs (at most once, ever, with
-    /// exactly the stored arguments) and the plan continues.
+    /// exactly the stored arguments, with the step's retries and timeout) and the plan
+    /// continues. Approving an action that already ran runs nothing.
     pub async fn approve(
         &self,
         action_id: &str,
         progress: &dyn Progress,
     ) -> Result<PlanReport, PlanError> {
-        let (plan_id, _) = self
-            .store
-            .step_for_action(action_id)?
-            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
-        let action = self
-            .agent
-            .store()
-            .action_by_id(action_id)?
-            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
-        if action.status == ActionStatus::Rejected {
-            return Err(PlanError::AlreadyDecided {
-                action: action_id.to_string(),
-                status: "rejected".into(),
-            });
-        }
-        // Executing happens inside the plan's execution, under its claim, so two approvals
-        // racing cannot both run it (and the action's state machine forbids it anyway).
-        let _ = self.row(&plan_id)?;
-        let mut decided = HashSet::new();
-        decided.insert(action_id.to_string());
-        self.execute_with(&plan_id, progress, Usage::default(), Value::Null, decided)
-            .await
+        let plan_id = self.plan_holding(action_id)?;
+        self.run_stored(
+            &plan_id,
+            progress,
+            Some(executor::Decision::Approve(action_id.to_string())),
+            false,
+        )
+        .await
     }
 
     /// A human rejects the plan step holding `action_id`: it never runs, the steps depending
@@ -246,28 +240,35 @@ impl Planner {
         action_id: &str,
         progress: &dyn Progress,
     ) -> Result<PlanReport, PlanError> {
-        let (plan_id, _) = self
-            .store
-            .step_for_action(action_id)?
-            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        let plan_id = self.plan_holding(action_id)?;
+        self.run_stored(
+            &plan_id,
+            progress,
+            Some(executor::Decision::Reject(action_id.to_string())),
+            false,
+        )
+        .await
+    }
+
+    /// The plan whose step asked for approval `action_id`: by the step's link, or by the
+    /// action's call id (`PLAN:STEP`) when a crash came between the two writes.
+    fn plan_holding(&self, action_id: &str) -> Result<String, PlanError> {
+        if let Some((plan, _)) = self.store.step_for_action(action_id)? {
+            return Ok(plan);
+        }
         let action = self
             .agent
             .store()
             .action_by_id(action_id)?
             .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
-        if !self.agent.store().transition(
-            action_id,
-            &[ActionStatus::Pending],
-            ActionStatus::Rejected,
-            None,
-        )? {
-            return Err(PlanError::AlreadyDecided {
-                action: action_id.to_string(),
-                status: format!("{:?}", action.status).to_lowercase(),
-            });
-        }
-        self.execute(&plan_id, progress, Usage::default(), Value::Null)
-            .await
+        let plan = action
+            .call_id
+            .split(':')
+            .next()
+            .filter(|p| p.starts_with("plan_"))
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        self.row(plan)?;
+        Ok(plan.to_string())
     }
 
     fn row(&self, plan_id: &str) -> Result<PlanRow, PlanError> {
@@ -348,27 +349,41 @@ impl Planner {
         usage: Usage,
         memory: Value,
     ) -> Result<PlanReport, PlanError> {
-        self.execute_with(plan_id, progress, usage, memory, HashSet::new())
+        self.execute_with(plan_id, progress, usage, memory, None, false)
             .await
     }
 
-    /// Claims the plan, drives it to a stopping point, writes the summary and records the
-    /// execution as a turn of the plan's session. `approved` lists actions a human approved
-    /// just now, to execute as part of this run.
+    async fn run_stored(
+        &self,
+        plan_id: &str,
+        progress: &dyn Progress,
+        decision: Option<executor::Decision>,
+        force: bool,
+    ) -> Result<PlanReport, PlanError> {
+        self.execute_with(
+            plan_id,
+            progress,
+            Usage::default(),
+            Value::Null,
+            decision,
+            force,
+        )
+        .await
+    }
+
+    /// Claims the plan, carries out `decision`, drives the plan to a stopping point, writes
+    /// the summary and records the execution as a turn of the plan's session.
     async fn execute_with(
         &self,
         plan_id: &str,
         progress: &dyn Progress,
         mut usage: Usage,
         memory: Value,
-        approved: HashSet<String>,
+        decision: Option<executor::Decision>,
+        force: bool,
     ) -> Result<PlanReport, PlanError> {
         let started = Instant::now();
-        let row = self.row(plan_id)?;
-        if row.status == PlanStatus::Completed {
-            // Finished plans are never executed again (a repeated approval lands here).
-            return self.show(plan_id);
-        }
+        self.row(plan_id)?;
         let token = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
         if let Ok(mut a) = active_runners().lock() {
             a.insert(token.clone());
@@ -378,11 +393,41 @@ impl Planner {
             plan: plan_id.to_string(),
             token: token.clone(),
         };
-        if !self.store.claim(plan_id, &token, runner_alive)? {
+        let claimed = if force {
+            self.store.claim(plan_id, &token, |_| false)?
+        } else {
+            self.store.claim(plan_id, &token, runner_alive)?
+        };
+        if !claimed {
             return Err(PlanError::Busy(plan_id.to_string()));
         }
+        // Read under the claim: another process may have finished the plan meanwhile.
+        let row = self.row(plan_id)?;
         let merchant = MerchantId::parse(&row.merchant)
             .map_err(|e| PlanError::Store(format!("plan {plan_id}: {e}")))?;
+        match &decision {
+            Some(executor::Decision::Reject(action_id)) => {
+                self.record_rejection(action_id)?;
+            }
+            Some(executor::Decision::Approve(action_id)) => {
+                let action = self
+                    .agent
+                    .store()
+                    .action_by_id(action_id)?
+                    .ok_or_else(|| PlanError::UnknownAction(action_id.clone()))?;
+                if action.status == ActionStatus::Rejected {
+                    return Err(PlanError::AlreadyDecided {
+                        action: action_id.clone(),
+                        status: "rejected".into(),
+                    });
+                }
+            }
+            None => {}
+        }
+        if row.status == PlanStatus::Completed {
+            // Finished plans are never executed again (a repeated approval lands here).
+            return self.show(plan_id);
+        }
         // The first execution uses the turn counted at planning; later ones count a new turn.
         let turn = if row.status == PlanStatus::Planned {
             row.turn
@@ -395,30 +440,40 @@ impl Planner {
             session: row.session.clone(),
             merchant: merchant.clone(),
             turn,
-            approved,
+            decision,
         };
-        let drive = self.drive(&ctx, progress).await;
+        if let Err(e) = self.drive(&ctx, progress).await {
+            // The plan stays `running` (resumable); the error is what the caller needs to see.
+            let _ = self.agent.store().record_turn(
+                &row.session,
+                &merchant,
+                turn,
+                &TurnRecord {
+                    outcome: "error".into(),
+                    latency_ms: started.elapsed().as_secs_f64() * 1e3,
+                    prompt_tokens: usage.prompt_tokens,
+                    completion_tokens: usage.completion_tokens,
+                    context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+                },
+            );
+            return Err(e);
+        }
         let steps = self.store.steps(plan_id)?;
-        let (status, answer, outcome) = match &drive {
-            Err(_) => (PlanStatus::Running, None, "error"),
-            Ok(()) => {
-                // Nothing can start any more: what is not finished waits for an approval.
-                if steps
-                    .iter()
-                    .any(|s| s.status == StepStatus::PendingApproval)
-                {
-                    let a = prompt::plain_summary(PlanStatus::AwaitingApproval, &steps);
-                    (PlanStatus::AwaitingApproval, Some(a), "pending_action")
-                } else if steps.iter().any(|s| !s.status.is_final()) {
-                    (PlanStatus::Running, None, "error")
-                } else {
-                    let a = self.summarise(&row, &steps, &mut usage).await;
-                    if self.config.save_episode {
-                        self.remember(&row, &merchant, &steps, &a).await;
-                    }
-                    (PlanStatus::Completed, Some(a), "answer")
-                }
+        // Nothing can start any more: what is not finished waits for an approval.
+        let (status, answer, outcome) = if steps
+            .iter()
+            .any(|s| s.status == StepStatus::PendingApproval)
+        {
+            let a = prompt::plain_summary(PlanStatus::AwaitingApproval, &steps);
+            (PlanStatus::AwaitingApproval, Some(a), "pending_action")
+        } else if steps.iter().any(|s| !s.status.is_final()) {
+            (PlanStatus::Running, None, "error")
+        } else {
+            let a = self.summarise(&row, &steps, &mut usage).await;
+            if self.config.save_episode {
+                self.remember(&row, &merchant, &steps, &a).await;
             }
+            (PlanStatus::Completed, Some(a), "answer")
         };
         self.store.set_status(plan_id, status, answer.as_deref())?;
         self.agent.store().record_turn(
@@ -434,8 +489,28 @@ impl Planner {
             },
         )?;
         drop(claim);
-        drive?;
         self.show(plan_id)
+    }
+
+    /// Records a human rejection (only of an action still waiting).
+    fn record_rejection(&self, action_id: &str) -> Result<(), PlanError> {
+        let store = self.agent.store();
+        if store.transition(
+            action_id,
+            &[ActionStatus::Pending],
+            ActionStatus::Rejected,
+            None,
+        )? {
+            return Ok(());
+        }
+        let status = store
+            .action_by_id(action_id)?
+            .map(|a| format!("{:?}", a.status).to_lowercase())
+            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        Err(PlanError::AlreadyDecided {
+            action: action_id.to_string(),
+            status,
+        })
     }
 
     /// Saves the completed plan's outcome in the merchant's episodic memory, so later sessions

@@ -61,7 +61,7 @@ pub fn validate(
     // Tools and arguments.
     let mut out = steps.to_vec();
     for (i, s) in steps.iter().enumerate() {
-        let Some(tool) = tools.get(&s.tool) else {
+        if tools.get(&s.tool).is_none() {
             errors.push(format!(
                 "step {}: unknown tool {}; available tools: {}",
                 shown(&s.id),
@@ -69,8 +69,7 @@ pub fn validate(
                 tools.names().join(", ")
             ));
             continue;
-        };
-        let _ = tool;
+        }
         let mut ref_errors = Vec::new();
         let (masked, removed) = mask_refs(&s.args, &mut ref_errors);
         for e in ref_errors {
@@ -226,8 +225,20 @@ fn mask(
                     if inner.contains_key("$ref") {
                         errors.push(format!(
                             "{}: a reference must be {{\"$ref\": \"STEP.result.FIELD\"}} with nothing else",
-                            k
+                            shown(k)
                         ));
+                    }
+                }
+                if let Value::Array(items) = x {
+                    if items.iter().any(|i| refs::as_ref_text(i).is_some()) {
+                        // A list holding references is checked once resolved, as a whole.
+                        for t in items.iter().filter_map(refs::as_ref_text) {
+                            if let Err(e) = refs::parse(t) {
+                                errors.push(e);
+                            }
+                        }
+                        removed.push((path.to_string(), k.clone()));
+                        continue;
                     }
                 }
                 let child = if path.is_empty() {
