@@ -1135,3 +1135,126 @@ async fn at_most_the_bound_of_steps_run_at_once() {
         .unwrap();
     assert_eq!(most, 2, "two at a time, never more, never fewer");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_action_being_executed_is_not_taken_over_unless_its_executor_is_gone() {
+    let f = Fixture::new();
+    let store = AgentStore::open_in(f.dir.path()).unwrap();
+    store.begin_session("ses_x", &mid("MID001")).unwrap();
+    let id = store
+        .create_action(
+            "ses_x",
+            &mid("MID001"),
+            1,
+            "call_1",
+            "initiate_refund",
+            &json!({}),
+        )
+        .unwrap();
+    assert!(store.claim_execution(&id, "111:a", |_| true).unwrap());
+    assert!(
+        !store.claim_execution(&id, "222:b", |_| true).unwrap(),
+        "a live executor keeps it"
+    );
+    assert!(
+        store.claim_execution(&id, "222:b", |_| false).unwrap(),
+        "a dead one is taken over"
+    );
+    store
+        .transition(
+            &id,
+            &[memex::agent::ActionStatus::Approved],
+            memex::agent::ActionStatus::Executed,
+            Some(&json!({})),
+        )
+        .unwrap();
+    assert!(
+        !store.claim_execution(&id, "333:c", |_| false).unwrap(),
+        "executed is final"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_while_an_approved_refund_ran_is_finished_by_the_resume_with_the_same_key() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(json!({"steps": [{"id": "r", "tool": "flaky_refund", "args": {"amount": 10}}]}));
+    let r = planner
+        .run(&mid("MID001"), "refund 10", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    // As if a process approved it, started the call and was killed.
+    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
+    db.execute(
+        "UPDATE actions SET status = 'approved', executor = '2000000000:gone' WHERE id = ?1",
+        [&action],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE plan_steps SET status = 'running', attempts = 1 WHERE plan_id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
+    db.execute(
+        "UPDATE plans SET status = 'running' WHERE id = ?1",
+        [&r.plan_id],
+    )
+    .unwrap();
+    f.model.push_text("refunded");
+    let r = planner.resume(&r.plan_id, &Silent).await.unwrap();
+    assert_eq!(status(&r, "r"), StepStatus::Done);
+    assert_eq!(r.status, PlanStatus::Completed);
+    let keys = f.flaky_refund.keys.lock().unwrap().clone();
+    assert!(
+        !keys.is_empty() && keys.iter().all(|k| k == &action),
+        "{keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejection_interrupted_before_its_step_was_updated_can_be_repeated() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(refund_plan());
+    let r = planner
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
+    let action = r.pending_actions[0].action_id.clone();
+    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
+    db.execute(
+        "UPDATE actions SET status = 'rejected' WHERE id = ?1",
+        [&action],
+    )
+    .unwrap();
+    f.model.push_text("rejected");
+    let r = planner.reject(&action, &Silent).await.unwrap();
+    assert_eq!(status(&r, "2"), StepStatus::Rejected);
+    assert_eq!(status(&r, "3"), StepStatus::Skipped);
+    assert!(planner.approve(&action, &Silent).await.is_err());
+    assert_eq!(f.refunds("MID001"), 0);
+}
+
+#[test]
+fn an_agent_store_from_before_the_executor_column_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = rusqlite::Connection::open(dir.path().join("agent.db")).unwrap();
+    db.execute_batch(
+        "CREATE TABLE actions(
+            id TEXT PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+            turn INTEGER NOT NULL, call_id TEXT NOT NULL, tool TEXT NOT NULL,
+            args TEXT NOT NULL, status TEXT NOT NULL, result TEXT,
+            created_at TEXT NOT NULL, decided_at TEXT, executed_at TEXT);
+         INSERT INTO actions VALUES ('act_old', 'ses_old', 'MID001', 1, 'call_1', 'initiate_refund',
+            '{}', 'pending', NULL, '2026-01-01T00:00:00Z', NULL, NULL);",
+    )
+    .unwrap();
+    drop(db);
+    let store = AgentStore::open_in(dir.path()).unwrap();
+    let old = store.action_by_id("act_old").unwrap().unwrap();
+    assert_eq!(old.status, memex::agent::ActionStatus::Pending);
+    assert!(store.claim_execution("act_old", "1:a", |_| true).unwrap());
+    // Opening again is a no-op.
+    AgentStore::open_in(dir.path()).unwrap();
+}

@@ -10,6 +10,7 @@ mod error;
 pub mod guards;
 pub mod kb_adapter;
 pub mod prompt;
+pub mod runner;
 pub mod store;
 
 use std::collections::HashMap;
@@ -355,7 +356,7 @@ impl Agent {
                     session: session.to_string(),
                     action: action_id.to_string(),
                 })?;
-        if action.call_id.starts_with("plan_") {
+        if is_plan_call(&action.call_id) {
             // A plan step's approval runs inside its plan (retries, then the plan continues).
             return Err(AgentError::Invalid(format!(
                 "action {} belongs to a plan step; decide it through the planner (memex approve {})",
@@ -475,20 +476,16 @@ impl Agent {
             ActionStatus::Pending | ActionStatus::Approved => {}
         }
         // Pending → approved atomically, and only once: a concurrent approval loses here. An
-        // `approved` row is a crash mid-execution, which the idempotency key makes safe to
-        // finish.
-        let from = if action.status == ActionStatus::Pending {
-            ActionStatus::Pending
-        } else {
-            ActionStatus::Approved
-        };
+        // `approved` row whose executor is gone is a crash mid-execution, which the idempotency
+        // key makes safe to finish.
+        let runner = runner::RunnerToken::new();
         if !self
             .store
-            .transition(&action.id, &[from], ActionStatus::Approved, None)?
+            .claim_execution(&action.id, runner.as_str(), runner::alive)?
         {
             return Err(AgentError::AlreadyDecided {
                 action: action.id.clone(),
-                status: "being decided by another approval".into(),
+                status: "being executed by another approval".into(),
             });
         }
         let tool = self.tools.get(&action.tool).ok_or_else(|| {
@@ -1090,4 +1087,16 @@ impl Agent {
 
 fn parse_args(raw: &str) -> Value {
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
+}
+
+/// Whether `call_id` is a plan step's (`plan_` + 32 hex digits + `:` + step id), as the planner
+/// writes them; a model's tool-call ids never have that form.
+pub fn is_plan_call(call_id: &str) -> bool {
+    let Some((plan, step)) = call_id.split_once(':') else {
+        return false;
+    };
+    let Some(hex) = plan.strip_prefix("plan_") else {
+        return false;
+    };
+    hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) && !step.is_empty()
 }

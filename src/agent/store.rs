@@ -211,6 +211,19 @@ impl AgentStore {
              CREATE INDEX IF NOT EXISTS actions_call ON actions(session_id, call_id);",
         )
         .map_err(db_err)?;
+        // Stores made before `executor` existed get the column (NULL: nobody executing).
+        let has_executor: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('actions') WHERE name = 'executor'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(db_err)?
+            > 0;
+        if !has_executor {
+            conn.execute_batch("ALTER TABLE actions ADD COLUMN executor TEXT;")
+                .map_err(db_err)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -512,6 +525,48 @@ impl AgentStore {
             Some(session) => self.action(&session, id),
             None => Ok(None),
         }
+    }
+
+    /// Takes action `id` for execution by `runner` (`PID:TOKEN`), atomically: a `pending`
+    /// action becomes `approved`; an `approved` one (an execution that was interrupted) is taken
+    /// over only when its recorded executor is no longer `alive`. False when the action is in
+    /// any other state or another live execution holds it — so two approvals never both run it.
+    pub fn claim_execution(
+        &self,
+        id: &str,
+        runner: &str,
+        alive: impl Fn(&str) -> bool,
+    ) -> Result<bool, AgentError> {
+        let mut conn = self.conn()?;
+        let tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_err)?;
+        let row: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT status, executor FROM actions WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(db_err)?;
+        let free = match row {
+            Some((status, _)) if status == "pending" => true,
+            Some((status, executor)) if status == "approved" => {
+                executor.is_none_or(|e| e == runner || !alive(&e))
+            }
+            _ => false,
+        };
+        if !free {
+            return Ok(false);
+        }
+        tx.execute(
+            "UPDATE actions SET status = 'approved', executor = ?1,
+               decided_at = COALESCE(decided_at, ?2) WHERE id = ?3",
+            params![runner, now(), id],
+        )
+        .map_err(db_err)?;
+        tx.commit().map_err(db_err)?;
+        Ok(true)
     }
 
     /// Moves action `id` from `from` to `to` atomically; false when it was not in `from`.

@@ -364,7 +364,7 @@ pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<Ex
             anyhow::bail!("no action {action_id} in session {s}");
         }
     }
-    if plan_step.is_some() || action.call_id.starts_with("plan_") {
+    if plan_step.is_some() || memex::agent::is_plan_call(&action.call_id) {
         return super::plan::decide(g, &action_id, approve);
     }
     let a = DecideArgs {

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use super::plan::{shown, Step, StepStatus};
 use super::{refs, PlanError, Planner};
 use crate::agent::guards::call_key;
+use crate::agent::runner::{self, RunnerToken};
 use crate::agent::{ActionStatus, PendingAction, Progress, ToolCallReport};
 use crate::merchant::MerchantId;
 use crate::tools::{Tool, ToolContext, ToolError};
@@ -112,11 +113,16 @@ impl Planner {
             .enumerate()
             .map(|(i, s)| (s.id.clone(), i))
             .collect();
-        // A step left `running` was interrupted: it runs again (same idempotency key; an
-        // irreversible one finds its approval again by call id).
+        // A step left `running` was interrupted: it runs again (same idempotency key). One
+        // interrupted while executing its approved action goes back to its approval, which
+        // finishes it (or records how it ended) without re-checking anything.
         for s in steps.iter_mut() {
             if s.status == StepStatus::Running {
-                s.status = StepStatus::Pending;
+                s.status = if s.action_id.is_some() {
+                    StepStatus::PendingApproval
+                } else {
+                    StepStatus::Pending
+                };
                 self.save(ctx, s, None)?;
             }
         }
@@ -305,15 +311,11 @@ impl Planner {
         progress: &dyn Progress,
     ) -> Result<(), PlanError> {
         let store = self.agent.store();
-        let from = if action.status == ActionStatus::Pending {
-            ActionStatus::Pending
-        } else {
-            ActionStatus::Approved
-        };
-        if !store.transition(&action.id, &[from], ActionStatus::Approved, None)? {
+        let runner = RunnerToken::new();
+        if !store.claim_execution(&action.id, runner.as_str(), runner::alive)? {
             return Err(PlanError::AlreadyDecided {
                 action: action.id.clone(),
-                status: "being decided elsewhere".into(),
+                status: "being executed by another approval".into(),
             });
         }
         let Some(tool) = self.agent.tools().get(&action.tool) else {
@@ -423,6 +425,30 @@ impl Planner {
         planned_args: &Value,
     ) -> Result<Prepared, PlanError> {
         let step = &steps[i];
+        // A step that already asked for approval (a crash came before it was recorded as
+        // waiting) goes straight back to that approval, with the arguments it holds.
+        let irreversible = self
+            .agent
+            .tools()
+            .get(&step.tool)
+            .is_some_and(|t| t.irreversible());
+        let existing = match &step.action_id {
+            Some(id) => self.agent.store().action_by_id(id)?,
+            None if irreversible => self
+                .agent
+                .store()
+                .action_by_call(&ctx.session, &call_id(ctx, step))?,
+            None => None,
+        };
+        if let Some(action) = existing {
+            return Ok(Prepared::Settled(Settled {
+                status: StepStatus::PendingApproval,
+                result: pending_result(&action.id),
+                error: None,
+                args: Some(action.args),
+                action_id: Some(action.id),
+            }));
+        }
         let results: HashMap<&str, &Value> = steps
             .iter()
             .filter(|s| s.status == StepStatus::Done)
@@ -490,29 +516,21 @@ impl Planner {
         if tool.irreversible() {
             // The approval gate: the exact resolved arguments are held for a human. One
             // approval per step, ever: a resume after a crash finds it again by call id.
-            let store = self.agent.store();
-            let call = call_id(ctx, step);
-            let (action_id, held_args) = match store.action_by_call(&ctx.session, &call)? {
-                Some(existing) => (existing.id, existing.args),
-                None => {
-                    let id = store.create_action(
-                        &ctx.session,
-                        &ctx.merchant,
-                        ctx.turn,
-                        &call,
-                        &step.tool,
-                        &args,
-                    )?;
-                    let result = pending_result(&id);
-                    self.audit_report(ctx, step, &args, "pending_approval", &result)?;
-                    (id, args)
-                }
-            };
+            let action_id = self.agent.store().create_action(
+                &ctx.session,
+                &ctx.merchant,
+                ctx.turn,
+                &call_id(ctx, step),
+                &step.tool,
+                &args,
+            )?;
+            let result = pending_result(&action_id);
+            self.audit_report(ctx, step, &args, "pending_approval", &result)?;
             return Ok(Prepared::Settled(Settled {
                 status: StepStatus::PendingApproval,
-                result: pending_result(&action_id),
+                result,
                 error: None,
-                args: Some(held_args),
+                args: Some(args),
                 action_id: Some(action_id),
             }));
         }

@@ -24,8 +24,7 @@ pub mod refs;
 pub mod store;
 pub mod validate;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -34,6 +33,7 @@ pub use error::PlanError;
 pub use plan::{PendingStep, PlanReport, PlanStatus, PlanSummary, Step, StepStatus};
 use store::{PlanRow, PlanStore};
 
+use crate::agent::runner::{self, RunnerToken};
 use crate::agent::{ActionStatus, Agent, Progress, TurnRecord};
 use crate::llm::Usage;
 use crate::merchant::MerchantId;
@@ -89,52 +89,16 @@ impl std::fmt::Debug for Planner {
     }
 }
 
-/// Runner tokens of executions alive in this process (a token left in the store by an
-/// execution that is gone from here, or by a dead process, can be taken over).
-fn active_runners() -> &'static Mutex<HashSet<String>> {
-    static ACTIVE: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    ACTIVE.get_or_init(|| Mutex::new(HashSet::new()))
-}
-
-/// Whether the execution holding a plan (`PID:TOKEN`) may still be running.
-fn runner_alive(holder: &str) -> bool {
-    let pid = holder.split(':').next().and_then(|p| p.parse::<u32>().ok());
-    match pid {
-        Some(pid) if pid == std::process::id() => active_runners()
-            .lock()
-            .map(|a| a.contains(holder))
-            .unwrap_or(false),
-        Some(pid) => process_exists(pid),
-        None => false,
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn process_exists(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-}
-
-/// Without /proc the holder is presumed gone (concurrent resumes of one plan are then the
-/// user's to avoid).
-#[cfg(not(target_os = "linux"))]
-fn process_exists(_pid: u32) -> bool {
-    false
-}
-
-/// An execution's hold on a plan; dropping it (even by cancellation) ends the hold in this
-/// process.
+/// An execution's hold on a plan; dropping it (even by cancellation) ends the hold.
 struct Claim<'a> {
     store: &'a PlanStore,
     plan: String,
-    token: String,
+    token: RunnerToken,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        if let Ok(mut a) = active_runners().lock() {
-            a.remove(&self.token);
-        }
-        let _ = self.store.release(&self.plan, &self.token);
+        let _ = self.store.release(&self.plan, self.token.as_str());
     }
 }
 
@@ -261,12 +225,10 @@ impl Planner {
             .store()
             .action_by_id(action_id)?
             .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
-        let plan = action
-            .call_id
-            .split(':')
-            .next()
-            .filter(|p| p.starts_with("plan_"))
-            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        if !crate::agent::is_plan_call(&action.call_id) {
+            return Err(PlanError::UnknownAction(action_id.to_string()));
+        }
+        let plan = action.call_id.split(':').next().unwrap_or_default();
         self.row(plan)?;
         Ok(plan.to_string())
     }
@@ -384,19 +346,16 @@ impl Planner {
     ) -> Result<PlanReport, PlanError> {
         let started = Instant::now();
         self.row(plan_id)?;
-        let token = format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple());
-        if let Ok(mut a) = active_runners().lock() {
-            a.insert(token.clone());
-        }
         let claim = Claim {
             store: &self.store,
             plan: plan_id.to_string(),
-            token: token.clone(),
+            token: RunnerToken::new(),
         };
+        let token = claim.token.as_str();
         let claimed = if force {
-            self.store.claim(plan_id, &token, |_| false)?
+            self.store.claim(plan_id, token, |_| false)?
         } else {
-            self.store.claim(plan_id, &token, runner_alive)?
+            self.store.claim(plan_id, token, runner::alive)?
         };
         if !claimed {
             return Err(PlanError::Busy(plan_id.to_string()));
@@ -407,7 +366,7 @@ impl Planner {
             .map_err(|e| PlanError::Store(format!("plan {plan_id}: {e}")))?;
         match &decision {
             Some(executor::Decision::Reject(action_id)) => {
-                self.record_rejection(action_id)?;
+                self.record_rejection(action_id, &self.store.steps(plan_id)?)?;
             }
             Some(executor::Decision::Approve(action_id)) => {
                 let action = self
@@ -492,8 +451,9 @@ impl Planner {
         self.show(plan_id)
     }
 
-    /// Records a human rejection (only of an action still waiting).
-    fn record_rejection(&self, action_id: &str) -> Result<(), PlanError> {
+    /// Records a human rejection (only of an action still waiting). A rejection recorded
+    /// before its step was (a crash in between) is carried out, not refused.
+    fn record_rejection(&self, action_id: &str, steps: &[Step]) -> Result<(), PlanError> {
         let store = self.agent.store();
         if store.transition(
             action_id,
@@ -503,13 +463,18 @@ impl Planner {
         )? {
             return Ok(());
         }
-        let status = store
+        let action = store
             .action_by_id(action_id)?
-            .map(|a| format!("{:?}", a.status).to_lowercase())
             .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+        let step_open = steps.iter().any(|s| {
+            s.action_id.as_deref() == Some(action_id) && s.status == StepStatus::PendingApproval
+        });
+        if action.status == ActionStatus::Rejected && step_open {
+            return Ok(());
+        }
         Err(PlanError::AlreadyDecided {
             action: action_id.to_string(),
-            status,
+            status: format!("{:?}", action.status).to_lowercase(),
         })
     }
 
