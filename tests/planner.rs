@@ -641,6 +641,18 @@ async fn independent_slow_steps_overlap_in_time() {
     let (a, b) = (&spans[0], &spans[1]);
     // Each started before the other finished: they ran at the same time.
     assert!(a.1 < b.2 && b.1 < a.2, "the two slow steps did not overlap");
+    // The stored step times say the same.
+    let (sa, sb) = (step(&r, "a"), step(&r, "b"));
+    let (a0, a1) = (
+        sa.started_at.clone().unwrap(),
+        sa.finished_at.clone().unwrap(),
+    );
+    let (b0, b1) = (
+        sb.started_at.clone().unwrap(),
+        sb.finished_at.clone().unwrap(),
+    );
+    assert!(a0 < b1 && b0 < a1, "{a0}..{a1} vs {b0}..{b1}");
+    assert!(step(&r, "c").started_at.clone().unwrap() >= a1.max(b1));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -922,6 +934,23 @@ async fn a_dry_run_stores_the_plan_and_executes_nothing_until_resumed() {
     let r = planner.resume(&r.plan_id, &Silent).await.unwrap();
     assert_eq!(r.summary.done, 4);
     assert_eq!(f.tickets("MID001"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_summary_call_is_cut_and_replaced_by_a_plain_account() {
+    let f = Fixture::new();
+    let planner = f.planner(PlannerConfig {
+        summary_timeout: Duration::from_millis(200),
+        ..PlannerConfig::default()
+    });
+    f.push_plan(json!({"steps": [{"id": "1", "tool": "get_merchant_account", "args": {}}]}));
+    f.model.push_hang();
+    let r = planner
+        .run(&mid("MID001"), "check my account", &Silent)
+        .await
+        .unwrap();
+    assert_eq!(r.status, PlanStatus::Completed);
+    assert!(r.answer.as_deref().unwrap().contains("1 of 1 steps done"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

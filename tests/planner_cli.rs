@@ -159,6 +159,13 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
         .unwrap()
         .starts_with("tkt_"));
     assert!(done["answer"].as_str().unwrap().contains("pay_ABC123"));
+    for s in done["steps"].as_array().unwrap() {
+        let (a, b) = (
+            s["started_at"].as_str().unwrap(),
+            s["finished_at"].as_str().unwrap(),
+        );
+        assert!(a <= b, "{s}");
+    }
     let shown = json_of(&memex(data, &url, &["plan", "show", &plan_id, "--json"]).await);
     assert_eq!(shown, done);
     let text = memex(data, &url, &["plan", "show", &plan_id]).await;

@@ -57,6 +57,8 @@ pub struct PlannerConfig {
     pub save_episode: bool,
     /// Longest a single tool call may take before the attempt counts as a transient failure.
     pub step_timeout: Duration,
+    /// Longest wait for the final summary call (then a plain account is written instead).
+    pub summary_timeout: Duration,
 }
 
 impl Default for PlannerConfig {
@@ -70,6 +72,7 @@ impl Default for PlannerConfig {
             use_memory: true,
             save_episode: true,
             step_timeout: Duration::from_secs(60),
+            summary_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -501,15 +504,20 @@ impl Planner {
     async fn summarise(&self, row: &PlanRow, steps: &[Step], usage: &mut Usage) -> String {
         let request = prompt::summary_request(&row.merchant, &row.task, steps);
         self.agent.pace_llm().await;
-        match self.agent.model().chat(request).await {
-            Ok(r) => {
+        let reply = tokio::time::timeout(
+            self.config.summary_timeout,
+            self.agent.model().chat(request),
+        )
+        .await;
+        match reply {
+            Ok(Ok(r)) => {
                 *usage += r.usage;
                 match r.content {
                     Some(text) if !text.trim().is_empty() => text.trim().to_string(),
                     _ => prompt::plain_summary(PlanStatus::Completed, steps),
                 }
             }
-            Err(_) => prompt::plain_summary(PlanStatus::Completed, steps),
+            Ok(Err(_)) | Err(_) => prompt::plain_summary(PlanStatus::Completed, steps),
         }
     }
 }

@@ -145,6 +145,10 @@ pub struct Step {
     pub result: Value,
     /// Why the step failed, was skipped or was rejected.
     pub error: Option<String>,
+    /// When its first attempt started (RFC 3339, UTC), once it ran.
+    pub started_at: Option<String>,
+    /// When it reached a final status (RFC 3339, UTC).
+    pub finished_at: Option<String>,
     /// The approval id (`act_…`) of an irreversible step.
     #[serde(skip)]
     pub action_id: Option<String>,
@@ -446,6 +450,8 @@ mod tests {
             attempts: 0,
             result: Value::Null,
             error: None,
+            started_at: None,
+            finished_at: None,
             action_id: None,
         };
         let steps = vec![

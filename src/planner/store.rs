@@ -183,7 +183,7 @@ impl PlanStore {
         let mut stmt = conn
             .prepare_cached(
                 "SELECT step_id, description, tool, args, resolved_args, depends_on, status,
-                        attempts, result, error, action_id
+                        attempts, result, error, action_id, started_at, finished_at
                  FROM plan_steps WHERE plan_id = ?1 ORDER BY idx",
             )
             .map_err(db_err)?;
@@ -201,6 +201,8 @@ impl PlanStore {
                     r.get::<_, Option<String>>(8)?,
                     r.get::<_, Option<String>>(9)?,
                     r.get::<_, Option<String>>(10)?,
+                    r.get::<_, Option<String>>(11)?,
+                    r.get::<_, Option<String>>(12)?,
                 ))
             })
             .map_err(db_err)?;
@@ -220,6 +222,8 @@ impl PlanStore {
                 result,
                 error,
                 action_id,
+                started_at,
+                finished_at,
             ) = row.map_err(db_err)?;
             let depends_on: Vec<String> = serde_json::from_str(&deps)
                 .map_err(|e| PlanError::Store(format!("corrupt plan row: {e}")))?;
@@ -240,6 +244,8 @@ impl PlanStore {
                     None => Value::Null,
                 },
                 error,
+                started_at,
+                finished_at,
                 action_id,
             })
         })
