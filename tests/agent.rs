@@ -1,70 +1,25 @@
 //! The agent loop with a scripted model over the real memories and the payments tools: one test
 //! per guard, the approval gate, memory in every request, and the seed's cases end to end.
 
+#[path = "support/demo.rs"]
+mod demo;
 #[path = "support/model.rs"]
 mod model;
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::PathBuf;
+use std::sync::Arc;
 
-use async_trait::async_trait;
+use demo::{embedder, shared_kb_dir, Flaky};
 use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Silent, TurnReport};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_tools, PaymentsDb};
-use memex::embed::Embedder;
 use memex::episodic::{EpisodeDraft, EpisodicStore};
 use memex::kb::{IngestOptions, KnowledgeBase};
 use memex::llm::{ScriptedModel, ToolCall};
 use memex::merchant::MerchantId;
-use memex::tools::{Tool, ToolContext, ToolError, ToolRegistry};
+use memex::tools::{Tool, ToolRegistry};
 use serde_json::{json, Value};
-
-fn embedder() -> Arc<dyn Embedder> {
-    static E: OnceLock<Arc<dyn Embedder>> = OnceLock::new();
-    Arc::clone(E.get_or_init(|| Arc::new(model::embedder())))
-}
-
-/// The knowledge base over `data/kb`, ingested once for the whole test binary.
-fn shared_kb_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("memex-agent-kb-{}", std::process::id()));
-        let kb = KnowledgeBase::open(&dir, embedder()).unwrap();
-        kb.ingest(
-            &[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/kb")],
-            &IngestOptions { prune: false },
-        )
-        .unwrap();
-        dir
-    })
-}
-
-/// A tool that always fails transiently, to test retry then escalation.
-struct Flaky {
-    calls: std::sync::atomic::AtomicUsize,
-    schema: Value,
-}
-
-#[async_trait]
-impl Tool for Flaky {
-    fn name(&self) -> &str {
-        "check_gateway_status"
-    }
-    fn description(&self) -> &str {
-        "Checks the gateway status."
-    }
-    fn parameters(&self) -> &Value {
-        &self.schema
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    async fn call(&self, _args: Value, _ctx: &ToolContext) -> Result<Value, ToolError> {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Err(ToolError::Transient("the status service timed out".into()))
-    }
-}
 
 struct Fixture {
     dir: tempfile::TempDir,
@@ -101,10 +56,7 @@ impl Fixture {
             model: Arc::new(ScriptedModel::new()),
             payments,
             episodes,
-            flaky: Arc::new(Flaky {
-                calls: Default::default(),
-                schema: json!({"type": "object", "properties": {}, "additionalProperties": false}),
-            }),
+            flaky: Flaky::new(usize::MAX),
             kb_dir,
         }
     }
@@ -229,7 +181,7 @@ async fn a_tool_failing_twice_is_retried_once_then_escalates() {
         .ask(&mid("MID001"), "s-flaky", "is the gateway down?", &Silent)
         .await
         .unwrap();
-    assert_eq!(f.flaky.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(f.flaky.calls(), 2);
     assert_eq!(r.tool_calls[0].status, "error");
     assert!(r.escalation.is_some());
     assert_eq!(f.payments.list_tickets(&mid("MID001")).unwrap().len(), 1);

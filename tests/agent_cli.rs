@@ -1,6 +1,8 @@
 //! The agent through the real binary against a fake OpenAI-compatible server on loopback:
 //! `init --demo`, `ask`, `approve`, `audit`, `stats`, the JSON contract and exit codes.
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/fake_openai.rs"]
 mod fake_openai;
 #[path = "support/model.rs"]
@@ -9,36 +11,8 @@ mod model;
 use std::path::Path;
 use std::process::Output;
 
+use cli::{json_of, memex, TEST_KEY};
 use fake_openai::{FakeOpenAi, Reply};
-use serde_json::Value;
-
-async fn memex(data: &Path, base_url: &str, args: &[&str]) -> Output {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.arg("--data-dir")
-        .arg(data)
-        .arg("--model-dir")
-        .arg(model::model_dir())
-        .args(args)
-        .env("MEMEX_LLM_BASE_URL", base_url)
-        .env("MEMEX_LLM_API_KEY", "sk-test-secret-123")
-        .env("MEMEX_LLM_MODEL", "fake-model")
-        .env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL");
-    tokio::task::spawn_blocking(move || cmd.output().expect("memex runs"))
-        .await
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ask_approve_audit_and_stats_through_the_cli() {
@@ -100,7 +74,7 @@ async fn ask_approve_audit_and_stats_through_the_cli() {
     let reqs = server.requests();
     assert!(reqs
         .iter()
-        .any(|q| q.header("authorization") == Some("Bearer sk-test-secret-123")));
+        .any(|q| q.header("authorization") == Some(format!("Bearer {TEST_KEY}").as_str())));
 
     // The model asks for a refund: the turn ends pending, nothing refunded.
     server.push(Reply::tool_calls(&[(
@@ -174,7 +148,7 @@ async fn ask_approve_audit_and_stats_through_the_cli() {
     ] {
         assert!(stats.get(key).is_some(), "stats lacks {key}");
     }
-    assert!(!audit.to_string().contains("sk-test-secret-123"));
+    assert!(!audit.to_string().contains(TEST_KEY));
 
     // chat: the answer streams, a refund asks y/N on the terminal, leaving stores an episode.
     server
@@ -207,15 +181,8 @@ async fn ask_approve_audit_and_stats_through_the_cli() {
 async fn chat(data: &Path, base_url: &str, stdin: &str) -> Output {
     use std::io::Write;
     use std::process::Stdio;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.arg("--data-dir")
-        .arg(data)
-        .arg("--model-dir")
-        .arg(model::model_dir())
-        .args(["chat", "--merchant", "MID001"])
-        .env("MEMEX_LLM_BASE_URL", base_url)
-        .env("MEMEX_LLM_API_KEY", "sk-test-secret-123")
-        .stdin(Stdio::piped())
+    let mut cmd = cli::command(data, base_url, &["chat", "--merchant", "MID001"]);
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let input = stdin.to_string();
@@ -247,7 +214,7 @@ async fn an_unreachable_llm_is_a_one_sentence_error() {
     let last = err.lines().last().unwrap_or_default();
     assert!(last.starts_with("error: ") && last.contains("LLM"), "{err}");
     assert!(
-        !err.contains("panicked") && !err.contains("sk-test-secret-123"),
+        !err.contains("panicked") && !err.contains(TEST_KEY),
         "{err}"
     );
 

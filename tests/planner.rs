@@ -2,46 +2,28 @@
 //! the seed's dispute task, validation and re-planning, skips, concurrency, references, the
 //! approval gate across restarts, crash recovery and the agent's guards on plan steps.
 
+#[path = "support/demo.rs"]
+mod demo;
 #[path = "support/model.rs"]
 mod model;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use demo::{embedder, shared_kb_dir, Flaky};
 use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_tools, PaymentsDb};
-use memex::embed::Embedder;
-use memex::kb::{IngestOptions, KnowledgeBase};
+use memex::kb::KnowledgeBase;
 use memex::llm::{ResponseFormat, ScriptedModel};
 use memex::merchant::MerchantId;
 use memex::planner::{PlanError, PlanReport, PlanStatus, Planner, PlannerConfig, StepStatus};
 use memex::tools::{Tool, ToolContext, ToolError, ToolRegistry};
 use serde_json::{json, Value};
-
-fn embedder() -> Arc<dyn Embedder> {
-    static E: OnceLock<Arc<dyn Embedder>> = OnceLock::new();
-    Arc::clone(E.get_or_init(|| Arc::new(model::embedder())))
-}
-
-/// The knowledge base over `data/kb`, ingested once for the whole test binary.
-fn shared_kb_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("memex-planner-kb-{}", std::process::id()));
-        let kb = KnowledgeBase::open(&dir, embedder()).unwrap();
-        kb.ingest(
-            &[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/kb")],
-            &IngestOptions { prune: false },
-        )
-        .unwrap();
-        dir
-    })
-}
 
 /// A slow read-only tool that records when each call ran.
 struct Slow {
@@ -74,37 +56,6 @@ impl Tool for Slow {
             .unwrap()
             .push((label.clone(), t0, Instant::now()));
         Ok(json!({"label": label, "ok": true}))
-    }
-}
-
-/// A tool failing transiently `fail_first` times, then succeeding.
-struct Flaky {
-    calls: AtomicUsize,
-    fail_first: usize,
-    schema: Value,
-}
-
-#[async_trait]
-impl Tool for Flaky {
-    fn name(&self) -> &str {
-        "check_gateway_status"
-    }
-    fn description(&self) -> &str {
-        "Checks the gateway status."
-    }
-    fn parameters(&self) -> &Value {
-        &self.schema
-    }
-    fn read_only(&self) -> bool {
-        true
-    }
-    async fn call(&self, _args: Value, _ctx: &ToolContext) -> Result<Value, ToolError> {
-        let n = self.calls.fetch_add(1, Ordering::SeqCst);
-        if n < self.fail_first {
-            Err(ToolError::Transient("the status service timed out".into()))
-        } else {
-            Ok(json!({"gateway": "operational"}))
-        }
     }
 }
 
@@ -183,11 +134,7 @@ impl Fixture {
                 keys: Mutex::default(),
                 schema: json!({"type": "object", "properties": {"amount": {"type": "integer"}}, "additionalProperties": false}),
             }),
-            flaky: Arc::new(Flaky {
-                calls: AtomicUsize::new(0),
-                fail_first,
-                schema: json!({"type": "object", "properties": {}, "additionalProperties": false}),
-            }),
+            flaky: Flaky::new(fail_first),
         }
     }
 
@@ -616,7 +563,7 @@ async fn transient_failures_are_retried_with_backoff_then_fail_the_step() {
         .unwrap()
         .contains("after 3 attempts"));
     assert_eq!(status(&r, "2"), StepStatus::Skipped);
-    assert_eq!(f.flaky.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(f.flaky.calls(), 3);
     let audit = planner.agent().store().audit_log(&r.session).unwrap();
     assert_eq!(audit.iter().filter(|e| e.status == "error").count(), 3);
 }
@@ -749,6 +696,34 @@ fn refund_plan() -> Value {
     ]})
 }
 
+/// Runs [`refund_plan`] for MID001 until it waits for approval; the report and the action id.
+async fn paused_refund(f: &Fixture, planner: &Planner) -> (PlanReport, String) {
+    f.push_plan(refund_plan());
+    let r = planner
+        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
+        .await
+        .unwrap();
+    assert_eq!(r.status, PlanStatus::AwaitingApproval);
+    let action = r.pending_actions[0].action_id.clone();
+    (r, action)
+}
+
+/// Runs `statements` (each with the plan id as `?1`) on `agent.db`, leaving the store as a
+/// crash at some point would have; returns the connection for further checks.
+fn crash_state(f: &Fixture, plan_id: &str, statements: &[&str]) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
+    for sql in statements {
+        db.execute(sql, [plan_id]).unwrap();
+    }
+    db
+}
+
+/// The store after a kill between writing step 2's approval and linking the step to it.
+const UNLINKED_STEP_2: [&str; 2] = [
+    "UPDATE plan_steps SET status = 'pending', action_id = NULL, result = NULL WHERE plan_id = ?1 AND step_id = '2'",
+    "UPDATE plans SET status = 'running' WHERE id = ?1",
+];
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_irreversible_step_pauses_the_plan_and_resumes_after_approval_exactly_once() {
     let f = Fixture::new();
@@ -821,12 +796,7 @@ async fn an_irreversible_step_pauses_the_plan_and_resumes_after_approval_exactly
 async fn a_rejected_step_skips_its_dependents_and_refunds_nothing() {
     let f = Fixture::new();
     let planner = f.default_planner();
-    f.push_plan(refund_plan());
-    let r = planner
-        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
-        .await
-        .unwrap();
-    let action = r.pending_actions[0].action_id.clone();
+    let (_, action) = paused_refund(&f, &planner).await;
     f.model.push_text("The refund was rejected by an operator.");
     let r = planner.reject(&action, &Silent).await.unwrap();
     assert_eq!(r.status, PlanStatus::Completed);
@@ -974,24 +944,9 @@ async fn the_summary_falls_back_to_a_plain_account_when_the_model_fails() {
 async fn a_crash_between_asking_for_approval_and_recording_it_asks_only_once() {
     let f = Fixture::new();
     let planner = f.default_planner();
-    f.push_plan(refund_plan());
-    let r = planner
-        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
-        .await
-        .unwrap();
-    let action = r.pending_actions[0].action_id.clone();
+    let (r, action) = paused_refund(&f, &planner).await;
     // The kill came after the approval row was written but before the step was linked to it.
-    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
-    db.execute(
-        "UPDATE plan_steps SET status = 'pending', action_id = NULL, result = NULL WHERE plan_id = ?1 AND step_id = '2'",
-        [&r.plan_id],
-    )
-    .unwrap();
-    db.execute(
-        "UPDATE plans SET status = 'running' WHERE id = ?1",
-        [&r.plan_id],
-    )
-    .unwrap();
+    let db = crash_state(&f, &r.plan_id, &UNLINKED_STEP_2);
     // Approving that action finds its plan by the action's call id, and runs it once.
     f.model.push_text("Refunded.");
     let done = planner.approve(&action, &Silent).await.unwrap();
@@ -1012,23 +967,8 @@ async fn a_crash_between_asking_for_approval_and_recording_it_asks_only_once() {
 async fn a_resume_after_that_crash_reuses_the_same_approval() {
     let f = Fixture::new();
     let planner = f.default_planner();
-    f.push_plan(refund_plan());
-    let r = planner
-        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
-        .await
-        .unwrap();
-    let action = r.pending_actions[0].action_id.clone();
-    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
-    db.execute(
-        "UPDATE plan_steps SET status = 'pending', action_id = NULL, result = NULL WHERE plan_id = ?1 AND step_id = '2'",
-        [&r.plan_id],
-    )
-    .unwrap();
-    db.execute(
-        "UPDATE plans SET status = 'running' WHERE id = ?1",
-        [&r.plan_id],
-    )
-    .unwrap();
+    let (r, action) = paused_refund(&f, &planner).await;
+    crash_state(&f, &r.plan_id, &UNLINKED_STEP_2);
     let again = planner.resume(&r.plan_id, &Silent).await.unwrap();
     assert_eq!(again.status, PlanStatus::AwaitingApproval);
     assert_eq!(again.pending_actions.len(), 1);
@@ -1072,12 +1012,7 @@ async fn an_approved_action_gets_the_steps_retries_with_its_approval_as_key() {
 async fn two_racing_approvals_run_the_refund_once() {
     let f = Fixture::new();
     let first = f.default_planner();
-    f.push_plan(refund_plan());
-    let r = first
-        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
-        .await
-        .unwrap();
-    let action = r.pending_actions[0].action_id.clone();
+    let (_, action) = paused_refund(&f, &first).await;
     let second = f.default_planner();
     f.model.push_text("Refunded.");
     f.model.push_text("Refunded.");
@@ -1245,18 +1180,13 @@ async fn a_crash_while_an_approved_refund_ran_is_finished_by_the_resume_with_the
 async fn a_rejection_interrupted_before_its_step_was_updated_can_be_repeated() {
     let f = Fixture::new();
     let planner = f.default_planner();
-    f.push_plan(refund_plan());
-    let r = planner
-        .run(&mid("MID001"), "refund 500 of pay_ABC123", &Silent)
-        .await
-        .unwrap();
-    let action = r.pending_actions[0].action_id.clone();
-    let db = rusqlite::Connection::open(f.dir.path().join("agent.db")).unwrap();
-    db.execute(
-        "UPDATE actions SET status = 'rejected' WHERE id = ?1",
-        [&action],
-    )
-    .unwrap();
+    let (r, action) = paused_refund(&f, &planner).await;
+    // The kill came after the rejection was recorded, before the step was.
+    crash_state(
+        &f,
+        &r.plan_id,
+        &["UPDATE actions SET status = 'rejected' WHERE id = (SELECT action_id FROM plan_steps WHERE plan_id = ?1 AND step_id = '2')"],
+    );
     f.model.push_text("rejected");
     let r = planner.reject(&action, &Silent).await.unwrap();
     assert_eq!(status(&r, "2"), StepStatus::Rejected);

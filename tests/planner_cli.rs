@@ -2,50 +2,20 @@
 //! the JSON contract, `--dry-run` then `plan resume`, `plan show`, a paused plan continued by
 //! `memex approve`, an invalid plan refused, and a process killed mid-plan resumed.
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/fake_openai.rs"]
 mod fake_openai;
 #[path = "support/model.rs"]
 mod model;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use cli::{command, json_of, memex, TEST_KEY};
 use fake_openai::{FakeOpenAi, Reply};
 use serde_json::{json, Value};
-
-fn command(data: &Path, base_url: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.arg("--data-dir")
-        .arg(data)
-        .arg("--model-dir")
-        .arg(model::model_dir())
-        .args(args)
-        .env("MEMEX_LLM_BASE_URL", base_url)
-        .env("MEMEX_LLM_API_KEY", "sk-test-secret-456")
-        .env("MEMEX_LLM_MODEL", "fake-model")
-        .env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL");
-    cmd
-}
-
-async fn memex(data: &Path, base_url: &str, args: &[&str]) -> Output {
-    let mut cmd = command(data, base_url, args);
-    tokio::task::spawn_blocking(move || cmd.output().expect("memex runs"))
-        .await
-        .unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "exit {:?}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 fn step<'a>(plan: &'a Value, id: &str) -> &'a Value {
     plan["steps"]
@@ -303,7 +273,7 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
         err.contains("nothing was executed") && err.contains("unknown tool"),
         "{err}"
     );
-    assert!(!err.contains("sk-test-secret-456"));
+    assert!(!err.contains(TEST_KEY));
 
     let out = memex(data, &url, &["plan", "show", "plan_doesnotexist"]).await;
     assert!(!out.status.success());

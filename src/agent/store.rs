@@ -165,6 +165,15 @@ impl std::fmt::Debug for AgentStore {
     }
 }
 
+/// Opens the SQLite file at `path` the way every table in `agent.db` expects: a 5 s busy
+/// timeout, WAL journal, `synchronous=NORMAL`.
+pub(crate) fn open_wal(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")?;
+    Ok(conn)
+}
+
 fn db_err(e: rusqlite::Error) -> AgentError {
     AgentError::Store(e.to_string())
 }
@@ -183,13 +192,9 @@ impl AgentStore {
 
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, AgentError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err)?;
+        let conn = open_wal(path).map_err(db_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS sessions(
+            "CREATE TABLE IF NOT EXISTS sessions(
                 id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, created_at TEXT NOT NULL,
                 turns INTEGER NOT NULL DEFAULT 0, ended_at TEXT, episode_id TEXT);
              CREATE TABLE IF NOT EXISTS turns(

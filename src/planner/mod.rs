@@ -190,14 +190,8 @@ impl Planner {
         action_id: &str,
         progress: &dyn Progress,
     ) -> Result<PlanReport, PlanError> {
-        let plan_id = self.plan_holding(action_id)?;
-        self.run_stored(
-            &plan_id,
-            progress,
-            Some(executor::Decision::Approve(action_id.to_string())),
-            false,
-        )
-        .await
+        self.decide(executor::Decision::Approve(action_id.to_string()), progress)
+            .await
     }
 
     /// A human rejects the plan step holding `action_id`: it never runs, the steps depending
@@ -207,14 +201,20 @@ impl Planner {
         action_id: &str,
         progress: &dyn Progress,
     ) -> Result<PlanReport, PlanError> {
+        self.decide(executor::Decision::Reject(action_id.to_string()), progress)
+            .await
+    }
+
+    async fn decide(
+        &self,
+        decision: executor::Decision,
+        progress: &dyn Progress,
+    ) -> Result<PlanReport, PlanError> {
+        let (executor::Decision::Approve(action_id) | executor::Decision::Reject(action_id)) =
+            &decision;
         let plan_id = self.plan_holding(action_id)?;
-        self.run_stored(
-            &plan_id,
-            progress,
-            Some(executor::Decision::Reject(action_id.to_string())),
-            false,
-        )
-        .await
+        self.run_stored(&plan_id, progress, Some(decision), false)
+            .await
     }
 
     /// The plan whose step asked for approval `action_id`: by the step's link, or by the

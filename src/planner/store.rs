@@ -68,13 +68,9 @@ fn now() -> String {
 impl PlanStore {
     /// Opens (creating the tables in) the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, PlanError> {
-        let conn = Connection::open(path).map_err(db_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db_err)?;
+        let conn = crate::agent::store::open_wal(path).map_err(db_err)?;
         conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=NORMAL;
-             CREATE TABLE IF NOT EXISTS plans(
+            "CREATE TABLE IF NOT EXISTS plans(
                 id TEXT PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
                 task TEXT NOT NULL, status TEXT NOT NULL, answer TEXT, turn INTEGER NOT NULL,
                 runner TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
