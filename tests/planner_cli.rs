@@ -257,6 +257,31 @@ async fn plan_dry_run_resume_show_approve_and_errors_through_the_cli() {
     assert_eq!(step(&rejected, "1")["status"], "rejected");
     assert_eq!(step(&rejected, "2")["status"], "skipped");
     assert_eq!(rejected["status"], "completed");
+    // A completed plan has no step waiting: naming the plan is a clear error.
+    let out = memex(data, &url, &["approve", &plan3]).await;
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no step waiting for approval"));
+
+    // Naming the plan alone approves its single waiting step.
+    server.push(Reply::text(
+        &json!({"steps": [
+            {"id": "1", "tool": "initiate_refund", "args": {"transaction_id": "pay_ABC123", "amount": 50, "reason": "late delivery"}}
+        ]})
+        .to_string(),
+    ));
+    let paused = json_of(
+        &memex(
+            data,
+            &url,
+            &["plan", "--merchant", "MID001", "--json", "refund 50"],
+        )
+        .await,
+    );
+    let plan4 = paused["plan_id"].as_str().unwrap().to_string();
+    server.push(Reply::text("Refunded 50 INR."));
+    let approved = json_of(&memex(data, &url, &["approve", &plan4, "--json"]).await);
+    assert_eq!(step(&approved, "1")["status"], "done");
+    assert_eq!(step(&approved, "1")["result"]["amount"], 50);
 
     // Two invalid plans: a clear one-line error, a non-zero exit, nothing executed.
     let bad = json!({"steps": [{"id": "1", "tool": "wire_money", "args": {}}]}).to_string();

@@ -109,9 +109,9 @@ pub enum Command {
     Init(agent::InitArgs),
     /// One user turn of the support agent.
     Ask(agent::AskArgs),
-    /// Approve a pending irreversible action; the agent then continues.
+    /// Approve a pending irreversible action; its session or plan then continues.
     Approve(agent::DecideArgs),
-    /// Reject a pending irreversible action; the agent then continues.
+    /// Reject a pending irreversible action; its session or plan then continues.
     Reject(agent::DecideArgs),
     /// An interactive support session on the terminal.
     Chat(agent::ChatArgs),
