@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
-use memex::domain::payments::{payments_registry, PaymentsDb};
+use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use memex::episodic::{EpisodeDraft, EpisodicStore};
 use memex::kb::{Chunk, IngestOptions, KnowledgeBase};
@@ -55,7 +54,7 @@ fn bench(c: &mut Criterion) {
 
     // Knowledge base: data/kb, then perturbed copies of a few real vectors up to the target.
     let kb = Arc::new(KnowledgeBase::open(dir.path(), Arc::clone(&embedder)).expect("kb"));
-    kb.ingest(&[root.join("data/kb")], &IngestOptions { prune: false })
+    kb.ingest(&[root.join("data/kb")], &IngestOptions::default())
         .expect("ingest");
     let target_chunks = env_usize("MEMEX_BENCH_CHUNKS", 20_000);
     let seeds = embedder
@@ -131,7 +130,8 @@ fn bench(c: &mut Criterion) {
             tool_rate: (1e9, 1e9),
             ..AgentConfig::default()
         },
-    );
+    )
+    .with_domain(Arc::new(PaymentsDomain));
     let merchant = MerchantId::parse("MID000001").expect("id");
     eprintln!("agent bench: {added} chunks, {total_eps} episodes");
 

@@ -8,8 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use memex::index::dataset::{self, VectorSet, PERTURBATION_SIGMA};
 use memex::index::{FlatIndex, HnswIndex, HnswParams, VectorIndex};
+use memex::testkit::dataset::{self, VectorSet, PERTURBATION_SIGMA};
 
 const N: usize = 10_000;
 

@@ -15,7 +15,11 @@ use serde_json::json;
 struct NoKb;
 
 impl KnowledgeSearch for NoKb {
-    fn search(&self, _query: &str, _k: usize) -> Result<Vec<KnowledgeHit>, String> {
+    fn search(
+        &self,
+        _query: &str,
+        _k: usize,
+    ) -> Result<Vec<KnowledgeHit>, memex::domain::payments::KnowledgeError> {
         Ok(Vec::new())
     }
 }

@@ -8,20 +8,30 @@
 //! * [`episodic`] — per-merchant episodes (SQLite or Redis);
 //! * [`conversation`] — the token-budgeted conversation buffer with a rolling summary;
 //! * [`llm`] — the OpenAI-compatible chat client;
-//! * [`tools`], [`agent`], [`domain`], [`planner`] — the agent runtime on top.
+//! * [`tools`], [`agent`], [`domain`], [`planner`] — the agent runtime on top;
+//! * [`sqlite`] and [`fsutil`] — the shared plumbing: the one SQLite opener, the one atomic file write.
 //!
 //! See `ARCHITECTURE.md` at the repository root for the code map and invariants.
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod approvals;
 pub mod conversation;
 pub mod domain;
 pub mod embed;
 pub mod episodic;
+pub mod eval;
+pub mod fsutil;
 pub mod index;
 pub mod kb;
 pub mod llm;
+pub mod mcp;
 pub mod merchant;
 pub mod paths;
 pub mod planner;
+pub mod serve;
+pub mod sqlite;
+pub mod state;
+#[cfg(feature = "test-util")]
+pub mod testkit;
 pub mod tools;

@@ -10,10 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use demo::{embedder, shared_kb_dir, Flaky};
-use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Silent, TurnReport};
 use memex::conversation::SqliteConversationStore;
-use memex::domain::payments::{payments_tools, PaymentsDb};
+use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::episodic::{EpisodeDraft, EpisodicStore};
 use memex::kb::{IngestOptions, KnowledgeBase};
 use memex::llm::{ScriptedModel, ToolCall};
@@ -79,6 +78,7 @@ impl Fixture {
             Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
             config,
         )
+        .with_domain(Arc::new(PaymentsDomain))
     }
 
     fn refunds(&self, merchant: &str) -> usize {
@@ -303,10 +303,7 @@ async fn a_knowledge_base_chunk_cannot_approve_a_refund() {
     .unwrap();
     KnowledgeBase::open(kb_dir.path(), embedder())
         .unwrap()
-        .ingest(
-            &[docs.path().to_path_buf()],
-            &IngestOptions { prune: false },
-        )
+        .ingest(&[docs.path().to_path_buf()], &IngestOptions::default())
         .unwrap();
     let f = Fixture::with_kb(kb_dir.path().to_path_buf()).await;
     let agent = f.agent(AgentConfig::default());

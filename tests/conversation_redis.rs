@@ -175,3 +175,109 @@ async fn unreachable_redis_is_a_clear_error() {
     assert!(shown.contains("connect to Redis"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+/// Appends `n` user messages to `session`.
+async fn fill(s: &dyn ConversationStore, session: &str, n: u64) {
+    for seq in 1..=n {
+        s.append(session, seq, &Message::user(format!("{session} m{seq}")))
+            .await
+            .unwrap();
+    }
+}
+
+/// A cutoff strictly between what was appended before and what is appended after it.
+async fn cutoff_now() -> chrono::DateTime<chrono::Utc> {
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let t = chrono::Utc::now();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    t
+}
+
+/// Retention on one store: idle sessions go whole, active ones stay, a re-run removes nothing.
+async fn retention_on(s: &dyn ConversationStore) -> chrono::DateTime<chrono::Utc> {
+    fill(s, "idle", 3).await;
+    s.commit_summary("idle", "first one", 1).await.unwrap();
+    fill(s, "busy-but-old-start", 1).await;
+    let cutoff = cutoff_now().await;
+    // A session that began before the cutoff but is still active is kept.
+    s.append("busy-but-old-start", 2, &Message::user("still here"))
+        .await
+        .unwrap();
+    fill(s, "fresh", 2).await;
+    let report = s.prune_before(cutoff).await.unwrap();
+    assert_eq!((report.sessions, report.messages), (1, 2), "{report:?}");
+    assert_eq!(s.load("idle").await.unwrap(), Default::default());
+    assert_eq!(
+        s.load("busy-but-old-start").await.unwrap().messages.len(),
+        2
+    );
+    assert_eq!(s.load("fresh").await.unwrap().messages.len(), 2);
+    let again = s.prune_before(cutoff).await.unwrap();
+    assert_eq!((again.sessions, again.messages), (0, 0), "{again:?}");
+    cutoff
+}
+
+#[tokio::test]
+async fn retention_prunes_idle_sessions_on_redis_and_keeps_untimed_ones() {
+    let redis = redis_conv::start();
+    let prefix = redis_conv::prefix();
+    let s = store(&redis, &prefix).await;
+    retention_on(&*s).await;
+    // A session written before append times were kept: only its keys, no time.
+    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let legacy = serde_json::to_string(&Message::user("legacy turn")).unwrap();
+    let _: i64 = redis::cmd("ZADD")
+        .arg(format!("{prefix}:conv:{{legacy}}:msgs"))
+        .arg(1)
+        .arg(format!("{:020}|{legacy}", 1))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Even a cutoff in the future removes only timed sessions: the untimed one is kept,
+    // reported, and stamped so that its retention counts from now.
+    let far = chrono::Utc::now() + chrono::Duration::days(1);
+    let report = s.prune_before(far).await.unwrap();
+    assert_eq!(
+        (report.sessions, report.messages, report.untimed),
+        (2, 4, 1),
+        "{report:?}"
+    );
+    assert_eq!(s.load("legacy").await.unwrap().messages.len(), 1);
+    assert_eq!(s.load("fresh").await.unwrap(), Default::default());
+    // The next prune sees it timed (stamped by the first); its time is before `far`.
+    let report = s.prune_before(far).await.unwrap();
+    assert_eq!(
+        (report.sessions, report.messages, report.untimed),
+        (1, 1, 0),
+        "{report:?}"
+    );
+    assert_eq!(s.load("legacy").await.unwrap(), Default::default());
+    // Nothing of the store is left behind, not even the time index.
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+    // Deleting a session drops its time too.
+    fill(&*s, "gone", 1).await;
+    s.delete("gone").await.unwrap();
+    let report = s
+        .prune_before(chrono::Utc::now() + chrono::Duration::days(2))
+        .await
+        .unwrap();
+    assert_eq!(report, Default::default());
+}
+
+#[tokio::test]
+async fn retention_prunes_idle_sessions_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = memex::conversation::SqliteConversationStore::open_in(dir.path()).unwrap();
+    retention_on(&s).await;
+    let report = s
+        .prune_before(chrono::Utc::now() + chrono::Duration::days(1))
+        .await
+        .unwrap();
+    assert_eq!((report.sessions, report.messages), (2, 4), "{report:?}");
+}

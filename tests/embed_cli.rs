@@ -296,3 +296,148 @@ fn model_fetch_failure_names_every_source_tried() {
     }
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn model_info_says_what_runs() {
+    let out = memex()
+        .env_remove("MEMEX_PRECISION")
+        .env_remove("MEMEX_KERNEL")
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["--json", "--threads", "2", "model", "info"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info = &lines(&out)[0];
+    assert_eq!(info["model"], "sentence-transformers/all-MiniLM-L6-v2");
+    assert_eq!(info["dimension"], 384);
+    assert_eq!(info["precision"], "f16");
+    assert_eq!(info["threads"], 2);
+    let simd = memex::embed::cpu_has_avx2_fma_f16c();
+    assert_eq!(info["cpu_avx2_fma_f16c"], simd);
+    assert_eq!(
+        info["kernel"],
+        if simd { "avx2+fma+f16c" } else { "scalar" }
+    );
+
+    // The environment variables pick precision and kernel; the text form names them too.
+    let out = memex()
+        .env("MEMEX_PRECISION", "int8")
+        .env("MEMEX_KERNEL", "scalar")
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["model", "info"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("precision  int8"), "{text}");
+    assert!(text.contains("kernel     scalar"), "{text}");
+    assert!(text.contains("dimension  384"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "sha256     {}  config.json",
+            memex::embed::fetch::CONFIG_SHA256
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn an_unknown_precision_is_one_clear_error() {
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["--precision", "int4", "embed", "hello"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(
+        err.contains("int4") && err.contains("f16, f32, int8"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn a_tampered_tokenizer_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let real = model::model_dir();
+    std::fs::copy(real.join("config.json"), dir.path().join("config.json")).unwrap();
+    std::os::unix::fs::symlink(
+        real.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    // Still a valid tokenizer, one vocabulary entry renamed: it would change vectors silently.
+    let tok = std::fs::read_to_string(real.join("tokenizer.json")).unwrap();
+    assert!(tok.contains("\"payment\":"));
+    std::fs::write(
+        dir.path().join("tokenizer.json"),
+        tok.replacen("\"payment\":", "\"paymenx\":", 1),
+    )
+    .unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(dir.path())
+        .args(["embed", "payment status"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = stderr(&out);
+    assert!(
+        err.contains("tokenizer.json") && err.contains("sha256") && err.contains("model fetch"),
+        "{err}"
+    );
+    let out = memex()
+        .arg("--model-dir")
+        .arg(dir.path())
+        .args(["model", "verify"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("tokenizer.json"), "{}", stderr(&out));
+}
+
+#[test]
+fn model_fetch_takes_the_pinned_revision_from_the_hub_cache_and_info_names_it() {
+    // Only the pinned commit's snapshot, with no ref pointing at it (as Python's
+    // huggingface_hub leaves a download by commit).
+    let home = tempfile::tempdir().unwrap();
+    let files = home
+        .path()
+        .join("hub/models--sentence-transformers--all-MiniLM-L6-v2/snapshots")
+        .join(memex::embed::fetch::HF_REVISION);
+    std::fs::create_dir_all(&files).unwrap();
+    let src = model::model_dir();
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), files.join(f)).unwrap();
+    }
+    let target = tempfile::tempdir().unwrap();
+    let dir = target.path().join("m");
+    let out = memex()
+        .env("HF_HOME", home.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .arg("--model-dir")
+        .arg(&dir)
+        .args(["model", "fetch", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["source"], "hugging_face_hub");
+    let out = memex()
+        .arg("--model-dir")
+        .arg(&dir)
+        .args(["model", "info", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let revision = info["revision"].as_str().unwrap();
+    assert_eq!(revision.len(), 40, "{info}");
+    assert!(revision.chars().all(|c| c.is_ascii_hexdigit()), "{info}");
+}

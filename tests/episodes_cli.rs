@@ -71,7 +71,14 @@ fn assert_episode_shape(v: &Value) {
     keys.sort();
     assert_eq!(
         keys,
-        ["created_at", "id", "merchant_id", "metadata", "summary"]
+        [
+            "created_at",
+            "id",
+            "merchant_id",
+            "metadata",
+            "occurred_at",
+            "summary"
+        ]
     );
     chrono::DateTime::parse_from_rfc3339(v["created_at"].as_str().unwrap()).expect("RFC3339");
     uuid::Uuid::parse_str(v["id"].as_str().unwrap()).expect("a UUID id");
@@ -176,6 +183,7 @@ fn workflow(cmd_for: &dyn Fn() -> Command, a: &str, b: &str) {
                 "id",
                 "merchant_id",
                 "metadata",
+                "occurred_at",
                 "score",
                 "summary"
             ]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use memex::episodic::{
     EpisodeDraft, EpisodeId, EpisodicError, EpisodicStore, RedisEpisodicStore, RedisOptions,
-    SqliteEpisodicStore, SqliteOptions,
+    SearchQuery, SqliteEpisodicStore, SqliteOptions,
 };
 use memex::merchant::MerchantId;
 use serde_json::json;
@@ -519,6 +519,218 @@ mod cases {
             4000
         );
     }
+
+    /// Hybrid search: an exact rare token is found by the keyword leg even when the query
+    /// vector points elsewhere; results carry metadata, occurred_at and a score; the index
+    /// follows writes.
+    pub async fn hybrid_search_finds_an_exact_rare_token(store: Arc<dyn EpisodicStore>) {
+        let m = mid("HYB");
+        let dim = 8;
+        let mut drafts = Vec::new();
+        for i in 0..40 {
+            drafts.push(
+                EpisodeDraft::new(format!(
+                    "routine payout question number {i} about settlement"
+                ))
+                .with_embedding(axis(dim, i % dim, (i + 1) % dim, 0.1)),
+            );
+        }
+        drafts.push(
+            EpisodeDraft::new("chargeback on order QX-77Z9 was disputed by the bank")
+                .with_metadata(json!({"ticket": "T-9"}))
+                .with_embedding(axis(dim, 7, 6, 0.1))
+                .with_occurred_at("2024-03-05T10:00:00Z".parse().unwrap()),
+        );
+        assert_eq!(store.save_many(&m, drafts).await.unwrap(), 41);
+        let q = SearchQuery::new("what happened with QX-77Z9?", Some(axis(dim, 0, 1, 0.0)), 3);
+        let hits = store.search(&m, &q).await.unwrap();
+        assert_eq!(hits.len(), 3);
+        assert!(hits[0].episode.summary.contains("QX-77Z9"), "{:?}", hits[0]);
+        assert_eq!(hits[0].episode.metadata, json!({"ticket": "T-9"}));
+        assert_eq!(
+            hits[0].episode.occurred_at.unwrap().to_rfc3339(),
+            "2024-03-05T10:00:00+00:00"
+        );
+        assert!(hits[0].score > 0.0 && hits[0].score >= hits[1].score);
+        // Keyword-only search works without a vector, and the dense leg alone ranks by cosine.
+        let kw = SearchQuery::new("QX-77Z9", None, 1);
+        assert!(store.search(&m, &kw).await.unwrap()[0]
+            .episode
+            .summary
+            .contains("QX-77Z9"));
+        let dense = SearchQuery::new("", Some(axis(dim, 7, 6, 0.1)), 1);
+        assert!(store.search(&m, &dense).await.unwrap()[0]
+            .episode
+            .summary
+            .contains("QX-77Z9"));
+        // A new episode is searchable at once (the per-merchant index follows the version).
+        store
+            .save(
+                &m,
+                EpisodeDraft::new("fresh note mentioning WQ-1234")
+                    .with_embedding(axis(dim, 3, 4, 0.1)),
+            )
+            .await
+            .unwrap();
+        let hits = store
+            .search(&m, &SearchQuery::new("WQ-1234", None, 1))
+            .await
+            .unwrap();
+        assert!(hits[0].episode.summary.contains("WQ-1234"));
+        // ... and a forgotten one is gone at once.
+        store.forget(&m).await.unwrap();
+        assert!(store
+            .search(&m, &SearchQuery::new("WQ-1234", None, 5))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .search(&m, &SearchQuery::new("x", None, 0))
+            .await
+            .unwrap()
+            .is_empty());
+        assert!(store
+            .search(&m, &SearchQuery::new("x", Some(vec![0.0; dim]), 3))
+            .await
+            .is_err());
+    }
+
+    /// Hybrid search never crosses merchants, even for look-alike ids that share a token.
+    pub async fn hybrid_search_is_isolated_between_merchants(store: Arc<dyn EpisodicStore>) {
+        let ids = ["M1", "M1_", "m1", "M1-x", "M10"];
+        for (i, id) in ids.iter().enumerate() {
+            let m = mid(id);
+            store
+                .save(
+                    &m,
+                    EpisodeDraft::new(format!("secret SHAREDTOKEN of merchant {id}"))
+                        .with_metadata(json!({"owner": id}))
+                        .with_embedding(axis(4, i % 4, (i + 1) % 4, 0.2)),
+                )
+                .await
+                .unwrap();
+        }
+        for (i, id) in ids.iter().enumerate() {
+            let m = mid(id);
+            let q = SearchQuery::new(
+                "SHAREDTOKEN secret merchant",
+                Some(axis(4, i % 4, 0, 0.0)),
+                10,
+            );
+            let hits = store.search(&m, &q).await.unwrap();
+            assert_eq!(hits.len(), 1, "{id}: {hits:?}");
+            assert_eq!(hits[0].episode.metadata["owner"], json!(id));
+            assert_eq!(hits[0].episode.merchant_id, m);
+        }
+        for bad in ["M1:*", "M1}", "{M1", "M1 ", "*", "M1\n"] {
+            assert!(MerchantId::parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        assert!(store
+            .search(&mid("NOBODY"), &SearchQuery::new("SHAREDTOKEN", None, 5))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+
+    /// Keyed drafts are idempotent: saving them again stores nothing new.
+    pub async fn keyed_saves_are_idempotent(store: Arc<dyn EpisodicStore>) {
+        let m = mid("KEYED");
+        let drafts = |n: usize| -> Vec<EpisodeDraft> {
+            (0..n)
+                .map(|i| EpisodeDraft::new(format!("line {i}")).with_key(format!("import:{i}")))
+                .collect()
+        };
+        assert_eq!(store.save_many(&m, drafts(3)).await.unwrap(), 3);
+        assert_eq!(store.save_many(&m, drafts(5)).await.unwrap(), 2);
+        assert_eq!(store.count(&m).await.unwrap(), 5);
+        let again = store
+            .save(&m, EpisodeDraft::new("line 1").with_key("import:1"))
+            .await
+            .unwrap();
+        assert_eq!(again.id, EpisodeId::derive(&m, "import:1"));
+        assert_eq!(store.count(&m).await.unwrap(), 5);
+        // The same key under another merchant is another episode.
+        assert_eq!(store.save_many(&mid("KEYED2"), drafts(1)).await.unwrap(), 1);
+        // An invalid draft in a batch stores nothing.
+        let mut bad = drafts(7);
+        bad.push(EpisodeDraft::new(" "));
+        assert!(store.save_many(&m, bad).await.is_err());
+        assert_eq!(store.count(&m).await.unwrap(), 5);
+    }
+
+    /// `recent` orders by occurred_at when present; `forget_before` removes by it.
+    pub async fn recent_orders_by_occurred_at(store: Arc<dyn EpisodicStore>) {
+        let m = mid("WHEN");
+        let at = |s: &str| s.parse::<chrono::DateTime<chrono::Utc>>().unwrap();
+        for (summary, when) in [
+            ("middle", "2023-06-01T00:00:00Z"),
+            ("oldest", "2021-01-01T00:00:00Z"),
+            ("newest", "2024-12-31T00:00:00Z"),
+            ("tie-first-saved", "2022-02-02T00:00:00Z"),
+            ("tie-second-saved", "2022-02-02T00:00:00Z"),
+        ] {
+            store
+                .save(&m, EpisodeDraft::new(summary).with_occurred_at(at(when)))
+                .await
+                .unwrap();
+        }
+        let order: Vec<String> = store
+            .recent(&m, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.summary)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "newest",
+                "middle",
+                "tie-second-saved",
+                "tie-first-saved",
+                "oldest"
+            ]
+        );
+        let top2: Vec<String> = store
+            .recent(&m, 3)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.summary)
+            .collect();
+        assert_eq!(top2, ["newest", "middle", "tie-second-saved"]);
+        let other = mid("WHEN2");
+        store
+            .save(
+                &other,
+                EpisodeDraft::new("old elsewhere").with_occurred_at(at("2020-01-01T00:00:00Z")),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .forget_before(&m, at("2023-01-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            3
+        );
+        let left: Vec<String> = store
+            .recent(&m, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.summary)
+            .collect();
+        assert_eq!(left, ["newest", "middle"]);
+        assert_eq!(store.count(&other).await.unwrap(), 1);
+        assert_eq!(
+            store
+                .forget_before(&m, at("2023-01-01T00:00:00Z"))
+                .await
+                .unwrap(),
+            0
+        );
+    }
 }
 
 /// Runs every case of `cases` against one backend fixture.
@@ -558,4 +770,8 @@ both_backends!(
     merchants_never_see_each_other,
     hostile_merchant_ids_are_rejected,
     concurrent_saves_lose_and_duplicate_nothing,
+    hybrid_search_finds_an_exact_rare_token,
+    hybrid_search_is_isolated_between_merchants,
+    keyed_saves_are_idempotent,
+    recent_orders_by_occurred_at,
 );

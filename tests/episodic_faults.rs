@@ -445,3 +445,50 @@ async fn sqlite_unusable_paths_are_clear_errors() {
         .unwrap_err();
     assert!(err.to_string().contains(junk.to_str().unwrap()), "{err}");
 }
+
+/// A Redis store written by memex before episodes had an `occurred_at` order (no `:w` sorted
+/// set) keeps every episode visible to `recent`: the order is rebuilt from the timeline.
+#[tokio::test]
+async fn redis_episodes_saved_before_the_when_order_stay_visible() {
+    let server = RedisServer::start();
+    let store = RedisEpisodicStore::connect(&server.url(), quick_retries())
+        .await
+        .unwrap();
+    let m = mid("OLDFMT1");
+    for i in 0..3 {
+        store
+            .save(
+                &m,
+                EpisodeDraft::new(format!("old episode {i}")).with_embedding(vec![1.0, 0.0]),
+            )
+            .await
+            .unwrap();
+    }
+    // What an older memex left behind: the timeline and the hashes, no `:w` order.
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut con = client.get_multiplexed_async_connection().await.unwrap();
+    let when_key = format!("{}:ep:{{{}}}:w", store.namespace(), m.as_str());
+    let removed: i64 = redis::cmd("DEL")
+        .arg(&when_key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    assert_eq!(removed, 1, "the test must remove the real key");
+    let recent = store.recent(&m, 10).await.unwrap();
+    let summaries: Vec<&str> = recent.iter().map(|e| e.summary.as_str()).collect();
+    assert_eq!(
+        summaries,
+        ["old episode 2", "old episode 1", "old episode 0"],
+        "newest first, none hidden"
+    );
+    // Forgetting by date reaches them too, even when the order has not been rebuilt yet.
+    let _: i64 = redis::cmd("DEL")
+        .arg(&when_key)
+        .query_async(&mut con)
+        .await
+        .unwrap();
+    let cutoff = chrono::Utc::now() + chrono::Duration::days(1);
+    let removed = store.forget_before(&m, cutoff).await.unwrap();
+    assert_eq!(removed, 3);
+    assert!(store.recent(&m, 10).await.unwrap().is_empty());
+}

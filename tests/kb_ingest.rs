@@ -284,7 +284,13 @@ fn change_prune_skips_and_formats() {
         .unwrap()
         .is_empty());
     let r = kb
-        .ingest(&[d.to_path_buf()], &IngestOptions { prune: true })
+        .ingest(
+            &[d.to_path_buf()],
+            &IngestOptions {
+                prune: true,
+                ..IngestOptions::default()
+            },
+        )
         .unwrap();
     assert_eq!((r.files_pruned, r.chunks_removed), (1, 1));
     assert!(kb

@@ -310,7 +310,8 @@ async fn stalled_stream_times_out() {
     let llm = OpenAiCompatible::new(cfg).unwrap();
     let stream = llm.stream(ask("x")).await.unwrap();
     let err = collect_stream(stream).await.unwrap_err();
-    assert!(matches!(err, LlmError::Timeout { .. }), "{err:?}");
+    assert!(matches!(err, LlmError::Stalled { .. }), "{err:?}");
+    assert!(err.to_string().contains("0.2 s"), "{err}");
 }
 
 #[tokio::test]
@@ -343,7 +344,10 @@ async fn retry_after_beyond_the_time_budget_gives_up_at_once() {
             attempts,
             ..
         } => {
-            assert_eq!(*retry_after, Some(Duration::from_secs(120)));
+            // Clamped to the call's time budget (the wait could never be honoured anyway).
+            let budget = client(&server).config().retry.max_elapsed;
+            assert!(budget < Duration::from_secs(120));
+            assert_eq!(*retry_after, Some(budget));
             assert_eq!(*attempts, 1);
         }
         other => panic!("expected RateLimited, got {other:?}"),
@@ -425,7 +429,9 @@ async fn hung_server_times_out() {
     let err = llm.chat(ask("hi")).await.unwrap_err();
     match &err {
         LlmError::Timeout { after, attempts } => {
-            assert_eq!(*after, Duration::from_millis(300));
+            // The figure is the time really spent: two 300 ms attempts and the wait between.
+            assert!(*after >= Duration::from_millis(600), "{after:?}");
+            assert!(*after < Duration::from_secs(5), "{after:?}");
             assert_eq!(*attempts, 2);
         }
         other => panic!("expected Timeout, got {other:?}"),

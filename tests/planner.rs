@@ -14,10 +14,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use demo::{embedder, shared_kb_dir, Flaky};
-use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
-use memex::domain::payments::{payments_tools, PaymentsDb};
+use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::kb::KnowledgeBase;
 use memex::llm::{ResponseFormat, ScriptedModel};
 use memex::merchant::MerchantId;
@@ -179,7 +178,8 @@ impl Fixture {
             Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
             Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
             AgentConfig::default(),
-        );
+        )
+        .with_domain(Arc::new(PaymentsDomain));
         Planner::new(Arc::new(agent), config).unwrap()
     }
 
@@ -1208,4 +1208,89 @@ fn an_agent_store_from_before_the_executor_column_is_upgraded_in_place() {
     assert!(store.claim_execution("act_old", "1:a", |_| true).unwrap());
     // Opening again is a no-op.
     AgentStore::open_in(dir.path()).unwrap();
+}
+
+/// A process that holds plan `plan_id`'s lock file (`flock(1)`, the same OS lock memex
+/// takes; `--no-fork`, so the process holding the lock is the one killed) until it is killed;
+/// returned once the lock is held.
+fn hold_plan_lock(f: &Fixture, plan_id: &str) -> std::process::Child {
+    let locks = memex::agent::runner::LockDir::beside(&f.dir.path().join("agent.db"));
+    let path = locks.path("plan", plan_id);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let child = std::process::Command::new("flock")
+        .args(["--exclusive", "--no-fork"])
+        .arg(&path)
+        .args(["sleep", "60"])
+        .spawn()
+        .expect("flock(1) runs");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while locks.try_own("plan", plan_id).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the holder never took the lock");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_holder_blocks_a_second_runner_and_a_killed_one_is_taken_over_at_once() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(json!({"steps": [{"id": "1", "tool": "get_merchant_account", "args": {}}]}));
+    let r = planner
+        .create(&mid("MID001"), "look at the account")
+        .await
+        .unwrap();
+    let mut holder = hold_plan_lock(&f, &r.plan_id);
+    let err = planner.resume(&r.plan_id, &Silent).await.unwrap_err();
+    assert!(matches!(err, PlanError::Busy(_)), "{err}");
+    // --force does not run a plan another live process holds either.
+    let err = planner
+        .resume_forced(&r.plan_id, &Silent)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PlanError::Busy(_)), "{err}");
+    assert_eq!(
+        planner.show(&r.plan_id).unwrap().status,
+        PlanStatus::Planned
+    );
+    holder.kill().unwrap(); // SIGKILL: no chance to clean up
+    holder.wait().unwrap();
+    f.model.push_text("Account checked.");
+    let t0 = Instant::now();
+    let done = planner.resume(&r.plan_id, &Silent).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    assert!(t0.elapsed() < Duration::from_secs(10), "taken over at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_pid_now_owned_by_another_process_does_not_block() {
+    let f = Fixture::new();
+    let planner = f.default_planner();
+    f.push_plan(json!({"steps": [{"id": "1", "tool": "get_merchant_account", "args": {}}]}));
+    let r = planner
+        .create(&mid("MID001"), "look at the account")
+        .await
+        .unwrap();
+    // The store names a runner whose PID is alive — but is some other program (as after a
+    // reboot, or PID reuse): it holds no lock, so it owns nothing.
+    let mut other = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .unwrap();
+    let db = crash_state(
+        &f,
+        &r.plan_id,
+        &["UPDATE plans SET status = 'running' WHERE id = ?1"],
+    );
+    db.execute(
+        "UPDATE plans SET runner = ?1 WHERE id = ?2",
+        rusqlite::params![format!("{}:0123456789abcdef", other.id()), r.plan_id],
+    )
+    .unwrap();
+    drop(db);
+    f.model.push_text("Account checked.");
+    let done = planner.resume(&r.plan_id, &Silent).await.unwrap();
+    assert_eq!(done.status, PlanStatus::Completed);
+    other.kill().unwrap();
+    other.wait().unwrap();
 }

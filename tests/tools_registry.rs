@@ -343,16 +343,24 @@ fn registration_rejects_duplicates_bad_names_and_unsupported_schemas() {
     for (schema, needle) in [
         (json!({"type": "string"}), "top level"),
         (
-            json!({"type": "object", "properties": {"x": {"type": "string", "format": "email"}}}),
-            "format",
+            json!({"type": "object", "properties": {"x": {"type": "string", "format": "no-such-format"}}}),
+            "no-such-format",
         ),
         (
             json!({"type": "object", "properties": {"x": {"anyOf": []}}}),
             "anyOf",
         ),
         (
-            json!({"type": "object", "properties": {"x": {"type": "string", "pattern": "a|b"}}}),
-            "alternation",
+            json!({"type": "object", "properties": {"x": {"type": "string", "pattern": "(?=a)b"}}}),
+            "pattern",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"type": "string", "requried": true}}}),
+            "unknown keyword \"requried\"",
+        ),
+        (
+            json!({"type": "object", "properties": {"x": {"$ref": "https://example.com/x.json"}}}),
+            "only local references",
         ),
     ] {
         match reg.register(custom("other", schema.clone())) {
@@ -368,4 +376,97 @@ fn registration_rejects_duplicates_bad_names_and_unsupported_schemas() {
         reg.validate("echo", r#"{"x": 1, "y": 2}"#).unwrap(),
         json!({"x": 1, "y": 2})
     );
+}
+
+/// A tool's arguments as a Rust type: its schema comes from `schemars`, with `$defs`/`$ref`,
+/// `anyOf`, `format` and `const`.
+#[allow(dead_code)]
+#[derive(schemars::JsonSchema)]
+#[schemars(deny_unknown_fields)]
+struct RefundArgs {
+    /// The transaction to refund.
+    #[schemars(regex(pattern = r"^pay_\d{6}$"))]
+    transaction_id: String,
+    /// Amount in paise.
+    #[schemars(range(min = 1, max = 10_000_000))]
+    amount: u64,
+    /// Where to send the receipt.
+    #[schemars(email)]
+    receipt_email: String,
+    /// Always "refund".
+    #[schemars(extend("const" = "refund"))]
+    action: String,
+    /// Who asked for it, if anyone.
+    requested_by: Option<Requester>,
+}
+
+#[allow(dead_code)]
+#[derive(schemars::JsonSchema)]
+struct Requester {
+    /// The requester's name.
+    #[schemars(length(min = 2))]
+    name: String,
+    /// How they asked.
+    channel: Channel,
+}
+
+#[allow(dead_code)]
+#[derive(schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+enum Channel {
+    Email,
+    Phone,
+}
+
+#[test]
+fn a_schemars_schema_registers_and_validates() {
+    let schema = serde_json::to_value(schemars::schema_for!(RefundArgs)).unwrap();
+    let text = schema.to_string();
+    for keyword in ["$schema", "$defs", "$ref", "anyOf", "format", "const"] {
+        assert!(
+            text.contains(&format!("\"{keyword}\"")),
+            "{keyword}: {schema}"
+        );
+    }
+    let mut reg = ToolRegistry::new();
+    reg.register(custom("refund", schema.clone()))
+        .unwrap_or_else(|e| panic!("{e}: {schema}"));
+
+    let ok = reg
+        .validate(
+            "refund",
+            r#"{"transaction_id": "pay_123456", "amount": 4999.0, "receipt_email": "ops@shop.in",
+                "action": "refund", "requested_by": {"name": "Asha", "channel": "phone"}}"#,
+        )
+        .unwrap();
+    assert!(ok["amount"].is_u64(), "{ok}");
+    assert_eq!(ok["amount"], 4999);
+    reg.validate(
+        "refund",
+        r#"{"transaction_id": "pay_123456", "amount": 1, "receipt_email": "a@b.co",
+            "action": "refund", "requested_by": null}"#,
+    )
+    .unwrap();
+
+    let mut v = violations(
+        &reg,
+        "refund",
+        r#"{"transaction_id": "pay_１２３４５６", "amount": 0, "receipt_email": "not-an-email",
+            "action": "payout", "requested_by": {"name": "A", "channel": "fax"}, "extra": 1}"#,
+    );
+    v.sort();
+    assert_eq!(v.len(), 6, "{v:?}");
+    assert_eq!(v[0], "action: must be refund");
+    assert_eq!(v[1], "amount: must be >= 1");
+    assert_eq!(v[2], "receipt_email: \"not-an-email\" is not a valid email");
+    assert!(
+        v[3].starts_with("requested_by: must match one of the allowed forms (form 1: "),
+        "{v:?}"
+    );
+    // ECMA `\d` is ASCII: full-width digits do not match.
+    assert_eq!(
+        v[4],
+        "transaction_id: \"pay_１２３４５６\" does not match the pattern ^pay_\\d{6}$"
+    );
+    assert_eq!(v[5], "unexpected property \"extra\"");
 }

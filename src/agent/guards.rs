@@ -1,7 +1,7 @@
-//! Guards as plain data structures: token buckets, the tool-result cache, redaction.
+//! Guards as plain data structures: token buckets, redaction (the bounded result cache is
+//! the gate's).
 //! Loop detection keys on `tool + canonical(args)` (see [`call_key`]).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -59,49 +59,17 @@ impl TokenBucket {
         if self.tokens >= 1.0 || self.per_second <= 0.0 {
             Duration::ZERO
         } else {
-            Duration::from_secs_f64((1.0 - self.tokens) / self.per_second)
+            // A tiny or NaN rate must not panic: the wait is capped at an hour.
+            let secs = (1.0 - self.tokens) / self.per_second;
+            Duration::try_from_secs_f64(secs)
+                .unwrap_or(MAX_WAIT)
+                .min(MAX_WAIT)
         }
     }
 }
 
-/// Per-session cache of successful read-only tool results, with a time to live.
-#[derive(Debug, Default)]
-pub struct ResultCache {
-    ttl: Duration,
-    entries: HashMap<String, (Instant, Value)>,
-}
-
-impl ResultCache {
-    /// An empty cache whose entries live `ttl`.
-    pub fn new(ttl: Duration) -> Self {
-        Self {
-            ttl,
-            entries: HashMap::new(),
-        }
-    }
-
-    /// A fresh cached result for `key`.
-    pub fn get(&mut self, key: &str) -> Option<Value> {
-        match self.entries.get(key) {
-            Some((at, v)) if at.elapsed() <= self.ttl => Some(v.clone()),
-            Some(_) => {
-                self.entries.remove(key);
-                None
-            }
-            None => None,
-        }
-    }
-
-    /// Stores a result.
-    pub fn put(&mut self, key: String, value: Value) {
-        self.entries.insert(key, (Instant::now(), value));
-    }
-
-    /// Drops everything (a write tool ran).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-    }
-}
+/// The longest wait a token bucket reports.
+const MAX_WAIT: Duration = Duration::from_secs(3600);
 
 /// Keys whose values are secrets wherever they appear in tool arguments or results.
 const SECRET_KEYS: [&str; 9] = [
@@ -163,19 +131,6 @@ mod tests {
         assert!(b.try_take_at(t0));
         assert!(!b.try_take_at(t0));
         assert!(b.try_take_at(t0 + Duration::from_millis(1100)));
-    }
-
-    #[test]
-    fn cache_expires() {
-        let mut c = ResultCache::new(Duration::from_millis(0));
-        c.put("k".into(), json!(1));
-        std::thread::sleep(Duration::from_millis(2));
-        assert_eq!(c.get("k"), None);
-        let mut c = ResultCache::new(Duration::from_secs(60));
-        c.put("k".into(), json!(1));
-        assert_eq!(c.get("k"), Some(json!(1)));
-        c.clear();
-        assert_eq!(c.get("k"), None);
     }
 
     #[test]

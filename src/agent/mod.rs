@@ -2,14 +2,19 @@
 //! approval gate for irreversible actions, an audit log and metrics.
 //!
 //! One user turn: embed the message once; gather knowledge-base hits, this merchant's recent and
-//! similar episodes and the conversation buffer; call the model; validate every tool call
-//! (schema, loop detection, cap, rate limit, cache, approval gate); run it with one retry; feed
-//! results back; stop at an answer, a pending irreversible action or an escalation.
+//! similar episodes and the conversation buffer; call the model; send every tool call through
+//! the one guarded call path ([`gate::CallGate`]); feed results back; stop at an answer, a
+//! pending irreversible action or an escalation.
+//!
+//! The agent knows no business domain: its rules and escalation come from a
+//! [`domain::Domain`], its tools from a [`ToolRegistry`].
 
+pub mod domain;
 mod error;
+pub mod gate;
 pub mod guards;
-pub mod kb_adapter;
 pub mod prompt;
+mod report;
 pub mod runner;
 pub mod store;
 
@@ -20,10 +25,16 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+pub use domain::{Domain, EscalationCall, EscalationCase, NoDomain, PlannerHints};
 pub use error::AgentError;
-use guards::{call_key, redact, ResultCache, TokenBucket};
+pub use gate::{
+    AttemptHook, CacheBounds, CallGate, CallOutcome, CallPolicy, CallRequest, GateResult,
+    LoopGuard, NoHook, NoLoopGuard,
+};
+use guards::TokenBucket;
 use prompt::{EpisodeContext, KbContext, MemoryContext};
-pub use store::{ActionStatus, AgentStore, AuditEntry, PendingAction, Stats, TurnRecord};
+pub use report::{Progress, Silent, ToolCallReport};
+pub use store::{ActionStatus, AgentStore, AuditEntry, PendingAction, Redacted, Stats, TurnRecord};
 
 use crate::conversation::{ConversationBuffer, ConversationConfig, ConversationStore};
 use crate::embed::Embedder;
@@ -31,7 +42,7 @@ use crate::episodic::{EpisodeDraft, EpisodicStore};
 use crate::kb::{KnowledgeBase, SearchMode};
 use crate::llm::{ChatModel, ChatRequest, Message, ToolCall, ToolDefinition, Usage};
 use crate::merchant::MerchantId;
-use crate::tools::{ToolContext, ToolError, ToolRegistry};
+use crate::tools::{ToolError, ToolRegistry};
 
 /// Tunables of the agent.
 #[derive(Debug, Clone)]
@@ -52,10 +63,36 @@ pub struct AgentConfig {
     pub tool_rate: (f64, f64),
     /// LLM token bucket: capacity and refill per second.
     pub llm_rate: (f64, f64),
-    /// Backoff before retrying a transient tool error.
+    /// Backoff before retrying a transient tool error (doubled for each further retry).
     pub tool_retry_backoff: Duration,
+    /// Attempts of a chat turn's tool call (transient and internal failures are retried).
+    pub tool_attempts: u32,
+    /// Longest one attempt of a tool call may take.
+    pub tool_timeout: Duration,
+    /// How approved irreversible actions run, whichever path approves them.
+    pub action_policy: CallPolicy,
+    /// Most sessions holding cached read-only results at once.
+    pub cache_max_sessions: u64,
+    /// Most cached results per session.
+    pub cache_max_entries: u64,
     /// Conversation buffer settings (its system prompt is replaced by the agent's rules).
     pub conversation: ConversationConfig,
+    /// Longest wait for another turn of the same session to finish before answering
+    /// [`AgentError::SessionBusy`] (turns of one session run one at a time).
+    pub session_wait: Duration,
+}
+
+impl AgentConfig {
+    /// The policy of a chat turn's tool calls: no wait for the rate limit (a refusal goes back
+    /// to the model), [`AgentConfig::tool_attempts`] attempts.
+    pub fn call_policy(&self) -> CallPolicy {
+        CallPolicy {
+            timeout: self.tool_timeout,
+            max_attempts: self.tool_attempts,
+            backoff: self.tool_retry_backoff,
+            rate_limit_wait: Duration::ZERO,
+        }
+    }
 }
 
 impl Default for AgentConfig {
@@ -70,27 +107,15 @@ impl Default for AgentConfig {
             tool_rate: (10.0, 5.0),
             llm_rate: (30.0, 10.0),
             tool_retry_backoff: Duration::from_millis(200),
+            tool_attempts: 2,
+            tool_timeout: Duration::from_secs(60),
+            action_policy: CallPolicy::default(),
+            cache_max_sessions: 10_000,
+            cache_max_entries: 256,
             conversation: ConversationConfig::default(),
+            session_wait: Duration::from_secs(120),
         }
     }
-}
-
-/// One tool call as reported by `ask`/`approve`/`reject`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ToolCallReport {
-    /// The model's call id.
-    pub id: String,
-    /// Tool name.
-    pub tool: String,
-    /// Arguments (parsed when they were JSON, else the raw text).
-    pub args: Value,
-    /// `ok`, `error`, `invalid_args`, `unknown_tool`, `loop_detected`, `pending_approval`,
-    /// `cached`, `rate_limited` or `rejected`.
-    pub status: String,
-    /// What the model was told.
-    pub result: Value,
-    /// Execution time in milliseconds.
-    pub latency_ms: f64,
 }
 
 /// An irreversible call held for approval.
@@ -132,44 +157,59 @@ pub struct TurnReport {
     pub memory: MemoryContext,
 }
 
-/// Live progress of a turn, for interactive front ends.
-pub trait Progress: Send + Sync {
-    /// A tool is about to run (e.g. "Looking up transaction pay_ABC123…").
-    fn tool_started(&self, _line: &str) {}
-    /// Whether the model's answer should be streamed to [`Progress::text_delta`].
-    fn wants_stream(&self) -> bool {
-        false
-    }
-    /// A piece of the model's answer as it arrives (only when streaming).
-    fn text_delta(&self, _delta: &str) {}
-}
-
-/// A [`Progress`] that shows nothing.
-#[derive(Debug, Default)]
-pub struct Silent;
-impl Progress for Silent {}
-
 /// The agent over its memories, tools and model.
 pub struct Agent {
     model: Arc<dyn ChatModel>,
-    tools: ToolRegistry,
+    gate: CallGate,
+    domain: Arc<dyn Domain>,
     embedder: Arc<dyn Embedder>,
     kb: Option<Arc<KnowledgeBase>>,
     episodes: Arc<dyn EpisodicStore>,
     conversations: Arc<dyn ConversationStore>,
     store: Arc<AgentStore>,
     config: AgentConfig,
-    cache: Mutex<HashMap<String, ResultCache>>,
-    tool_buckets: Mutex<HashMap<String, TokenBucket>>,
     llm_bucket: Mutex<TokenBucket>,
 }
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Agent")
-            .field("tools", &self.tools.names())
+            .field("tools", &self.gate.tools().names())
             .field("config", &self.config)
             .finish_non_exhaustive()
+    }
+}
+
+/// A session held for one turn (an OS lock on its lock file); dropping it (even by
+/// cancellation) lets the next one run.
+struct SessionHold<'a> {
+    store: &'a AgentStore,
+    session: String,
+    owner: runner::Ownership,
+}
+
+impl Drop for SessionHold<'_> {
+    fn drop(&mut self) {
+        let _ = self.store.unlock_session(&self.session, self.owner.token());
+    }
+}
+
+/// A turn's loop guard: a call repeating one made earlier in the turn is not run again; the
+/// model gets the earlier result.
+struct TurnLoopGuard<'a>(&'a mut HashMap<String, Value>);
+
+impl LoopGuard for TurnLoopGuard<'_> {
+    fn earlier(&self, key: &str, _read_only: bool) -> Option<Value> {
+        self.0.get(key).map(|previous| {
+            json!({
+                "error": "loop_detected",
+                "message": "this exact call was already made in this turn and was not repeated; use its result",
+                "previous_result": previous,
+            })
+        })
+    }
+    fn record(&mut self, key: String, result: &Value) {
+        self.0.insert(key, result.clone());
     }
 }
 
@@ -206,19 +246,46 @@ impl Agent {
         config: AgentConfig,
     ) -> Self {
         let llm_bucket = TokenBucket::new(config.llm_rate.0, config.llm_rate.1);
+        let gate = CallGate::new(
+            tools,
+            Arc::clone(&store),
+            CacheBounds {
+                max_sessions: config.cache_max_sessions,
+                max_entries_per_session: config.cache_max_entries,
+                ttl: config.cache_ttl,
+            },
+            config.tool_rate,
+            config.action_policy.clone(),
+        );
         Self {
             model,
-            tools,
+            gate,
+            domain: Arc::new(NoDomain),
             embedder,
             kb,
             episodes,
             conversations,
             store,
             config,
-            cache: Mutex::new(HashMap::new()),
-            tool_buckets: Mutex::new(HashMap::new()),
             llm_bucket: Mutex::new(llm_bucket),
         }
+    }
+
+    /// The same agent serving `domain` (its rules and escalation). Without one the agent has
+    /// neutral rules and cannot escalate.
+    pub fn with_domain(mut self, domain: Arc<dyn Domain>) -> Self {
+        self.domain = domain;
+        self
+    }
+
+    /// The one guarded call path every tool call goes through.
+    pub fn gate(&self) -> &CallGate {
+        &self.gate
+    }
+
+    /// The domain the agent serves.
+    pub fn domain(&self) -> &Arc<dyn Domain> {
+        &self.domain
     }
 
     /// The agent's store (audit log, actions, stats).
@@ -228,7 +295,7 @@ impl Agent {
 
     /// The registered tools.
     pub fn tools(&self) -> &ToolRegistry {
-        &self.tools
+        self.gate.tools()
     }
 
     /// The chat model.
@@ -241,27 +308,26 @@ impl Agent {
         &self.config
     }
 
-    /// Waits (at most `max_wait`) for a token of `tool`'s rate limit; false when none came.
-    pub(crate) async fn acquire_tool_token(&self, tool: &str, max_wait: Duration) -> bool {
-        let deadline = Instant::now() + max_wait;
+    /// Waits (at most [`AgentConfig::session_wait`]) until no other turn of `session` runs,
+    /// and holds it until the returned guard is dropped.
+    async fn hold_session(&self, session: &str) -> Result<SessionHold<'_>, AgentError> {
+        let deadline = Instant::now() + self.config.session_wait;
         loop {
-            let wait = match self.tool_buckets.lock() {
-                Ok(mut b) => {
-                    let bucket = b.entry(tool.to_string()).or_insert_with(|| {
-                        TokenBucket::new(self.config.tool_rate.0, self.config.tool_rate.1)
-                    });
-                    if bucket.try_take() {
-                        return true;
-                    }
-                    bucket.wait_time()
-                }
-                Err(_) => return false,
-            };
-            let now = Instant::now();
-            if now + wait > deadline {
-                return false;
+            if let Some(owner) = self.gate.locks().try_own("session", session)? {
+                // Holding the lock, any holder recorded in the row is gone.
+                let (s, token) = (session.to_string(), owner.token().to_string());
+                self.blocking(move |st| st.lock_session(&s, &token, |_| false))
+                    .await?;
+                return Ok(SessionHold {
+                    store: &self.store,
+                    session: session.to_string(),
+                    owner,
+                });
             }
-            tokio::time::sleep(wait.max(Duration::from_millis(1))).await;
+            if Instant::now() >= deadline {
+                return Err(AgentError::SessionBusy(session.to_string()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -276,15 +342,14 @@ impl Agent {
         session: &str,
     ) -> Result<ConversationBuffer, AgentError> {
         let mut cfg = self.config.conversation.clone();
-        cfg.system_prompt = prompt::rules(merchant.as_str());
-        ConversationBuffer::open(
+        cfg.system_prompt = self.domain.rules(merchant);
+        Ok(ConversationBuffer::open(
             Arc::clone(&self.conversations),
             Arc::clone(&self.model),
             session,
             cfg,
         )
-        .await
-        .map_err(|e| AgentError::Memory(e.to_string()))
+        .await?)
     }
 
     /// Runs one user turn.
@@ -298,13 +363,13 @@ impl Agent {
         if message.trim().is_empty() {
             return Err(AgentError::Invalid("the message is empty".into()));
         }
-        self.store.begin_session(session, merchant)?;
+        let _hold = self.hold_session(session).await?;
+        let (s, m) = (session.to_string(), merchant.clone());
+        self.blocking(move |st| st.begin_session(&s, &m)).await?;
         let mut buffer = self.open_buffer(merchant, session).await?;
-        buffer
-            .append(Message::user(message))
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
-        let turn = self.store.next_turn(session)?;
+        buffer.append(Message::user(message)).await?;
+        let s = session.to_string();
+        let turn = self.blocking(move |st| st.next_turn(&s)).await?;
         self.run_turn(
             merchant,
             session,
@@ -345,6 +410,7 @@ impl Agent {
         approve: bool,
         progress: &dyn Progress,
     ) -> Result<TurnReport, AgentError> {
+        let _hold = self.hold_session(session).await?;
         let merchant = self
             .store
             .session_merchant(session)?
@@ -358,10 +424,7 @@ impl Agent {
                 })?;
         if is_plan_call(&action.call_id) {
             // A plan step's approval runs inside its plan (retries, then the plan continues).
-            return Err(AgentError::Invalid(format!(
-                "action {} belongs to a plan step; decide it through the planner (memex approve {})",
-                action.id, action.id
-            )));
+            return Err(AgentError::PlanAction(action.id));
         }
         let turn = self.store.next_turn(session)?;
         let mut report = ToolCallReport {
@@ -373,11 +436,12 @@ impl Agent {
             latency_ms: 0.0,
         };
         let note = if approve {
-            let (executed, ran_now) = self
-                .execute_action(&merchant, session, &action, progress)
+            let run = self
+                .gate
+                .execute_approved(&action, turn, &NoHook, progress)
                 .await?;
-            report = executed;
-            if !ran_now {
+            report = run.result.report(&action.id, &action.tool);
+            if !run.ran_now {
                 // Already ran: report what happened, run nothing again.
                 let answer = format!(
                     "Action {} was already approved earlier and was not run again.",
@@ -394,8 +458,13 @@ impl Agent {
                     memory: MemoryContext::default(),
                 });
             }
+            let how = if run.result.outcome.succeeded() {
+                "It was executed"
+            } else {
+                "It was run but FAILED"
+            };
             format!(
-                "[operator] A human operator APPROVED action {} ({} with {}). It was executed; \
+                "[operator] A human operator APPROVED action {} ({} with {}). {how}; \
                  result: {}",
                 action.id, action.tool, action.args, report.result
             )
@@ -413,18 +482,15 @@ impl Agent {
             }
             report.status = "rejected".into();
             report.result = json!({"status": "rejected", "message": "a human operator rejected this action; it was not executed"});
+            self.gate.audit(&merchant, session, turn, &report)?;
             format!(
                 "[operator] A human operator REJECTED action {} ({} with {}). It was NOT \
                  executed. Tell the merchant and offer alternatives.",
                 action.id, action.tool, action.args
             )
         };
-        self.audit(&merchant, session, turn, &report)?;
         let mut buffer = self.open_buffer(&merchant, session).await?;
-        buffer
-            .append(Message::user(note.clone()))
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
+        buffer.append(Message::user(note.clone())).await?;
         self.run_turn(
             &merchant,
             session,
@@ -435,91 +501,6 @@ impl Agent {
             progress,
         )
         .await
-    }
-
-    /// Runs the approved irreversible `action` at most once, ever: `pending`/`approved` →
-    /// `approved` → `executed`/`failed`, with the action id as the tool's idempotency key (an
-    /// `approved` row left by a crash mid-execution is finished safely). Returns the call's
-    /// report and whether it ran now (`false`: it had already run and its stored result is
-    /// reported). A rejected action is an error. Not audited here: callers audit the report.
-    pub(crate) async fn execute_action(
-        &self,
-        merchant: &MerchantId,
-        session: &str,
-        action: &PendingAction,
-        progress: &dyn Progress,
-    ) -> Result<(ToolCallReport, bool), AgentError> {
-        let mut report = ToolCallReport {
-            id: action.id.clone(),
-            tool: action.tool.clone(),
-            args: action.args.clone(),
-            status: String::new(),
-            result: Value::Null,
-            latency_ms: 0.0,
-        };
-        match action.status {
-            ActionStatus::Rejected => {
-                return Err(AgentError::AlreadyDecided {
-                    action: action.id.clone(),
-                    status: "rejected".into(),
-                })
-            }
-            ActionStatus::Executed | ActionStatus::Failed => {
-                report.status = if action.status == ActionStatus::Executed {
-                    "ok".into()
-                } else {
-                    "error".into()
-                };
-                report.result = action.result.clone().unwrap_or(Value::Null);
-                return Ok((report, false));
-            }
-            ActionStatus::Pending | ActionStatus::Approved => {}
-        }
-        // Pending → approved atomically, and only once: a concurrent approval loses here. An
-        // `approved` row whose executor is gone is a crash mid-execution, which the idempotency
-        // key makes safe to finish.
-        let runner = runner::RunnerToken::new();
-        if !self
-            .store
-            .claim_execution(&action.id, runner.as_str(), runner::alive)?
-        {
-            return Err(AgentError::AlreadyDecided {
-                action: action.id.clone(),
-                status: "being executed by another approval".into(),
-            });
-        }
-        let tool = self.tools.get(&action.tool).ok_or_else(|| {
-            AgentError::Invalid(format!("tool {} is no longer registered", action.tool))
-        })?;
-        progress.tool_started(&tool.progress(&action.args));
-        let ctx = ToolContext::new(merchant.clone(), session).with_idempotency_key(&action.id);
-        let t0 = Instant::now();
-        let outcome = tool.call(action.args.clone(), &ctx).await;
-        report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-        match outcome {
-            Ok(result) => {
-                self.store.transition(
-                    &action.id,
-                    &[ActionStatus::Approved],
-                    ActionStatus::Executed,
-                    Some(&result),
-                )?;
-                self.invalidate_cache(session);
-                report.status = "ok".into();
-                report.result = result;
-            }
-            Err(e) => {
-                self.store.transition(
-                    &action.id,
-                    &[ActionStatus::Approved],
-                    ActionStatus::Failed,
-                    Some(&e.to_json()),
-                )?;
-                report.status = "error".into();
-                report.result = e.to_json();
-            }
-        }
-        Ok((report, true))
     }
 
     /// The loop of one turn, from the model's first call to an answer, a pending action or an
@@ -548,9 +529,12 @@ impl Agent {
         };
         st.memory = self.recall(merchant, query).await?;
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
+        if progress.wants_stream() {
+            progress.memory_ready(&serde_json::to_value(&st.memory).unwrap_or(Value::Null));
+        }
         let sections = prompt::memory_sections(&st.memory);
         let tool_defs: Vec<ToolDefinition> = self
-            .tools
+            .tools()
             .tools()
             .map(|t| ToolDefinition::function(t.name(), t.description(), t.parameters().clone()))
             .collect();
@@ -567,17 +551,14 @@ impl Agent {
             let response = match self.call_model(request, progress).await {
                 Ok(r) => r,
                 Err(e) => {
-                    self.finish(&st, "error")?;
+                    self.finish(&st, "error").await?;
                     return Err(AgentError::Llm(e));
                 }
             };
             st.usage += response.usage;
             if response.tool_calls.is_empty() {
                 let answer = response.content.clone().unwrap_or_default();
-                buffer
-                    .append(Message::assistant(answer.clone()))
-                    .await
-                    .map_err(|e| AgentError::Memory(e.to_string()))?;
+                buffer.append(Message::assistant(answer.clone())).await?;
                 stop = Some(Stop::Answer(answer));
                 break;
             }
@@ -586,10 +567,15 @@ impl Agent {
                     content: response.content.clone(),
                     tool_calls: response.tool_calls.clone(),
                 })
-                .await
-                .map_err(|e| AgentError::Memory(e.to_string()))?;
+                .await?;
             let mut outcome = None;
             for call in &response.tool_calls {
+                if progress.wants_stream() {
+                    let raw = &call.function.arguments;
+                    let args =
+                        serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+                    progress.tool_call(&call.id, &call.function.name, &args);
+                }
                 let (report, next) = if outcome.is_some() {
                     // The turn is already stopping: answer the remaining calls without running them.
                     (self.skipped(call), None)
@@ -598,10 +584,12 @@ impl Agent {
                 };
                 buffer
                     .append(Message::tool(call.id.clone(), report.result.to_string()))
-                    .await
-                    .map_err(|e| AgentError::Memory(e.to_string()))?;
+                    .await?;
                 if outcome.is_none() {
                     outcome = next;
+                }
+                if progress.wants_stream() {
+                    progress.tool_result(&report);
                 }
                 st.calls.push(report);
             }
@@ -619,22 +607,16 @@ impl Agent {
         let (answer, pending, escalation, outcome) = match stop {
             Stop::Answer(a) => (a, None, None, "answer"),
             Stop::Pending(p, a) => {
-                buffer
-                    .append(Message::assistant(a.clone()))
-                    .await
-                    .map_err(|e| AgentError::Memory(e.to_string()))?;
+                buffer.append(Message::assistant(a.clone())).await?;
                 (a, Some(p), None, "pending_action")
             }
             Stop::Escalate(reason) => {
-                let ticket = self.escalate(&mut st, &reason).await?;
+                let ticket = self.escalate(&mut st, &reason, progress).await?;
                 let a = format!(
                     "I couldn't resolve this automatically ({reason}), so I've escalated it to our \
                      support team: ticket {ticket} (priority high). They will follow up."
                 );
-                buffer
-                    .append(Message::assistant(a.clone()))
-                    .await
-                    .map_err(|e| AgentError::Memory(e.to_string()))?;
+                buffer.append(Message::assistant(a.clone())).await?;
                 (
                     a,
                     None,
@@ -644,7 +626,7 @@ impl Agent {
             }
         };
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
-        self.finish(&st, outcome)?;
+        self.finish(&st, outcome).await?;
         Ok(TurnReport {
             session: session.to_string(),
             merchant: merchant.as_str().to_string(),
@@ -670,19 +652,28 @@ impl Agent {
         crate::llm::collect_stream_with(events, |delta| progress.text_delta(delta)).await
     }
 
-    fn finish(&self, st: &TurnState, outcome: &str) -> Result<(), AgentError> {
-        self.store.record_turn(
-            &st.session,
-            &st.merchant,
-            st.turn,
-            &TurnRecord {
-                outcome: outcome.to_string(),
-                latency_ms: st.started.elapsed().as_secs_f64() * 1e3,
-                prompt_tokens: st.usage.prompt_tokens,
-                completion_tokens: st.usage.completion_tokens,
-                context: serde_json::to_value(&st.memory).unwrap_or(Value::Null),
-            },
-        )
+    /// Records the finished turn (on the blocking pool).
+    async fn finish(&self, st: &TurnState, outcome: &str) -> Result<(), AgentError> {
+        let record = TurnRecord {
+            outcome: outcome.to_string(),
+            latency_ms: st.started.elapsed().as_secs_f64() * 1e3,
+            prompt_tokens: st.usage.prompt_tokens,
+            completion_tokens: st.usage.completion_tokens,
+            context: serde_json::to_value(&st.memory).unwrap_or(Value::Null),
+        };
+        let (session, merchant, turn) = (st.session.clone(), st.merchant.clone(), st.turn);
+        self.blocking(move |store| store.record_turn(&session, &merchant, turn, &record))
+            .await
+    }
+
+    /// Runs `f` on the agent's SQLite store on tokio's blocking pool, so synchronous SQLite
+    /// never holds an async worker.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&AgentStore) -> Result<T, AgentError> + Send + 'static,
+    ) -> Result<T, AgentError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store)).await?
     }
 
     pub(crate) async fn pace_llm(&self) {
@@ -711,36 +702,40 @@ impl Agent {
         merchant: &MerchantId,
         query: &str,
     ) -> Result<MemoryContext, AgentError> {
-        let vector = self
-            .embedder
-            .embed_one(query)
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
-        let kb = match &self.kb {
-            Some(kb) => kb
-                .search_with_vector(query, &vector, self.config.kb_k, SearchMode::Hybrid)
-                .map_err(|e| AgentError::Memory(e.to_string()))?
-                .into_iter()
-                .map(|h| KbContext {
-                    chunk_id: h.chunk_id,
-                    source: h.source,
-                    heading: h.heading,
-                    text: h.text,
-                    score: h.score,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        // Embedding and the knowledge-base search are CPU and SQLite work: off the async
+        // workers, on the blocking pool.
+        let embedder = Arc::clone(&self.embedder);
+        let kb = self.kb.clone();
+        let k = self.config.kb_k;
+        let text = query.to_string();
+        let (vector, kb) = tokio::task::spawn_blocking(move || {
+            let vector = embedder.embed_one(&text)?;
+            let hits = match kb {
+                Some(kb) => kb
+                    .search_with_vector(&text, &vector, k, SearchMode::Hybrid)?
+                    .into_iter()
+                    .map(|h| KbContext {
+                        chunk_id: h.chunk_id,
+                        source: h.source,
+                        heading: h.heading,
+                        text: h.text,
+                        score: h.score,
+                    })
+                    .collect(),
+                None => Vec::new(),
+            };
+            Ok::<_, AgentError>((vector, hits))
+        })
+        .await??;
         let mut episodes: Vec<EpisodeContext> = Vec::new();
         let recent = self
             .episodes
             .recent(merchant, self.config.recent_episodes)
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
+            .await?;
         let similar = self
             .episodes
             .similar(merchant, &vector, self.config.similar_episodes)
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
+            .await?;
         for ep in recent
             .into_iter()
             .chain(similar.into_iter().map(|s| s.episode))
@@ -751,6 +746,7 @@ impl Agent {
                     id,
                     summary: ep.summary,
                     created_at: ep.created_at.to_rfc3339(),
+                    occurred_at: ep.occurred_at.map(|t| t.to_rfc3339()),
                 });
             }
         }
@@ -765,14 +761,15 @@ impl Agent {
         ToolCallReport {
             id: call.id.clone(),
             tool: call.name().to_string(),
-            args: parse_args(&call.function.arguments),
+            args: gate::parse_args(&call.function.arguments),
             status: "error".into(),
             result: json!({"error": "not_executed", "message": "not run: this turn stopped at an earlier call"}),
             latency_ms: 0.0,
         }
     }
 
-    /// Applies every guard to one call and runs it when they allow.
+    /// Sends one call through the gate (after the turn's own cap) and decides whether the turn
+    /// goes on.
     async fn handle_call(
         &self,
         st: &mut TurnState,
@@ -780,246 +777,126 @@ impl Agent {
         progress: &dyn Progress,
     ) -> Result<(ToolCallReport, Option<Stop>), AgentError> {
         let name = call.name().to_string();
-        let mut report = ToolCallReport {
-            id: call.id.clone(),
-            tool: name.clone(),
-            args: parse_args(&call.function.arguments),
-            status: String::new(),
-            result: Value::Null,
-            latency_ms: 0.0,
-        };
         if st.executed >= self.config.max_tool_calls {
-            report.status = "error".into();
-            report.result = json!({"error": "tool_call_limit", "message": format!("the limit of {} tool calls per turn was reached", self.config.max_tool_calls)});
-            self.audit(&st.merchant, &st.session, st.turn, &report)?;
             let reason = format!(
                 "the limit of {} tool calls per turn was reached",
                 self.config.max_tool_calls
             );
+            let report = ToolCallReport {
+                id: call.id.clone(),
+                tool: name,
+                args: gate::parse_args(&call.function.arguments),
+                status: "error".into(),
+                result: json!({"error": "tool_call_limit", "message": reason}),
+                latency_ms: 0.0,
+            };
+            self.gate
+                .audit(&st.merchant, &st.session, st.turn, &report)?;
             return Ok((report, Some(Stop::Escalate(reason))));
         }
         st.executed += 1;
-        let args = match self.tools.validate(&name, &call.function.arguments) {
-            Ok(a) => a,
-            Err(e) => {
-                report.status = match e.kind() {
-                    "unknown_tool" => "unknown_tool",
-                    _ => "invalid_args",
-                }
-                .into();
-                report.result = e.to_json();
-                self.audit(&st.merchant, &st.session, st.turn, &report)?;
-                return Ok((report, None));
-            }
+        let policy = self.config.call_policy();
+        let req = CallRequest {
+            merchant: &st.merchant,
+            session: &st.session,
+            turn: st.turn,
+            call_id: &call.id,
+            tool: &name,
+            raw_args: &call.function.arguments,
+            idempotency_key: None,
+            policy: &policy,
         };
-        report.args = args.clone();
-        let Some(tool) = self.tools.get(&name) else {
-            report.status = "unknown_tool".into();
-            report.result =
-                json!({"error": "unknown_tool", "message": format!("unknown tool {name}")});
-            self.audit(&st.merchant, &st.session, st.turn, &report)?;
-            return Ok((report, None));
+        let result = self
+            .gate
+            .call(&req, &mut TurnLoopGuard(&mut st.seen), &NoHook, progress)
+            .await?;
+        let report = result.report(&call.id, &name);
+        let stop = match &result.outcome {
+            CallOutcome::PendingApproval { action_id } => {
+                let answer = format!(
+                    "This needs a human's approval before it can run: {} with {}. Action id: {}.",
+                    name, result.args, action_id
+                );
+                let pending = PendingRef {
+                    id: action_id.clone(),
+                    tool: name.clone(),
+                    args: result.args.clone(),
+                };
+                Some(Stop::Pending(pending, answer))
+            }
+            CallOutcome::Failed(ToolError::Transient(_) | ToolError::Internal(_)) => {
+                // Failed after the retries: stop guessing and hand the case to a human.
+                Some(Stop::Escalate(format!(
+                    "{name} failed {} times",
+                    result.attempts
+                )))
+            }
+            _ => None,
         };
-        let key = call_key(&name, &args);
-        if let Some(previous) = st.seen.get(&key) {
-            report.status = "loop_detected".into();
-            report.result = json!({
-                "error": "loop_detected",
-                "message": "this exact call was already made in this turn and was not repeated; use its result",
-                "previous_result": previous,
-            });
-            self.audit(&st.merchant, &st.session, st.turn, &report)?;
-            return Ok((report, None));
-        }
-        if tool.irreversible() {
-            let id = self.store.create_action(
-                &st.session,
-                &st.merchant,
-                st.turn,
-                &call.id,
-                &name,
-                &args,
-            )?;
-            report.status = "pending_approval".into();
-            report.result = json!({
-                "status": "pending_approval",
-                "action_id": id,
-                "message": "NOT executed. This irreversible action is held until a human operator approves it. Do not say it was done.",
-            });
-            st.seen.insert(key, report.result.clone());
-            self.audit(&st.merchant, &st.session, st.turn, &report)?;
-            let answer = format!(
-                "This needs a human's approval before it can run: {} with {}. Action id: {}.",
-                name, args, id
-            );
-            let pending = PendingRef {
-                id,
-                tool: name,
-                args,
-            };
-            return Ok((report, Some(Stop::Pending(pending, answer))));
-        }
-        if tool.read_only() {
-            if let Some(hit) = self.cache_get(&st.session, &key) {
-                report.status = "cached".into();
-                report.result = hit.clone();
-                st.seen.insert(key, hit);
-                self.audit(&st.merchant, &st.session, st.turn, &report)?;
-                return Ok((report, None));
-            }
-        }
-        if !self.take_tool_token(&name) {
-            report.status = "rate_limited".into();
-            report.result = json!({"error": "rate_limited", "message": format!("{name} is being called too often; wait before calling it again")});
-            self.audit(&st.merchant, &st.session, st.turn, &report)?;
-            return Ok((report, None));
-        }
-        progress.tool_started(&tool.progress(&args));
-        let ctx = ToolContext::new(st.merchant.clone(), st.session.clone());
-        let t0 = Instant::now();
-        let mut result = tool.call(args.clone(), &ctx).await;
-        if let Err(e) = &result {
-            if matches!(e, ToolError::Transient(_) | ToolError::Internal(_)) {
-                if e.retryable() {
-                    tokio::time::sleep(self.config.tool_retry_backoff).await;
-                }
-                result = tool.call(args.clone(), &ctx).await;
-            }
-        }
-        report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-        match result {
-            Ok(value) => {
-                report.status = "ok".into();
-                report.result = value.clone();
-                if tool.read_only() {
-                    self.cache_put(&st.session, key.clone(), value.clone());
-                } else {
-                    self.invalidate_cache(&st.session);
-                }
-                st.seen.insert(key, value);
-                self.audit(&st.merchant, &st.session, st.turn, &report)?;
-                Ok((report, None))
-            }
-            Err(e) => {
-                report.status = "error".into();
-                report.result = e.to_json();
-                st.seen.insert(key, report.result.clone());
-                self.audit(&st.merchant, &st.session, st.turn, &report)?;
-                if matches!(e, ToolError::Transient(_) | ToolError::Internal(_)) {
-                    // Failed twice: stop guessing and hand the case to a human.
-                    let reason = format!("{name} failed twice");
-                    Ok((report, Some(Stop::Escalate(reason))))
-                } else {
-                    Ok((report, None))
-                }
-            }
-        }
+        Ok((report, stop))
     }
 
-    /// Opens a high-priority ticket for the turn and returns its id.
-    async fn escalate(&self, st: &mut TurnState, reason: &str) -> Result<String, AgentError> {
-        let Some(tool) = self.tools.get("create_support_ticket") else {
-            return Err(AgentError::Invalid(
-                "cannot escalate: no create_support_ticket tool".into(),
-            ));
+    /// Escalates the turn through the domain's escalation call (through the gate like any
+    /// call) and returns the reference people quote (a ticket id).
+    async fn escalate(
+        &self,
+        st: &mut TurnState,
+        reason: &str,
+        progress: &dyn Progress,
+    ) -> Result<String, AgentError> {
+        let case = EscalationCase {
+            session: &st.session,
+            merchant: &st.merchant,
+            reason,
+            tools_tried: st.calls.iter().map(|c| c.tool.as_str()).collect(),
         };
-        let tools_tried = st
-            .calls
-            .iter()
-            .map(|c| c.tool.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let args = json!({
-            "subject": format!("Escalation from the support agent (session {})", st.session),
-            "description": format!("Automatic escalation: {reason}. Tools tried this turn: {}.", if tools_tried.is_empty() { "none" } else { &tools_tried }),
-            "priority": "high",
-            "type": "other",
-        });
-        let ctx = ToolContext::new(st.merchant.clone(), st.session.clone());
-        let t0 = Instant::now();
-        let result = tool.call(args.clone(), &ctx).await;
-        let mut report = ToolCallReport {
-            id: format!("escalation_{}", st.turn),
-            tool: "create_support_ticket".into(),
-            args,
-            status: "ok".into(),
-            result: Value::Null,
-            latency_ms: t0.elapsed().as_secs_f64() * 1e3,
+        let Some(call) = self.domain.escalation(&case) else {
+            return Err(AgentError::Escalation(format!(
+                "{reason}, and this domain names no escalation"
+            )));
         };
-        let ticket = match result {
-            Ok(v) => {
-                report.result = v.clone();
-                v.get("ticket_id")
-                    .or_else(|| v.get("id"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| "unknown".into())
-            }
-            Err(e) => {
-                report.status = "error".into();
-                report.result = e.to_json();
-                self.audit(&st.merchant, &st.session, st.turn, &report)?;
-                return Err(AgentError::Invalid(format!(
-                    "escalation failed: could not create a ticket ({e})"
+        let policy = CallPolicy {
+            rate_limit_wait: Duration::from_secs(10),
+            ..self.config.call_policy()
+        };
+        let raw = call.args.to_string();
+        let call_id = format!("escalation_{}", st.turn);
+        if progress.wants_stream() {
+            progress.tool_call(&call_id, &call.tool, &call.args);
+        }
+        let req = CallRequest {
+            merchant: &st.merchant,
+            session: &st.session,
+            turn: st.turn,
+            call_id: &call_id,
+            tool: &call.tool,
+            raw_args: &raw,
+            idempotency_key: None,
+            policy: &policy,
+        };
+        let result = self
+            .gate
+            .call(&req, &mut NoLoopGuard, &NoHook, &Silent)
+            .await?;
+        let report = result.report(&call_id, &call.tool);
+        let ticket = match &result.outcome {
+            CallOutcome::Ok(v) => self
+                .domain
+                .escalation_ref(v)
+                .unwrap_or_else(|| "unknown".into()),
+            other => {
+                return Err(AgentError::Escalation(format!(
+                    "{} did not open a case: {}",
+                    call.tool,
+                    other.error_text().unwrap_or_default()
                 )));
             }
         };
-        self.audit(&st.merchant, &st.session, st.turn, &report)?;
+        if progress.wants_stream() {
+            progress.tool_result(&report);
+        }
         st.calls.push(report);
         Ok(ticket)
-    }
-
-    pub(crate) fn audit(
-        &self,
-        merchant: &MerchantId,
-        session: &str,
-        turn: u32,
-        r: &ToolCallReport,
-    ) -> Result<(), AgentError> {
-        self.store.audit(&AuditEntry {
-            session: session.to_string(),
-            merchant: merchant.as_str().to_string(),
-            turn,
-            call_id: r.id.clone(),
-            tool: r.tool.clone(),
-            args: redact(&r.args),
-            result: redact(&r.result),
-            status: r.status.clone(),
-            latency_ms: r.latency_ms,
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        })
-    }
-
-    pub(crate) fn cache_get(&self, session: &str, key: &str) -> Option<Value> {
-        self.cache.lock().ok()?.get_mut(session)?.get(key)
-    }
-
-    pub(crate) fn cache_put(&self, session: &str, key: String, value: Value) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.entry(session.to_string())
-                .or_insert_with(|| ResultCache::new(self.config.cache_ttl))
-                .put(key, value);
-        }
-    }
-
-    pub(crate) fn invalidate_cache(&self, session: &str) {
-        if let Ok(mut c) = self.cache.lock() {
-            if let Some(entry) = c.get_mut(session) {
-                entry.clear();
-            }
-        }
-    }
-
-    pub(crate) fn take_tool_token(&self, tool: &str) -> bool {
-        match self.tool_buckets.lock() {
-            Ok(mut b) => b
-                .entry(tool.to_string())
-                .or_insert_with(|| {
-                    TokenBucket::new(self.config.tool_rate.0, self.config.tool_rate.1)
-                })
-                .try_take(),
-            Err(_) => false,
-        }
     }
 
     /// Saves `summary` as an episode of `merchant` (embedded for similarity search), with
@@ -1030,26 +907,36 @@ impl Agent {
         summary: &str,
         metadata: Value,
     ) -> Result<crate::episodic::Episode, AgentError> {
-        let vector = self
-            .embedder
-            .embed_one(summary)
-            .map_err(|e| AgentError::Memory(e.to_string()))?;
+        let embedder = Arc::clone(&self.embedder);
+        let text = summary.to_string();
+        let vector = tokio::task::spawn_blocking(move || embedder.embed_one(&text)).await??;
         let draft = EpisodeDraft::new(summary)
             .with_metadata(metadata)
             .with_embedding(vector);
-        self.episodes
-            .save(merchant, draft)
-            .await
-            .map_err(|e| AgentError::Memory(e.to_string()))
+        Ok(self.episodes.save(merchant, draft).await?)
     }
 
     /// Ends `session`: summarises it into an episode for its merchant (the model writes the
     /// summary; if it cannot, a plain transcript digest is kept instead, so nothing is lost).
+    ///
+    /// Idempotent: ending a session again without a new turn since returns the episode saved
+    /// the first time and saves nothing.
     pub async fn end_session(&self, session: &str) -> Result<crate::episodic::Episode, AgentError> {
+        let _hold = self.hold_session(session).await?;
         let merchant = self
             .store
             .session_merchant(session)?
             .ok_or_else(|| AgentError::UnknownSession(session.to_string()))?;
+        if let Some(id) = self.store.ended_episode(session)? {
+            let saved = match id.parse::<crate::episodic::EpisodeId>() {
+                Ok(id) => self.episodes.get(&merchant, id).await?,
+                Err(_) => None,
+            };
+            // An episode erased since (`episodes forget`) is written again below.
+            if let Some(episode) = saved {
+                return Ok(episode);
+            }
+        }
         let buffer = self.open_buffer(&merchant, session).await?;
         let transcript = crate::conversation::render_transcript(buffer.recent().iter());
         let previous = buffer.summary().to_string();
@@ -1083,10 +970,6 @@ impl Agent {
         self.store.end_session(session, &episode.id.to_string())?;
         Ok(episode)
     }
-}
-
-fn parse_args(raw: &str) -> Value {
-    serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
 }
 
 /// Whether `call_id` is a plan step's (`plan_` + 32 hex digits + `:` + step id), as the planner

@@ -7,16 +7,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use memex::agent::kb_adapter::KbSearch;
 use memex::agent::{Agent, AgentConfig, AgentStore, Progress, Silent, TurnReport};
-use memex::conversation::{ConversationStore, RedisConversationStore, SqliteConversationStore};
-use memex::domain::payments::{payments_registry, PaymentsDb};
+use memex::approvals::{ApprovalError, DecisionRequest, Verdict};
+use memex::domain::payments::PaymentsDb;
 use memex::embed::Embedder;
 use memex::episodic::{EpisodeDraft, EpisodicStore};
+use memex::kb::publish::Ensured;
 use memex::kb::{IngestOptions, KnowledgeBase};
-use memex::llm::{LlmConfig, OpenAiCompatible};
-use memex::merchant::MerchantId;
+use memex::planner::PlannerConfig;
 
+pub(super) use super::compose::conversation_store;
+use super::compose::{build, merchant, runtime, StderrProgress};
 use super::GlobalArgs;
 
 /// Arguments of `memex init`.
@@ -36,8 +37,8 @@ pub struct AskArgs {
     /// Continue this session (default: a new one, whose id is printed).
     #[arg(long)]
     pub session: Option<String>,
-    /// Hard cap on tool calls in this turn (default 8).
-    #[arg(long)]
+    /// Hard cap on tool calls in this turn (default 8; 0 to 64).
+    #[arg(long, value_parser = super::counts::bounded(0, 64))]
     pub max_tool_calls: Option<usize>,
     /// The user's message.
     pub message: String,
@@ -45,6 +46,12 @@ pub struct AskArgs {
 
 /// Arguments of `memex approve` and `memex reject`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Output: the action's real outcome first, read back from the store \
+(`executed: …` with the refund id, `failed: …` with the reason, `rejected: …`, marked \
+`already decided earlier` when nothing ran now), then the agent's next message.\n\
+Exit status: 0 executed or rejected; 3 the approved action failed; 1 error (nothing decided)."
+)]
 pub struct DecideArgs {
     /// The session holding the action (optional: action ids are unique).
     #[arg(long)]
@@ -83,14 +90,6 @@ pub enum SessionCommand {
     },
 }
 
-pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// Finds a file shipped under `data/`: in the current directory, else beside the crate.
 fn shipped(rel: &str) -> PathBuf {
     let local = PathBuf::from(rel);
@@ -98,75 +97,6 @@ fn shipped(rel: &str) -> PathBuf {
         return local;
     }
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
-}
-
-fn llm_config(g: &GlobalArgs) -> LlmConfig {
-    let mut cfg = LlmConfig::from_env();
-    if let Some(u) = &g.llm_base_url {
-        cfg = cfg.with_base_url(u.clone());
-    }
-    if let Some(m) = &g.llm_model {
-        cfg = cfg.with_model(m.clone());
-    }
-    if let Some(k) = &g.llm_api_key {
-        cfg = cfg.with_api_key(k.clone());
-    }
-    cfg
-}
-
-/// Builds the agent the global flags describe: the real embedder, knowledge base, episodic and
-/// conversation stores, payments tools and the OpenAI-compatible model.
-pub(super) async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
-    let data_dir = g.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-    let kb = Arc::new(
-        KnowledgeBase::open(&data_dir, Arc::clone(&embedder))
-            .context("cannot open the knowledge base")?,
-    );
-    let episodes = memex::episodic::open(g.episodic.as_deref(), &data_dir)
-        .await
-        .context("cannot open the episodic store")?;
-    let conversations: Arc<dyn ConversationStore> = match g.episodic.as_deref() {
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Arc::new(
-            RedisConversationStore::connect(url, "memex:conv")
-                .await
-                .context("cannot open the conversation store")?,
-        ),
-        _ => Arc::new(
-            SqliteConversationStore::open_in(&data_dir)
-                .context("cannot open the conversation store")?,
-        ),
-    };
-    let payments =
-        Arc::new(PaymentsDb::open_in_dir(&data_dir).context("cannot open the payments database")?);
-    let tools = payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb))))
-        .context("cannot register the tools")?;
-    let model = Arc::new(OpenAiCompatible::new(llm_config(g)).context("bad LLM configuration")?);
-    let store = Arc::new(AgentStore::open_in(&data_dir)?);
-    Ok(Agent::new(
-        model,
-        tools,
-        embedder,
-        Some(kb),
-        episodes,
-        conversations,
-        store,
-        config,
-    ))
-}
-
-pub(super) fn merchant(raw: &str) -> anyhow::Result<MerchantId> {
-    MerchantId::parse(raw).map_err(|e| anyhow::anyhow!("invalid --merchant: {e}"))
-}
-
-/// Progress lines on stderr ("Looking up transaction pay_ABC123…").
-pub(super) struct StderrProgress;
-impl Progress for StderrProgress {
-    fn tool_started(&self, line: &str) {
-        eprintln!("{line}");
-    }
 }
 
 /// `chat`: progress lines on stderr and the answer streamed to stdout as it arrives.
@@ -234,23 +164,17 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> anyhow::Result<ExitCode> {
     let data_dir = g.data_dir();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    AgentStore::open_in(&data_dir)?;
+    AgentStore::open_state(&g.state_url()?)?;
     let mut summary = serde_json::json!({"data_dir": data_dir.display().to_string()});
     if a.demo {
-        let payments = PaymentsDb::open_in_dir(&data_dir)?;
+        let payments = PaymentsDb::open(&g.payments_db())?;
         let seed = payments.seed_from_file(&shipped("data/payments/seed.json"))?;
         summary["payments"] = serde_json::json!({
             "merchants_added": seed.merchants_added,
             "transactions_added": seed.transactions_added,
         });
         let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-        let kb = KnowledgeBase::open(&data_dir, Arc::clone(&embedder))?;
-        let report = kb.ingest(&[shipped("data/kb")], &IngestOptions { prune: false })?;
-        summary["kb"] = serde_json::json!({
-            "files_new": report.files_new,
-            "files_unchanged": report.files_unchanged,
-            "chunks_added": report.chunks_added,
-        });
+        summary["kb"] = demo_kb(g, Arc::clone(&embedder))?;
         let added = runtime()?.block_on(seed_episodes(g, embedder.as_ref()))?;
         summary["episodes_added"] = added.into();
     }
@@ -265,11 +189,53 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The demo knowledge base: `data/kb` ingested into the data directory, or with `--kb-url`
+/// published there unless a generation is already published (then adopted: many workers
+/// running `init --demo` against one URL ingest it once).
+fn demo_kb(g: &GlobalArgs, embedder: Arc<dyn Embedder>) -> anyhow::Result<serde_json::Value> {
+    let report = match g.shared_kb()? {
+        None => {
+            let kb = KnowledgeBase::open(&g.data_dir(), embedder)?;
+            kb.ingest(&[shipped("data/kb")], &IngestOptions::default())?
+        }
+        Some(shared) => {
+            let work = g.data_dir().join(memex::kb::follow::WORK_DIR);
+            let ensured = shared.ensure_published(
+                &work,
+                embedder,
+                memex::kb::KbOptions::default(),
+                &[shipped("data/kb")],
+            )?;
+            return Ok(match ensured {
+                Ensured::Adopted(generation) => serde_json::json!({
+                    "files_new": 0, "files_unchanged": 0, "chunks_added": 0,
+                    "generation": generation, "adopted": true,
+                }),
+                Ensured::Published(generation, report) => serde_json::json!({
+                    "files_new": report.files_new,
+                    "files_unchanged": report.files_unchanged,
+                    "chunks_added": report.chunks_added,
+                    "generation": generation, "adopted": false,
+                }),
+            });
+        }
+    };
+    Ok(serde_json::json!({
+        "files_new": report.files_new,
+        "files_unchanged": report.files_unchanged,
+        "chunks_added": report.chunks_added,
+    }))
+}
+
 /// Adds the sample episodes that are not there yet (matched by summary), so init is idempotent.
 async fn seed_episodes(g: &GlobalArgs, embedder: &dyn Embedder) -> anyhow::Result<usize> {
-    let store: Arc<dyn EpisodicStore> = memex::episodic::open(g.episodic.as_deref(), &g.data_dir())
-        .await
-        .context("cannot open the episodic store")?;
+    let store: Arc<dyn EpisodicStore> = memex::episodic::open_with_cache(
+        g.episodic.as_deref(),
+        &g.data_dir(),
+        g.episodic_cache_bytes(),
+    )
+    .await
+    .context("cannot open the episodic store")?;
     let path = shipped("data/payments/episodes.json");
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
@@ -322,74 +288,73 @@ pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `memex approve` / `memex reject`: an action of a plan step continues its plan; any other
-/// action continues its agent session.
+/// `memex approve` / `memex reject`: the library finds whether the action belongs to a plan
+/// step or a chat session and continues the right one; this prints its outcome.
 pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<ExitCode> {
-    let store = AgentStore::open_in(&g.data_dir())?;
-    let plans = memex::planner::store::PlanStore::open(store.path())?;
-    let mut action_id = a.action_id.trim().to_string();
-    if action_id.starts_with("plan_") {
-        let report = memex::planner::load_report(&plans, &action_id)?;
-        match report.pending_actions.as_slice() {
-            [one] => action_id = one.action_id.clone(),
-            [] => anyhow::bail!("plan {action_id} has no step waiting for approval"),
-            many => anyhow::bail!(
-                "plan {action_id} has {} steps waiting for approval; name one: {}",
-                many.len(),
-                many.iter()
-                    .map(|p| format!("{} (step {})", p.action_id, p.step))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        }
-    }
-    if store.action_by_id(&action_id)?.is_none() {
-        // `--session PLAN_ID STEP_ID`: the waiting step of a plan, named by its step id.
-        if let Some(plan_id) = a.session.as_deref().filter(|s| s.starts_with("plan_")) {
-            let report = memex::planner::load_report(&plans, plan_id)?;
-            if let Some(p) = report.pending_actions.iter().find(|p| p.step == action_id) {
-                action_id = p.action_id.clone();
-            }
-        }
-    }
-    let action = store
-        .action_by_id(&action_id)?
-        .ok_or_else(|| anyhow::anyhow!("no action {action_id}"))?;
-    let plan_step = plans.step_for_action(&action_id)?;
-    if let Some(s) = &a.session {
-        // The session is the action's; for a plan step the plan id names it as well.
-        let plan_matches = plan_step.as_ref().is_some_and(|(p, _)| p == s)
-            || action.call_id.starts_with(&format!("{s}:"));
-        if s != &action.session && !plan_matches {
-            anyhow::bail!("no action {action_id} in session {s}");
-        }
-    }
-    if plan_step.is_some() || memex::agent::is_plan_call(&action.call_id) {
-        return super::plan::decide(g, &action_id, approve);
-    }
-    let a = DecideArgs {
-        session: Some(action.session.clone()),
-        action_id,
+    let req = DecisionRequest {
+        action: a.action_id,
+        session: a.session,
     };
-    let session = action.session;
+    let verdict = if approve {
+        Verdict::Approve
+    } else {
+        Verdict::Reject
+    };
+    // Find the action first, from the stores alone: an unknown id is refused before the
+    // model and the embedder are loaded.
+    let store = AgentStore::open_state(&g.state_url()?)?;
+    let plans = memex::planner::store::PlanStore::open_state(store.state())?;
+    let action = memex::approvals::resolve(&store, &plans, &req).map_err(approval_error)?;
+    let req = DecisionRequest {
+        action: action.id,
+        session: None,
+    };
+    let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
     let rt = runtime()?;
-    let report = rt.block_on(async {
-        let agent = build(g, AgentConfig::default()).await?;
-        let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
-        anyhow::Ok(if approve {
-            agent.approve(&session, &a.action_id, progress).await?
-        } else {
-            agent.reject(&session, &a.action_id, progress).await?
-        })
+    let decided = rt.block_on(async {
+        let planner = super::compose::planner(g, PlannerConfig::default()).await?;
+        memex::approvals::decide(&planner, &req, verdict, progress)
+            .await
+            .map_err(approval_error)
     })?;
-    print_report(g, &report, false)?;
-    Ok(ExitCode::SUCCESS)
+    let code = if decided.failed() {
+        ExitCode::from(EXIT_ACTION_FAILED)
+    } else {
+        ExitCode::SUCCESS
+    };
+    if g.json {
+        println!("{}", decided.to_json());
+        return Ok(code);
+    }
+    println!("{}", decided.outcome_line());
+    match &decided.continuation {
+        memex::approvals::Continuation::Chat(report) => print_report(g, report, false)?,
+        memex::approvals::Continuation::Plan { report, .. } => {
+            super::plan::print_report(g, report)?
+        }
+    }
+    Ok(code)
 }
+
+/// The agent's and planner's errors keep their own codes (`agent`, `plan`).
+fn approval_error(e: ApprovalError) -> anyhow::Error {
+    match e {
+        ApprovalError::Agent(e) => anyhow::Error::from(e),
+        ApprovalError::Plan(e) => anyhow::Error::from(e),
+        other => anyhow::Error::from(other),
+    }
+}
+
+/// Exit status of `approve`/`reject` when the approved action ran and failed.
+const EXIT_ACTION_FAILED: u8 = 3;
 
 /// `memex audit`.
 pub fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
-    let store = AgentStore::open_in(&g.data_dir())?;
-    let log = store.audit_log(&a.session)?;
+    // Read-only: creates nothing, and no store yet means no calls.
+    let log = match AgentStore::open_state_read_only(&g.state_url()?)? {
+        Some(store) => store.audit_log(&a.session)?,
+        None => Vec::new(),
+    };
     if g.json {
         println!("{}", serde_json::to_string(&log)?);
     } else if log.is_empty() {
@@ -407,8 +372,11 @@ pub fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
 
 /// `memex stats`.
 pub fn stats(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
-    let store = AgentStore::open_in(&g.data_dir())?;
-    let s = store.stats()?;
+    // Read-only: creates nothing, and no store yet means all zeros.
+    let s = match AgentStore::open_state_read_only(&g.state_url()?)? {
+        Some(store) => store.stats()?,
+        None => memex::agent::Stats::default(),
+    };
     if g.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {
@@ -484,7 +452,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
             Ok(r) => r,
             Err(e) => {
                 progress.end();
-                eprintln!("error: {e}");
+                eprintln!("error: {:#}", anyhow::Error::from(e));
                 continue;
             }
         };

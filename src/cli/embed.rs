@@ -33,8 +33,8 @@ pub struct EmbedArgs {
     /// Input format; default: jsonl for files ending in .jsonl or .ndjson, text otherwise.
     #[arg(long, value_enum)]
     pub format: Option<InputFormat>,
-    /// Most texts per forward pass.
-    #[arg(long, default_value_t = 32)]
+    /// Most texts per forward pass (1 to 1024).
+    #[arg(long, default_value_t = 32, value_parser = super::counts::bounded(1, 1_024))]
     pub batch_size: usize,
 }
 

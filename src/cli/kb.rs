@@ -1,4 +1,4 @@
-//! `memex ingest`, `memex search`, `memex reindex`, `memex bench retrieval`.
+//! `memex ingest`, `memex search`, `memex reindex` (`memex bench retrieval` is `kb_bench.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,22 +6,70 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Args;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use memex::kb::{FileStatus, IngestObserver, IngestOptions, KnowledgeBase, SearchHit, SearchMode};
+use memex::index::IndexKind;
+use memex::kb::{
+    display_path, escape_controls, FileStatus, IngestObserver, IngestOptions, KbOptions,
+    KnowledgeBase, SearchHit, SearchMode,
+};
 
 use super::GlobalArgs;
 
 /// Arguments of `memex ingest`.
 #[derive(Args, Debug)]
+#[command(
+    after_help = "Exit status: 0 when every input was read (files skipped for their content, links and FIFOs are warnings only); 3 when a file or folder exists but could not be read (its stored documents are kept, even with --prune) or a PATH is missing, the rest being ingested; 1 on other errors."
+)]
 pub struct IngestArgs {
     /// Files or folders to ingest (folders recursively: .md, .markdown, .txt, .html, .htm, .jsonl).
     #[arg(required = true, value_name = "PATH")]
     pub paths: Vec<PathBuf>,
-    /// Remove documents whose files are gone (or no longer ingestible under PATH).
+    /// Remove documents whose files are gone (or no longer ingestible under PATH). Documents
+    /// whose files or folders exist but cannot be read are kept.
     #[arg(long)]
     pub prune: bool,
+    /// Follow symbolic links whose target stays inside one of the given PATHs (by default no
+    /// link is followed; each skipped link is one warning).
+    #[arg(long)]
+    pub follow_symlinks: bool,
+    #[command(flatten)]
+    pub index: IndexArg,
 }
+
+/// The `--index` flag of the commands that open the knowledge base's vector index.
+#[derive(Args, Debug, Clone, Copy)]
+pub struct IndexArg {
+    /// Vector index backend: memex's own HNSW, the hnsw_rs crate's, or exact search. Each
+    /// keeps its own index file in the data directory.
+    #[arg(long = "index", env = "MEMEX_INDEX", value_enum, default_value_t = IndexKind::Hnsw)]
+    pub kind: IndexKind,
+}
+
+/// How `memex search` ranks.
+#[derive(clap::ValueEnum, Debug, Clone, Copy)]
+pub enum ModeArg {
+    /// Vector and keyword results fused by reciprocal rank.
+    Hybrid,
+    /// Vector similarity only.
+    Vector,
+    /// BM25 keyword search only.
+    Keyword,
+}
+
+impl From<ModeArg> for SearchMode {
+    fn from(m: ModeArg) -> Self {
+        match m {
+            ModeArg::Hybrid => SearchMode::Hybrid,
+            ModeArg::Vector => SearchMode::Vector,
+            ModeArg::Keyword => SearchMode::Keyword,
+        }
+    }
+}
+
+/// Exit status of `memex ingest` when some inputs exist but could not be read (or a PATH is
+/// missing): everything else was ingested and nothing of theirs was pruned.
+pub const EXIT_PARTIAL: u8 = 3;
 
 /// Arguments of `memex search`.
 #[derive(Args, Debug)]
@@ -29,31 +77,73 @@ pub struct SearchArgs {
     /// The query.
     #[arg(required = true, value_name = "QUERY")]
     pub query: Vec<String>,
-    /// Number of results.
-    #[arg(short, long, default_value_t = 10)]
+    /// Number of results (1 to 10000).
+    #[arg(short, long, default_value_t = 10, value_parser = parse_k)]
     pub k: usize,
-    /// hybrid (vector + keyword, fused), vector or keyword.
-    #[arg(long, default_value = "hybrid")]
-    pub mode: SearchMode,
+    /// How results are ranked.
+    #[arg(long, value_enum, default_value_t = ModeArg::Hybrid)]
+    pub mode: ModeArg,
+    #[command(flatten)]
+    pub index: IndexArg,
+}
+
+fn parse_k(s: &str) -> Result<usize, String> {
+    let max = memex::kb::MAX_K;
+    match s.trim().parse::<u64>() {
+        Ok(k) if (1..=max as u64).contains(&k) => Ok(k as usize),
+        _ => Err(format!("must be a whole number from 1 to {max}")),
+    }
 }
 
 /// Arguments of `memex reindex`.
 #[derive(Args, Debug)]
-pub struct ReindexArgs {}
-
-/// The `memex bench` subcommands.
-#[derive(Subcommand, Debug)]
-pub enum BenchCommand {
-    /// HNSW vs exact search on real MiniLM vectors (extended by perturbation): build time,
-    /// recall@k, latency percentiles, queries/s; optionally end-to-end hybrid search.
-    Retrieval(super::kb_bench::RetrievalArgs),
+pub struct ReindexArgs {
+    #[command(flatten)]
+    pub index: IndexArg,
 }
 
-fn open_kb(g: &GlobalArgs) -> anyhow::Result<KnowledgeBase> {
+fn open_kb(g: &GlobalArgs, index: IndexArg) -> anyhow::Result<KnowledgeBase> {
     let embedder = g.load_embedder().context("loading the embedding model")?;
     let dir = g.data_dir();
-    KnowledgeBase::open(&dir, Arc::new(embedder))
-        .with_context(|| format!("opening the knowledge base in {}", dir.display()))
+    KnowledgeBase::open_with(&dir, Arc::new(embedder), kb_options(index))
+        .with_context(|| format!("opening the knowledge base in {}", display_path(&dir)))
+}
+
+/// `memex ingest --kb-url`: ingests into a working copy of the latest published generation
+/// (`kb-work/` in the data directory) and publishes the result as the next generation.
+fn ingest_published(
+    g: &GlobalArgs,
+    shared: &memex::kb::publish::SharedKb,
+    index: IndexArg,
+    paths: &[PathBuf],
+    opts: &IngestOptions,
+    progress: &mut Progress,
+) -> anyhow::Result<(memex::kb::IngestReport, String)> {
+    let embedder = g.load_embedder().context("loading the embedding model")?;
+    let work = g.data_dir().join(memex::kb::follow::WORK_DIR);
+    let out = shared
+        .ingest(
+            &work,
+            Arc::new(embedder),
+            kb_options(index),
+            paths,
+            opts,
+            progress,
+        )
+        .with_context(|| {
+            format!(
+                "publishing to {}",
+                escape_controls(&shared.url().to_string())
+            )
+        })?;
+    Ok(out)
+}
+
+fn kb_options(index: IndexArg) -> KbOptions {
+    KbOptions {
+        index: index.kind,
+        ..KbOptions::default()
+    }
 }
 
 struct Progress {
@@ -97,18 +187,36 @@ impl IngestObserver for Progress {
 
     fn warning(&mut self, path: &Path, message: &str) {
         self.bar
-            .suspend(|| eprintln!("warning: {}: {message}", path.display()));
+            .suspend(|| eprintln!("warning: {}: {message}", display_path(path)));
     }
 }
 
 /// `memex ingest PATH... [--prune]`.
 pub fn ingest(g: &GlobalArgs, a: IngestArgs) -> anyhow::Result<ExitCode> {
-    let kb = open_kb(g)?;
     let mut progress = Progress::new();
-    let report = kb.ingest_with(&a.paths, &IngestOptions { prune: a.prune }, &mut progress)?;
+    let opts = IngestOptions {
+        prune: a.prune,
+        follow_symlinks: a.follow_symlinks,
+    };
+    let (report, published) = match g.shared_kb()? {
+        None => (
+            open_kb(g, a.index)?.ingest_with(&a.paths, &opts, &mut progress)?,
+            None,
+        ),
+        Some(shared) => {
+            let (report, generation) =
+                ingest_published(g, &shared, a.index, &a.paths, &opts, &mut progress)?;
+            (report, Some((generation, shared.url().to_string())))
+        }
+    };
     progress.bar.finish_and_clear();
     if g.json {
-        println!("{}", serde_json::to_string(&report)?);
+        let mut out = serde_json::to_value(&report)?;
+        if let (Some((generation, url)), Some(obj)) = (&published, out.as_object_mut()) {
+            obj.insert("generation".into(), generation.clone().into());
+            obj.insert("kb_url".into(), url.clone().into());
+        }
+        println!("{out}");
     } else {
         println!(
             "{} files: {} new, {} changed, {} unchanged, {} skipped, {} pruned; {} chunks added, {} removed in {:.2} s",
@@ -122,6 +230,16 @@ pub fn ingest(g: &GlobalArgs, a: IngestArgs) -> anyhow::Result<ExitCode> {
             report.chunks_removed,
             report.seconds
         );
+        if let Some((generation, url)) = &published {
+            println!("published {generation} at {}", escape_controls(url));
+        }
+    }
+    if report.files_unreadable > 0 {
+        eprintln!(
+            "error: {} input(s) could not be read (see the warnings); exit status {EXIT_PARTIAL}",
+            report.files_unreadable
+        );
+        return Ok(ExitCode::from(EXIT_PARTIAL));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -163,11 +281,13 @@ impl<'a> From<&'a SearchHit> for HitJson<'a> {
     }
 }
 
-/// `memex search QUERY [-k 10] [--mode hybrid|vector|keyword]`.
+/// `memex search QUERY [-k 10] [--mode hybrid|vector|keyword]`: reads the knowledge base (with
+/// `--kb-url`, the published one) and creates nothing in it.
 pub fn search(g: &GlobalArgs, a: SearchArgs) -> anyhow::Result<ExitCode> {
-    let kb = open_kb(g)?;
+    let embedder = g.load_embedder().context("loading the embedding model")?;
+    let kb = super::kb_read::open(g, Arc::new(embedder), kb_options(a.index), true)?;
     let query = a.query.join(" ");
-    let hits = kb.search(&query, a.k, a.mode)?;
+    let hits = kb.search(&query, a.k, a.mode.into())?;
     if g.json {
         let out: Vec<HitJson<'_>> = hits.iter().map(HitJson::from).collect();
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -181,17 +301,17 @@ pub fn search(g: &GlobalArgs, a: SearchArgs) -> anyhow::Result<ExitCode> {
         println!(
             "{}. {}:{}-{}  [{}]  score {:.4} (vector {}, keyword {})",
             i + 1,
-            display_source(&h.source),
+            escape_controls(&display_source(&h.source)),
             h.line_start,
             h.line_end,
-            h.heading,
+            escape_controls(&h.heading),
             h.score,
             rank(h.vector_rank),
             rank(h.keyword_rank)
         );
         let snippet: String = h.text.chars().take(300).collect();
         for line in snippet.lines() {
-            println!("    {line}");
+            println!("    {}", escape_controls(line));
         }
         println!();
     }
@@ -199,8 +319,8 @@ pub fn search(g: &GlobalArgs, a: SearchArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `memex reindex`.
-pub fn reindex(g: &GlobalArgs, _a: ReindexArgs) -> anyhow::Result<ExitCode> {
-    let kb = open_kb(g)?;
+pub fn reindex(g: &GlobalArgs, a: ReindexArgs) -> anyhow::Result<ExitCode> {
+    let kb = open_kb(g, a.index)?;
     let started = Instant::now();
     let n = kb.reindex()?;
     let secs = started.elapsed().as_secs_f64();
@@ -212,15 +332,8 @@ pub fn reindex(g: &GlobalArgs, _a: ReindexArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!(
             "indexed {n} vectors in {secs:.2} s -> {}",
-            kb.index_path().display()
+            display_path(&kb.index_path())
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// `memex bench ...`.
-pub fn bench(g: &GlobalArgs, c: BenchCommand) -> anyhow::Result<ExitCode> {
-    match c {
-        BenchCommand::Retrieval(a) => super::kb_bench::retrieval(g, a),
-    }
 }

@@ -6,12 +6,27 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use clap::Args;
-use memex::index::dataset::{self, VectorSet};
-use memex::index::{FlatIndex, HnswIndex, HnswParams, VectorIndex};
+use clap::{Args, Subcommand};
+use memex::index::{AnyIndex, FlatIndex, HnswParams, IndexKind, VectorIndex};
+use memex::testkit::dataset::{self, VectorSet};
 use rayon::prelude::*;
 
 use super::GlobalArgs;
+
+/// The `memex bench` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum BenchCommand {
+    /// HNSW vs exact search on real MiniLM vectors (extended by perturbation): build time,
+    /// recall@k, latency percentiles, queries/s; optionally end-to-end hybrid search.
+    Retrieval(RetrievalArgs),
+}
+
+/// `memex bench ...`.
+pub fn run(g: &GlobalArgs, c: BenchCommand) -> anyhow::Result<ExitCode> {
+    match c {
+        BenchCommand::Retrieval(a) => retrieval(g, a),
+    }
+}
 
 /// Arguments of `memex bench retrieval`.
 #[derive(Args, Debug)]
@@ -68,6 +83,16 @@ pub struct RetrievalArgs {
     /// Skip the HNSW-vs-exact table.
     #[arg(long)]
     pub no_ann: bool,
+    /// Index backends to measure (comma-separated), side by side with the default `hnsw`
+    /// (always measured), each against the same vectors, queries and exact ground truth.
+    #[arg(
+        long = "index",
+        env = "MEMEX_INDEX",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "hnsw"
+    )]
+    pub index: Vec<IndexKind>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -92,6 +117,8 @@ fn recall_with_ties(truth: &[(u64, f32)], found: &[(u64, f32)]) -> f64 {
 /// Row of the results table.
 #[derive(serde::Serialize)]
 struct Row {
+    index: &'static str,
+    build_s: f64,
     size: usize,
     ef: usize,
     recall: f64,
@@ -146,14 +173,16 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
         .num_threads(a.build_threads.max(1))
         .build()?;
     let mut rows = Vec::new();
+    let mut kinds = vec![IndexKind::Hnsw];
+    kinds.extend(a.index.iter().copied().filter(|k| *k != IndexKind::Hnsw));
     if a.no_ann {
         return extras(g, &a, &all);
     }
     println!(
-        "| vectors | build s ({} thr) | index MiB | ef | recall@{} | p50 µs | p99 µs | queries/s |",
+        "| index | vectors | build s ({} thr) | index MiB | ef | recall@{} | p50 µs | p99 µs | queries/s |",
         a.build_threads, a.k
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &size in &a.sizes {
         let set = all.truncated(size);
         let ids: Vec<u64> = (0..set.len() as u64).collect();
@@ -163,10 +192,6 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
             ef_search: 64,
             seed: a.seed.unwrap_or(memex::index::DEFAULT_SEED),
         };
-        let t = Instant::now();
-        let mut index =
-            pool.install(|| HnswIndex::build(set.dim, params, ids.clone(), set.data.clone()))?;
-        let build_s = t.elapsed().as_secs_f64();
         let mut flat = FlatIndex::new(set.dim);
         for (i, id) in ids.iter().enumerate() {
             flat.add(*id, set.get(i))?;
@@ -182,41 +207,47 @@ pub fn retrieval(g: &GlobalArgs, a: RetrievalArgs) -> anyhow::Result<ExitCode> {
             let _ = flat.search(queries.get(q), a.k)?;
         }
         let exact_qps = sample as f64 / t.elapsed().as_secs_f64();
-        for &ef in &a.ef {
-            index.set_ef_search(ef);
-            let mut lat = Vec::with_capacity(queries.len());
-            let mut rec = 0.0;
-            let t_all = Instant::now();
-            for (q, truth) in truth.iter().enumerate() {
-                let t = Instant::now();
-                let found = index.search(queries.get(q), a.k)?;
-                lat.push(t.elapsed().as_secs_f64() * 1e6);
-                rec += recall_with_ties(truth, &found);
-            }
-            let total = t_all.elapsed().as_secs_f64();
-            lat.sort_by(|x, y| x.total_cmp(y));
-            let row = Row {
-                size,
-                ef,
-                recall: rec / queries.len() as f64,
-                p50_us: percentile(&lat, 0.5),
-                p99_us: percentile(&lat, 0.99),
-                qps: queries.len() as f64 / total,
+        for &kind in &kinds {
+            let t = Instant::now();
+            let mut index = pool.install(|| {
+                AnyIndex::build(kind, set.dim, params.clone(), ids.clone(), set.data.clone())
+            })?;
+            let build_s = t.elapsed().as_secs_f64();
+            let mib = match &index {
+                AnyIndex::Hnsw(h) => format!("{:.1}", h.memory_bytes() as f64 / (1024.0 * 1024.0)),
+                _ => "-".to_owned(),
             };
-            println!(
-                "| {} | {:.2} | {:.1} | {} | {:.4} | {:.0} | {:.0} | {:.0} |",
-                size,
-                build_s,
-                index.memory_bytes() as f64 / (1024.0 * 1024.0),
-                ef,
-                row.recall,
-                row.p50_us,
-                row.p99_us,
-                row.qps
-            );
-            rows.push(row);
+            for &ef in &a.ef {
+                index.set_ef_search(ef);
+                let mut lat = Vec::with_capacity(queries.len());
+                let mut rec = 0.0;
+                let t_all = Instant::now();
+                for (q, truth) in truth.iter().enumerate() {
+                    let t = Instant::now();
+                    let found = index.search(queries.get(q), a.k)?;
+                    lat.push(t.elapsed().as_secs_f64() * 1e6);
+                    rec += recall_with_ties(truth, &found);
+                }
+                let total = t_all.elapsed().as_secs_f64();
+                lat.sort_by(|x, y| x.total_cmp(y));
+                let row = Row {
+                    index: kind.name(),
+                    build_s,
+                    size,
+                    ef,
+                    recall: rec / queries.len() as f64,
+                    p50_us: percentile(&lat, 0.5),
+                    p99_us: percentile(&lat, 0.99),
+                    qps: queries.len() as f64 / total,
+                };
+                println!(
+                    "| {} | {} | {:.2} | {} | {} | {:.4} | {:.0} | {:.0} | {:.0} |",
+                    kind, size, build_s, mib, ef, row.recall, row.p50_us, row.p99_us, row.qps
+                );
+                rows.push(row);
+            }
         }
-        println!("| {size} | exact | | | 1.0000 | | | {exact_qps:.0} |");
+        println!("| exact | {size} | | | | 1.0000 | | | {exact_qps:.0} |");
     }
     if g.json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -366,7 +397,9 @@ fn ingest_bench(g: &GlobalArgs, a: &RetrievalArgs) -> anyhow::Result<()> {
     let report = kb.ingest(&[a.texts_root.join("data/kb")], &IngestOptions::default())?;
     let ingest_rate = report.chunks_added as f64 / report.seconds;
     // Raw embedding of exactly the texts ingestion embedded.
-    let conn = rusqlite::Connection::open(dir.join(memex::kb::DB_FILE))?;
+    let conn = memex::sqlite::OpenOptions::new()
+        .read_only()
+        .open(&dir.join(memex::kb::DB_FILE))?;
     let mut stmt = conn.prepare("SELECT heading, text FROM chunks ORDER BY id")?;
     let texts: Vec<String> = stmt
         .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?

@@ -1,66 +1,186 @@
-//! Argument parsing and dispatch. Each subcommand group lives in its own file and calls the library.
+//! The command line: the global flags ([`GlobalArgs`]) every subcommand file reads, and the
+//! subcommand files themselves; `app.rs` holds the parser and the dispatch. Each subcommand
+//! group lives in its own file and calls the library.
 
 use std::path::PathBuf;
-use std::process::ExitCode;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::{BoolishValueParser, PossibleValuesParser};
+use clap::Args;
 
 mod agent;
+mod app;
+mod compose;
+mod config;
+mod counts;
 mod embed;
 mod episodes;
+mod errors;
+mod eval;
+mod forget;
 mod kb;
+#[cfg(feature = "bench")]
 mod kb_bench;
+mod kb_read;
+mod keys;
+mod mcp;
 mod model;
+pub mod pipe;
 mod plan;
+mod serve;
 
-/// memex: local-first memory and retrieval for AI agents.
-#[derive(Parser, Debug)]
-#[command(name = "memex", version, about)]
-pub struct Cli {
-    #[command(flatten)]
-    pub global: GlobalArgs,
-    #[command(subcommand)]
-    pub command: Command,
-}
+pub use app::main;
 
 /// Flags accepted before or after any subcommand, each with an environment variable.
 #[derive(Args, Debug, Clone)]
 pub struct GlobalArgs {
+    /// Config file (TOML; default memex.toml in the data dir): flag > env > file > default.
+    #[arg(long, global = true, env = "MEMEX_CONFIG", value_name = "PATH")]
+    pub config: Option<PathBuf>,
     /// Directory holding config.json, tokenizer.json and model.safetensors.
     #[arg(long, global = true, env = "MEMEX_MODEL_DIR", value_name = "DIR")]
     pub model_dir: Option<PathBuf>,
     /// Directory for memex's databases and indexes (default ./.memex).
     #[arg(long, global = true, env = "MEMEX_DATA_DIR", value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Compute device for the embedder: cpu, cuda, metal or auto.
-    #[arg(long, global = true, env = "MEMEX_DEVICE", default_value = "cpu")]
+    /// Compute device for the embedder.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_DEVICE",
+        default_value = "cpu",
+        value_parser = PossibleValuesParser::new(["cpu", "cuda", "metal", "auto"])
+    )]
     pub device: String,
-    /// Number of CPU threads for the embedder (default: all cores).
-    #[arg(long, global = true, env = "MEMEX_THREADS")]
+    /// Weight precision of the CPU embedder: f16 (default), f32 (the exact path) or int8.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_PRECISION",
+        default_value = "f16",
+        value_parser = PossibleValuesParser::new(["f16", "f32", "int8"])
+    )]
+    pub precision: String,
+    /// CPU kernels of the embedder: auto (AVX2+FMA+F16C when the CPU has them) or scalar.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_KERNEL",
+        default_value = "auto",
+        value_parser = PossibleValuesParser::new(["auto", "scalar"])
+    )]
+    pub kernel: String,
+    /// Number of CPU threads for the embedder (default: all cores; at most 2 per core).
+    #[arg(long, global = true, env = "MEMEX_THREADS", value_parser = counts::threads)]
     pub threads: Option<usize>,
-    /// Print machine-readable JSON.
-    #[arg(long, global = true, env = "MEMEX_JSON")]
+    /// Print machine-readable JSON (errors too: {"error": {"code", "message"}} on stderr).
+    #[arg(long, global = true, env = "MEMEX_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// Episodic store: sqlite://PATH or redis://HOST:PORT/DB (default: SQLite in the data dir).
     #[arg(long, global = true, env = "MEMEX_EPISODIC_URL", value_name = "URL")]
     pub episodic: Option<String>,
-    /// OpenAI-compatible API base URL (env MEMEX_LLM_BASE_URL; default Groq's).
-    #[arg(long, global = true, value_name = "URL")]
+    /// Memory budget of the in-process episode search cache, in MiB (1 to 65536; default 256).
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_EPISODIC_CACHE_MB",
+        value_name = "MIB",
+        default_value_t = 256,
+        value_parser = counts::bounded(1, 65_536)
+    )]
+    pub episodic_cache_mb: usize,
+    /// Agent state (sessions, actions, audit, plans, keys): sqlite://PATH or
+    /// redis://HOST:PORT/DB, shared by every worker that names it (default: agent.db in the
+    /// data dir).
+    #[arg(long, global = true, env = "MEMEX_STATE_URL", value_name = "URL")]
+    pub state: Option<String>,
+    /// Where published generations of the knowledge base live, shared by every worker:
+    /// file:///absolute/folder (standing in for object storage). Ingests publish there and
+    /// `memex serve` follows it. Default: the data dir's own knowledge base.
+    #[arg(long, global = true, env = "MEMEX_KB_URL", value_name = "URL")]
+    pub kb_url: Option<String>,
+    /// The payments demo's database (stands for the payment gateway's own API; workers on one
+    /// host may share one file). Default: payments.db in the data dir.
+    #[arg(long, global = true, env = "MEMEX_PAYMENTS_DB", value_name = "PATH")]
+    pub payments_db: Option<PathBuf>,
+    /// OpenAI-compatible API base URL (default Groq's), e.g. http://127.0.0.1:11434/v1 for
+    /// a local Ollama.
+    #[arg(long, global = true, env = "MEMEX_LLM_BASE_URL", value_name = "URL")]
     pub llm_base_url: Option<String>,
-    /// Model name (env MEMEX_LLM_MODEL; default llama-3.3-70b-versatile).
-    #[arg(long, global = true)]
+    /// Model name (default llama-3.3-70b-versatile).
+    #[arg(long, global = true, env = "MEMEX_LLM_MODEL")]
     pub llm_model: Option<String>,
-    /// API key (env MEMEX_LLM_API_KEY, then GROQ_API_KEY, then OPENAI_API_KEY).
-    #[arg(long, global = true, hide_env_values = true)]
+    /// API key (else GROQ_API_KEY, else OPENAI_API_KEY).
+    #[arg(long, global = true, env = "MEMEX_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
+    /// Requests per second this process sends the model at most (bursts of three seconds'
+    /// worth; 0: no limit). Each worker has its own.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_LLM_RATE",
+        value_name = "PER_SEC",
+        default_value_t = 10,
+        value_parser = counts::bounded(0, 1_000_000)
+    )]
+    pub llm_rate: usize,
 }
 
 impl GlobalArgs {
+    /// `--llm-rate` as the agent's LLM token bucket: (capacity, refill per second).
+    pub fn llm_bucket(&self) -> (f64, f64) {
+        match self.llm_rate {
+            0 => (1e12, 1e12),
+            n => {
+                let rate = n as f64;
+                ((3.0 * rate).max(1.0), rate)
+            }
+        }
+    }
+
+    /// `--episodic-cache-mb` in bytes.
+    pub fn episodic_cache_bytes(&self) -> u64 {
+        u64::try_from(self.episodic_cache_mb)
+            .unwrap_or(256)
+            .saturating_mul(1024 * 1024)
+    }
+
     /// The data directory in force.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir
             .clone()
             .unwrap_or_else(memex::paths::default_data_dir)
+    }
+
+    /// The state backend in force (`--state`, else `agent.db` in the data directory).
+    pub fn state_url(&self) -> anyhow::Result<memex::state::StateUrl> {
+        Ok(memex::state::StateUrl::parse(
+            self.state.as_deref(),
+            &self.data_dir(),
+        )?)
+    }
+
+    /// The shared knowledge-base folder named by `--kb-url`, if any.
+    pub fn shared_kb(&self) -> anyhow::Result<Option<memex::kb::publish::SharedKb>> {
+        match self
+            .kb_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+        {
+            None => Ok(None),
+            Some(url) => Ok(Some(memex::kb::publish::SharedKb::new(
+                memex::kb::publish::KbUrl::parse(url)?,
+            ))),
+        }
+    }
+
+    /// The payments demo database in force (`--payments-db`, else `payments.db` in the data
+    /// directory).
+    pub fn payments_db(&self) -> PathBuf {
+        self.payments_db.clone().unwrap_or_else(|| {
+            self.data_dir()
+                .join(memex::domain::payments::PaymentsDb::FILE_NAME)
+        })
     }
 
     /// The model directory in force.
@@ -75,6 +195,8 @@ impl GlobalArgs {
         Ok(memex::embed::EmbedderOptions {
             device: self.device.parse()?,
             threads: self.threads,
+            precision: self.precision.parse()?,
+            kernel: self.kernel.parse()?,
             ..memex::embed::EmbedderOptions::default()
         })
     }
@@ -86,92 +208,4 @@ impl GlobalArgs {
             self.embedder_options()?,
         )?)
     }
-}
-
-/// The subcommands.
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Fetch or verify the embedding model files.
-    #[command(subcommand)]
-    Model(model::ModelCommand),
-    /// Embed texts and print JSON lines {"text", "embedding", "n_tokens"}.
-    Embed(embed::EmbedArgs),
-    /// Ingest files or folders into the knowledge base.
-    Ingest(kb::IngestArgs),
-    /// Search the knowledge base.
-    Search(kb::SearchArgs),
-    /// Rebuild the vector index from the knowledge base's SQLite store.
-    Reindex(kb::ReindexArgs),
-    /// Benchmarks.
-    #[command(subcommand)]
-    Bench(kb::BenchCommand),
-    /// Create the data directory; with --demo, load the payments demo.
-    Init(agent::InitArgs),
-    /// One user turn of the support agent.
-    Ask(agent::AskArgs),
-    /// Approve a pending irreversible action; its session or plan then continues.
-    Approve(agent::DecideArgs),
-    /// Reject a pending irreversible action; its session or plan then continues.
-    Reject(agent::DecideArgs),
-    /// An interactive support session on the terminal.
-    Chat(agent::ChatArgs),
-    /// Print a session's audit log of tool calls.
-    Audit(agent::AuditArgs),
-    /// Agent metrics over all sessions.
-    Stats,
-    /// Plan a task into tool-call steps, validate and execute them; `plan show|resume|list`.
-    Plan(plan::PlanArgs),
-    /// Session management.
-    #[command(subcommand)]
-    Session(agent::SessionCommand),
-    /// Per-merchant episodic memory.
-    #[command(subcommand)]
-    Episodes(episodes::EpisodesCommand),
-}
-
-/// Entry point used by `main`.
-pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_logging();
-    match run(cli) {
-        Ok(code) => code,
-        Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let g = &cli.global;
-    match cli.command {
-        Command::Model(c) => model::run(g, c),
-        Command::Embed(a) => embed::run(g, a),
-        Command::Ingest(a) => kb::ingest(g, a),
-        Command::Search(a) => kb::search(g, a),
-        Command::Reindex(a) => kb::reindex(g, a),
-        Command::Bench(c) => kb::bench(g, c),
-        Command::Episodes(c) => episodes::run(g, c),
-        Command::Init(a) => agent::init(g, a),
-        Command::Ask(a) => agent::ask(g, a),
-        Command::Approve(a) => agent::decide(g, a, true),
-        Command::Reject(a) => agent::decide(g, a, false),
-        Command::Chat(a) => agent::chat(g, a),
-        Command::Audit(a) => agent::audit(g, a),
-        Command::Stats => agent::stats(g),
-        Command::Plan(a) => plan::plan(g, a),
-        Command::Session(c) => agent::session(g, c),
-    }
-}
-
-/// Structured logs on stderr; `MEMEX_LOG` (or `RUST_LOG`) sets the filter, default `warn`.
-fn init_logging() {
-    let filter = std::env::var("MEMEX_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "warn".to_string());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }

@@ -1,10 +1,14 @@
-//! `memex model fetch|verify`.
+//! `memex model fetch|verify|info`.
 
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Subcommand;
-use memex::embed::fetch::{fetch_model, verify_model_dir, FetchOptions};
+use memex::embed::fetch::{
+    fetch_model, verify_model_dir, FetchOptions, HF_REPO, HF_REVISION, PINNED_SHA256,
+};
+use memex::embed::Embedder;
+use serde::Serialize;
 
 use super::GlobalArgs;
 
@@ -19,6 +23,27 @@ pub enum ModelCommand {
     },
     /// Check that the model directory holds the expected files.
     Verify,
+    /// Load the model and print what runs: model id, dimension, precision, kernel, threads.
+    Info,
+}
+
+/// What `memex model info` prints.
+#[derive(Serialize)]
+struct ModelInfo {
+    model: &'static str,
+    revision: &'static str,
+    model_dir: String,
+    dimension: usize,
+    max_tokens: usize,
+    device: String,
+    precision: String,
+    kernel: String,
+    cpu_avx2_fma_f16c: bool,
+    threads: usize,
+    weight_bytes_per_pass: Option<usize>,
+    /// The pinned sha256 of each model file (each is checked: config and tokenizer on every
+    /// load, the weights by `model fetch|verify`).
+    sha256: std::collections::BTreeMap<&'static str, &'static str>,
 }
 
 pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
@@ -44,9 +69,58 @@ pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        ModelCommand::Info => {
+            let emb = g.load_embedder()?;
+            let info = ModelInfo {
+                model: HF_REPO,
+                revision: HF_REVISION,
+                model_dir: dir.display().to_string(),
+                dimension: emb.dim(),
+                max_tokens: emb.max_tokens(),
+                device: match emb.kernel() {
+                    Some(_) => "cpu".into(),
+                    None => format!("{:?}", emb.options().device).to_lowercase(),
+                },
+                precision: emb.precision().to_string(),
+                kernel: emb
+                    .kernel()
+                    .map_or_else(|| "candle".into(), |k| k.to_string()),
+                cpu_avx2_fma_f16c: memex::embed::cpu_has_avx2_fma_f16c(),
+                threads: emb.threads(),
+                weight_bytes_per_pass: emb.weight_bytes_per_pass(),
+                sha256: PINNED_SHA256.into_iter().collect(),
+            };
+            if g.json {
+                println!("{}", serde_json::to_string(&info)?);
+            } else {
+                println!("model      {}", info.model);
+                println!("revision   {}", info.revision);
+                println!("model dir  {}", info.model_dir);
+                println!("dimension  {}", info.dimension);
+                println!("max tokens {}", info.max_tokens);
+                println!("device     {}", info.device);
+                println!("precision  {}", info.precision);
+                println!(
+                    "kernel     {} (CPU has AVX2+FMA+F16C: {})",
+                    info.kernel,
+                    if info.cpu_avx2_fma_f16c { "yes" } else { "no" }
+                );
+                println!("threads    {}", info.threads);
+                if let Some(b) = info.weight_bytes_per_pass {
+                    println!(
+                        "weights    {:.1} MB streamed per forward pass",
+                        b as f64 / 1e6
+                    );
+                }
+                for (file, sha) in &info.sha256 {
+                    println!("sha256     {sha}  {file}");
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         ModelCommand::Verify => {
             verify_model_dir(&dir)
-                .map_err(anyhow::Error::msg)
+                .map_err(|e| anyhow::Error::msg(e.to_string()))
                 .with_context(|| format!("model directory {} is not usable", dir.display()))?;
             println!("model in {} verified", dir.display());
             Ok(ExitCode::SUCCESS)

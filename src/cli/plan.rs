@@ -2,13 +2,12 @@
 //! `memex plan show|resume|list`; and the plan side of `memex approve`/`reject`.
 
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Args, Subcommand};
-use memex::agent::{AgentConfig, Progress, Silent};
-use memex::planner::{PlanReport, Planner, PlannerConfig, StepStatus};
+use memex::agent::{Progress, Silent};
+use memex::planner::{PlanReport, PlannerConfig, StepStatus};
 
-use super::agent::{build, merchant, runtime, StderrProgress};
+use super::compose::{merchant, planner, runtime, StderrProgress};
 use super::GlobalArgs;
 
 /// Arguments of `memex plan`.
@@ -24,11 +23,11 @@ pub struct PlanArgs {
     /// Plan and validate, store the plan, execute nothing (run it later with `plan resume`).
     #[arg(long)]
     pub dry_run: bool,
-    /// Most steps a plan may have (default 12).
-    #[arg(long)]
+    /// Most steps a plan may have (default 12; 1 to 100).
+    #[arg(long, value_parser = super::counts::bounded(1, memex::planner::MAX_STEPS_LIMIT))]
     pub max_steps: Option<usize>,
-    /// Most steps running at the same time (default 4).
-    #[arg(long)]
+    /// Most steps running at the same time (default 4; 1 to 64).
+    #[arg(long, value_parser = super::counts::bounded(1, memex::planner::MAX_CONCURRENCY_LIMIT))]
     pub concurrency: Option<usize>,
     /// The task, e.g. "merchant MID001 says pay_ABC123 was charged but never settled: …".
     #[arg(required = true, num_args = 1..)]
@@ -47,8 +46,8 @@ pub enum PlanCommand {
     Resume {
         /// The plan id (plan_…).
         id: String,
-        /// Most steps running at the same time (default 4).
-        #[arg(long)]
+        /// Most steps running at the same time (default 4; 1 to 64).
+        #[arg(long, value_parser = super::counts::bounded(1, memex::planner::MAX_CONCURRENCY_LIMIT))]
         concurrency: Option<usize>,
         /// Take the plan over even if the store names a live holder (only when you know that
         /// process is gone, e.g. its process id was reused).
@@ -60,8 +59,8 @@ pub enum PlanCommand {
         /// Only this merchant's plans.
         #[arg(long)]
         merchant: Option<String>,
-        /// Most plans listed.
-        #[arg(long, default_value_t = 20)]
+        /// Most plans listed (1 to 10000).
+        #[arg(long, default_value_t = 20, value_parser = super::counts::bounded(1, 10_000))]
         limit: usize,
     },
 }
@@ -77,10 +76,14 @@ fn config(a: &PlanArgs) -> PlannerConfig {
     c
 }
 
-/// Builds the planner over the agent the global flags describe.
-pub async fn planner(g: &GlobalArgs, config: PlannerConfig) -> anyhow::Result<Planner> {
-    let agent = Arc::new(build(g, AgentConfig::default()).await?);
-    Ok(Planner::new(agent, config)?)
+/// Whether the data directory already holds the agent store (`plan show`/`plan list` read it
+/// and must not create it).
+fn has_agent_store(g: &GlobalArgs) -> bool {
+    match g.state_url() {
+        Ok(memex::state::StateUrl::Sqlite(path)) => path.is_file(),
+        // A shared store always exists; a bad URL is reported when the store is opened.
+        Ok(memex::state::StateUrl::Redis(_)) | Err(_) => true,
+    }
 }
 
 /// `memex plan`.
@@ -88,9 +91,12 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
     let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
     match &a.command {
         Some(PlanCommand::Show { id }) => {
-            // Showing needs no model or embedder: read the store directly.
-            let store = memex::agent::AgentStore::open_in(&g.data_dir())?;
-            let plans = memex::planner::store::PlanStore::open(store.path())?;
+            // Showing needs no model or embedder: read the store directly, creating nothing.
+            if !has_agent_store(g) {
+                return Err(memex::planner::PlanError::UnknownPlan(id.clone()).into());
+            }
+            let store = memex::agent::AgentStore::open_state(&g.state_url()?)?;
+            let plans = memex::planner::store::PlanStore::open_state(store.state())?;
             print_report(g, &memex::planner::load_report(&plans, id)?)?;
         }
         Some(PlanCommand::Resume {
@@ -114,10 +120,15 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
             print_report(g, &report)?;
         }
         Some(PlanCommand::List { merchant: m, limit }) => {
-            let store = memex::agent::AgentStore::open_in(&g.data_dir())?;
-            let plans = memex::planner::store::PlanStore::open(store.path())?;
             let m = m.as_deref().map(merchant).transpose()?;
-            let rows = plans.list(m.as_ref().map(|x| x.as_str()), *limit)?;
+            // A read-only command creates nothing: no store yet means no plans.
+            let rows = if has_agent_store(g) {
+                let store = memex::agent::AgentStore::open_state(&g.state_url()?)?;
+                let plans = memex::planner::store::PlanStore::open_state(store.state())?;
+                plans.list(m.as_ref().map(|x| x.as_str()), *limit)?
+            } else {
+                Vec::new()
+            };
             if g.json {
                 println!("{}", serde_json::to_string(&rows)?);
             } else if rows.is_empty() {
@@ -154,77 +165,6 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `memex approve|reject` for an action held by a plan step.
-pub fn decide(g: &GlobalArgs, action_id: &str, approve: bool) -> anyhow::Result<ExitCode> {
-    let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
-    let rt = runtime()?;
-    let (report, turns) = rt.block_on(async {
-        let p = planner(g, PlannerConfig::default()).await?;
-        let report = if approve {
-            p.approve(action_id, progress).await?
-        } else {
-            p.reject(action_id, progress).await?
-        };
-        let merchant = merchant(&report.merchant)?;
-        let turns = p
-            .agent()
-            .store()
-            .begin_session(&report.session, &merchant)?;
-        anyhow::Ok((report, turns))
-    })?;
-    if g.json {
-        println!("{}", decision_json(&report, action_id, turns)?);
-        return Ok(ExitCode::SUCCESS);
-    }
-    print_report(g, &report)?;
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `approve`/`reject --json` of a plan step: the plan report, plus the fields every
-/// `approve --json` prints (`turns`, `tool_calls` with the decided call, `pending_action`,
-/// `escalation`, `memory`), so scripts written for agent approvals read it too.
-fn decision_json(r: &PlanReport, action_id: &str, turns: u32) -> anyhow::Result<String> {
-    let mut v = serde_json::to_value(r)?;
-    let decided = r
-        .steps
-        .iter()
-        .find(|s| s.action_id.as_deref() == Some(action_id));
-    let tool_calls: Vec<serde_json::Value> = decided
-        .map(|s| {
-            let status = match s.status {
-                StepStatus::Done => "ok",
-                StepStatus::Rejected => "rejected",
-                StepStatus::PendingApproval => "pending_approval",
-                _ => "error",
-            };
-            serde_json::json!({"id": action_id, "tool": s.tool, "args": s.args, "status": status,
-                "result": s.result, "latency_ms": 0.0})
-        })
-        .into_iter()
-        .collect();
-    let pending = r
-        .pending_actions
-        .first()
-        .map(|p| serde_json::json!({"id": p.action_id, "tool": p.tool, "args": p.args}));
-    if let Some(o) = v.as_object_mut() {
-        o.insert("turns".into(), turns.into());
-        o.insert("tool_calls".into(), tool_calls.into());
-        o.insert(
-            "pending_action".into(),
-            pending.unwrap_or(serde_json::Value::Null),
-        );
-        o.insert("escalation".into(), serde_json::Value::Null);
-        o.insert(
-            "memory".into(),
-            serde_json::json!({"kb": [], "episodes": [], "summary": null}),
-        );
-        if o.get("answer").is_some_and(serde_json::Value::is_null) {
-            o.insert("answer".into(), "".into());
-        }
-    }
-    Ok(v.to_string())
-}
-
 fn one_line(s: &str, max: usize) -> String {
     let flat: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
     if flat.chars().count() <= max {
@@ -234,7 +174,8 @@ fn one_line(s: &str, max: usize) -> String {
     }
 }
 
-fn print_report(g: &GlobalArgs, r: &PlanReport) -> anyhow::Result<()> {
+/// Prints a plan report (JSON with `--json`).
+pub(super) fn print_report(g: &GlobalArgs, r: &PlanReport) -> anyhow::Result<()> {
     if g.json {
         println!("{}", serde_json::to_string(r)?);
         return Ok(());

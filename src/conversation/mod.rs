@@ -28,7 +28,7 @@ pub use buffer::{
 };
 pub use error::ConversationError;
 pub use sqlite::{SqliteConversationStore, SQLITE_FILE_NAME};
-pub use store::{validate_session_id, ConversationStore, StoredSession};
+pub use store::{validate_session_id, ConversationStore, PruneReport, StoredSession};
 pub use summarise::{
     identifiers, keep_identifiers, summary_request, SUMMARY_HEADING, SUMMARY_INSTRUCTIONS,
 };

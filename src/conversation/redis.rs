@@ -15,8 +15,22 @@ use redis::aio::ConnectionManager;
 
 use crate::llm::Message;
 
-use super::store::{validate_session_id, ConversationStore, StoredSession};
+use super::store::{validate_session_id, ConversationStore, PruneReport, StoredSession};
 use super::ConversationError;
+
+/// Deletes one session if its last activity is still before the cutoff (ARGV[2]) — checked
+/// inside the script, so an append that moved it on in the meantime keeps it. Returns the
+/// number of messages removed, or -1 when the session was kept.
+const PRUNE_SCRIPT: &str = r"
+local t = redis.call('ZSCORE', KEYS[3], ARGV[1])
+if (not t) or tonumber(t) >= tonumber(ARGV[2]) then
+  return -1
+end
+local n = redis.call('ZCARD', KEYS[2])
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return n
+";
 
 const COMMIT_SCRIPT: &str = r"
 local stored = tonumber(redis.call('HGET', KEYS[1], 'watermark') or '0') or 0
@@ -36,6 +50,7 @@ pub struct RedisConversationStore {
     conn: ConnectionManager,
     prefix: String,
     commit: redis::Script,
+    prune: redis::Script,
 }
 
 impl std::fmt::Debug for RedisConversationStore {
@@ -75,7 +90,14 @@ impl RedisConversationStore {
             conn,
             prefix: prefix.to_string(),
             commit: redis::Script::new(COMMIT_SCRIPT),
+            prune: redis::Script::new(PRUNE_SCRIPT),
         })
+    }
+
+    /// The sorted set of every session by its last activity (µs since the epoch), for
+    /// retention. Written before each message, so a message is never newer than its time.
+    fn active_key(&self) -> String {
+        format!("{}:conv:active", self.prefix)
     }
 
     fn keys(&self, session: &str) -> (String, String) {
@@ -151,6 +173,14 @@ impl ConversationStore for RedisConversationStore {
             serde_json::to_string(message).map_err(|e| ConversationError::store(action(), e))?;
         let (_, msgs) = self.keys(session);
         let mut conn = self.conn.clone();
+        // The time first: a prune racing this append then sees the session as active.
+        let _: i64 = redis::cmd("ZADD")
+            .arg(self.active_key())
+            .arg(now_us())
+            .arg(session)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ConversationError::store(action(), e))?;
         let _: i64 = redis::cmd("ZADD")
             .arg(&msgs)
             .arg(seq)
@@ -200,14 +230,123 @@ impl ConversationStore for RedisConversationStore {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
         let mut conn = self.conn.clone();
+        let action = || format!("delete session `{session}` from Redis");
         let _: i64 = redis::cmd("DEL")
             .arg(&meta)
             .arg(&msgs)
             .query_async(&mut conn)
             .await
-            .map_err(|e| {
-                ConversationError::store(format!("delete session `{session}` from Redis"), e)
-            })?;
+            .map_err(|e| ConversationError::store(action(), e))?;
+        let _: i64 = redis::cmd("ZREM")
+            .arg(self.active_key())
+            .arg(session)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ConversationError::store(action(), e))?;
         Ok(())
     }
+
+    async fn prune_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PruneReport, ConversationError> {
+        let action = || "prune conversations in Redis".to_string();
+        let mut conn = self.conn.clone();
+        let active = self.active_key();
+        let mut report = PruneReport::default();
+        // Sessions stored before times were kept: found by their keys, stamped with now
+        // (retention counts from the first prune that sees them), never deleted blindly.
+        let stamp = now_us();
+        let mut stamped = std::collections::HashSet::new();
+        let pattern = format!("{}:conv:{{*}}:*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| ConversationError::store(action(), e))?;
+            for key in keys {
+                let Some(session) = self.session_of(&key) else {
+                    continue;
+                };
+                let added: i64 = redis::cmd("ZADD")
+                    .arg(&active)
+                    .arg("NX")
+                    .arg(stamp)
+                    .arg(session)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| ConversationError::store(action(), e))?;
+                if added > 0 {
+                    report.untimed += 1;
+                    stamped.insert(session.to_owned());
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+        }
+        let cutoff_us = cutoff.timestamp_micros();
+        let old: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&active)
+            .arg("-inf")
+            .arg(format!("({cutoff_us}"))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| ConversationError::store(action(), e))?;
+        for session in old {
+            // Stamped by this run: kept whatever the cutoff.
+            if stamped.contains(&session) {
+                continue;
+            }
+            let (meta, msgs) = self.keys(&session);
+            let removed: i64 = self
+                .prune
+                .key(&meta)
+                .key(&msgs)
+                .key(&active)
+                .arg(&session)
+                .arg(cutoff_us)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| ConversationError::store(action(), e))?;
+            if removed >= 0 {
+                report.sessions += 1;
+                report.messages += u64::try_from(removed).unwrap_or(0);
+            }
+        }
+        Ok(report)
+    }
+}
+
+impl RedisConversationStore {
+    /// The session a `PREFIX:conv:{SESSION}:meta|msgs` key belongs to.
+    fn session_of<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let rest = key.strip_prefix(&self.prefix)?.strip_prefix(":conv:{")?;
+        rest.strip_suffix("}:meta")
+            .or_else(|| rest.strip_suffix("}:msgs"))
+    }
+}
+
+/// Microseconds since the epoch, now.
+fn now_us() -> i64 {
+    chrono::Utc::now().timestamp_micros()
+}
+
+/// `s` with Redis glob metacharacters escaped, for a literal prefix in `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

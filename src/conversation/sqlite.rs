@@ -9,7 +9,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::llm::Message;
 
-use super::store::{validate_session_id, ConversationStore, StoredSession};
+use super::store::{validate_session_id, ConversationStore, PruneReport, StoredSession};
 use super::ConversationError;
 
 /// File name of the store inside the data directory.
@@ -54,16 +54,10 @@ impl SqliteConversationStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ConversationError> {
         let path = path.as_ref().to_path_buf();
         let action = || format!("open {}", path.display());
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| ConversationError::store(action(), e))?;
-        }
-        let conn = Connection::open(&path).map_err(|e| ConversationError::store(action(), e))?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(|e| ConversationError::store(action(), e))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| ConversationError::store(action(), e))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(|e| ConversationError::store(action(), e))?;
+        let conn = crate::sqlite::OpenOptions::new()
+            .busy_timeout(Duration::from_secs(5))
+            .open(&path)
+            .map_err(|e| ConversationError::store(action(), e.cause_text()))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| ConversationError::store(action(), e))?;
         Ok(SqliteConversationStore {
@@ -90,7 +84,7 @@ impl SqliteConversationStore {
         let conn = Arc::clone(&self.conn);
         let failed = action.clone();
         tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().unwrap_or_else(|e| e.into_inner());
+            let mut guard = crate::sqlite::lock(&conn);
             work(&mut guard)
         })
         .await
@@ -255,6 +249,69 @@ impl ConversationStore for SqliteConversationStore {
             .map_err(e)?;
             tx.commit().map_err(e)?;
             Ok(())
+        })
+        .await
+    }
+
+    async fn prune_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PruneReport, ConversationError> {
+        let action = "prune conversations".to_string();
+        let err_action = action.clone();
+        self.run(action, move |conn| {
+            let e = |err: rusqlite::Error| ConversationError::store(err_action.clone(), err);
+            // IMMEDIATE: no append can slip in between choosing a session and deleting it.
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .map_err(e)?;
+            let mut report = PruneReport::default();
+            let mut old: Vec<String> = Vec::new();
+            {
+                let mut stmt = tx
+                    .prepare(
+                        "SELECT session_id, MAX(t) FROM (
+                             SELECT session_id, created_at AS t FROM conversation_messages
+                             UNION ALL
+                             SELECT session_id, updated_at AS t FROM conversation_sessions
+                         ) GROUP BY session_id",
+                    )
+                    .map_err(e)?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+                    })
+                    .map_err(e)?;
+                for row in rows {
+                    let (session, last) = row.map_err(e)?;
+                    // Every row carries an RFC 3339 time; MAX over mixed offsets would still
+                    // be a valid time, and an unreadable one keeps the session.
+                    match last
+                        .as_deref()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    {
+                        Some(t) if t < cutoff => old.push(session),
+                        Some(_) => {}
+                        None => report.untimed += 1,
+                    }
+                }
+            }
+            for session in &old {
+                report.messages += tx
+                    .execute(
+                        "DELETE FROM conversation_messages WHERE session_id = ?1",
+                        params![session],
+                    )
+                    .map_err(e)? as u64;
+                tx.execute(
+                    "DELETE FROM conversation_sessions WHERE session_id = ?1",
+                    params![session],
+                )
+                .map_err(e)?;
+                report.sessions += 1;
+            }
+            tx.commit().map_err(e)?;
+            Ok(report)
         })
         .await
     }

@@ -47,6 +47,33 @@ pub trait ConversationStore: Send + Sync {
 
     /// Deletes the session: summary and messages.
     async fn delete(&self, session: &str) -> Result<(), ConversationError>;
+
+    /// Retention: deletes every session whose last activity (last message appended or summary
+    /// committed) is strictly before `cutoff`, each session whole and atomically. Sessions with
+    /// no recorded time (written before times were kept) are never deleted here: they are
+    /// counted in [`PruneReport::untimed`] and, where the store can, stamped with the current
+    /// time so that retention counts from now. Stores without retention refuse.
+    async fn prune_before(
+        &self,
+        cutoff: chrono::DateTime<chrono::Utc>,
+    ) -> Result<PruneReport, ConversationError> {
+        let _ = cutoff;
+        Err(ConversationError::store(
+            "prune conversations",
+            "this conversation store keeps no append times",
+        ))
+    }
+}
+
+/// What [`ConversationStore::prune_before`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PruneReport {
+    /// Sessions deleted (summary and messages).
+    pub sessions: u64,
+    /// Messages deleted with them.
+    pub messages: u64,
+    /// Sessions kept because no time was recorded for them.
+    pub untimed: u64,
 }
 
 /// Checks a session id: 1 to 256 characters, no control characters.

@@ -185,7 +185,8 @@ impl BertEncoder {
         if cfg.hidden_act != "gelu" {
             candle_core::bail!("unsupported activation {:?} (only gelu)", cfg.hidden_act);
         }
-        if cfg.num_attention_heads == 0 || cfg.hidden_size % cfg.num_attention_heads != 0 {
+        if cfg.num_attention_heads == 0 || !cfg.hidden_size.is_multiple_of(cfg.num_attention_heads)
+        {
             candle_core::bail!("hidden size is not a multiple of the number of heads");
         }
         let h = cfg.hidden_size;

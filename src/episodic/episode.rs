@@ -31,6 +31,20 @@ impl EpisodeId {
         EpisodeId(uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid())
     }
 
+    /// The id of the episode of `merchant` saved with idempotency `key`: a UUIDv8 whose bits
+    /// are the first 128 of SHA-256(merchant, NUL, key).
+    pub fn derive(merchant: &MerchantId, key: &str) -> EpisodeId {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(merchant.as_str().as_bytes());
+        h.update([0u8]);
+        h.update(key.as_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        EpisodeId(uuid::Builder::from_custom_bytes(bytes).into_uuid())
+    }
+
     /// The underlying UUID.
     pub fn as_uuid(&self) -> uuid::Uuid {
         self.0
@@ -70,8 +84,13 @@ pub struct EpisodeDraft {
     /// Free-form JSON object (outcome, ticket ids, ...); `null` is stored as `{}`.
     pub metadata: serde_json::Value,
     /// Embedding of the summary; stored L2-normalised. Episodes without one are never
-    /// returned by `similar`.
+    /// returned by `similar` and only found by the keyword leg of `search`.
     pub embedding: Option<Vec<f32>>,
+    /// When the episode happened, if known (distinct from when it was stored).
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Idempotency key: a draft with a key gets an id derived from (merchant, key), so saving
+    /// it again (an import re-run after a crash) stores nothing new.
+    pub key: Option<String>,
 }
 
 impl EpisodeDraft {
@@ -81,7 +100,21 @@ impl EpisodeDraft {
             summary: summary.into(),
             metadata: serde_json::Value::Object(Default::default()),
             embedding: None,
+            occurred_at: None,
+            key: None,
         }
+    }
+
+    /// Sets when the episode happened.
+    pub fn with_occurred_at(mut self, at: DateTime<Utc>) -> EpisodeDraft {
+        self.occurred_at = Some(at);
+        self
+    }
+
+    /// Sets the idempotency key (see [`EpisodeDraft::key`]).
+    pub fn with_key(mut self, key: impl Into<String>) -> EpisodeDraft {
+        self.key = Some(key.into());
+        self
     }
 
     /// Sets the metadata.
@@ -113,15 +146,44 @@ pub struct Episode {
     pub created_at: DateTime<Utc>,
     /// Unit-length embedding, if the draft had one.
     pub embedding: Option<Vec<f32>>,
+    /// When it happened, if the draft said so; `recent` orders by it when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurred_at: Option<DateTime<Utc>>,
 }
 
-/// An episode with its cosine similarity to a query.
+impl Episode {
+    /// The time `recent` orders by: `occurred_at` when known, else `created_at`.
+    pub fn when(&self) -> DateTime<Utc> {
+        self.occurred_at.unwrap_or(self.created_at)
+    }
+}
+
+/// An episode with its relevance to a query.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoredEpisode {
     /// The episode.
     pub episode: Episode,
-    /// Cosine similarity in `[-1, 1]`.
+    /// `similar`: cosine similarity in `[-1, 1]`; `search`: the fused hybrid score (higher is
+    /// better, comparable only within one result list).
     pub score: f32,
+}
+
+/// Parses a user-supplied `occurred_at`: RFC 3339 (`2024-05-08T13:56:00Z`) or a plain date
+/// (`2024-05-08`, taken as midnight UTC).
+pub fn parse_occurred_at(s: &str) -> Result<DateTime<Utc>, EpisodicError> {
+    let t = s.trim();
+    if let Ok(dt) = DateTime::parse_from_rfc3339(t) {
+        return Ok(dt.with_timezone(&Utc));
+    }
+    if let Ok(d) = chrono::NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        if let Some(dt) = d.and_hms_opt(0, 0, 0) {
+            return Ok(dt.and_utc());
+        }
+    }
+    Err(EpisodicError::InvalidInput(format!(
+        "occurred_at {:?} is neither an RFC 3339 time nor a YYYY-MM-DD date",
+        t.chars().take(64).collect::<String>()
+    )))
 }
 
 /// A draft that passed validation: metadata serialised, embedding normalised.
@@ -131,11 +193,16 @@ pub(crate) struct CheckedDraft {
     pub summary: String,
     pub metadata_json: String,
     pub embedding: Option<Vec<f32>>,
+    pub occurred_us: Option<i64>,
 }
 
 impl CheckedDraft {
-    /// Validates `draft` and assigns it a fresh id.
-    pub fn check(draft: EpisodeDraft) -> Result<CheckedDraft, EpisodicError> {
+    /// Validates `draft` and assigns it an id: derived from (merchant, key) when the draft has
+    /// a key, else fresh.
+    pub fn check(
+        merchant: &MerchantId,
+        draft: EpisodeDraft,
+    ) -> Result<CheckedDraft, EpisodicError> {
         if draft.summary.trim().is_empty() {
             return Err(EpisodicError::InvalidInput("the summary is empty".into()));
         }
@@ -165,11 +232,21 @@ impl CheckedDraft {
             None => None,
             Some(v) => Some(checked_unit_vector(v, "the embedding")?),
         };
+        let id = match &draft.key {
+            Some(key) if key.is_empty() || key.len() > 1024 => {
+                return Err(EpisodicError::InvalidInput(
+                    "the idempotency key must be 1 to 1024 bytes".into(),
+                ))
+            }
+            Some(key) => EpisodeId::derive(merchant, key),
+            None => EpisodeId::generate(),
+        };
         Ok(CheckedDraft {
-            id: EpisodeId::generate(),
+            id,
             summary: draft.summary,
             metadata_json,
             embedding,
+            occurred_us: draft.occurred_at.map(|t| t.timestamp_micros()),
         })
     }
 }
@@ -199,6 +276,14 @@ pub(crate) fn checked_unit_vector(mut v: Vec<f32>, what: &str) -> Result<Vec<f32
     Ok(v)
 }
 
+/// Converts optional stored microseconds (`occurred_at`) to a timestamp.
+pub(crate) fn opt_micros(
+    us: Option<i64>,
+    id: &str,
+) -> Result<Option<DateTime<Utc>>, EpisodicError> {
+    us.map(|u| micros_to_datetime(u, id)).transpose()
+}
+
 /// Converts stored microseconds since the Unix epoch to a timestamp.
 pub(crate) fn micros_to_datetime(us: i64, id: &str) -> Result<DateTime<Utc>, EpisodicError> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| EpisodicError::Corrupt {
@@ -209,9 +294,9 @@ pub(crate) fn micros_to_datetime(us: i64, id: &str) -> Result<DateTime<Utc>, Epi
 
 /// Parses stored metadata JSON.
 pub(crate) fn parse_metadata(json: &str, id: &str) -> Result<serde_json::Value, EpisodicError> {
-    serde_json::from_str(json).map_err(|e| EpisodicError::Corrupt {
+    serde_json::from_str(json).map_err(|source| EpisodicError::CorruptMetadata {
         id: id.to_owned(),
-        message: format!("metadata is not JSON ({e})"),
+        source,
     })
 }
 
@@ -240,17 +325,55 @@ mod tests {
         assert!("not-a-uuid".parse::<EpisodeId>().is_err());
     }
 
+    fn m() -> MerchantId {
+        MerchantId::parse("M1").unwrap()
+    }
+
+    #[test]
+    fn keyed_ids_are_deterministic_per_merchant() {
+        let a = EpisodeId::derive(&m(), "line:1");
+        assert_eq!(a, EpisodeId::derive(&m(), "line:1"));
+        assert_ne!(a, EpisodeId::derive(&m(), "line:2"));
+        assert_ne!(
+            a,
+            EpisodeId::derive(&MerchantId::parse("M2").unwrap(), "line:1")
+        );
+        assert_eq!(a.to_string().parse::<EpisodeId>().unwrap(), a);
+    }
+
+    #[test]
+    fn occurred_at_accepts_rfc3339_and_dates() {
+        assert_eq!(
+            parse_occurred_at("2023-05-08").unwrap().to_rfc3339(),
+            "2023-05-08T00:00:00+00:00"
+        );
+        assert_eq!(
+            parse_occurred_at("2023-05-08T13:56:00+02:00")
+                .unwrap()
+                .to_rfc3339(),
+            "2023-05-08T11:56:00+00:00"
+        );
+        assert!(parse_occurred_at("8 May 2023").is_err());
+        assert!(parse_occurred_at("2023-13-01").is_err());
+    }
+
     #[test]
     fn draft_checks() {
-        assert!(CheckedDraft::check(EpisodeDraft::new("  ")).is_err());
-        assert!(CheckedDraft::check(EpisodeDraft::new("x".repeat(MAX_SUMMARY_BYTES + 1))).is_err());
+        assert!(CheckedDraft::check(&m(), EpisodeDraft::new("  ")).is_err());
         assert!(
-            CheckedDraft::check(EpisodeDraft::new("ok").with_metadata(serde_json::json!([1])))
+            CheckedDraft::check(&m(), EpisodeDraft::new("x".repeat(MAX_SUMMARY_BYTES + 1)))
                 .is_err()
         );
-        let null_meta =
-            CheckedDraft::check(EpisodeDraft::new("ok").with_metadata(serde_json::Value::Null))
-                .unwrap();
+        assert!(CheckedDraft::check(
+            &m(),
+            EpisodeDraft::new("ok").with_metadata(serde_json::json!([1]))
+        )
+        .is_err());
+        let null_meta = CheckedDraft::check(
+            &m(),
+            EpisodeDraft::new("ok").with_metadata(serde_json::Value::Null),
+        )
+        .unwrap();
         assert_eq!(null_meta.metadata_json, "{}");
         for bad in [
             vec![],
@@ -258,10 +381,12 @@ mod tests {
             vec![f32::NAN, 1.0],
             vec![f32::INFINITY],
         ] {
-            assert!(CheckedDraft::check(EpisodeDraft::new("ok").with_embedding(bad)).is_err());
+            assert!(
+                CheckedDraft::check(&m(), EpisodeDraft::new("ok").with_embedding(bad)).is_err()
+            );
         }
-        let d =
-            CheckedDraft::check(EpisodeDraft::new("ok").with_embedding(vec![3.0, 4.0])).unwrap();
+        let d = CheckedDraft::check(&m(), EpisodeDraft::new("ok").with_embedding(vec![3.0, 4.0]))
+            .unwrap();
         let e = d.embedding.unwrap();
         assert!((e[0] - 0.6).abs() < 1e-6 && (e[1] - 0.8).abs() < 1e-6);
     }

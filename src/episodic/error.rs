@@ -2,6 +2,8 @@
 
 use std::path::PathBuf;
 
+use crate::sqlite::SqliteError;
+
 /// Everything that can go wrong in episodic memory. Every message is one sentence that names
 /// the store (never a password) and says what to do where that is not obvious.
 #[derive(Debug, thiserror::Error)]
@@ -46,22 +48,31 @@ pub enum EpisodicError {
         path: PathBuf,
     },
 
+    /// A read-only command named a SQLite database that does not exist (nothing was created).
+    #[error("the episodic database {path} does not exist")]
+    Missing {
+        /// The database file.
+        path: PathBuf,
+    },
+
     /// The data directory or database file could not be created or opened.
-    #[error("cannot open the episodic database {path}: {message}")]
+    #[error("cannot open the episodic database {path}: {}", .source.cause_text())]
     Open {
         /// The database file.
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (the directory, the file, or SQLite's error).
+        #[source]
+        source: Box<SqliteError>,
     },
 
     /// Any other SQLite failure.
-    #[error("episodic database {path}: {message}")]
+    #[error("episodic database {path}: {}", .source.cause_text())]
     Sqlite {
         /// The database file.
         path: PathBuf,
-        /// SQLite's description of the failure.
-        message: String,
+        /// The failure, with SQLite's error inside.
+        #[source]
+        source: Box<SqliteError>,
     },
 
     /// Redis did not answer after bounded retries with backoff.
@@ -76,16 +87,18 @@ pub enum EpisodicError {
         /// Time spent on all attempts and backoff, in milliseconds.
         elapsed_ms: u64,
         /// The last error seen.
-        last: String,
+        #[source]
+        last: Box<redis::RedisError>,
     },
 
     /// Redis answered with an error that retrying will not fix.
-    #[error("Redis at {endpoint} refused the request: {message}")]
+    #[error("Redis at {endpoint} refused the request: {source}")]
     Redis {
         /// `host:port/db` of the server, without credentials.
         endpoint: String,
-        /// The server's or client's description.
-        message: String,
+        /// The server's or client's error.
+        #[source]
+        source: Box<redis::RedisError>,
     },
 
     /// A stored episode could not be decoded (the store was written by something else).
@@ -97,7 +110,17 @@ pub enum EpisodicError {
         message: String,
     },
 
+    /// A stored episode's metadata is not JSON.
+    #[error("stored episode {id} is corrupt: metadata is not JSON ({source})")]
+    CorruptMetadata {
+        /// The episode id.
+        id: String,
+        /// The JSON parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// A blocking task running a SQLite call failed (panicked or was cancelled).
     #[error("an episodic storage task stopped unexpectedly: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }

@@ -28,15 +28,18 @@ use crate::merchant::MerchantId;
 
 mod episode;
 mod error;
+mod hybrid;
+pub mod import;
 pub mod redis;
 pub mod sqlite;
 mod vector;
 
 pub use episode::{
-    Episode, EpisodeDraft, EpisodeId, ScoredEpisode, MAX_EMBEDDING_DIM, MAX_METADATA_BYTES,
-    MAX_SUMMARY_BYTES,
+    parse_occurred_at, Episode, EpisodeDraft, EpisodeId, ScoredEpisode, MAX_EMBEDDING_DIM,
+    MAX_METADATA_BYTES, MAX_SUMMARY_BYTES,
 };
 pub use error::EpisodicError;
+pub use hybrid::{Fusion, SearchQuery, DEFAULT_CACHE_BYTES};
 pub use redis::{RedisEpisodicStore, RedisOptions};
 pub use sqlite::{SqliteEpisodicStore, SqliteOptions};
 
@@ -60,7 +63,18 @@ pub trait EpisodicStore: Send + Sync {
         draft: EpisodeDraft,
     ) -> Result<Episode, EpisodicError>;
 
-    /// The `n` newest episodes of `merchant`, newest first.
+    /// Validates every draft, then stores them in one write (one transaction on SQLite, one
+    /// pipeline of atomic scripts on Redis). Drafts whose idempotency key was already saved are
+    /// skipped. Returns how many episodes were newly stored. Nothing is stored if a draft is
+    /// invalid.
+    async fn save_many(
+        &self,
+        merchant: &MerchantId,
+        drafts: Vec<EpisodeDraft>,
+    ) -> Result<u64, EpisodicError>;
+
+    /// The `n` most recent episodes of `merchant`, newest first by `occurred_at` when present,
+    /// else by `created_at` (ties: the later saved first).
     async fn recent(&self, merchant: &MerchantId, n: usize) -> Result<Vec<Episode>, EpisodicError>;
 
     /// The `k` episodes of `merchant` whose embeddings are most cosine-similar to `query`,
@@ -71,6 +85,24 @@ pub trait EpisodicStore: Send + Sync {
         query: &[f32],
         k: usize,
     ) -> Result<Vec<ScoredEpisode>, EpisodicError>;
+
+    /// Hybrid search among `merchant`'s episodes: BM25 over the summaries fused with cosine
+    /// over the embeddings (when `query.vector` is given), best first, scores fused
+    /// ([`Fusion`]). Served from an in-process per-merchant index rebuilt whenever the
+    /// merchant's version counter (bumped by every write) moves.
+    async fn search(
+        &self,
+        merchant: &MerchantId,
+        query: &SearchQuery,
+    ) -> Result<Vec<ScoredEpisode>, EpisodicError>;
+
+    /// Removes `merchant`'s episodes that happened (`occurred_at`, else `created_at`)
+    /// strictly before `before`; returns how many were removed.
+    async fn forget_before(
+        &self,
+        merchant: &MerchantId,
+        before: DateTime<Utc>,
+    ) -> Result<u64, EpisodicError>;
 
     /// One episode of `merchant` by id; `None` if it does not exist or belongs to another merchant.
     async fn get(
@@ -138,20 +170,59 @@ pub async fn open(
     url: Option<&str>,
     data_dir: &Path,
 ) -> Result<Arc<dyn EpisodicStore>, EpisodicError> {
+    open_with_cache(url, data_dir, DEFAULT_CACHE_BYTES).await
+}
+
+/// [`open`] with a byte budget for the in-process search-index cache (`--episodic-cache-mb`).
+pub async fn open_with_cache(
+    url: Option<&str>,
+    data_dir: &Path,
+    cache_bytes: u64,
+) -> Result<Arc<dyn EpisodicStore>, EpisodicError> {
     let parsed = match url {
         Some(u) => StoreUrl::parse(u)?,
         None => StoreUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)),
     };
     match parsed {
         StoreUrl::Sqlite(path) => {
-            let store = SqliteEpisodicStore::open(&path, SqliteOptions::default()).await?;
+            let opts = SqliteOptions {
+                cache_bytes,
+                ..SqliteOptions::default()
+            };
+            let store = SqliteEpisodicStore::open(&path, opts).await?;
             Ok(Arc::new(store))
         }
         StoreUrl::Redis(u) => {
-            let store = RedisEpisodicStore::connect(&u, RedisOptions::default()).await?;
+            let opts = RedisOptions {
+                cache_bytes,
+                ..RedisOptions::default()
+            };
+            let store = RedisEpisodicStore::connect(&u, opts).await?;
             Ok(Arc::new(store))
         }
     }
+}
+
+/// Opens the store named by `url` (or the default SQLite file) for reading, creating nothing:
+/// `Ok(None)` when the default file does not exist yet, [`EpisodicError::Missing`] when a
+/// SQLite file named by `url` does not exist.
+pub async fn open_existing(
+    url: Option<&str>,
+    data_dir: &Path,
+) -> Result<Option<Arc<dyn EpisodicStore>>, EpisodicError> {
+    let parsed = match url {
+        Some(u) => StoreUrl::parse(u)?,
+        None => StoreUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)),
+    };
+    if let StoreUrl::Sqlite(path) = &parsed {
+        if !path.exists() {
+            return match url {
+                Some(_) => Err(EpisodicError::Missing { path: path.clone() }),
+                None => Ok(None),
+            };
+        }
+    }
+    open(url, data_dir).await.map(Some)
 }
 
 #[cfg(test)]

@@ -16,13 +16,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use crate::sqlite::SqliteError;
 
 use super::episode::{
-    checked_unit_vector, micros_to_datetime, parse_id, parse_metadata, CheckedDraft,
+    checked_unit_vector, micros_to_datetime, opt_micros, parse_id, parse_metadata, CheckedDraft,
 };
+use super::hybrid::{IndexCache, IndexRow, MerchantIndex, CACHE_ENTRIES, DEFAULT_CACHE_BYTES};
 use super::vector::{self, Candidate};
-use super::{Episode, EpisodeDraft, EpisodeId, EpisodicError, EpisodicStore, ScoredEpisode};
+use super::{
+    Episode, EpisodeDraft, EpisodeId, EpisodicError, EpisodicStore, ScoredEpisode, SearchQuery,
+};
 use crate::merchant::MerchantId;
 
 /// Tuning for [`SqliteEpisodicStore`].
@@ -33,6 +38,8 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Most idle reader connections kept open (default 4).
     pub max_idle_readers: usize,
+    /// Byte budget of the in-process search-index cache (default 256 MiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for SqliteOptions {
@@ -40,6 +47,7 @@ impl Default for SqliteOptions {
         SqliteOptions {
             busy_timeout: Duration::from_secs(5),
             max_idle_readers: 4,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -55,6 +63,7 @@ struct Inner {
     opts: SqliteOptions,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    cache: IndexCache<i64>,
 }
 
 const SCHEMA: &str = "
@@ -69,9 +78,28 @@ CREATE TABLE IF NOT EXISTS episodes (
 );
 CREATE INDEX IF NOT EXISTS episodes_by_merchant ON episodes (merchant_id, created_at_us);
 CREATE INDEX IF NOT EXISTS episodes_by_time ON episodes (created_at_us);
+CREATE TABLE IF NOT EXISTS episode_versions (
+    merchant_id TEXT PRIMARY KEY,
+    version     INTEGER NOT NULL
+);
 ";
 
-const SELECT_COLUMNS: &str = "id, summary, metadata, created_at_us, embedding";
+/// Added after the first release: applied when the column is missing.
+const MIGRATE_OCCURRED: &str = "
+ALTER TABLE episodes ADD COLUMN occurred_at_us INTEGER;
+";
+
+const SCHEMA_WHEN: &str = "
+CREATE INDEX IF NOT EXISTS episodes_by_when
+    ON episodes (merchant_id, COALESCE(occurred_at_us, created_at_us));
+";
+
+const SELECT_COLUMNS: &str = "id, summary, metadata, created_at_us, embedding, occurred_at_us";
+
+/// Bumps a merchant's version counter; every write that changes its episodes runs it in the
+/// same transaction, so the search cache never serves a stale index.
+const BUMP_VERSION: &str = "INSERT INTO episode_versions (merchant_id, version) VALUES (?1, 1) \
+    ON CONFLICT(merchant_id) DO UPDATE SET version = version + 1";
 
 impl std::fmt::Debug for SqliteEpisodicStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -92,48 +120,23 @@ impl SqliteEpisodicStore {
         let path = path.to_path_buf();
         tokio::task::spawn_blocking(move || Self::open_blocking(path, opts))
             .await
-            .map_err(|e| EpisodicError::Task(e.to_string()))?
+            .map_err(EpisodicError::Task)?
     }
 
     fn open_blocking(path: PathBuf, opts: SqliteOptions) -> Result<Self, EpisodicError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| EpisodicError::Open {
-                path: path.clone(),
-                message: format!("cannot create directory {}: {e}", dir.display()),
-            })?;
-        }
-        if let Ok(meta) = std::fs::metadata(&path) {
-            if !meta.is_file() {
-                return Err(EpisodicError::Open {
-                    path,
-                    message: "it is not a regular file".into(),
-                });
-            }
-            if meta.permissions().readonly() {
-                return Err(EpisodicError::ReadOnly { path });
-            }
-        }
-        let writer = Connection::open(&path).map_err(|e| map_err(&path, &opts, e))?;
-        configure(&writer, &opts).map_err(|e| map_err(&path, &opts, e))?;
-        if writer.is_readonly(rusqlite::MAIN_DB).unwrap_or(true) {
-            return Err(EpisodicError::ReadOnly { path });
-        }
-        writer
-            .pragma_update(None, "journal_mode", "WAL")
+        let mut writer = writer_options(&opts).open(&path)?;
+        crate::sqlite::apply_schema(&mut writer, SCHEMA).map_err(|e| map_err(&path, &opts, e))?;
+        let has_occurred = crate::sqlite::has_column(&writer, "episodes", "occurred_at_us")
             .map_err(|e| map_err(&path, &opts, e))?;
-        writer
-            .pragma_update(None, "synchronous", "NORMAL")
+        let migrate = if has_occurred { "" } else { MIGRATE_OCCURRED };
+        crate::sqlite::apply_schema(&mut writer, &format!("{migrate} {SCHEMA_WHEN}"))
             .map_err(|e| map_err(&path, &opts, e))?;
-        writer
-            .execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-            .map_err(|e| {
-                let _ = writer.execute_batch("ROLLBACK");
-                map_err(&path, &opts, e)
-            })?;
+        let cache = IndexCache::new(CACHE_ENTRIES, opts.cache_bytes);
         Ok(SqliteEpisodicStore {
             inner: Arc::new(Inner {
                 path,
                 opts,
+                cache,
                 writer: Mutex::new(writer),
                 readers: Mutex::new(Vec::new()),
             }),
@@ -157,7 +160,7 @@ impl SqliteEpisodicStore {
             f(&mut conn).map_err(|e| map_err(&inner.path, &inner.opts, e))
         })
         .await
-        .map_err(|e| EpisodicError::Task(e.to_string()))?
+        .map_err(EpisodicError::Task)?
     }
 
     /// Runs `f` with a pooled reader connection on the blocking pool.
@@ -171,8 +174,7 @@ impl SqliteEpisodicStore {
             let pooled = lock(&inner.readers).pop();
             let mut conn = match pooled {
                 Some(c) => c,
-                None => open_reader(&inner.path, &inner.opts)
-                    .map_err(|e| map_err(&inner.path, &inner.opts, e))?,
+                None => open_reader(&inner.path, &inner.opts)?,
             };
             let out = f(&mut conn);
             let mut pool = lock(&inner.readers);
@@ -182,7 +184,64 @@ impl SqliteEpisodicStore {
             out
         })
         .await
-        .map_err(|e| EpisodicError::Task(e.to_string()))?
+        .map_err(EpisodicError::Task)?
+    }
+
+    /// Inserts checked drafts in one transaction, skipping ids already stored; returns how many
+    /// were new. `created_at` stays strictly increasing per merchant.
+    async fn insert(
+        &self,
+        merchant: &MerchantId,
+        rows: Vec<CheckedDraft>,
+    ) -> Result<u64, EpisodicError> {
+        if rows.is_empty() {
+            return Ok(0);
+        }
+        let mid = merchant.as_str().to_owned();
+        self.with_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut last: Option<i64> = tx
+                .prepare_cached(
+                    "SELECT created_at_us FROM episodes WHERE merchant_id = ?1 \
+                     ORDER BY created_at_us DESC LIMIT 1",
+                )?
+                .query_row([&mid], |r| r.get(0))
+                .optional()?;
+            let mut new = 0u64;
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO episodes \
+                     (id, merchant_id, summary, metadata, created_at_us, embedding, occurred_at_us) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                for row in rows {
+                    let now = Utc::now().timestamp_micros();
+                    let created = match last {
+                        Some(l) if l >= now => l + 1,
+                        _ => now,
+                    };
+                    let n = stmt.execute(params![
+                        row.id.to_string(),
+                        mid,
+                        row.summary,
+                        row.metadata_json,
+                        created,
+                        row.embedding.as_deref().map(vector::to_bytes),
+                        row.occurred_us,
+                    ])?;
+                    if n > 0 {
+                        last = Some(created);
+                        new += 1;
+                    }
+                }
+            }
+            if new > 0 {
+                tx.execute(BUMP_VERSION, [&mid])?;
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+        .await
     }
 
     fn sqlite_err(&self, e: rusqlite::Error) -> EpisodicError {
@@ -197,49 +256,127 @@ impl EpisodicStore for SqliteEpisodicStore {
         merchant: &MerchantId,
         draft: EpisodeDraft,
     ) -> Result<Episode, EpisodicError> {
-        let checked = CheckedDraft::check(draft)?;
-        let mid = merchant.as_str().to_owned();
-        let row = checked.clone();
-        let created_us = self
-            .with_writer(move |conn| {
-                let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-                let last: Option<i64> = tx
-                    .prepare_cached(
-                        "SELECT created_at_us FROM episodes WHERE merchant_id = ?1 \
-                         ORDER BY created_at_us DESC LIMIT 1",
-                    )?
-                    .query_row([&mid], |r| r.get(0))
-                    .optional()?;
-                let now = Utc::now().timestamp_micros();
-                let created = match last {
-                    Some(l) if l >= now => l + 1,
-                    _ => now,
-                };
-                tx.prepare_cached(
-                    "INSERT INTO episodes (id, merchant_id, summary, metadata, created_at_us, embedding) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                )?
-                .execute(params![
-                    row.id.to_string(),
-                    mid,
-                    row.summary,
-                    row.metadata_json,
-                    created,
-                    row.embedding.as_deref().map(vector::to_bytes),
-                ])?;
-                tx.commit()?;
-                Ok(created)
+        let checked = CheckedDraft::check(merchant, draft)?;
+        let id = checked.id;
+        self.insert(merchant, vec![checked]).await?;
+        self.get(merchant, id)
+            .await?
+            .ok_or_else(|| EpisodicError::Corrupt {
+                id: id.to_string(),
+                message: "the episode vanished right after it was saved".into(),
             })
-            .await?;
-        let id_str = checked.id.to_string();
-        Ok(Episode {
-            id: checked.id,
-            merchant_id: merchant.clone(),
-            summary: checked.summary,
-            metadata: parse_metadata(&checked.metadata_json, &id_str)?,
-            created_at: micros_to_datetime(created_us, &id_str)?,
-            embedding: checked.embedding,
+    }
+
+    async fn save_many(
+        &self,
+        merchant: &MerchantId,
+        drafts: Vec<EpisodeDraft>,
+    ) -> Result<u64, EpisodicError> {
+        let checked = drafts
+            .into_iter()
+            .map(|d| CheckedDraft::check(merchant, d))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.insert(merchant, checked).await
+    }
+
+    async fn search(
+        &self,
+        merchant: &MerchantId,
+        query: &SearchQuery,
+    ) -> Result<Vec<ScoredEpisode>, EpisodicError> {
+        let vector = query
+            .vector
+            .clone()
+            .map(|v| checked_unit_vector(v, "the query vector"))
+            .transpose()?;
+        if query.k == 0 {
+            return Ok(Vec::new());
+        }
+        let m = merchant.clone();
+        let this = self.clone();
+        let q = query.clone();
+        self.with_reader(move |conn| {
+            let tx = conn.transaction().map_err(|e| this.sqlite_err(e))?;
+            let version: i64 = tx
+                .prepare_cached("SELECT version FROM episode_versions WHERE merchant_id = ?1")
+                .and_then(|mut s| s.query_row([m.as_str()], |r| r.get(0)).optional())
+                .map_err(|e| this.sqlite_err(e))?
+                .unwrap_or(0);
+            let index = match this.inner.cache.get(m.as_str(), version) {
+                Some(i) => i,
+                None => {
+                    let mut rows = Vec::new();
+                    let mut stmt = tx
+                        .prepare_cached(
+                            "SELECT seq, id, created_at_us, summary, embedding, \
+                             COALESCE(occurred_at_us, created_at_us) FROM episodes \
+                             WHERE merchant_id = ?1 ORDER BY created_at_us, seq",
+                        )
+                        .map_err(|e| this.sqlite_err(e))?;
+                    let mut it = stmt.query([m.as_str()]).map_err(|e| this.sqlite_err(e))?;
+                    while let Some(r) = it.next().map_err(|e| this.sqlite_err(e))? {
+                        let read = || -> rusqlite::Result<IndexRow<i64>> {
+                            Ok(IndexRow {
+                                key: r.get(0)?,
+                                id: r.get(1)?,
+                                created_us: r.get(2)?,
+                                summary: r.get(3)?,
+                                embedding: r.get(4)?,
+                                when_us: r.get(5)?,
+                            })
+                        };
+                        rows.push(read().map_err(|e| this.sqlite_err(e))?);
+                    }
+                    let built = Arc::new(MerchantIndex::build(version, rows)?);
+                    this.inner.cache.put(m.as_str(), Arc::clone(&built));
+                    built
+                }
+            };
+            let best = index.search(&q.text, vector.as_deref(), q.k, &q.fusion)?;
+            let mut out = Vec::with_capacity(best.len());
+            let mut stmt = tx
+                .prepare_cached(&format!(
+                    "SELECT {SELECT_COLUMNS} FROM episodes WHERE seq = ?1 AND merchant_id = ?2"
+                ))
+                .map_err(|e| this.sqlite_err(e))?;
+            for (seq, score) in best {
+                // An episode removed since the index was built is skipped, never an error.
+                let Some(row) = stmt
+                    .query_row(params![seq, m.as_str()], RawRow::read)
+                    .optional()
+                    .map_err(|e| this.sqlite_err(e))?
+                else {
+                    continue;
+                };
+                out.push(ScoredEpisode {
+                    episode: row.into_episode(&m)?,
+                    score,
+                });
+            }
+            Ok(out)
         })
+        .await
+    }
+
+    async fn forget_before(
+        &self,
+        merchant: &MerchantId,
+        before: DateTime<Utc>,
+    ) -> Result<u64, EpisodicError> {
+        let mid = merchant.as_str().to_owned();
+        let cutoff = before.timestamp_micros();
+        self.with_writer(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let n = tx.execute(
+                "DELETE FROM episodes WHERE merchant_id = ?1 \
+                 AND COALESCE(occurred_at_us, created_at_us) < ?2",
+                params![mid, cutoff],
+            )?;
+            tx.execute(BUMP_VERSION, [&mid])?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn recent(&self, merchant: &MerchantId, n: usize) -> Result<Vec<Episode>, EpisodicError> {
@@ -253,7 +390,8 @@ impl EpisodicStore for SqliteEpisodicStore {
             let mut stmt = conn
                 .prepare_cached(&format!(
                     "SELECT {SELECT_COLUMNS} FROM episodes WHERE merchant_id = ?1 \
-                     ORDER BY created_at_us DESC, seq DESC LIMIT ?2"
+                     ORDER BY COALESCE(occurred_at_us, created_at_us) DESC, created_at_us DESC, \
+                     seq DESC LIMIT ?2"
                 ))
                 .map_err(|e| this.sqlite_err(e))?;
             let rows = stmt
@@ -363,6 +501,7 @@ impl EpisodicStore for SqliteEpisodicStore {
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let n = tx.execute("DELETE FROM episodes WHERE merchant_id = ?1", [&mid])?;
+            tx.execute(BUMP_VERSION, [&mid])?;
             tx.commit()?;
             Ok(n as u64)
         })
@@ -373,6 +512,14 @@ impl EpisodicStore for SqliteEpisodicStore {
         let cutoff = older_than.timestamp_micros();
         self.with_writer(move |conn| {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            // Every merchant that loses episodes gets a new version (including merchants whose
+            // episodes predate the versions table), so no cached search index outlives them.
+            tx.execute(
+                "INSERT INTO episode_versions (merchant_id, version) \
+                 SELECT DISTINCT merchant_id, 1 FROM episodes WHERE created_at_us < ?1 \
+                 ON CONFLICT(merchant_id) DO UPDATE SET version = version + 1",
+                [cutoff],
+            )?;
             let n = tx.execute("DELETE FROM episodes WHERE created_at_us < ?1", [cutoff])?;
             tx.commit()?;
             Ok(n as u64)
@@ -392,6 +539,7 @@ struct RawRow {
     metadata: String,
     created_us: i64,
     embedding: Option<Vec<u8>>,
+    occurred_us: Option<i64>,
 }
 
 impl RawRow {
@@ -402,6 +550,7 @@ impl RawRow {
             metadata: r.get(2)?,
             created_us: r.get(3)?,
             embedding: r.get(4)?,
+            occurred_us: r.get(5)?,
         })
     }
 
@@ -416,49 +565,51 @@ impl RawRow {
                 .embedding
                 .map(|b| vector::from_bytes(&b, &self.id))
                 .transpose()?,
+            occurred_at: opt_micros(self.occurred_us, &self.id)?,
         })
     }
 }
 
-fn configure(conn: &Connection, opts: &SqliteOptions) -> rusqlite::Result<()> {
-    conn.busy_timeout(opts.busy_timeout)?;
-    conn.set_prepared_statement_cache_capacity(32);
-    Ok(())
+/// The writer: creates the file and its directory, WAL, refuses a file it cannot write.
+fn writer_options(opts: &SqliteOptions) -> crate::sqlite::OpenOptions {
+    crate::sqlite::OpenOptions::new()
+        .busy_timeout(opts.busy_timeout)
+        .statement_cache(32)
+        .refuse_read_only(true)
 }
 
-fn open_reader(path: &Path, opts: &SqliteOptions) -> rusqlite::Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )?;
-    configure(&conn, opts)?;
-    conn.pragma_update(None, "query_only", true)?;
-    Ok(conn)
+/// A pooled reader: the existing file, query-only.
+fn open_reader(path: &Path, opts: &SqliteOptions) -> Result<Connection, EpisodicError> {
+    Ok(writer_options(opts).query_only().open(path)?)
 }
 
-/// Locks a mutex, recovering from poisoning: a panic inside a closure cannot leave a SQLite
-/// transaction open (rusqlite rolls back on drop), so the connection is still usable.
+/// Locks a mutex with the shared poisoned-lock policy ([`crate::sqlite::lock`]).
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    crate::sqlite::lock(m)
 }
 
 fn map_err(path: &Path, opts: &SqliteOptions, e: rusqlite::Error) -> EpisodicError {
-    let code = e.sqlite_error_code();
-    match code {
-        Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => EpisodicError::Locked {
-            path: path.to_path_buf(),
-            waited_ms: opts.busy_timeout.as_millis() as u64,
-        },
-        Some(ErrorCode::ReadOnly) => EpisodicError::ReadOnly {
-            path: path.to_path_buf(),
-        },
-        Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => EpisodicError::Open {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        },
-        _ => EpisodicError::Sqlite {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        },
+    SqliteError::from_rusqlite(path, opts.busy_timeout, e).into()
+}
+
+impl From<SqliteError> for EpisodicError {
+    fn from(e: SqliteError) -> Self {
+        match e {
+            SqliteError::Busy {
+                path, waited_ms, ..
+            } => EpisodicError::Locked { path, waited_ms },
+            SqliteError::ReadOnly { path, .. } => EpisodicError::ReadOnly { path },
+            SqliteError::Missing { path } => EpisodicError::Missing { path },
+            SqliteError::Sqlite { ref path, .. } => EpisodicError::Sqlite {
+                path: path.clone(),
+                source: Box::new(e),
+            },
+            SqliteError::CreateDir { ref path, .. }
+            | SqliteError::NotAFile { ref path }
+            | SqliteError::CannotOpen { ref path, .. } => EpisodicError::Open {
+                path: path.clone(),
+                source: Box::new(e),
+            },
+        }
     }
 }

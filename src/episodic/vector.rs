@@ -29,7 +29,7 @@ pub(crate) fn to_bytes(v: &[f32]) -> Vec<u8> {
 
 /// Decodes [`to_bytes`] output; `id` names the episode in the error.
 pub(crate) fn from_bytes(bytes: &[u8], id: &str) -> Result<Vec<f32>, EpisodicError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(EpisodicError::Corrupt {
             id: id.to_owned(),
             message: format!("embedding is {} bytes, not a multiple of 4", bytes.len()),

@@ -2,12 +2,11 @@
 //! side list for vectors added since the last build and tombstones for removed ones.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use super::build::build_graph;
 use super::flat::FlatIndex;
 use super::graph::{Cand, Graph};
-use super::{check_vector, persist, HnswParams, IndexError, VectorIndex};
+use super::{check_vector, HnswParams, IndexError, VectorIndex};
 
 /// Approximate nearest-neighbour index over unit vectors (scores are dot products).
 ///
@@ -122,11 +121,6 @@ impl HnswIndex {
         self.dead_count
     }
 
-    /// Nodes in the graph, tombstoned ones included.
-    pub fn graph_len(&self) -> usize {
-        self.graph.len()
-    }
-
     /// True when the side list or the tombstones are large enough that a rebuild pays off.
     pub fn needs_compaction(&self) -> bool {
         let n = self.graph.len();
@@ -222,18 +216,6 @@ impl HnswIndex {
             out.truncate(k);
         }
         Ok(out)
-    }
-
-    /// Writes the index to `path`: to a temporary file beside it, fsynced, then renamed over
-    /// `path`, so readers see the old file or the new one, never a mix.
-    pub fn save(&self, path: &Path) -> Result<(), IndexError> {
-        persist::save(self, path)
-    }
-
-    /// Reads an index written by [`HnswIndex::save`], validating it completely; a truncated,
-    /// foreign or corrupted file is an error, never a panic.
-    pub fn load(path: &Path) -> Result<Self, IndexError> {
-        persist::load(path)
     }
 }
 

@@ -5,25 +5,32 @@
 //! * [`HnswIndex`] — approximate search: an HNSW graph built by our own insertion code directly
 //!   into a compact read-only layout that is searched without locks or per-query allocations,
 //!   and persisted in our own validated format.
+//! * [`HnswRsIndex`] — the `hnsw_rs` crate's graph, for comparison (`--index hnsw_rs`).
+//! * [`AnyIndex`] / [`IndexKind`] — the backend chosen at run time, with the knowledge base's
+//!   lifecycle (generation, compaction, persistence) over all three.
 //!
 //! Scores are dot products (cosine similarity for unit vectors): higher is closer.
 //!
 //! Architecture invariant: this module knows nothing about chunks, files or SQLite; ids are
 //! opaque `u64`s chosen by the caller.
 
+mod backend;
 mod build;
-pub mod dataset;
 pub mod distance;
 mod flat;
 mod graph;
 mod hnsw;
-mod persist;
+mod hnswrs;
+pub(crate) mod persist;
+mod vecfile;
 
 use std::path::PathBuf;
 
+pub use backend::{AnyIndex, IndexKind};
 pub use distance::{dot, normalize, ClampedDot};
 pub use flat::FlatIndex;
 pub use hnsw::HnswIndex;
+pub use hnswrs::{ClampedDotDistance, HnswRsIndex};
 
 /// Errors from the vector index.
 #[derive(Debug, thiserror::Error)]

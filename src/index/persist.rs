@@ -3,9 +3,8 @@
 //! full and validated (lengths, checksum, graph invariants) before use.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 
 use super::flat::FlatIndex;
 use super::graph::Graph;
@@ -273,46 +272,16 @@ fn decode(bytes: &[u8]) -> Result<HnswIndex, IndexError> {
     })
 }
 
-fn temp_path(path: &Path) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_default();
-    name.push(format!(".tmp-{}-{}", std::process::id(), unique()));
-    path.with_file_name(name)
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
 pub(crate) fn save(index: &HnswIndex, path: &Path) -> Result<(), IndexError> {
-    let bytes = encode(index);
-    let tmp = temp_path(path);
-    let io = |e: std::io::Error| IndexError::Io {
+    write_atomic(path, &encode(index))
+}
+
+/// Writes `bytes` to `path` with [`crate::fsutil::write_atomic`], naming `path` on failure.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), IndexError> {
+    crate::fsutil::write_atomic(path, bytes).map_err(|source| IndexError::Io {
         path: path.to_path_buf(),
-        source: e,
-    };
-    let result = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            // Make the rename durable; not every platform can open a directory, so best effort.
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(io)
+        source,
+    })
 }
 
 pub(crate) fn load(path: &Path) -> Result<HnswIndex, IndexError> {
@@ -321,6 +290,21 @@ pub(crate) fn load(path: &Path) -> Result<HnswIndex, IndexError> {
         source: e,
     })?;
     decode(&bytes)
+}
+
+/// Saving and loading live here, beside the file format, so `hnsw.rs` need not name this file.
+impl HnswIndex {
+    /// Writes the index to `path`: to a temporary file beside it, fsynced, then renamed over
+    /// `path`, so readers see the old file or the new one, never a mix.
+    pub fn save(&self, path: &Path) -> Result<(), IndexError> {
+        save(self, path)
+    }
+
+    /// Reads an index written by [`HnswIndex::save`], validating it completely; a truncated,
+    /// foreign or corrupted file is an error, never a panic.
+    pub fn load(path: &Path) -> Result<Self, IndexError> {
+        load(path)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,16 @@
 //! Structure-following chunking: blocks (paragraphs under a heading path) are packed into chunks
 //! that stay within the model's token budget, heading context included.
 //!
-//! Pure functions over data; the token counter is passed in.
+//! Pure functions over data; the token counter is passed in. Linear in the input: sentences
+//! come from Unicode sentence boundaries (UAX #29, so `。` and other scripts split too), line
+//! numbers are counted incrementally, and the heading path a chunk carries is capped.
+
+use unicode_segmentation::UnicodeSegmentation;
+
+/// Most bytes the heading path adds to a chunk; longer paths are cut with `…`.
+pub const MAX_HEADING_PATH_BYTES: usize = 300;
+/// Most tokens the heading path adds to a chunk's embedding text.
+pub const MAX_HEADING_PATH_TOKENS: usize = 64;
 
 /// A structural unit of a document: one paragraph (or list, table, code block, record) with
 /// the headings above it.
@@ -78,7 +87,7 @@ impl Default for ChunkOptions {
 impl ChunkOptions {
     /// A short string that changes whenever chunking would produce different chunks.
     pub fn fingerprint(&self) -> String {
-        format!("chunk-v1:{}:{}", self.max_tokens, self.overlap_tokens)
+        format!("chunk-v2:{}:{}", self.max_tokens, self.overlap_tokens)
     }
 }
 
@@ -122,7 +131,7 @@ fn chunk_group(
     count: &dyn Fn(&str) -> usize,
     out: &mut Vec<Chunk>,
 ) {
-    let heading = blocks[0].heading.clone();
+    let heading = capped_heading(&blocks[0].heading, inner);
     let metadata = blocks[0].metadata.clone();
     let prefix_tokens = if heading.is_empty() {
         0
@@ -141,7 +150,13 @@ fn chunk_group(
         if text.is_empty() {
             continue;
         }
-        let tokens = inner(text);
+        // Every word is at least one token: a block with more words than the budget is split
+        // without tokenizing it whole first.
+        let tokens = if text.split_whitespace().nth(budget).is_some() {
+            usize::MAX
+        } else {
+            inner(text)
+        };
         if tokens <= budget {
             units.push(Unit {
                 text: text.to_string(),
@@ -224,7 +239,28 @@ fn emit(
     out.push(chunk);
 }
 
+/// The heading path as carried by chunks: unchanged when short, else one element holding the
+/// joined path cut to [`MAX_HEADING_PATH_BYTES`] and [`MAX_HEADING_PATH_TOKENS`] with `…`.
+fn capped_heading(heading: &[String], inner: &dyn Fn(&str) -> usize) -> Vec<String> {
+    if heading.is_empty() {
+        return Vec::new();
+    }
+    let joined = heading.join(" > ");
+    if joined.len() <= MAX_HEADING_PATH_BYTES && inner(&joined) <= MAX_HEADING_PATH_TOKENS {
+        return heading.to_vec();
+    }
+    let mut max = MAX_HEADING_PATH_BYTES.min(joined.len());
+    loop {
+        let cut = super::text::truncate_with_ellipsis(&joined, max);
+        if inner(&cut) <= MAX_HEADING_PATH_TOKENS || max <= 16 {
+            return vec![cut];
+        }
+        max /= 2;
+    }
+}
+
 /// Splits an over-long block into sentence units, and over-long sentences into word windows.
+/// Line numbers are counted incrementally, so the cost is linear in the block's length.
 fn split_long(
     text: &str,
     first_line: usize,
@@ -232,10 +268,17 @@ fn split_long(
     inner: &dyn Fn(&str) -> usize,
     units: &mut Vec<Unit>,
 ) {
+    let mut line = first_line;
+    let mut counted_to = 0usize; // bytes of `text` whose newlines are in `line`
     for (offset, sentence) in sentences(text) {
-        let line = first_line + text[..offset].matches('\n').count();
+        line += text[counted_to..offset].matches('\n').count();
+        counted_to = offset;
         let lines = sentence.matches('\n').count();
-        let tokens = inner(sentence);
+        let tokens = if sentence.split_whitespace().nth(budget).is_some() {
+            usize::MAX
+        } else {
+            inner(sentence)
+        };
         if tokens <= budget {
             units.push(Unit {
                 text: sentence.to_string(),
@@ -264,14 +307,25 @@ fn split_long(
             let t = inner(word);
             if t > budget {
                 flush(&mut piece_words, &mut piece_tokens, units);
-                // A single "word" longer than the budget: cut it by characters.
-                let chars: Vec<char> = word.chars().collect();
-                let step = (chars.len() * budget / t.max(1)).max(1);
-                for c in chars.chunks(step) {
-                    let s: String = c.iter().collect();
-                    let tokens = inner(&s);
+                // A single "word" longer than the budget: cut it between grapheme clusters.
+                let step_bytes = (word.len() * budget / t.max(1)).max(1);
+                let mut piece = String::new();
+                for g in word.graphemes(true) {
+                    if !piece.is_empty() && piece.len() + g.len() > step_bytes {
+                        let tokens = inner(&piece);
+                        units.push(Unit {
+                            text: std::mem::take(&mut piece),
+                            line_start: line,
+                            line_end: line + lines,
+                            tokens,
+                        });
+                    }
+                    piece.push_str(g);
+                }
+                if !piece.is_empty() {
+                    let tokens = inner(&piece);
                     units.push(Unit {
-                        text: s,
+                        text: piece,
                         line_start: line,
                         line_end: line + lines,
                         tokens,
@@ -289,35 +343,19 @@ fn split_long(
     }
 }
 
-/// Sentences of `text` with their byte offsets: split after `.`, `!`, `?` or a newline when
-/// followed by whitespace.
-fn sentences(text: &str) -> Vec<(usize, &str)> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while i < bytes.len() {
-        let b = bytes[i];
-        let boundary = matches!(b, b'.' | b'!' | b'?' | b'\n')
-            && bytes.get(i + 1).is_none_or(|c| c.is_ascii_whitespace());
-        if boundary {
-            let piece = &text[start..=i];
-            if !piece.trim().is_empty() {
+/// Sentences of `text` (trimmed, non-empty) with their byte offsets, at Unicode sentence
+/// boundaries (UAX #29): after `.`, `!`, `?`, `。` and the like, and at line breaks.
+fn sentences(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    text.split_sentence_bound_indices()
+        .filter_map(|(start, piece)| {
+            let trimmed = piece.trim();
+            if trimmed.is_empty() {
+                None
+            } else {
                 let lead = piece.len() - piece.trim_start().len();
-                out.push((start + lead, piece.trim()));
+                Some((start + lead, trimmed))
             }
-            start = i + 1;
-        }
-        i += 1;
-    }
-    if start < text.len() {
-        let piece = &text[start..];
-        if !piece.trim().is_empty() {
-            let lead = piece.len() - piece.trim_start().len();
-            out.push((start + lead, piece.trim()));
-        }
-    }
-    out
+        })
 }
 
 #[cfg(test)]
@@ -424,6 +462,39 @@ mod tests {
         );
         assert_eq!(no_overlap.len(), 2);
         assert!(no_overlap[1].text.starts_with("Gamma"));
+    }
+
+    #[test]
+    fn cjk_splits_at_sentences_and_lines_are_tracked() {
+        let text = "退款需要五到七天。银行处理后到账。\n第二行的句子。";
+        let got: Vec<(usize, &str)> = sentences(text).collect();
+        assert_eq!(got.len(), 3, "{got:?}");
+        assert_eq!(got[0].1, "退款需要五到七天。");
+        let one = |t: &str| t.chars().count() + 2;
+        let opts = ChunkOptions {
+            max_tokens: 14,
+            overlap_tokens: 0,
+        };
+        let chunks = chunk_blocks(&[block(&[], text, 3, 0)], &opts, &one);
+        assert!(chunks.iter().all(|c| one(&c.text) <= 14), "{chunks:?}");
+        assert_eq!(chunks.last().map(|c| c.line_start), Some(4));
+    }
+
+    #[test]
+    fn long_heading_paths_are_capped() {
+        let long = "heading ".repeat(2000);
+        let blocks = vec![
+            block(&[&long, "Sub"], "body text here.", 1, 0),
+            block(&[&long, "Sub"], "more body text.", 3, 0),
+        ];
+        let chunks = chunk_blocks(&blocks, &ChunkOptions::default(), &words);
+        assert!(!chunks.is_empty());
+        for c in &chunks {
+            let h = c.heading_text();
+            assert!(h.len() <= MAX_HEADING_PATH_BYTES, "{}", h.len());
+            assert!(words(&h) - 2 <= MAX_HEADING_PATH_TOKENS);
+            assert!(h.ends_with('…'));
+        }
     }
 
     #[test]

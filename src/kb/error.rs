@@ -9,6 +9,9 @@ pub enum KbError {
     /// The SQLite store failed.
     #[error("knowledge-base database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// `kb.db` could not be opened (busy, read-only, not a database, ...).
+    #[error("knowledge-base database error: {0}")]
+    Open(#[from] crate::sqlite::SqliteError),
     /// The embedder failed.
     #[error(transparent)]
     Embed(#[from] EmbedError),
@@ -16,7 +19,7 @@ pub enum KbError {
     #[error(transparent)]
     Index(#[from] IndexError),
     /// A file-system operation failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", crate::kb::text::display_path(.path))]
     Io {
         /// The path involved.
         path: PathBuf,
@@ -32,11 +35,31 @@ pub enum KbError {
         /// Dimension of the current embedder.
         embedder: usize,
     },
+    /// The knowledge base's vectors were made with another embedder weight precision.
+    #[error("the knowledge base holds vectors embedded at precision {stored} but the embedder runs at {embedder}; pass --precision {stored} (or MEMEX_PRECISION={stored}), or re-ingest into a new data directory with --precision {embedder} (`memex reindex` rebuilds the index from the stored vectors, it does not re-embed them)")]
+    PrecisionMismatch {
+        /// Precision recorded in the store.
+        stored: String,
+        /// Precision of the current embedder.
+        embedder: String,
+    },
     /// A stored vector BLOB has the wrong length.
     #[error("stored vector of chunk {chunk_id} is damaged; run `memex ingest` on its file again")]
     CorruptVector {
         /// The chunk.
         chunk_id: u64,
+    },
+    /// A read-only command found no knowledge base (it creates none).
+    #[error("there is no knowledge base in {}; run `memex ingest PATH` first", crate::kb::text::display_path(.dir))]
+    Missing {
+        /// The data directory.
+        dir: PathBuf,
+    },
+    /// The data directory or `kb.db` cannot be written.
+    #[error("the knowledge base in {} is read-only; memex needs write access to that directory and its kb.db", crate::kb::text::display_path(.dir))]
+    ReadOnly {
+        /// The data directory.
+        dir: PathBuf,
     },
     /// The embedder returned a different number of vectors than texts.
     #[error("the embedder returned {got} vectors for {expected} texts")]

@@ -1,6 +1,18 @@
-//! HTML to segments: visible text only. Scripts, styles, templates, comments and the `<head>`
-//! are dropped; block-level tags break paragraphs; `<h1>`–`<h6>` become headings; entities are
-//! decoded; whitespace collapses except inside `<pre>`.
+//! HTML to segments through html5ever's spec tokenizer: visible text only. Scripts, styles,
+//! templates, comments and the `<head>` are dropped; raw-text elements (`<script>`, `<style>`,
+//! `<title>`, `<textarea>`, …) are tokenized by the HTML spec's own rules; every named and
+//! numeric character reference is decoded; block-level tags break paragraphs; `<h1>`–`<h6>`
+//! become headings; whitespace collapses except inside `<pre>`.
+//!
+//! One pass over the input, constant work per character: linear in document size.
+
+use std::cell::RefCell;
+
+use html5ever::tendril::StrTendril;
+use html5ever::tokenizer::states::RawKind;
+use html5ever::tokenizer::{
+    BufferQueue, Tag, TagKind, Token, TokenSink, TokenSinkResult, Tokenizer, TokenizerOpts,
+};
 
 use super::markdown::Segment;
 
@@ -41,39 +53,86 @@ const BLOCK_TAGS: &[&str] = &[
     "summary",
     "caption",
 ];
+
+/// Elements whose content is never shown as text.
 const HIDDEN_TAGS: &[&str] = &[
-    "script", "style", "head", "template", "noscript", "svg", "iframe", "object", "canvas",
+    "script", "style", "head", "template", "noscript", "svg", "iframe", "object", "canvas", "math",
+    "noembed", "noframes", "title",
 ];
 
+/// Most nested hidden elements tracked (deeper ones stay hidden with their ancestor), so that
+/// matching an end tag costs a bounded time whatever the input.
+const MAX_HIDDEN_DEPTH: usize = 256;
+
+/// Elements allowed in `<head>`; any other start tag implies the head ended.
+const HEAD_CONTENT: &[&str] = &[
+    "base", "link", "meta", "noscript", "script", "style", "template", "title",
+];
+
+/// The tokenizer state each raw-text element switches to (what the tree builder would say).
+fn raw_kind(name: &str) -> Option<TokenSinkResult<()>> {
+    match name {
+        "script" => Some(TokenSinkResult::RawData(RawKind::ScriptData)),
+        "style" | "xmp" | "iframe" | "noembed" | "noframes" | "noscript" => {
+            Some(TokenSinkResult::RawData(RawKind::Rawtext))
+        }
+        "title" | "textarea" => Some(TokenSinkResult::RawData(RawKind::Rcdata)),
+        "plaintext" => Some(TokenSinkResult::Plaintext),
+        _ => None,
+    }
+}
+
+#[derive(Default)]
 struct Builder {
     segments: Vec<Segment>,
     text: String,
+    has_content: bool,
+    pending_space: bool,
     start_line: usize,
     end_line: usize,
     heading: Option<u8>,
+    pre_depth: usize,
+    /// Open hidden elements, innermost last.
+    hidden: Vec<String>,
 }
 
 impl Builder {
-    fn push_text(&mut self, s: &str, line: usize, pre: bool) {
+    fn push_text(&mut self, s: &str, mut line: usize) {
+        let pre = self.pre_depth > 0;
         for ch in s.chars() {
-            if !pre && ch.is_whitespace() {
-                if !self.text.is_empty() && !self.text.ends_with([' ', '\n']) {
-                    self.text.push(' ');
+            if ch.is_whitespace() {
+                if !self.has_content {
+                    // Leading whitespace is dropped.
+                } else if pre {
+                    self.text.push(ch);
+                } else {
+                    self.pending_space = true;
                 }
-                continue;
+            } else {
+                if !self.has_content {
+                    self.has_content = true;
+                    self.start_line = line;
+                }
+                if self.pending_space {
+                    if !self.text.ends_with(char::is_whitespace) {
+                        self.text.push(' ');
+                    }
+                    self.pending_space = false;
+                }
+                self.text.push(ch);
+                self.end_line = line;
             }
-            if self.text.trim().is_empty() && !ch.is_whitespace() {
-                self.start_line = line;
-                self.text.clear();
+            if ch == '\n' {
+                line += 1;
             }
-            self.text.push(ch);
-            self.end_line = line;
         }
     }
 
     fn break_block(&mut self) {
         let text = self.text.trim().to_string();
         self.text.clear();
+        self.has_content = false;
+        self.pending_space = false;
         if text.is_empty() {
             return;
         }
@@ -86,169 +145,126 @@ impl Builder {
             }),
         }
     }
-}
 
-/// Decodes the common named entities and numeric character references.
-pub fn decode_entities(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(amp) = rest.find('&') {
-        out.push_str(&rest[..amp]);
-        let tail = &rest[amp..];
-        let end = tail.find(';').filter(|&e| e <= 12);
-        let decoded = end.and_then(|e| {
-            let name = &tail[1..e];
-            let ch = match name {
-                "amp" => Some('&'),
-                "lt" => Some('<'),
-                "gt" => Some('>'),
-                "quot" => Some('"'),
-                "apos" => Some('\''),
-                "nbsp" => Some(' '),
-                "ndash" => Some('–'),
-                "mdash" => Some('—'),
-                "rsquo" => Some('’'),
-                "lsquo" => Some('‘'),
-                "hellip" => Some('…'),
-                "rarr" => Some('→'),
-                "copy" => Some('©'),
-                "reg" => Some('®'),
-                "trade" => Some('™'),
-                "euro" => Some('€'),
-                "pound" => Some('£'),
-                "rupee" | "inr" => Some('₹'),
-                _ if name.starts_with("#x") || name.starts_with("#X") => {
-                    u32::from_str_radix(&name[2..], 16)
-                        .ok()
-                        .and_then(char::from_u32)
+    fn tag(&mut self, tag: &Tag) -> TokenSinkResult<()> {
+        let name: &str = &tag.name;
+        let start = tag.kind == TagKind::StartTag;
+        if start && self.hidden.last().is_some_and(|h| h == "head") && !HEAD_CONTENT.contains(&name)
+        {
+            // The head ends where body content starts (the spec's implied `</head>`).
+            self.hidden.pop();
+        }
+        if !self.hidden.is_empty() {
+            if start
+                && HIDDEN_TAGS.contains(&name)
+                && !tag.self_closing
+                && self.hidden.len() < MAX_HIDDEN_DEPTH
+            {
+                self.hidden.push(name.to_string());
+            } else if !start {
+                if let Some(pos) = self.hidden.iter().rposition(|h| h == name) {
+                    self.hidden.truncate(pos);
                 }
-                _ if name.starts_with('#') => name[1..].parse().ok().and_then(char::from_u32),
-                _ => None,
-            };
-            ch.map(|c| (c, e))
-        });
-        match decoded {
-            Some((c, e)) => {
-                out.push(c);
-                rest = &tail[e + 1..];
             }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
+            return if start {
+                raw_kind(name).unwrap_or(TokenSinkResult::Continue)
+            } else {
+                TokenSinkResult::Continue
+            };
+        }
+        if start && HIDDEN_TAGS.contains(&name) && !tag.self_closing {
+            self.hidden.push(name.to_string());
+            return raw_kind(name).unwrap_or(TokenSinkResult::Continue);
+        }
+        let level = match name {
+            "h1" => Some(1),
+            "h2" => Some(2),
+            "h3" => Some(3),
+            "h4" => Some(4),
+            "h5" => Some(5),
+            "h6" => Some(6),
+            _ => None,
+        };
+        if let Some(level) = level {
+            self.break_block();
+            self.heading = if start { Some(level) } else { None };
+        } else if BLOCK_TAGS.contains(&name) {
+            self.break_block();
+            if name == "pre" {
+                self.pre_depth = if start {
+                    self.pre_depth + 1
+                } else {
+                    self.pre_depth.saturating_sub(1)
+                };
             }
         }
+        if start {
+            // Visible raw-text elements (`<textarea>`, `<xmp>`, `<plaintext>`) keep their text.
+            raw_kind(name).unwrap_or(TokenSinkResult::Continue)
+        } else {
+            TokenSinkResult::Continue
+        }
     }
-    out.push_str(rest);
-    out
 }
+
+struct Sink(RefCell<Builder>);
+
+impl TokenSink for Sink {
+    type Handle = ();
+
+    fn process_token(&self, token: Token, line_number: u64) -> TokenSinkResult<()> {
+        let mut b = self.0.borrow_mut();
+        let line = usize::try_from(line_number).unwrap_or(usize::MAX);
+        match token {
+            Token::TagToken(tag) => b.tag(&tag),
+            Token::CharacterTokens(text) => {
+                if b.hidden.is_empty() {
+                    // The tokenizer reports the line where a run of characters ends.
+                    let newlines = text.bytes().filter(|&c| c == b'\n').count();
+                    b.push_text(&text, line.saturating_sub(newlines).max(1));
+                }
+                TokenSinkResult::Continue
+            }
+            _ => TokenSinkResult::Continue,
+        }
+    }
+}
+
+/// Input pieces of at most this many bytes (a tendril holds < 4 GiB).
+const PIECE: usize = 1 << 20;
 
 /// Extracts the visible text of an HTML document as segments with source lines.
 pub fn html_segments(html: &str) -> Vec<Segment> {
-    let mut b = Builder {
-        segments: Vec::new(),
-        text: String::new(),
+    let sink = Sink(RefCell::new(Builder {
         start_line: 1,
         end_line: 1,
-        heading: None,
-    };
-    let bytes = html.as_bytes();
-    let mut i = 0usize;
-    let mut line = 1usize;
-    let mut pre_depth = 0usize;
-    while i < bytes.len() {
-        if bytes[i] == b'<' {
-            // Comment.
-            if html[i..].starts_with("<!--") {
-                let end = html[i + 4..]
-                    .find("-->")
-                    .map_or(html.len(), |e| i + 4 + e + 3);
-                line += html[i..end].matches('\n').count();
-                i = end;
-                continue;
-            }
-            let lt = i;
-            let (tag, tag_end) = match html[i..].find('>') {
-                Some(e) => (&html[i + 1..i + e], i + e + 1),
-                None => (&html[i + 1..], html.len()),
-            };
-            let closing = tag.starts_with('/');
-            let name: String = tag
-                .trim_start_matches('/')
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric())
-                .collect::<String>()
-                .to_ascii_lowercase();
-            if name.is_empty() && !tag.starts_with('!') && !tag.starts_with('?') {
-                // A stray `<` is text.
-                b.push_text("<", line, pre_depth > 0);
-                i = lt + 1;
-                continue;
-            }
-            line += tag.matches('\n').count();
-            i = tag_end;
-            if name.is_empty() {
-                // `<!DOCTYPE`, `<?xml`: not text we show.
-                continue;
-            }
-            if !closing && HIDDEN_TAGS.contains(&name.as_str()) && !tag.ends_with('/') {
-                // Skip to the matching close tag.
-                let close = format!("</{name}");
-                let lower = html[i..].to_ascii_lowercase();
-                let end = match lower.find(&close) {
-                    Some(e) => {
-                        let after = i + e;
-                        html[after..]
-                            .find('>')
-                            .map_or(html.len(), |g| after + g + 1)
-                    }
-                    None => html.len(),
-                };
-                line += html[i..end].matches('\n').count();
-                i = end;
-                continue;
-            }
-            let level = match name.as_str() {
-                "h1" => Some(1),
-                "h2" => Some(2),
-                "h3" => Some(3),
-                "h4" => Some(4),
-                "h5" => Some(5),
-                "h6" => Some(6),
-                _ => None,
-            };
-            if let Some(level) = level {
-                b.break_block();
-                b.heading = if closing { None } else { Some(level) };
-            } else if BLOCK_TAGS.contains(&name.as_str()) {
-                b.break_block();
-                if name == "pre" {
-                    pre_depth = if closing {
-                        pre_depth.saturating_sub(1)
-                    } else {
-                        pre_depth + 1
-                    };
-                }
-            } else if !b.text.is_empty() && !b.text.ends_with(' ') && (name == "td" || name == "th")
-            {
-                b.text.push(' ');
-            }
-            continue;
+        ..Builder::default()
+    }));
+    let tokenizer = Tokenizer::new(sink, TokenizerOpts::default());
+    let input = BufferQueue::default();
+    let mut rest = html;
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(PIECE);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
         }
-        let next = html[i..].find('<').map_or(html.len(), |e| i + e);
-        let raw = &html[i..next];
-        let decoded = decode_entities(raw);
-        // Track lines across the raw text while appending.
-        let mut l = line;
-        for piece in decoded.split_inclusive('\n') {
-            b.push_text(piece, l, pre_depth > 0);
-            if piece.ends_with('\n') {
-                l += 1;
-            }
-        }
-        line += raw.matches('\n').count();
-        i = next;
+        input.push_back(StrTendril::from_slice(&rest[..cut]));
+        rest = &rest[cut..];
+        // We never ask the tokenizer to pause for scripts, so each feed drains the queue.
+        let _ = tokenizer.feed(&input);
     }
+    tokenizer.end();
+    let mut b = tokenizer.sink.0.take();
     b.break_block();
+    // The tokenizer reports a token's line after it looked ahead (a stray `<` before a line
+    // break is reported on the next line): keep spans within the document.
+    let lines = html.lines().count().max(1);
+    for seg in &mut b.segments {
+        if let Segment::Para { start, end, .. } = seg {
+            *start = (*start).clamp(1, lines);
+            *end = (*end).clamp(*start, lines);
+        }
+    }
     b.segments
 }
 
@@ -302,6 +318,27 @@ mod tests {
                 start: 1,
                 end: 1
             }]
+        );
+    }
+
+    #[test]
+    fn spec_rules_for_attributes_entities_and_raw_text() {
+        let html = "<p title=\"a > b\">Fee &frac12; &hearts; &#x20B9;5</p>\n<script>if (a < b) { s = \"</p><p>inside\"; }</script>\n<p>After</p>\n<textarea>typed &amp; kept</textarea>";
+        let texts: Vec<String> = html_segments(html)
+            .into_iter()
+            .filter_map(|s| match s {
+                Segment::Para { text, .. } => Some(text),
+                Segment::Heading { .. } => None,
+            })
+            .collect();
+        assert_eq!(texts[0], "Fee ½ ♥ ₹5");
+        assert!(texts.iter().any(|t| t == "After"));
+        assert!(texts.iter().any(|t| t == "typed & kept"));
+        assert!(
+            texts
+                .iter()
+                .all(|t| !t.contains("inside") && !t.contains("if (a")),
+            "{texts:?}"
         );
     }
 }

@@ -8,14 +8,19 @@ use std::time::{Instant, UNIX_EPOCH};
 use sha2::{Digest, Sha256};
 
 use super::chunk::{chunk_blocks, Chunk};
-use super::loader::{decode, parse, FileKind, SkipReason};
-use super::{KbError, KnowledgeBase};
+use super::loader::{decode, parse, read_regular, FileKind, SkipReason};
+use super::walk::{walk, WalkOptions};
+use super::{Core, KbError, KnowledgeBase};
 
 /// Ingestion settings.
 #[derive(Debug, Clone, Default)]
 pub struct IngestOptions {
     /// Remove documents whose files are gone (or, under the given folders, no longer ingestible).
+    /// Documents whose files (or folders) exist but could not be read are always kept.
     pub prune: bool,
+    /// Follow symbolic links whose canonical target stays inside one of the given paths
+    /// (see [`super::walk`]); by default no link is followed.
+    pub follow_symlinks: bool,
 }
 
 /// What happened to one file.
@@ -59,6 +64,9 @@ pub struct IngestReport {
     pub files_unchanged: usize,
     /// Files skipped with a warning.
     pub files_skipped: usize,
+    /// Of the skipped, paths that exist but could not be read (an OS error, or missing):
+    /// the ingestion is partial when this is not zero.
+    pub files_unreadable: usize,
     /// Documents removed by `--prune`.
     pub files_pruned: usize,
     /// Chunks written.
@@ -67,6 +75,8 @@ pub struct IngestReport {
     pub chunks_removed: usize,
     /// Texts sent to the embedder.
     pub chunks_embedded: usize,
+    /// Stored chunks whose damaged vector (NaN, wrong length) was re-embedded.
+    pub chunks_repaired: usize,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
@@ -81,46 +91,17 @@ struct Prepared {
     is_new: bool,
 }
 
-/// Candidate files under `roots`, sorted; roots that are files are taken as given. Hidden
-/// entries (names starting with `.`) inside folders are not visited; symlinked folders are not
-/// followed.
-fn walk(roots: &[PathBuf], skipped: &mut Vec<(PathBuf, SkipReason)>) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for root in roots {
-        match std::fs::metadata(root) {
-            Ok(m) if m.is_dir() => walk_dir(root, &mut out),
-            Ok(_) => {
-                if FileKind::of(root).is_some() {
-                    out.push(root.clone());
-                } else {
-                    skipped.push((root.clone(), SkipReason::Unsupported));
-                }
-            }
-            Err(e) => skipped.push((root.clone(), SkipReason::Unreadable(e.to_string()))),
-        }
+/// Whether `--prune` may delete the stored document of `path`: its file is gone (the OS says
+/// "not found", not merely "cannot look"), or it lies under one of the walked `roots`; and in
+/// neither case under a path in `protected` (those that exist but could not be read).
+fn may_prune(path: &Path, roots: &[PathBuf], protected: &[PathBuf]) -> bool {
+    if protected.iter().any(|q| path.starts_with(q)) {
+        return false;
     }
-    out.sort();
-    out.dedup();
-    out
-}
-
-fn walk_dir(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    let mut entries: Vec<_> = entries.filter_map(Result::ok).collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        if entry.file_name().to_string_lossy().starts_with('.') {
-            continue;
-        }
-        let path = entry.path();
-        let Ok(ft) = entry.file_type() else { continue };
-        if ft.is_dir() {
-            walk_dir(&path, out);
-        } else if FileKind::of(&path).is_some() && (ft.is_file() || path.is_file()) {
-            out.push(path);
-        }
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+        Ok(_) => roots.iter().any(|r| path.starts_with(r)),
     }
 }
 
@@ -129,9 +110,13 @@ fn key_of(path: &Path) -> String {
     abs.to_string_lossy().into_owned()
 }
 
-impl KnowledgeBase {
+impl Core {
     /// Ingests files and folders (recursively) without progress reporting.
-    pub fn ingest(&self, paths: &[PathBuf], opts: &IngestOptions) -> Result<IngestReport, KbError> {
+    pub(crate) fn ingest(
+        &self,
+        paths: &[PathBuf],
+        opts: &IngestOptions,
+    ) -> Result<IngestReport, KbError> {
         self.ingest_with(paths, opts, &mut NoProgress)
     }
 
@@ -139,7 +124,7 @@ impl KnowledgeBase {
     ///
     /// Unchanged files (same content hash and chunking settings) cost no embedding; changed
     /// files have their chunks replaced; each file is committed in its own transaction.
-    pub fn ingest_with(
+    pub(crate) fn ingest_with(
         &self,
         paths: &[PathBuf],
         opts: &IngestOptions,
@@ -147,15 +132,19 @@ impl KnowledgeBase {
     ) -> Result<IngestReport, KbError> {
         let started = Instant::now();
         let mut report = IngestReport::default();
-        let mut walk_skips = Vec::new();
-        let files = walk(paths, &mut walk_skips);
-        observer.planned(files.len() + walk_skips.len());
-        for (path, reason) in walk_skips {
+        let walked = walk(
+            paths,
+            WalkOptions {
+                follow_symlinks: opts.follow_symlinks,
+            },
+        );
+        let files = walked.files;
+        observer.planned(files.len() + walked.skipped.len());
+        for (path, reason) in walked.skipped {
             report.files_seen += 1;
-            report.files_skipped += 1;
-            observer.warning(&path, &format!("skipped: {reason}"));
-            observer.file_done(&path, FileStatus::Skipped, 0);
+            self.skip(&path, reason, &mut report, observer);
         }
+        let mut protected = walked.unreadable;
         let known = self.store().documents()?;
         let fingerprint = self.options.chunking.fingerprint();
         let mut kept: HashSet<String> = HashSet::new();
@@ -163,18 +152,17 @@ impl KnowledgeBase {
         let mut pending_chunks = 0usize;
         let mut changed_store = false;
 
-        for path in files {
+        for candidate in files {
             report.files_seen += 1;
-            let key = key_of(&path);
-            let bytes = match std::fs::read(&path) {
+            let path = candidate.path;
+            let key = key_of(&candidate.target);
+            let bytes = match read_regular(&candidate.target) {
                 Ok(b) => b,
-                Err(e) => {
-                    self.skip(
-                        &path,
-                        SkipReason::Unreadable(e.to_string()),
-                        &mut report,
-                        observer,
-                    );
+                Err(reason) => {
+                    if reason.is_unreadable() {
+                        protected.push(PathBuf::from(&key));
+                    }
+                    self.skip(&path, reason, &mut report, observer);
                     continue;
                 }
             };
@@ -197,7 +185,7 @@ impl KnowledgeBase {
                 observer.file_done(&path, FileStatus::Unchanged, 0);
                 continue;
             }
-            let Some(kind) = FileKind::of(&path) else {
+            let Some(kind) = FileKind::of(&path).or_else(|| FileKind::of(&candidate.target)) else {
                 self.skip(&path, SkipReason::Unsupported, &mut report, observer);
                 continue;
             };
@@ -212,7 +200,7 @@ impl KnowledgeBase {
                 self.skip(&path, SkipReason::Empty, &mut report, observer);
                 continue;
             }
-            let meta = std::fs::metadata(&path).ok();
+            let meta = std::fs::metadata(&candidate.target).ok();
             let mtime_ns = meta
                 .as_ref()
                 .and_then(|m| m.modified().ok())
@@ -250,7 +238,7 @@ impl KnowledgeBase {
                 .filter(|k| !kept.contains(*k))
                 .filter(|k| {
                     let p = Path::new(k.as_str());
-                    !p.exists() || roots.iter().any(|r| p.starts_with(r))
+                    may_prune(p, &roots, &protected)
                 })
                 .collect();
             doomed.sort();
@@ -262,6 +250,14 @@ impl KnowledgeBase {
             }
         }
 
+        // Chunks whose stored vector is damaged (NaN, wrong length) are re-embedded even when
+        // their file is unchanged.
+        let repaired = self.repair_vectors()?;
+        if repaired > 0 {
+            report.chunks_repaired = repaired;
+            report.chunks_embedded += repaired;
+            changed_store = true;
+        }
         if changed_store {
             self.sync_index(true)?;
         }
@@ -272,7 +268,7 @@ impl KnowledgeBase {
     /// Stores a document whose chunks were embedded elsewhere (an import of precomputed
     /// vectors, or seeding a benchmark), replacing any document under the same `source` key.
     /// The index catches up on the next search. Returns the number of chunks written.
-    pub fn insert_embedded(
+    pub(crate) fn insert_embedded(
         &self,
         source: &str,
         chunks: &[Chunk],
@@ -314,6 +310,9 @@ impl KnowledgeBase {
         observer: &mut dyn IngestObserver,
     ) {
         report.files_skipped += 1;
+        if reason.is_unreadable() {
+            report.files_unreadable += 1;
+        }
         observer.warning(path, &format!("skipped: {reason}"));
         observer.file_done(path, FileStatus::Skipped, 0);
     }
@@ -368,5 +367,37 @@ impl KnowledgeBase {
             observer.file_done(&p.path, status, outcome.added);
         }
         Ok(())
+    }
+}
+
+impl KnowledgeBase {
+    /// Ingests files and folders (recursively) without progress reporting.
+    pub fn ingest(&self, paths: &[PathBuf], opts: &IngestOptions) -> Result<IngestReport, KbError> {
+        self.core().ingest(paths, opts)
+    }
+
+    /// Ingests files and folders (recursively), reporting progress to `observer`.
+    ///
+    /// Unchanged files (same content hash and chunking settings) cost no embedding; changed
+    /// files have their chunks replaced; each file is committed in its own transaction.
+    pub fn ingest_with(
+        &self,
+        paths: &[PathBuf],
+        opts: &IngestOptions,
+        observer: &mut dyn IngestObserver,
+    ) -> Result<IngestReport, KbError> {
+        self.core().ingest_with(paths, opts, observer)
+    }
+
+    /// Stores a document whose chunks were embedded elsewhere (an import of precomputed
+    /// vectors, or seeding a benchmark), replacing any document under the same `source` key.
+    /// The index catches up on the next search. Returns the number of chunks written.
+    pub fn insert_embedded(
+        &self,
+        source: &str,
+        chunks: &[Chunk],
+        vectors: &[Vec<f32>],
+    ) -> Result<usize, KbError> {
+        self.core().insert_embedded(source, chunks, vectors)
     }
 }

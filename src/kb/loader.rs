@@ -47,6 +47,20 @@ pub enum SkipReason {
     Empty,
     /// Its extension is not a supported format.
     Unsupported,
+    /// A symbolic link, not followed (the default).
+    Link,
+    /// A symbolic link whose target (given) lies outside every ingested root.
+    LinkOutside(std::path::PathBuf),
+    /// A FIFO, socket or device (named): never opened.
+    NotRegular(String),
+}
+
+impl SkipReason {
+    /// Whether the path exists but could not be read (an OS error): such paths keep their
+    /// stored documents under `--prune` and make the ingestion report a partial result.
+    pub fn is_unreadable(&self) -> bool {
+        matches!(self, SkipReason::Unreadable(_))
+    }
 }
 
 impl std::fmt::Display for SkipReason {
@@ -56,6 +70,16 @@ impl std::fmt::Display for SkipReason {
             SkipReason::Binary => write!(f, "binary file"),
             SkipReason::InvalidUtf8 => write!(f, "not valid UTF-8"),
             SkipReason::Empty => write!(f, "no text"),
+            SkipReason::Link => write!(
+                f,
+                "symbolic link not followed (use --follow-symlinks to follow links that stay inside the given paths)"
+            ),
+            SkipReason::LinkOutside(target) => write!(
+                f,
+                "symbolic link to {} is outside the given paths; not followed",
+                super::text::display_path(target)
+            ),
+            SkipReason::NotRegular(kind) => write!(f, "{kind}, not a regular file; not read"),
             SkipReason::Unsupported => {
                 write!(
                     f,
@@ -64,6 +88,35 @@ impl std::fmt::Display for SkipReason {
             }
         }
     }
+}
+
+/// Reads the regular file at `path` without following a symbolic link in its last component
+/// and without blocking on a FIFO swapped in since the walk: the file is opened non-blocking
+/// and read only when the opened handle is a regular file.
+pub fn read_regular(path: &Path) -> Result<Vec<u8>, SkipReason> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW);
+    }
+    let unreadable = |e: std::io::Error| SkipReason::Unreadable(e.to_string());
+    let mut file = options.open(path).map_err(|e| {
+        #[cfg(unix)]
+        if e.raw_os_error() == Some(libc::ELOOP) {
+            return SkipReason::Link;
+        }
+        unreadable(e)
+    })?;
+    let meta = file.metadata().map_err(unreadable)?;
+    if !meta.is_file() {
+        return Err(SkipReason::NotRegular("a special file".into()));
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).min(1 << 26));
+    file.read_to_end(&mut bytes).map_err(unreadable)?;
+    Ok(bytes)
 }
 
 /// Checks raw bytes and returns the text.

@@ -4,8 +4,12 @@ use std::str::FromStr;
 
 use super::fts::{self, KeywordPlan};
 use super::fusion::rrf;
-use super::{KbError, KnowledgeBase};
+use super::{Core, KbError, KnowledgeBase};
 use crate::index::VectorIndex;
+
+/// The most results one search returns; larger requests are clamped to it, so no buffer is
+/// ever sized from an unchecked caller value.
+pub const MAX_K: usize = 10_000;
 
 /// Which retrieval to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,9 +73,9 @@ pub struct SearchHit {
     pub metadata: Option<String>,
 }
 
-impl KnowledgeBase {
+impl Core {
     /// Searches for `query`, embedding it when the mode needs a vector.
-    pub fn search(
+    pub(crate) fn search(
         &self,
         query: &str,
         k: usize,
@@ -86,7 +90,7 @@ impl KnowledgeBase {
 
     /// Searches with a query vector computed by the caller (the agent embeds each turn once);
     /// `query_text` feeds the keyword side. `query_vector` is ignored in keyword mode.
-    pub fn search_with_vector(
+    pub(crate) fn search_with_vector(
         &self,
         query_text: &str,
         query_vector: &[f32],
@@ -96,6 +100,7 @@ impl KnowledgeBase {
         if k == 0 {
             return Ok(Vec::new());
         }
+        let k = k.min(MAX_K);
         let depth = (k * 4).max(40);
         let vector_ids: Vec<(u64, f64)> = if mode == SearchMode::Keyword {
             Vec::new()
@@ -188,5 +193,30 @@ impl KnowledgeBase {
                 store.fts_search_recent(&expr, depth, budget)
             }
         }
+    }
+}
+
+impl KnowledgeBase {
+    /// Searches for `query`, embedding it when the mode needs a vector.
+    pub fn search(
+        &self,
+        query: &str,
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<SearchHit>, KbError> {
+        self.core().search(query, k, mode)
+    }
+
+    /// Searches with a query vector computed by the caller (the agent embeds each turn once);
+    /// `query_text` feeds the keyword side. `query_vector` is ignored in keyword mode.
+    pub fn search_with_vector(
+        &self,
+        query_text: &str,
+        query_vector: &[f32],
+        k: usize,
+        mode: SearchMode,
+    ) -> Result<Vec<SearchHit>, KbError> {
+        self.core()
+            .search_with_vector(query_text, query_vector, k, mode)
     }
 }

@@ -8,7 +8,13 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use super::chunk::Chunk;
-use super::KbError;
+use super::error::KbError;
+
+/// How long a knowledge-base statement waits for another process's lock (an ingest in progress).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// `meta` key of the weight precision that produced the stored vectors (`f32`, `f16`, `int8`).
+const VECTOR_PRECISION: &str = "vector_precision";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (
@@ -87,7 +93,7 @@ pub fn vector_to_blob(v: &[f32]) -> Vec<u8> {
 
 /// Decodes a little-endian f32 BLOB; `None` when its length is not a multiple of 4.
 pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
-    if b.len() % 4 != 0 {
+    if !b.len().is_multiple_of(4) {
         return None;
     }
     Some(
@@ -95,6 +101,31 @@ pub fn blob_to_vector(b: &[u8]) -> Option<Vec<f32>> {
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect(),
     )
+}
+
+/// Usable vectors by chunk id, and the ids whose stored vector is damaged.
+pub(crate) type Fetched = (Vec<(u64, Vec<f32>)>, Vec<u64>);
+
+/// Every usable vector of the store, from one snapshot.
+pub(crate) struct AllVectors {
+    pub(crate) generation: u64,
+    pub(crate) ids: Vec<u64>,
+    /// `ids.len() * dim` components.
+    pub(crate) vectors: Vec<f32>,
+    /// Chunks whose vector is damaged, left out.
+    pub(crate) damaged: Vec<u64>,
+}
+
+/// Whether a decoded vector has `dim` finite components.
+fn usable(v: &[f32], dim: usize) -> bool {
+    v.len() == dim && v.iter().all(|x| x.is_finite())
+}
+
+/// Whether a BLOB holds `dim` finite little-endian f32 components.
+fn blob_usable(b: &[u8], dim: usize) -> bool {
+    b.len() == dim * 4
+        && b.chunks_exact(4)
+            .all(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]).is_finite())
 }
 
 pub(crate) struct Store {
@@ -106,22 +137,16 @@ pub(crate) struct Store {
 
 impl Store {
     pub(crate) fn open(path: &Path) -> Result<Store, KbError> {
-        let conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(30))?;
-        // journal_mode returns a row; WAL persists in the file.
-        let _mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
+        let conn = crate::sqlite::OpenOptions::new()
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true)
+            .open(path)?;
         let mut store = Store {
             conn,
             df_cache: HashMap::new(),
             df_generation: None,
         };
-        let tx = store
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch(SCHEMA)?;
-        tx.commit()?;
+        crate::sqlite::apply_schema(&mut store.conn, SCHEMA)?;
         Ok(store)
     }
 
@@ -139,6 +164,26 @@ impl Store {
             params![key, value],
         )?;
         Ok(())
+    }
+
+    /// Records the weight precision of the embedder that produces this store's vectors, or
+    /// refuses one that differs from the precision its stored vectors were made with. A store
+    /// with chunks but no record predates the record and holds `f32` vectors.
+    pub(crate) fn check_vector_precision(&self, precision: &str) -> Result<(), KbError> {
+        let (_, chunks) = self.counts()?;
+        let stored = match self.meta(VECTOR_PRECISION)? {
+            Some(p) => Some(p),
+            None if chunks > 0 => Some("f32".to_string()),
+            None => None,
+        };
+        match stored {
+            Some(stored) if stored != precision && chunks > 0 => Err(KbError::PrecisionMismatch {
+                stored,
+                embedder: precision.to_string(),
+            }),
+            Some(stored) if stored == precision => Ok(()),
+            _ => self.set_meta(VECTOR_PRECISION, precision),
+        }
     }
 
     pub(crate) fn generation(&self) -> Result<u64, KbError> {
@@ -262,24 +307,82 @@ impl Store {
         Ok((generation, ids))
     }
 
-    /// Vectors of the given chunk ids (missing ids are left out).
-    pub(crate) fn vectors_for(&self, ids: &[u64]) -> Result<Vec<(u64, Vec<f32>)>, KbError> {
+    /// Vectors of the given chunk ids (missing ids are left out), and the ids whose stored
+    /// vector is damaged (wrong length, NaN or infinity), also left out.
+    pub(crate) fn vectors_for(&self, ids: &[u64], dim: usize) -> Result<Fetched, KbError> {
         let mut out = Vec::with_capacity(ids.len());
+        let mut damaged = Vec::new();
         let mut stmt = self
             .conn
             .prepare_cached("SELECT vector FROM chunks WHERE id = ?1")?;
         for &id in ids {
             let blob: Option<Vec<u8>> = stmt.query_row([id as i64], |r| r.get(0)).optional()?;
             if let Some(b) = blob {
-                let v = blob_to_vector(&b).ok_or(KbError::CorruptVector { chunk_id: id })?;
-                out.push((id, v));
+                match blob_to_vector(&b).filter(|v| usable(v, dim)) {
+                    Some(v) => out.push((id, v)),
+                    None => damaged.push(id),
+                }
+            }
+        }
+        Ok((out, damaged))
+    }
+
+    /// Ids of every chunk whose stored vector is damaged (wrong length, NaN or infinity).
+    pub(crate) fn damaged_chunks(&self, dim: usize) -> Result<Vec<u64>, KbError> {
+        let mut stmt = self.conn.prepare("SELECT id, vector FROM chunks")?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let id = row.get::<_, i64>(0)? as u64;
+            let ok = row
+                .get_ref(1)?
+                .as_blob()
+                .ok()
+                .is_some_and(|b| blob_usable(b, dim));
+            if !ok {
+                out.push(id);
             }
         }
         Ok(out)
     }
 
-    /// Every chunk id and vector, with the generation, from one snapshot.
-    pub(crate) fn all_vectors(&mut self, dim: usize) -> Result<(u64, Vec<u64>, Vec<f32>), KbError> {
+    /// Text to embed (heading context and text) of a chunk.
+    pub(crate) fn chunk_embedding_text(&self, id: u64) -> Result<Option<String>, KbError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT heading, text FROM chunks WHERE id = ?1",
+                [id as i64],
+                |r| {
+                    let heading: String = r.get(0)?;
+                    let text: String = r.get(1)?;
+                    Ok(if heading.is_empty() {
+                        text
+                    } else {
+                        format!("{heading}\n{text}")
+                    })
+                },
+            )
+            .optional()?)
+    }
+
+    /// Replaces the stored vector of chunk `id` (a repair), bumping the generation.
+    pub(crate) fn set_vector(&mut self, id: u64, v: &[f32]) -> Result<(), KbError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "UPDATE chunks SET vector = ?2 WHERE id = ?1",
+            params![id as i64, vector_to_blob(v)],
+        )?;
+        bump_generation(&tx)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every chunk id and usable vector, with the generation, from one snapshot; chunks whose
+    /// vector is damaged (wrong length, NaN or infinity) are returned apart.
+    pub(crate) fn all_vectors(&mut self, dim: usize) -> Result<AllVectors, KbError> {
         let tx = self.conn.transaction()?;
         let generation: u64 = tx
             .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| {
@@ -290,18 +393,19 @@ impl Store {
             .unwrap_or(0);
         let mut ids = Vec::new();
         let mut vectors = Vec::new();
+        let mut damaged = Vec::new();
         {
             let mut stmt = tx.prepare("SELECT id, vector FROM chunks ORDER BY id")?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
                 let id = row.get::<_, i64>(0)? as u64;
-                let blob = row
-                    .get_ref(1)?
-                    .as_blob()
-                    .map_err(|_| KbError::CorruptVector { chunk_id: id })?;
-                if blob.len() != dim * 4 {
-                    return Err(KbError::CorruptVector { chunk_id: id });
-                }
+                let blob = match row.get_ref(1)?.as_blob() {
+                    Ok(b) if blob_usable(b, dim) => b,
+                    _ => {
+                        damaged.push(id);
+                        continue;
+                    }
+                };
                 ids.push(id);
                 vectors.extend(
                     blob.chunks_exact(4)
@@ -310,7 +414,12 @@ impl Store {
             }
         }
         tx.commit()?;
-        Ok((generation, ids, vectors))
+        Ok(AllVectors {
+            generation,
+            ids,
+            vectors,
+            damaged,
+        })
     }
 
     /// Keyword search: chunk ids best first with their BM25 score (lower is better in FTS5;
@@ -419,6 +528,21 @@ impl Store {
             .conn
             .query_row("SELECT count(*) FROM chunks", [], |r| r.get(0))?;
         Ok((docs as u64, chunks as u64))
+    }
+
+    /// Writes a consistent, compacted copy of the whole database to `dest` (which must not
+    /// exist) with `VACUUM INTO`: one read transaction, so the copy is one snapshot even while
+    /// the WAL holds committed pages, unlike a file copy.
+    pub(crate) fn vacuum_into(&self, dest: &Path) -> Result<(), KbError> {
+        let target = dest.to_str().ok_or_else(|| KbError::Io {
+            path: dest.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the snapshot path is not valid UTF-8",
+            ),
+        })?;
+        self.conn.execute("VACUUM INTO ?1", [target])?;
+        Ok(())
     }
 }
 

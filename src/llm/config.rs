@@ -17,6 +17,16 @@ pub const DEFAULT_MODEL: &str = "llama-3.3-70b-versatile";
 pub const ENV_BASE_URL: &str = "MEMEX_LLM_BASE_URL";
 /// Environment variable naming the model.
 pub const ENV_MODEL: &str = "MEMEX_LLM_MODEL";
+/// Environment variable: seconds allowed for one attempt (`request_timeout`).
+pub const ENV_TIMEOUT: &str = "MEMEX_LLM_TIMEOUT";
+/// Environment variable: seconds of silence allowed in a streamed answer.
+pub const ENV_STREAM_IDLE_TIMEOUT: &str = "MEMEX_LLM_STREAM_IDLE_TIMEOUT";
+/// Environment variable: seconds allowed for a whole streamed answer.
+pub const ENV_STREAM_TIMEOUT: &str = "MEMEX_LLM_STREAM_TIMEOUT";
+/// Environment variable: seconds allowed for a call with all its retries (`max_elapsed`).
+pub const ENV_RETRY_BUDGET: &str = "MEMEX_LLM_RETRY_BUDGET";
+/// Longest time any of the timeout variables may ask for, in seconds (one hour).
+pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
 /// Environment variables holding the API key, in order of preference.
 pub const ENV_API_KEYS: [&str; 3] = ["MEMEX_LLM_API_KEY", "GROQ_API_KEY", "OPENAI_API_KEY"];
 
@@ -122,6 +132,9 @@ pub struct LlmConfig {
     pub request_timeout: Duration,
     /// With streaming, the longest silence allowed between two chunks.
     pub stream_idle_timeout: Duration,
+    /// With streaming, the time allowed for the whole answer from the start of the call,
+    /// however busy the server keeps the connection (keep-alive comments included).
+    pub stream_timeout: Duration,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Ask for usage in streamed answers (`stream_options.include_usage`). Turn off for
@@ -138,6 +151,7 @@ impl Default for LlmConfig {
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
             stream_idle_timeout: Duration::from_secs(30),
+            stream_timeout: Duration::from_secs(180),
             retry: RetryPolicy::default(),
             stream_usage: true,
         }
@@ -150,6 +164,45 @@ impl LlmConfig {
     /// variables count as unset.
     pub fn from_env() -> Self {
         Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Like [`LlmConfig::from_env`], and also reads the timeouts from `MEMEX_LLM_TIMEOUT`,
+    /// `MEMEX_LLM_STREAM_IDLE_TIMEOUT`, `MEMEX_LLM_STREAM_TIMEOUT` and `MEMEX_LLM_RETRY_BUDGET`
+    /// (seconds, `0 < s <= 3600`); a value out of range or not a number is an error.
+    pub fn try_from_env() -> Result<Self, LlmError> {
+        Self::try_from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// [`LlmConfig::try_from_env`] with a custom variable lookup.
+    pub fn try_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, LlmError> {
+        let mut config = Self::from_lookup(&lookup);
+        let secs = |name: &str| -> Result<Option<Duration>, LlmError> {
+            let Some(raw) = lookup(name).filter(|v| !v.trim().is_empty()) else {
+                return Ok(None);
+            };
+            match raw.trim().parse::<f64>() {
+                Ok(s) if s.is_finite() && s > 0.0 && s <= MAX_TIMEOUT_SECS => {
+                    Ok(Some(Duration::from_secs_f64(s)))
+                }
+                _ => Err(LlmError::Config(format!(
+                    "{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}, not `{}`",
+                    raw.trim().chars().take(40).collect::<String>()
+                ))),
+            }
+        };
+        if let Some(d) = secs(ENV_TIMEOUT)? {
+            config.request_timeout = d;
+        }
+        if let Some(d) = secs(ENV_STREAM_IDLE_TIMEOUT)? {
+            config.stream_idle_timeout = d;
+        }
+        if let Some(d) = secs(ENV_STREAM_TIMEOUT)? {
+            config.stream_timeout = d;
+        }
+        if let Some(d) = secs(ENV_RETRY_BUDGET)? {
+            config.retry.max_elapsed = d;
+        }
+        Ok(config)
     }
 
     /// Like [`LlmConfig::from_env`] with a custom variable lookup (for tests and the CLI).
@@ -273,6 +326,25 @@ mod tests {
         ]));
         assert_eq!(c.base_url, "http://localhost:11434/v1");
         assert_eq!(c.model, "qwen2.5");
+    }
+
+    #[test]
+    fn timeouts_from_env_are_bounded() {
+        let c = LlmConfig::try_from_lookup(|n| match n {
+            ENV_TIMEOUT => Some("1.5".into()),
+            ENV_STREAM_TIMEOUT => Some("4".into()),
+            ENV_RETRY_BUDGET => Some("3".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(c.request_timeout, Duration::from_millis(1500));
+        assert_eq!(c.stream_timeout, Duration::from_secs(4));
+        assert_eq!(c.retry.max_elapsed, Duration::from_secs(3));
+        for bad in ["0", "-1", "NaN", "inf", "1e20", "soon"] {
+            let err = LlmConfig::try_from_lookup(|n| (n == ENV_TIMEOUT).then(|| bad.to_string()))
+                .unwrap_err();
+            assert!(err.to_string().contains(ENV_TIMEOUT), "{err}");
+        }
     }
 
     #[test]

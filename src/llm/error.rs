@@ -30,13 +30,21 @@ pub enum LlmError {
         message: String,
     },
 
-    /// No answer within the configured time.
+    /// No answer in time: `after` is the time actually spent on the call, every attempt and
+    /// wait included (or the overall deadline of a streamed answer).
     #[error("the LLM server did not answer within {:.1} s (after {attempts} attempt(s))", .after.as_secs_f64())]
     Timeout {
-        /// The time limit that was hit.
+        /// The time spent before giving up.
         after: Duration,
         /// Attempts made.
         attempts: u32,
+    },
+
+    /// A streamed answer went silent (no bytes at all) for longer than the idle limit.
+    #[error("the LLM server's streamed answer stalled: nothing arrived for {:.1} s", .silent.as_secs_f64())]
+    Stalled {
+        /// How long nothing arrived.
+        silent: Duration,
     },
 
     /// The server failed (HTTP 5xx) until the retry budget ran out.
@@ -75,7 +83,7 @@ pub enum LlmError {
     #[error("the LLM server sent an invalid response: {0}")]
     BadResponse(String),
 
-    /// A [`ScriptedModel`](super::ScriptedModel) was asked for more answers than scripted.
+    /// A `ScriptedModel` (feature `test-util`) was asked for more answers than scripted.
     #[error("the scripted model has no response left for request #{0}")]
     ScriptExhausted(usize),
 }
@@ -98,6 +106,15 @@ impl LlmError {
                 | LlmError::Server { .. }
                 | LlmError::Connect { .. }
         )
+    }
+
+    /// Sets the time spent on a [`LlmError::Timeout`] to `elapsed`, the true figure for the
+    /// whole call (the per-attempt limit alone would understate it after retries).
+    pub(crate) fn spent(mut self, elapsed: Duration) -> Self {
+        if let LlmError::Timeout { after, .. } = &mut self {
+            *after = elapsed;
+        }
+        self
     }
 
     /// Sets the attempt count on the variants that carry one.

@@ -7,7 +7,8 @@
 //! * [`OpenAiCompatible`] — the HTTP client for Groq, OpenAI, Ollama, vLLM, llama.cpp's server:
 //!   timeouts, retries with backoff and jitter, SSE streaming, usage accounting, and an API key
 //!   that never shows up in logs, errors or `Debug`.
-//! * [`ScriptedModel`] — the test double, scripted responses plus a record of every request.
+//! * `ScriptedModel` — the test double, scripted responses plus a record of every request
+//!   (only with the `test-util` cargo feature, which memex's own tests and benches turn on).
 //!
 //! This module knows nothing of conversations, tools' implementations or merchants: it moves
 //! messages to a model and back.
@@ -15,6 +16,8 @@
 mod config;
 mod error;
 mod openai;
+pub mod retry_after;
+#[cfg(feature = "test-util")]
 mod scripted;
 pub mod sse;
 mod types;
@@ -28,10 +31,12 @@ use futures::stream::{BoxStream, StreamExt};
 
 pub use config::{
     ApiKey, LlmConfig, RetryPolicy, DEFAULT_BASE_URL, DEFAULT_MODEL, ENV_API_KEYS, ENV_BASE_URL,
-    ENV_MODEL,
+    ENV_MODEL, ENV_RETRY_BUDGET, ENV_STREAM_IDLE_TIMEOUT, ENV_STREAM_TIMEOUT, ENV_TIMEOUT,
+    MAX_TIMEOUT_SECS,
 };
 pub use error::LlmError;
 pub use openai::OpenAiCompatible;
+#[cfg(feature = "test-util")]
 pub use scripted::ScriptedModel;
 pub use types::{
     ChatRequest, ChatResponse, FinishReason, FunctionCall, FunctionDefinition, Message,

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, Stream, StreamExt};
-use reqwest::header::{HeaderMap, ACCEPT, CONTENT_TYPE};
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 
 use super::config::safe_url;
+use super::retry_after;
 use super::sse::{SseParser, StreamAssembler};
 use super::wire::{body_message, parse_response, WireRequest};
 use super::{
@@ -164,16 +165,27 @@ impl OpenAiCompatible {
             if stream && !json_body {
                 return Ok(Sent::Stream(resp));
             }
-            let bytes = resp
-                .bytes()
+            let (bytes, complete) = read_capped(resp, MAX_ANSWER_BYTES)
                 .await
                 .map_err(|e| (self.transport_error(e), None))?;
+            if !complete {
+                return Err((
+                    LlmError::BadResponse(format!(
+                        "the answer is longer than {MAX_ANSWER_BYTES} bytes"
+                    )),
+                    None,
+                ));
+            }
             return parse_response(&bytes)
                 .map(Sent::Parsed)
                 .map_err(|e| (e, None));
         }
-        let retry_after = retry_after(resp.headers());
-        let body = resp.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+        let retry_after = retry_after::from_headers(resp.headers(), self.config.retry.max_elapsed);
+        // Only the start of an error body is read: it is a message for people.
+        let body = read_capped(resp, MAX_ERROR_BODY_BYTES)
+            .await
+            .map(|(b, _)| b)
+            .unwrap_or_default();
         let message = self.scrub(&body_message(&body));
         let status = status.as_u16();
         let err = match status {
@@ -223,12 +235,14 @@ impl OpenAiCompatible {
                 Ok(sent) => return Ok(sent),
                 Err(e) => e,
             };
-            let err = err.with_attempts(attempt);
+            let err = err.with_attempts(attempt).spent(started.elapsed());
             if !err.is_retryable() || attempt > policy.max_retries {
                 return Err(err);
             }
-            let delay = retry_after.unwrap_or_else(|| policy.backoff(attempt - 1));
-            if started.elapsed() + delay >= policy.max_elapsed {
+            let delay = retry_after
+                .unwrap_or_else(|| policy.backoff(attempt - 1))
+                .min(policy.max_elapsed);
+            if started.elapsed().saturating_add(delay) >= policy.max_elapsed {
                 tracing::warn!(
                     attempt,
                     delay_ms = delay.as_millis() as u64,
@@ -248,27 +262,26 @@ impl OpenAiCompatible {
     }
 }
 
-/// How long the server asks us to wait: `retry-after-ms` (OpenAI), else `Retry-After` in
-/// seconds or as an HTTP date.
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let get = |name: &str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::trim)
-    };
-    if let Some(ms) = get("retry-after-ms").and_then(|v| v.parse::<f64>().ok()) {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
+/// Longest non-streamed answer read, in bytes.
+const MAX_ANSWER_BYTES: usize = 32 * 1024 * 1024;
+/// Longest part of an error body read, in bytes.
+const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
+
+/// Reads `resp`'s body up to `max` bytes; the flag says whether it all fit.
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, false));
         }
+        out.extend_from_slice(&chunk);
     }
-    let value = get("retry-after")?;
-    if let Ok(secs) = value.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs));
-    }
-    let when = chrono::DateTime::parse_from_rfc2822(value).ok()?;
-    let wait = when.with_timezone(&chrono::Utc) - chrono::Utc::now();
-    Some(wait.to_std().unwrap_or(Duration::ZERO))
+    Ok((out, true))
 }
 
 struct StreamState<S> {
@@ -278,6 +291,10 @@ struct StreamState<S> {
     pending: VecDeque<StreamEvent>,
     datas: Vec<String>,
     idle: Duration,
+    /// When the whole answer must be in (keep-alive comments do not move it).
+    deadline: tokio::time::Instant,
+    /// The call's start, for the figure in a deadline error.
+    started: Instant,
     meter: Arc<UsageMeter>,
     display_url: String,
 }
@@ -291,13 +308,23 @@ where
     /// Reads until at least one event is pending or the stream is over.
     async fn fill(&mut self) -> Result<(), LlmError> {
         while self.pending.is_empty() && !self.assembler.is_done() {
-            match tokio::time::timeout(self.idle, self.body.next()).await {
-                Err(_) => {
+            let now = tokio::time::Instant::now();
+            let to_deadline = self.deadline.saturating_duration_since(now);
+            if to_deadline.is_zero() {
+                return Err(LlmError::Timeout {
+                    after: self.started.elapsed(),
+                    attempts: 1,
+                });
+            }
+            let wait = self.idle.min(to_deadline);
+            match tokio::time::timeout(wait, self.body.next()).await {
+                Err(_) if wait < self.idle => {
                     return Err(LlmError::Timeout {
-                        after: self.idle,
+                        after: self.started.elapsed(),
                         attempts: 1,
                     })
                 }
+                Err(_) => return Err(LlmError::Stalled { silent: self.idle }),
                 Ok(Some(Ok(bytes))) => {
                     self.parser.push(bytes.as_ref(), &mut self.datas)?;
                     self.drain_datas()?;
@@ -365,6 +392,7 @@ impl ChatModel for OpenAiCompatible {
         request: ChatRequest,
     ) -> Result<BoxStream<'static, Result<StreamEvent, LlmError>>, LlmError> {
         let body = self.encode(&request, true)?;
+        let started = Instant::now();
         let resp = match self.send(&body, true).await? {
             Sent::Stream(resp) => resp,
             Sent::Parsed(response) => {
@@ -380,6 +408,10 @@ impl ChatModel for OpenAiCompatible {
             pending: VecDeque::new(),
             datas: Vec::new(),
             idle: self.config.stream_idle_timeout,
+            deadline: tokio::time::Instant::from_std(started)
+                .checked_add(self.config.stream_timeout)
+                .unwrap_or_else(|| tokio::time::Instant::now() + self.config.stream_idle_timeout),
+            started,
             meter: Arc::clone(&self.meter),
             display_url: self.display_url.clone(),
         };
@@ -392,29 +424,5 @@ impl ChatModel for OpenAiCompatible {
             }
         });
         Ok(events.boxed())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use reqwest::header::HeaderValue;
-
-    #[test]
-    fn retry_after_forms() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert("retry-after", HeaderValue::from_static("2"));
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert("retry-after-ms", HeaderValue::from_static("150"));
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(150)));
-        let mut h = HeaderMap::new();
-        h.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
-        assert_eq!(retry_after(&h), Some(Duration::ZERO));
-        h.insert("retry-after", HeaderValue::from_static("soon"));
-        assert_eq!(retry_after(&h), None);
     }
 }

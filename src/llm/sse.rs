@@ -10,6 +10,17 @@ use serde_json::Value;
 use super::wire::{error_message, pick_usage, XGroq};
 use super::{FinishReason, LlmError, StreamEvent, ToolCall, Usage};
 
+/// Longest event (or unterminated line) [`SseParser`] buffers, in bytes; beyond it the stream
+/// is refused rather than held in memory without bound.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most answer text plus tool-call names and arguments one streamed answer may carry, as
+/// for a non-streamed answer: a peer cannot make memex hold more.
+pub const MAX_STREAM_BYTES: usize = 32 * 1024 * 1024;
+
+/// The most distinct tool calls one streamed answer may carry.
+pub const MAX_STREAM_CALLS: usize = 128;
+
 /// Incremental parser of a `text/event-stream` body. Feed it bytes as they arrive; it hands out
 /// the `data` of each complete event (multi-line data joined with `\n`). Comments, `event:`,
 /// `id:` and `retry:` fields are ignored; lines may end in `\n` or `\r\n`.
@@ -59,6 +70,11 @@ impl SseParser {
             start = end + 1;
         }
         self.buf.drain(..start);
+        if self.buf.len() > MAX_EVENT_BYTES || self.data.len() > MAX_EVENT_BYTES {
+            return Err(LlmError::BadResponse(format!(
+                "an event in the stream is longer than {MAX_EVENT_BYTES} bytes"
+            )));
+        }
         Ok(())
     }
 
@@ -147,6 +163,8 @@ struct PartialCall {
 #[derive(Debug, Default)]
 pub struct StreamAssembler {
     calls: BTreeMap<u32, PartialCall>,
+    /// Bytes of answer text and tool calls received so far (bounded by [`MAX_STREAM_BYTES`]).
+    received: usize,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     calls_emitted: bool,
@@ -193,10 +211,25 @@ impl StreamAssembler {
         for choice in chunk.choices.into_iter().filter(|c| c.index == 0) {
             if let Some(delta) = choice.delta {
                 if let Some(text) = delta.content.filter(|t| !t.is_empty()) {
+                    self.account(text.len())?;
                     out.push_back(StreamEvent::TextDelta(text));
                 }
                 for (pos, tc) in delta.tool_calls.into_iter().flatten().enumerate() {
                     let index = tc.index.unwrap_or(pos as u32);
+                    if !self.calls.contains_key(&index) && self.calls.len() >= MAX_STREAM_CALLS {
+                        return Err(LlmError::BadResponse(format!(
+                            "the streamed answer has more than {MAX_STREAM_CALLS} tool calls"
+                        )));
+                    }
+                    let size = tc.id.as_ref().map_or(0, String::len)
+                        + tc.function.as_ref().map_or(0, |f| {
+                            f.name.as_ref().map_or(0, String::len)
+                                + f.arguments.as_ref().map_or(0, |a| match a {
+                                    Value::String(s) => s.len(),
+                                    other => other.to_string().len(),
+                                })
+                        });
+                    self.account(size)?;
                     let call = self.calls.entry(index).or_default();
                     if let Some(id) = tc.id.filter(|s| !s.is_empty()) {
                         call.id = id;
@@ -221,6 +254,17 @@ impl StreamAssembler {
                 self.finish = Some(FinishReason::parse(&reason));
                 self.emit_calls(out)?;
             }
+        }
+        Ok(())
+    }
+
+    /// Counts `n` more bytes of the answer, refusing an answer past [`MAX_STREAM_BYTES`].
+    fn account(&mut self, n: usize) -> Result<(), LlmError> {
+        self.received = self.received.saturating_add(n);
+        if self.received > MAX_STREAM_BYTES {
+            return Err(LlmError::BadResponse(format!(
+                "the streamed answer is longer than {MAX_STREAM_BYTES} bytes"
+            )));
         }
         Ok(())
     }
@@ -290,6 +334,39 @@ mod tests {
     use super::*;
 
     #[test]
+    fn assembler_bounds_what_a_stream_can_make_it_hold() {
+        // Too many distinct tool calls.
+        let mut a = StreamAssembler::new();
+        let mut out = VecDeque::new();
+        let mut err = None;
+        for i in 0..=MAX_STREAM_CALLS {
+            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+                {"index": i, "id": format!("c{i}"), "function": {"name": "t", "arguments": "{}"}}
+            ]}}]});
+            if let Err(e) = a.on_data(&chunk.to_string(), &mut out) {
+                err = Some(e);
+                break;
+            }
+        }
+        assert!(err.is_some_and(|e| e.to_string().contains("tool calls")));
+        // Arguments growing past the answer bound, one event at a time.
+        let mut a = StreamAssembler::new();
+        let piece = "x".repeat(1024 * 1024);
+        let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"tool_calls": [
+            {"index": 0, "function": {"arguments": piece}}
+        ]}}]})
+        .to_string();
+        let mut failed = false;
+        for _ in 0..(MAX_STREAM_BYTES / piece.len() + 2) {
+            if a.on_data(&chunk, &mut out).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed, "an unbounded tool-call argument was accepted");
+    }
+
+    #[test]
     fn parser_handles_split_lines_crlf_and_comments() {
         let mut p = SseParser::new();
         let mut out = Vec::new();
@@ -301,6 +378,21 @@ mod tests {
         p.push(b"data: tail", &mut out).unwrap();
         p.finish(&mut out);
         assert_eq!(out.last().unwrap(), "tail");
+    }
+
+    #[test]
+    fn an_endless_line_is_refused() {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        let piece = vec![b'x'; 1024 * 1024];
+        let mut failed = false;
+        for _ in 0..(MAX_EVENT_BYTES / piece.len() + 2) {
+            if p.push(&piece, &mut out).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed);
     }
 
     #[test]

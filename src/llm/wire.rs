@@ -4,9 +4,10 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    ChatRequest, ChatResponse, FinishReason, LlmError, Message, ResponseFormat, ToolCall,
-    ToolChoice, ToolDefinition, Usage,
+use super::error::LlmError;
+use super::types::{
+    ChatRequest, ChatResponse, FinishReason, Message, ResponseFormat, ToolCall, ToolChoice,
+    ToolDefinition, Usage,
 };
 
 /// The request body.

@@ -3,8 +3,8 @@
 #[derive(Debug, thiserror::Error)]
 pub enum PlanError {
     /// The language model could not be reached or answered unusably after retries.
-    #[error("the language model failed: {0}")]
-    Llm(crate::llm::LlmError),
+    #[error("the language model failed")]
+    Llm(#[from] crate::llm::LlmError),
     /// The model's plan was invalid, and so was its corrected plan; nothing was executed.
     #[error("the model could not produce a valid plan (nothing was executed): {}", .errors.join("; "))]
     InvalidPlan {
@@ -28,19 +28,54 @@ pub enum PlanError {
         /// Its status.
         status: String,
     },
-    /// The plan store failed.
+    /// The plan store's SQLite file could not be opened (busy, read-only, not a database).
+    #[error(transparent)]
+    Open(#[from] crate::sqlite::SqliteError),
+    /// The plan store's SQLite file failed.
+    #[error("plan store")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The plan store's Redis could not be reached after bounded retries (the endpoint is
+    /// `HOST:PORT`, never a password).
+    #[error("plan store: Redis at {endpoint} is unreachable (while trying to {action})")]
+    RedisUnreachable {
+        /// `HOST:PORT` of the Redis.
+        endpoint: String,
+        /// What the store was doing.
+        action: String,
+        /// The last connection error.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// The plan store's Redis answered with an error.
+    #[error("plan store: Redis at {endpoint} refused to {action}")]
+    Redis {
+        /// `HOST:PORT` of the Redis.
+        endpoint: String,
+        /// What the store was doing.
+        action: String,
+        /// Redis's answer.
+        #[source]
+        source: redis::RedisError,
+    },
+    /// A different plan with this id is already stored.
+    #[error("plan {0} already exists")]
+    Exists(String),
+    /// The plan store could not be used (with the reason).
     #[error("plan store: {0}")]
     Store(String),
+    /// Something stored could not be read back (a damaged row).
+    #[error("plan store: {what} is damaged")]
+    Corrupt {
+        /// What was being read.
+        what: String,
+        /// Why it does not parse.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// The agent (its store, memories or an action) failed.
     #[error(transparent)]
     Agent(#[from] crate::agent::AgentError),
     /// Bad input (an empty task).
     #[error("{0}")]
     Invalid(String),
-}
-
-impl From<crate::llm::LlmError> for PlanError {
-    fn from(e: crate::llm::LlmError) -> Self {
-        PlanError::Llm(e)
-    }
 }

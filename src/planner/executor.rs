@@ -1,31 +1,35 @@
-//! The executor: runs a stored plan's ready steps concurrently (bounded), each with retries
-//! and backoff for transient failures, behind the agent's guards (schema check of the
-//! resolved arguments, merchant-scoped tool context, rate limits, the read-only cache, the
-//! audit log, the approval gate), and records every state change before moving on.
+//! The executor: runs a stored plan's ready steps concurrently (bounded), each through the
+//! agent's one guarded call path ([`CallGate`](crate::agent::CallGate): schema check of the
+//! resolved arguments, merchant scope, the plan's loop guard, the approval gate, the read-only
+//! cache, rate limits, the call under the plan's timeout and retry policy, the audit log), and
+//! records every state change before moving on.
 //!
 //! Scheduling is a loop over the stored step states: skip what depends on a failed, skipped or
 //! rejected step; start every pending step whose dependencies are done (up to the concurrency
 //! bound); wait for one to finish; repeat until nothing runs and nothing can start.
 //!
 //! An irreversible step asks for one approval (`actions` row keyed by the call id
-//! `PLAN:STEP`, so a crash never makes a second one) and waits. An approved action runs here,
-//! under the plan's claim, through the same attempt loop as any step (timeout, retries with
-//! backoff, error results) with the approval id as the tool's idempotency key.
+//! `PLAN:STEP`, so a crash never makes a second one) and waits. An approved action runs
+//! through the gate's one executor for approved actions (the same claim, policy and final
+//! status as a chat approval), under the plan's claim, with the step's attempts counted.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde_json::{json, Value};
 
-use super::plan::{shown, Step, StepStatus};
-use super::{refs, PlanError, Planner};
+use super::blocking;
+use super::config::PlannerConfig;
+use super::error::PlanError;
+use super::plan::{Step, StepStatus};
+use super::refs;
+use super::store::PlanStore;
+use crate::agent::gate::{self, AttemptHook, CallOutcome, CallPolicy, CallRequest, LoopGuard};
 use crate::agent::guards::call_key;
-use crate::agent::runner::{self, RunnerToken};
-use crate::agent::{ActionStatus, PendingAction, Progress, ToolCallReport};
+use crate::agent::{ActionStatus, Agent, AgentError, PendingAction, Progress, ToolCallReport};
 use crate::merchant::MerchantId;
-use crate::tools::{Tool, ToolContext, ToolError};
+use crate::tools::ToolError;
 
 /// A human decision taken in this run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,21 +63,26 @@ struct Outcome {
     attempts: u32,
     result: Value,
     error: Option<String>,
+    args: Value,
+    action_id: Option<String>,
 }
 
-/// A step handed to [`Planner::run_step`].
+/// A step handed to [`Executor::run_step`].
 struct Job {
     index: usize,
     step_id: String,
     tool_name: String,
     attempts: u32,
+    /// The loop guard's view: `(step id, call key)` of the plan's other steps that made (or
+    /// are making, or wait to make) a call.
+    earlier: Vec<(String, String)>,
 }
 
-/// What [`Planner::prepare`] decided.
+/// What [`Executor::prepare`] decided.
 enum Prepared {
-    /// Run the tool with these (resolved, validated) arguments.
-    Run(Arc<dyn Tool>, Value),
-    /// The step is settled without running (failed before the call, or waiting for approval).
+    /// Send the step's call, with these resolved arguments, through the gate.
+    Run(Value),
+    /// The step is settled without a call (a broken `$ref`, or an approval asked before).
     Settled(Settled),
 }
 
@@ -98,16 +107,27 @@ impl Settled {
     }
 }
 
-impl Planner {
+/// What one execution of a plan runs with: the agent (its gate and store), the plan store and
+/// the planner's tunables, passed in by the planner.
+pub(super) struct Executor<'a> {
+    pub agent: &'a Agent,
+    pub store: &'a Arc<PlanStore>,
+    pub config: &'a PlannerConfig,
+}
+
+impl Executor<'_> {
     /// Drives the plan until no step runs and none can start.
     pub(super) async fn drive(
         &self,
         ctx: &RunContext,
         progress: &dyn Progress,
     ) -> Result<(), PlanError> {
-        let mut steps = self.store.steps(&ctx.plan_id)?;
-        let planned: HashMap<String, Value> =
-            self.store.planned_args(&ctx.plan_id)?.into_iter().collect();
+        let plan_id = ctx.plan_id.clone();
+        let (mut steps, planned) = blocking::plans(self.store, move |store| {
+            Ok((store.steps(&plan_id)?, store.planned_args(&plan_id)?))
+        })
+        .await?;
+        let planned: HashMap<String, Value> = planned.into_iter().collect();
         let index: HashMap<String, usize> = steps
             .iter()
             .enumerate()
@@ -123,7 +143,7 @@ impl Planner {
                 } else {
                     StepStatus::Pending
                 };
-                self.save(ctx, s, None)?;
+                self.save(ctx, s, None).await?;
             }
         }
         for step in steps.iter_mut() {
@@ -155,7 +175,7 @@ impl Planner {
                         steps[i].status = StepStatus::Skipped;
                         steps[i].error = Some(why);
                         steps[i].result = Value::Null;
-                        self.save(ctx, &steps[i], None)?;
+                        self.save(ctx, &steps[i], None).await?;
                         changed = true;
                     }
                 }
@@ -176,8 +196,21 @@ impl Planner {
                         continue;
                     }
                     let planned_args = planned.get(&steps[i].id).cloned().unwrap_or(Value::Null);
-                    match self.prepare(ctx, &steps, i, &planned_args)? {
-                        Prepared::Run(tool, args) => {
+                    match self.prepare(ctx, &steps, i, &planned_args).await? {
+                        Prepared::Run(args) => {
+                            let earlier = steps
+                                .iter()
+                                .filter(|s| {
+                                    s.id != steps[i].id
+                                        && matches!(
+                                            s.status,
+                                            StepStatus::Done
+                                                | StepStatus::Running
+                                                | StepStatus::PendingApproval
+                                        )
+                                })
+                                .map(|s| (s.id.clone(), call_key(&s.tool, &s.args)))
+                                .collect();
                             steps[i].args = args.clone();
                             steps[i].status = StepStatus::Running;
                             in_flight[i] = true;
@@ -186,8 +219,9 @@ impl Planner {
                                 step_id: steps[i].id.clone(),
                                 tool_name: steps[i].tool.clone(),
                                 attempts: steps[i].attempts,
+                                earlier,
                             };
-                            running.push(self.run_step(ctx, job, tool, args, progress));
+                            running.push(self.run_step(ctx, job, args, progress));
                         }
                         Prepared::Settled(s) => {
                             let step = &mut steps[i];
@@ -201,7 +235,7 @@ impl Planner {
                                 step.action_id = s.action_id;
                             }
                             let resolved = step.args.clone();
-                            self.save(ctx, step, Some(&resolved))?;
+                            self.save(ctx, step, Some(&resolved)).await?;
                             if step.status == StepStatus::PendingApproval {
                                 // Approved already (this run's decision, or before a crash)?
                                 self.settle_approval(ctx, step, progress).await?;
@@ -221,30 +255,43 @@ impl Planner {
             s.attempts = done.attempts;
             s.result = done.result;
             s.error = done.error;
+            s.args = done.args;
+            if done.action_id.is_some() {
+                s.action_id = done.action_id;
+            }
             let resolved = s.args.clone();
-            self.save(ctx, s, Some(&resolved))?;
+            self.save(ctx, s, Some(&resolved)).await?;
         }
         Ok(())
     }
 
-    /// Persists `step`'s state (and its resolved arguments when given).
-    fn save(
+    /// Persists `step`'s state (and its resolved arguments when given), on the blocking pool.
+    async fn save(
         &self,
         ctx: &RunContext,
         step: &Step,
         resolved: Option<&Value>,
     ) -> Result<(), PlanError> {
-        let result = (!step.result.is_null()).then_some(&step.result);
-        self.store.update_step(
-            &ctx.plan_id,
-            &step.id,
-            step.status,
-            step.attempts,
-            resolved,
-            result,
-            step.error.as_deref(),
-            step.action_id.as_deref(),
-        )
+        let plan_id = ctx.plan_id.clone();
+        let step_id = step.id.clone();
+        let (status, attempts) = (step.status, step.attempts);
+        let resolved = resolved.cloned();
+        let result = (!step.result.is_null()).then(|| step.result.clone());
+        let error = step.error.clone();
+        let action_id = step.action_id.clone();
+        blocking::plans(self.store, move |store| {
+            store.update_step(
+                &plan_id,
+                &step_id,
+                status,
+                attempts,
+                resolved.as_ref(),
+                result.as_ref(),
+                error.as_deref(),
+                action_id.as_deref(),
+            )
+        })
+        .await
     }
 
     /// Brings a step waiting for approval up to date with its action: runs it when a human
@@ -259,7 +306,7 @@ impl Planner {
         let Some(action_id) = step.action_id.clone() else {
             return Ok(());
         };
-        let Some(action) = self.agent.store().action_by_id(&action_id)? else {
+        let Some(action) = self.action_by_id(&action_id).await? else {
             return Ok(());
         };
         match action.status {
@@ -271,13 +318,13 @@ impl Planner {
                 step.status = StepStatus::Done;
                 step.result = action.result.unwrap_or(Value::Null);
                 step.error = None;
-                self.save(ctx, step, None)?;
+                self.save(ctx, step, None).await?;
             }
             ActionStatus::Failed => {
                 step.status = StepStatus::Failed;
                 step.result = action.result.unwrap_or(Value::Null);
                 step.error = Some(error_text(&step.result));
-                self.save(ctx, step, None)?;
+                self.save(ctx, step, None).await?;
             }
             ActionStatus::Rejected => {
                 step.status = StepStatus::Rejected;
@@ -285,7 +332,7 @@ impl Planner {
                     "rejected: a human operator rejected this action; it was not executed".into(),
                 );
                 step.result = json!({"status": "rejected", "action_id": action_id});
-                self.save(ctx, step, None)?;
+                self.save(ctx, step, None).await?;
                 let report = ToolCallReport {
                     id: action_id.clone(),
                     tool: step.tool.clone(),
@@ -294,15 +341,14 @@ impl Planner {
                     result: step.result.clone(),
                     latency_ms: 0.0,
                 };
-                self.audit_once(ctx, &report)?;
+                self.audit_once(ctx, report).await?;
             }
         }
         Ok(())
     }
 
-    /// Runs an approved irreversible action for its step: `pending`/`approved` → `approved`
-    /// (only one execution can win that transition), the attempt loop with the approval id as
-    /// the idempotency key, then `executed`/`failed` with the result.
+    /// Runs an approved irreversible action for its step through the gate's one executor of
+    /// approved actions (claim, policy, `executed`/`failed`), counting its attempts on the step.
     async fn execute_approved(
         &self,
         ctx: &RunContext,
@@ -310,114 +356,73 @@ impl Planner {
         action: &PendingAction,
         progress: &dyn Progress,
     ) -> Result<(), PlanError> {
-        let store = self.agent.store();
-        let runner = RunnerToken::new();
-        if !store.claim_execution(&action.id, runner.as_str(), runner::alive)? {
-            return Err(PlanError::AlreadyDecided {
-                action: action.id.clone(),
-                status: "being executed by another approval".into(),
-            });
-        }
-        let Some(tool) = self.agent.tools().get(&action.tool) else {
-            let e = ToolError::Internal(format!(
-                "tool {} is no longer registered",
-                shown(&action.tool)
-            ));
-            store.transition(
-                &action.id,
-                &[ActionStatus::Approved],
-                ActionStatus::Failed,
-                Some(&e.to_json()),
-            )?;
-            step.status = StepStatus::Failed;
-            step.result = e.to_json();
-            step.error = Some(format!("{}: {}", e.kind(), e.message()));
-            return self.save(ctx, step, None);
+        let hook = StepAttempts {
+            store: self.store,
+            plan_id: &ctx.plan_id,
+            step_id: &step.id,
+            base: step.attempts,
         };
-        let tool_ctx = ToolContext::new(ctx.merchant.clone(), ctx.session.clone())
-            .with_idempotency_key(&action.id);
-        let (outcome, attempts) = self
-            .call_with_retries(
-                ctx,
-                &step.id,
-                &action.id,
-                tool.as_ref(),
-                &action.args,
-                &tool_ctx,
-                step.attempts,
-                progress,
-            )
-            .await?;
-        step.attempts = attempts;
+        let run = self
+            .agent
+            .gate()
+            .execute_approved(action, ctx.turn, &hook, progress)
+            .await
+            .map_err(unwrap_hook)?;
+        let r = run.result;
+        step.attempts += r.attempts;
         step.args = action.args.clone();
-        match outcome {
-            Ok(value) => {
-                store.transition(
-                    &action.id,
-                    &[ActionStatus::Approved],
-                    ActionStatus::Executed,
-                    Some(&value),
-                )?;
-                self.agent.invalidate_cache(&ctx.session);
+        match r.outcome {
+            CallOutcome::Ok(value) => {
                 step.status = StepStatus::Done;
                 step.result = value;
                 step.error = None;
             }
-            Err((e, error)) => {
-                store.transition(
-                    &action.id,
-                    &[ActionStatus::Approved],
-                    ActionStatus::Failed,
-                    Some(&e.to_json()),
-                )?;
+            ref other => {
+                let mut error = other.error_text().unwrap_or_default();
+                if r.attempts > 1 {
+                    error = format!("{error} (after {} attempts)", r.attempts);
+                }
                 step.status = StepStatus::Failed;
-                step.result = e.to_json();
+                step.result = other.result();
                 step.error = Some(error);
             }
         }
         let resolved = step.args.clone();
-        self.save(ctx, step, Some(&resolved))
+        self.save(ctx, step, Some(&resolved)).await
     }
 
     /// Audits a decision once (a resume must not log the same rejection again).
-    fn audit_once(&self, ctx: &RunContext, report: &ToolCallReport) -> Result<(), PlanError> {
-        let already = self
-            .agent
-            .store()
-            .audit_log(&ctx.session)?
-            .iter()
-            .any(|e| e.call_id == report.id && e.status == report.status);
+    async fn audit_once(&self, ctx: &RunContext, report: ToolCallReport) -> Result<(), PlanError> {
+        let session = ctx.session.clone();
+        let (call_id, status) = (report.id.clone(), report.status.clone());
+        let already = blocking::agent(self.agent.store(), move |store| {
+            Ok(store
+                .audit_log(&session)?
+                .iter()
+                .any(|e| e.call_id == call_id && e.status == status))
+        })
+        .await?;
         if !already {
             self.agent
-                .audit(&ctx.merchant, &ctx.session, ctx.turn, report)?;
+                .gate()
+                .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
         }
         Ok(())
     }
 
-    fn audit_report(
-        &self,
-        ctx: &RunContext,
-        step: &Step,
-        args: &Value,
-        status: &str,
-        result: &Value,
-    ) -> Result<(), PlanError> {
-        let report = ToolCallReport {
-            id: call_id(ctx, step),
-            tool: step.tool.clone(),
-            args: args.clone(),
-            status: status.into(),
-            result: result.clone(),
-            latency_ms: 0.0,
-        };
-        Ok(self
-            .agent
-            .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?)
+    /// The action `id`, read on the blocking pool.
+    async fn action_by_id(&self, id: &str) -> Result<Option<PendingAction>, PlanError> {
+        let id = id.to_string();
+        blocking::agent(
+            self.agent.store(),
+            move |store| Ok(store.action_by_id(&id)?),
+        )
+        .await
     }
 
-    /// Resolves a ready step's references and checks its arguments; decides whether it runs,
-    /// fails before running, or waits for approval.
-    fn prepare(
+    /// Resolves a ready step's references; finds an approval the step asked for before a
+    /// crash. Everything else (validation, loop guard, approval gate) is the gate's.
+    async fn prepare(
         &self,
         ctx: &RunContext,
         steps: &[Step],
@@ -433,17 +438,20 @@ impl Planner {
             .get(&step.tool)
             .is_some_and(|t| t.irreversible());
         let existing = match &step.action_id {
-            Some(id) => self.agent.store().action_by_id(id)?,
-            None if irreversible => self
-                .agent
-                .store()
-                .action_by_call(&ctx.session, &call_id(ctx, step))?,
+            Some(id) => self.action_by_id(id).await?,
+            None if irreversible => {
+                let (session, call) = (ctx.session.clone(), call_id(ctx, step));
+                blocking::agent(self.agent.store(), move |store| {
+                    Ok(store.action_by_call(&session, &call)?)
+                })
+                .await?
+            }
             None => None,
         };
         if let Some(action) = existing {
             return Ok(Prepared::Settled(Settled {
                 status: StepStatus::PendingApproval,
-                result: pending_result(&action.id),
+                result: gate::pending_result(&action.id),
                 error: None,
                 args: Some(action.args),
                 action_id: Some(action.id),
@@ -454,95 +462,23 @@ impl Planner {
             .filter(|s| s.status == StepStatus::Done)
             .map(|s| (s.id.as_str(), &s.result))
             .collect();
-        let args = match refs::resolve(planned_args, &results) {
-            Ok(a) => a,
-            Err(msg) => {
-                return Ok(Prepared::Settled(Settled::failed(
-                    "unresolved_ref",
-                    msg,
-                    None,
-                )))
-            }
-        };
-        let Some(tool) = self.agent.tools().get(&step.tool) else {
-            let msg = format!("tool {} is no longer registered", shown(&step.tool));
-            return Ok(Prepared::Settled(Settled::failed(
-                "unknown_tool",
-                msg,
-                Some(args),
-            )));
-        };
-        let args = match self.agent.tools().validate(&step.tool, &args.to_string()) {
-            Ok(a) => a,
-            Err(e) => {
-                self.audit_report(ctx, step, &args, "invalid_args", &e.to_json())?;
-                return Ok(Prepared::Settled(Settled {
-                    status: StepStatus::Failed,
-                    result: e.to_json(),
-                    error: Some(format!("invalid_args: {e}")),
-                    args: Some(args),
-                    action_id: None,
-                }));
-            }
-        };
-        // The loop guard: a write (or an approval request) identical to one this plan already
-        // made is not repeated.
-        if !tool.read_only() {
-            let key = call_key(&step.tool, &args);
-            if let Some(earlier) = steps.iter().find(|s| {
-                s.id != step.id
-                    && s.tool == step.tool
-                    && matches!(
-                        s.status,
-                        StepStatus::Done | StepStatus::Running | StepStatus::PendingApproval
-                    )
-                    && call_key(&s.tool, &s.args) == key
-            }) {
-                let msg = format!(
-                    "this exact call was already made by step {}; it was not repeated",
-                    earlier.id
-                );
-                let result = json!({"error": "loop_detected", "message": msg});
-                self.audit_report(ctx, step, &args, "loop_detected", &result)?;
-                return Ok(Prepared::Settled(Settled {
-                    status: StepStatus::Failed,
-                    result,
-                    error: Some(format!("loop_detected: {msg}")),
-                    args: Some(args),
-                    action_id: None,
-                }));
-            }
+        match refs::resolve(planned_args, &results) {
+            Ok(a) => Ok(Prepared::Run(a)),
+            Err(e) => Ok(Prepared::Settled(Settled::failed(
+                "unresolved_ref",
+                e.to_string(),
+                None,
+            ))),
         }
-        if tool.irreversible() {
-            // The approval gate: the exact resolved arguments are held for a human. One
-            // approval per step, ever: a resume after a crash finds it again by call id.
-            let action_id = self.agent.store().create_action(
-                &ctx.session,
-                &ctx.merchant,
-                ctx.turn,
-                &call_id(ctx, step),
-                &step.tool,
-                &args,
-            )?;
-            let result = pending_result(&action_id);
-            self.audit_report(ctx, step, &args, "pending_approval", &result)?;
-            return Ok(Prepared::Settled(Settled {
-                status: StepStatus::PendingApproval,
-                result,
-                error: None,
-                args: Some(args),
-                action_id: Some(action_id),
-            }));
-        }
-        Ok(Prepared::Run(tool, args))
     }
 
-    /// Runs one step: the read-only cache, then the attempt loop.
+    /// Runs one ready step through the agent's gate (validation, merchant scope, the plan's
+    /// loop guard, the approval gate, cache, rate limit, the call under the plan's policy,
+    /// audit) and turns the outcome into the step's new state.
     async fn run_step(
         &self,
         ctx: &RunContext,
         job: Job,
-        tool: Arc<dyn Tool>,
         args: Value,
         progress: &dyn Progress,
     ) -> Result<Outcome, PlanError> {
@@ -551,202 +487,152 @@ impl Planner {
             step_id,
             tool_name: name,
             attempts,
+            earlier,
         } = job;
-        let key = call_key(&name, &args);
-        let report_id = format!("{}:{}", ctx.plan_id, step_id);
-        if tool.read_only() {
-            if let Some(hit) = self.agent.cache_get(&ctx.session, &key) {
-                let report = ToolCallReport {
-                    id: report_id,
-                    tool: name,
-                    args,
-                    status: "cached".into(),
-                    result: hit.clone(),
-                    latency_ms: 0.0,
-                };
-                self.agent
-                    .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                return Ok(Outcome {
-                    index,
-                    status: StepStatus::Done,
-                    attempts,
-                    result: hit,
-                    error: None,
-                });
-            }
-        }
-        let mut tool_ctx = ToolContext::new(ctx.merchant.clone(), ctx.session.clone());
-        if !tool.read_only() {
+        let call_id = format!("{}:{}", ctx.plan_id, step_id);
+        let raw = args.to_string();
+        let policy = self.policy();
+        let req = CallRequest {
+            merchant: &ctx.merchant,
+            session: &ctx.session,
+            turn: ctx.turn,
+            call_id: &call_id,
+            tool: &name,
+            raw_args: &raw,
             // A step that is run again after a crash must not act twice.
-            tool_ctx = tool_ctx.with_idempotency_key(report_id.clone());
-        }
-        let (outcome, attempts) = self
-            .call_with_retries(
-                ctx,
-                &step_id,
-                &report_id,
-                tool.as_ref(),
-                &args,
-                &tool_ctx,
+            idempotency_key: Some(call_id.clone()),
+            policy: &policy,
+        };
+        let hook = StepAttempts {
+            store: self.store,
+            plan_id: &ctx.plan_id,
+            step_id: &step_id,
+            base: attempts,
+        };
+        let mut guard = PlanLoopGuard { earlier };
+        let r = self
+            .agent
+            .gate()
+            .call(&req, &mut guard, &hook, progress)
+            .await
+            .map_err(unwrap_hook)?;
+        let attempts = attempts + r.attempts;
+        Ok(match r.outcome {
+            CallOutcome::Ok(value) | CallOutcome::Cached(value) => Outcome {
+                index,
+                status: StepStatus::Done,
                 attempts,
-                progress,
-            )
-            .await?;
-        Ok(match outcome {
-            Ok(value) => {
-                if tool.read_only() {
-                    self.agent.cache_put(&ctx.session, key, value.clone());
-                } else {
-                    self.agent.invalidate_cache(&ctx.session);
+                result: value,
+                error: None,
+                args: r.args,
+                action_id: None,
+            },
+            CallOutcome::PendingApproval { action_id } => Outcome {
+                index,
+                status: StepStatus::PendingApproval,
+                attempts,
+                result: gate::pending_result(&action_id),
+                error: None,
+                args: r.args,
+                action_id: Some(action_id),
+            },
+            ref other => {
+                let mut error = other.error_text().unwrap_or_default();
+                let transient = matches!(
+                    other,
+                    CallOutcome::Failed(ToolError::Transient(_) | ToolError::Internal(_))
+                );
+                if transient && r.attempts > 1 {
+                    error = format!("{error} (after {} attempts)", r.attempts);
                 }
                 Outcome {
                     index,
-                    status: StepStatus::Done,
+                    status: StepStatus::Failed,
                     attempts,
-                    result: value,
-                    error: None,
+                    result: other.result(),
+                    error: Some(error),
+                    args: r.args,
+                    action_id: None,
                 }
             }
-            Err((e, error)) => Outcome {
-                index,
-                status: StepStatus::Failed,
-                attempts,
-                result: e.to_json(),
-                error: Some(error),
-            },
         })
     }
 
-    /// Calls `tool` until it succeeds, fails for good, or `max_attempts` are spent: each
-    /// attempt counted in the store before it starts (a crash leaves the step `running`),
-    /// rate limited, cut at `step_timeout`, audited; a result object carrying `"error"` is a
-    /// failure; transient and internal failures are retried with doubling backoff. Returns
-    /// the outcome (the error with its `kind: message` text) and the attempt count.
-    #[allow(clippy::too_many_arguments)]
-    async fn call_with_retries(
-        &self,
-        ctx: &RunContext,
-        step_id: &str,
-        report_id: &str,
-        tool: &dyn Tool,
-        args: &Value,
-        tool_ctx: &ToolContext,
-        mut attempts: u32,
-        progress: &dyn Progress,
-    ) -> Result<(Result<Value, (ToolError, String)>, u32), PlanError> {
-        let name = tool.name().to_string();
-        let max = self.config.max_attempts.max(1);
-        let mut report = ToolCallReport {
-            id: report_id.to_string(),
-            tool: name.clone(),
-            args: args.clone(),
-            status: String::new(),
-            result: Value::Null,
-            latency_ms: 0.0,
-        };
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            attempts += 1;
-            self.store.update_step(
-                &ctx.plan_id,
-                step_id,
-                StepStatus::Running,
-                attempts,
-                (tries == 1).then_some(args),
-                None,
-                None,
-                None,
-            )?;
-            let t0 = Instant::now();
-            let outcome: Result<Value, ToolError> = if self
-                .agent
-                .acquire_tool_token(&name, self.config.rate_limit_wait)
-                .await
-            {
-                progress.tool_started(&tool.progress(args));
-                let limit = self.config.step_timeout;
-                match tokio::time::timeout(limit, tool.call(args.clone(), tool_ctx)).await {
-                    Ok(r) => r,
-                    Err(_) => Err(ToolError::Transient(format!(
-                        "{name} did not answer within {:.1} s",
-                        limit.as_secs_f64()
-                    ))),
-                }
-            } else {
-                Err(ToolError::Transient(format!(
-                    "{name} is rate limited; no call slot within {:?}",
-                    self.config.rate_limit_wait
-                )))
-            };
-            report.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
-            // A result object carrying an "error" is a failure too.
-            let outcome = match outcome {
-                Ok(v) if v.get("error").is_some_and(|e| e.is_string()) => Err(from_result(&v)),
-                other => other,
-            };
-            match outcome {
-                Ok(value) => {
-                    report.status = "ok".into();
-                    report.result = value.clone();
-                    self.agent
-                        .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                    return Ok((Ok(value), attempts));
-                }
-                Err(e) => {
-                    report.status = "error".into();
-                    report.result = e.to_json();
-                    self.agent
-                        .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
-                    let transient = matches!(e, ToolError::Transient(_) | ToolError::Internal(_));
-                    if transient && tries < max {
-                        let backoff = self.config.retry_backoff * 2u32.saturating_pow(tries - 1);
-                        tokio::time::sleep(backoff).await;
-                        continue;
-                    }
-                    let error = if transient && tries > 1 {
-                        format!("{}: {} (after {tries} attempts)", e.kind(), e.message())
-                    } else {
-                        format!("{}: {}", e.kind(), e.message())
-                    };
-                    return Ok((Err((e, error)), attempts));
-                }
-            }
+    /// The plan's call policy.
+    fn policy(&self) -> CallPolicy {
+        CallPolicy {
+            timeout: self.config.step_timeout,
+            max_attempts: self.config.max_attempts,
+            backoff: self.config.retry_backoff,
+            rate_limit_wait: self.config.rate_limit_wait,
         }
     }
 }
 
-/// What a step waiting for approval reports as its result.
-fn pending_result(action_id: &str) -> Value {
-    json!({
-        "status": "pending_approval",
-        "action_id": action_id,
-        "message": "NOT executed. This irreversible action is held until a human operator approves it.",
-    })
+/// The plan's loop guard: a write (or an approval request) identical to one another step of
+/// the plan already made is not repeated. Reads are never refused.
+struct PlanLoopGuard {
+    /// `(step id, call key)` of the steps done, running or waiting for approval.
+    earlier: Vec<(String, String)>,
+}
+
+impl LoopGuard for PlanLoopGuard {
+    fn earlier(&self, key: &str, read_only: bool) -> Option<Value> {
+        if read_only {
+            return None;
+        }
+        let (step, _) = self.earlier.iter().find(|(_, k)| k == key)?;
+        Some(json!({
+            "error": "loop_detected",
+            "message": format!("this exact call was already made by step {step}; it was not repeated"),
+        }))
+    }
+    fn record(&mut self, _key: String, _result: &Value) {}
+}
+
+/// Counts each attempt of a step in the store before it starts, so a crash leaves it
+/// `running` with its attempts (and its resolved arguments) recorded.
+struct StepAttempts<'a> {
+    store: &'a PlanStore,
+    plan_id: &'a str,
+    step_id: &'a str,
+    base: u32,
+}
+
+impl AttemptHook for StepAttempts<'_> {
+    fn before_attempt(&self, n: u32, args: &Value) -> Result<(), AgentError> {
+        self.store
+            .update_step(
+                self.plan_id,
+                self.step_id,
+                StepStatus::Running,
+                self.base + n,
+                (n == 1).then_some(args),
+                None,
+                None,
+                None,
+            )
+            .map_err(|e| AgentError::Hook(Box::new(e)))
+    }
+}
+
+/// A plan-store failure inside a hook is the plan's own error again.
+fn unwrap_hook(e: AgentError) -> PlanError {
+    match e {
+        AgentError::Hook(inner) => match inner.downcast::<PlanError>() {
+            Ok(plan) => *plan,
+            Err(other) => PlanError::Agent(AgentError::Hook(other)),
+        },
+        AgentError::AlreadyDecided { action, status } => {
+            PlanError::AlreadyDecided { action, status }
+        }
+        other => PlanError::Agent(other),
+    }
 }
 
 /// The audit log's call id of a plan step.
 fn call_id(ctx: &RunContext, step: &Step) -> String {
     format!("{}:{}", ctx.plan_id, step.id)
-}
-
-/// A [`ToolError`] from a result object that reports an error (`{"error": KIND, "message",
-/// "retryable"}`).
-fn from_result(v: &Value) -> ToolError {
-    let kind = v.get("error").and_then(Value::as_str).unwrap_or("error");
-    let message = v
-        .get("message")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| format!("the tool reported {kind}"));
-    let retryable = v.get("retryable").and_then(Value::as_bool).unwrap_or(false);
-    match kind {
-        "not_found" => ToolError::NotFound(message),
-        "invalid_args" => ToolError::InvalidArgs(message),
-        _ if retryable || kind == "transient" => ToolError::Transient(message),
-        "internal" => ToolError::Internal(message),
-        _ => ToolError::Refused(message),
-    }
 }
 
 /// `kind: message` of an error result object.

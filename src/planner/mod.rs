@@ -16,6 +16,8 @@
 //! irreversible step becomes an approval (`act_…`) that only `memex approve` executes — after
 //! which the plan continues from its stored state, in this process or a later one.
 
+mod blocking;
+mod config;
 mod error;
 mod executor;
 pub mod plan;
@@ -25,62 +27,36 @@ pub mod store;
 pub mod validate;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::Value;
 
+pub use config::PlannerConfig;
 pub use error::PlanError;
 pub use plan::{PendingStep, PlanReport, PlanStatus, PlanSummary, Step, StepStatus};
 use store::{PlanRow, PlanStore};
 
-use crate::agent::runner::{self, RunnerToken};
-use crate::agent::{ActionStatus, Agent, Progress, TurnRecord};
+use crate::agent::runner::Ownership;
+use crate::agent::{
+    ActionStatus, Agent, AgentError, AgentStore, PendingAction, Progress, TurnRecord,
+};
 use crate::llm::Usage;
 use crate::merchant::MerchantId;
 
-/// Tunables of the planner.
-#[derive(Debug, Clone)]
-pub struct PlannerConfig {
-    /// Most steps a plan may have (a longer plan is invalid).
-    pub max_steps: usize,
-    /// Most steps executing at the same time.
-    pub max_concurrency: usize,
-    /// Tool calls per step before a transient failure fails it.
-    pub max_attempts: u32,
-    /// Backoff before the first retry; doubled for each further one.
-    pub retry_backoff: Duration,
-    /// Longest wait for a tool's rate limit before the attempt counts as failed.
-    pub rate_limit_wait: Duration,
-    /// Whether the planning call gets the knowledge-base and episode memory blocks.
-    pub use_memory: bool,
-    /// Whether a completed plan's summary is saved as an episode of its merchant.
-    pub save_episode: bool,
-    /// Longest a single tool call may take before the attempt counts as a transient failure.
-    pub step_timeout: Duration,
-    /// Longest wait for the final summary call (then a plain account is written instead).
-    pub summary_timeout: Duration,
-}
+/// Longest plan reply accepted from the model, in bytes; a longer one is invalid unread.
+pub const MAX_PLAN_REPLY_BYTES: usize = 256 * 1024;
+/// Most validation problems reported (to the model and in errors); the rest are counted.
+pub const MAX_PLAN_ERRORS: usize = 20;
 
-impl Default for PlannerConfig {
-    fn default() -> Self {
-        PlannerConfig {
-            max_steps: 12,
-            max_concurrency: 4,
-            max_attempts: 3,
-            retry_backoff: Duration::from_millis(200),
-            rate_limit_wait: Duration::from_secs(10),
-            use_memory: true,
-            save_episode: true,
-            step_timeout: Duration::from_secs(60),
-            summary_timeout: Duration::from_secs(30),
-        }
-    }
-}
+/// Largest `max_steps` a planner accepts.
+pub const MAX_STEPS_LIMIT: usize = 100;
+/// Largest `max_concurrency` a planner accepts.
+pub const MAX_CONCURRENCY_LIMIT: usize = 64;
 
 /// Plans tasks and executes plans through an [`Agent`]'s tools and guards.
 pub struct Planner {
     agent: Arc<Agent>,
-    store: PlanStore,
+    store: Arc<PlanStore>,
     config: PlannerConfig,
 }
 
@@ -92,26 +68,56 @@ impl std::fmt::Debug for Planner {
     }
 }
 
-/// An execution's hold on a plan; dropping it (even by cancellation) ends the hold.
+/// The first [`MAX_PLAN_ERRORS`] problems, each cut to 300 characters, and a count of the rest.
+fn cap_errors(mut errors: Vec<String>) -> Vec<String> {
+    let extra = errors.len().saturating_sub(MAX_PLAN_ERRORS);
+    errors.truncate(MAX_PLAN_ERRORS);
+    for e in &mut errors {
+        if e.chars().count() > 300 {
+            *e = e.chars().take(300).collect::<String>() + "…";
+        }
+    }
+    if extra > 0 {
+        errors.push(format!("… and {extra} more problem(s)"));
+    }
+    errors
+}
+
+/// An execution's hold on a plan: the OS lock on the plan's lock file (none only when forced on
+/// a file system without locks) and the label recorded in `plans.runner`; dropping it (even by
+/// cancellation) ends the hold.
 struct Claim<'a> {
     store: &'a PlanStore,
     plan: String,
-    token: RunnerToken,
+    token: String,
+    _owner: Option<Ownership>,
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
-        let _ = self.store.release(&self.plan, self.token.as_str());
+        let _ = self.store.release(&self.plan, &self.token);
     }
 }
 
 impl Planner {
     /// A planner over `agent`; its tables live in the agent's store file.
     pub fn new(agent: Arc<Agent>, config: PlannerConfig) -> Result<Self, PlanError> {
-        let store = PlanStore::open(agent.store().path())?;
+        if !(1..=MAX_STEPS_LIMIT).contains(&config.max_steps) {
+            return Err(PlanError::Invalid(format!(
+                "max_steps must be 1 to {MAX_STEPS_LIMIT}, not {}",
+                config.max_steps
+            )));
+        }
+        if !(1..=MAX_CONCURRENCY_LIMIT).contains(&config.max_concurrency) {
+            return Err(PlanError::Invalid(format!(
+                "max_concurrency must be 1 to {MAX_CONCURRENCY_LIMIT}, not {}",
+                config.max_concurrency
+            )));
+        }
+        let store = PlanStore::open_state(agent.store().state())?;
         Ok(Planner {
             agent,
-            store,
+            store: Arc::new(store),
             config,
         })
     }
@@ -119,6 +125,11 @@ impl Planner {
     /// The agent the planner acts through.
     pub fn agent(&self) -> &Arc<Agent> {
         &self.agent
+    }
+
+    /// The plan store (plans and step states in the agent's `agent.db`).
+    pub fn plans(&self) -> &Arc<PlanStore> {
+        &self.store
     }
 
     /// Asks the model for a plan for `task`, validates it (sending it back once with the exact
@@ -152,9 +163,9 @@ impl Planner {
         self.run_stored(plan_id, progress, None, false).await
     }
 
-    /// [`Planner::resume`] even when the store says another process holds the plan — for a
-    /// holder that is known to be gone (its process id was reused, or no `/proc`). Never use it
-    /// while another process may really be executing the plan.
+    /// [`Planner::resume`] even when the plan's lock cannot be taken because the file system
+    /// refuses locks (a plan another live process holds is still refused: ownership is an OS
+    /// lock, so a dead or reused holder never blocks a plain resume).
     pub async fn resume_forced(
         &self,
         plan_id: &str,
@@ -212,34 +223,55 @@ impl Planner {
     ) -> Result<PlanReport, PlanError> {
         let (executor::Decision::Approve(action_id) | executor::Decision::Reject(action_id)) =
             &decision;
-        let plan_id = self.plan_holding(action_id)?;
+        let plan_id = self.plan_holding(action_id).await?;
         self.run_stored(&plan_id, progress, Some(decision), false)
             .await
     }
 
     /// The plan whose step asked for approval `action_id`: by the step's link, or by the
     /// action's call id (`PLAN:STEP`) when a crash came between the two writes.
-    fn plan_holding(&self, action_id: &str) -> Result<String, PlanError> {
-        if let Some((plan, _)) = self.store.step_for_action(action_id)? {
+    async fn plan_holding(&self, action_id: &str) -> Result<String, PlanError> {
+        let id = action_id.to_string();
+        if let Some((plan, _)) =
+            blocking::plans(&self.store, move |store| store.step_for_action(&id)).await?
+        {
             return Ok(plan);
         }
         let action = self
-            .agent
-            .store()
-            .action_by_id(action_id)?
+            .action_by_id(action_id)
+            .await?
             .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
         if !crate::agent::is_plan_call(&action.call_id) {
             return Err(PlanError::UnknownAction(action_id.to_string()));
         }
         let plan = action.call_id.split(':').next().unwrap_or_default();
-        self.row(plan)?;
+        self.row(plan).await?;
         Ok(plan.to_string())
     }
 
-    fn row(&self, plan_id: &str) -> Result<PlanRow, PlanError> {
-        self.store
-            .plan(plan_id)?
-            .ok_or_else(|| PlanError::UnknownPlan(plan_id.to_string()))
+    /// The stored plan row `plan_id`, read on the blocking pool.
+    async fn row(&self, plan_id: &str) -> Result<PlanRow, PlanError> {
+        let id = plan_id.to_string();
+        blocking::plans(&self.store, move |store| {
+            store.plan(&id)?.ok_or(PlanError::UnknownPlan(id))
+        })
+        .await
+    }
+
+    /// The action `action_id`, read on the blocking pool.
+    async fn action_by_id(&self, action_id: &str) -> Result<Option<PendingAction>, PlanError> {
+        let id = action_id.to_string();
+        blocking::agent(
+            self.agent.store(),
+            move |store| Ok(store.action_by_id(&id)?),
+        )
+        .await
+    }
+
+    /// The stored plan `plan_id` as a report, read on the blocking pool.
+    async fn report(&self, plan_id: &str) -> Result<PlanReport, PlanError> {
+        let id = plan_id.to_string();
+        blocking::plans(&self.store, move |store| load_report(store, &id)).await
     }
 
     /// Plans, validates (one correction round) and stores. Returns the report, the planning
@@ -263,6 +295,7 @@ impl Planner {
             self.agent.tools(),
             self.config.max_steps,
             memory.as_ref(),
+            &self.agent.domain().planner_hints(),
         );
         let first = prompt::planning_request(system, task);
         let mut usage = Usage::default();
@@ -283,8 +316,12 @@ impl Planner {
             }
         };
         let session = Agent::new_session_id();
-        self.agent.store().begin_session(&session, merchant)?;
-        let turn = self.agent.store().next_turn(&session)?;
+        let (s, m) = (session.clone(), merchant.clone());
+        let turn = blocking::agent(self.agent.store(), move |store| {
+            store.begin_session(&s, &m)?;
+            Ok(store.next_turn(&s)?)
+        })
+        .await?;
         let row = PlanRow {
             id: format!("plan_{}", uuid::Uuid::new_v4().simple()),
             session,
@@ -294,17 +331,25 @@ impl Planner {
             answer: None,
             turn,
         };
-        self.store.insert(&row, &steps)?;
+        let id = row.id.clone();
+        blocking::plans(&self.store, move |store| store.insert(&row, &steps)).await?;
         let memory = memory
             .map(|m| serde_json::to_value(m).unwrap_or(Value::Null))
             .unwrap_or(Value::Null);
-        let report = report_of(&row, self.store.steps(&row.id)?);
+        let report = self.report(&id).await?;
         Ok((report, usage, memory))
     }
 
     fn check(&self, reply: &str) -> Result<Vec<plan::DraftStep>, Vec<String>> {
-        let draft = plan::parse_draft(reply)?;
-        validate::validate(&draft, self.agent.tools(), self.config.max_steps)
+        if reply.len() > MAX_PLAN_REPLY_BYTES {
+            return Err(vec![format!(
+                "the plan is {} bytes long and at most {MAX_PLAN_REPLY_BYTES} are accepted:                  reply with a plan of at most {} short steps",
+                reply.len(),
+                self.config.max_steps
+            )]);
+        }
+        let draft = plan::parse_draft(reply).map_err(cap_errors)?;
+        validate::validate(&draft, self.agent.tools(), self.config.max_steps).map_err(cap_errors)
     }
 
     async fn execute(
@@ -348,34 +393,53 @@ impl Planner {
         force: bool,
     ) -> Result<PlanReport, PlanError> {
         let started = Instant::now();
-        self.row(plan_id)?;
+        self.row(plan_id).await?;
+        let owner = match self.agent.gate().locks().try_own("plan", plan_id) {
+            Ok(Some(owner)) => Some(owner),
+            Ok(None) => return Err(PlanError::Busy(plan_id.to_string())),
+            Err(e) if force => {
+                tracing::warn!(plan = %plan_id, error = %e, "no lock; --force runs the plan without one");
+                None
+            }
+            Err(e) => return Err(AgentError::from(e).into()),
+        };
         let claim = Claim {
             store: &self.store,
             plan: plan_id.to_string(),
-            token: RunnerToken::new(),
+            token: owner.as_ref().map_or_else(
+                || format!("forced:{}", uuid::Uuid::new_v4().simple()),
+                |o| o.token().to_string(),
+            ),
+            _owner: owner,
         };
-        let token = claim.token.as_str();
-        let claimed = if force {
-            self.store.claim(plan_id, token, |_| false)?
-        } else {
-            self.store.claim(plan_id, token, runner::alive)?
-        };
-        if !claimed {
+        // Holding the lock, whoever `plans.runner` names is gone.
+        let (id, token) = (plan_id.to_string(), claim.token.clone());
+        if !blocking::plans(&self.store, move |store| {
+            store.claim(&id, &token, |_| false)
+        })
+        .await?
+        {
             return Err(PlanError::Busy(plan_id.to_string()));
         }
         // Read under the claim: another process may have finished the plan meanwhile.
-        let row = self.row(plan_id)?;
-        let merchant = MerchantId::parse(&row.merchant)
-            .map_err(|e| PlanError::Store(format!("plan {plan_id}: {e}")))?;
+        let row = self.row(plan_id).await?;
+        let merchant = MerchantId::parse(&row.merchant).map_err(|e| PlanError::Corrupt {
+            what: format!("the merchant of plan {plan_id}"),
+            source: Box::new(e),
+        })?;
         match &decision {
             Some(executor::Decision::Reject(action_id)) => {
-                self.record_rejection(action_id, &self.store.steps(plan_id)?)?;
+                let (plan, action) = (plan_id.to_string(), action_id.clone());
+                let agent_store = Arc::clone(self.agent.store());
+                blocking::plans(&self.store, move |store| {
+                    record_rejection(&agent_store, &action, &store.steps(&plan)?)
+                })
+                .await?;
             }
             Some(executor::Decision::Approve(action_id)) => {
                 let action = self
-                    .agent
-                    .store()
-                    .action_by_id(action_id)?
+                    .action_by_id(action_id)
+                    .await?
                     .ok_or_else(|| PlanError::UnknownAction(action_id.clone()))?;
                 if action.status == ActionStatus::Rejected {
                     return Err(PlanError::AlreadyDecided {
@@ -388,15 +452,23 @@ impl Planner {
         }
         if row.status == PlanStatus::Completed {
             // Finished plans are never executed again (a repeated approval lands here).
-            return self.show(plan_id);
+            return self.report(plan_id).await;
         }
         // The first execution uses the turn counted at planning; later ones count a new turn.
         let turn = if row.status == PlanStatus::Planned {
             row.turn
         } else {
-            self.agent.store().next_turn(&row.session)?
+            let session = row.session.clone();
+            blocking::agent(self.agent.store(), move |store| {
+                Ok(store.next_turn(&session)?)
+            })
+            .await?
         };
-        self.store.set_status(plan_id, PlanStatus::Running, None)?;
+        let id = plan_id.to_string();
+        blocking::plans(&self.store, move |store| {
+            store.set_status(&id, PlanStatus::Running, None)
+        })
+        .await?;
         let ctx = executor::RunContext {
             plan_id: plan_id.to_string(),
             session: row.session.clone(),
@@ -404,23 +476,29 @@ impl Planner {
             turn,
             decision,
         };
-        if let Err(e) = self.drive(&ctx, progress).await {
+        let executor = executor::Executor {
+            agent: &self.agent,
+            store: &self.store,
+            config: &self.config,
+        };
+        if let Err(e) = executor.drive(&ctx, progress).await {
             // The plan stays `running` (resumable); the error is what the caller needs to see.
-            let _ = self.agent.store().record_turn(
-                &row.session,
-                &merchant,
-                turn,
-                &TurnRecord {
-                    outcome: "error".into(),
-                    latency_ms: started.elapsed().as_secs_f64() * 1e3,
-                    prompt_tokens: usage.prompt_tokens,
-                    completion_tokens: usage.completion_tokens,
-                    context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
-                },
-            );
+            let record = TurnRecord {
+                outcome: "error".into(),
+                latency_ms: started.elapsed().as_secs_f64() * 1e3,
+                prompt_tokens: usage.prompt_tokens,
+                completion_tokens: usage.completion_tokens,
+                context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+            };
+            let (session, m) = (row.session.clone(), merchant.clone());
+            let _ = blocking::agent(self.agent.store(), move |store| {
+                Ok(store.record_turn(&session, &m, turn, &record)?)
+            })
+            .await;
             return Err(e);
         }
-        let steps = self.store.steps(plan_id)?;
+        let id = plan_id.to_string();
+        let steps = blocking::plans(&self.store, move |store| store.steps(&id)).await?;
         // Nothing can start any more: what is not finished waits for an approval.
         let (status, answer, outcome) = if steps
             .iter()
@@ -437,48 +515,25 @@ impl Planner {
             }
             (PlanStatus::Completed, Some(a), "answer")
         };
-        self.store.set_status(plan_id, status, answer.as_deref())?;
-        self.agent.store().record_turn(
-            &row.session,
-            &merchant,
-            turn,
-            &TurnRecord {
-                outcome: outcome.to_string(),
-                latency_ms: started.elapsed().as_secs_f64() * 1e3,
-                prompt_tokens: usage.prompt_tokens,
-                completion_tokens: usage.completion_tokens,
-                context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
-            },
-        )?;
-        drop(claim);
-        self.show(plan_id)
-    }
-
-    /// Records a human rejection (only of an action still waiting). A rejection recorded
-    /// before its step was (a crash in between) is carried out, not refused.
-    fn record_rejection(&self, action_id: &str, steps: &[Step]) -> Result<(), PlanError> {
-        let store = self.agent.store();
-        if store.transition(
-            action_id,
-            &[ActionStatus::Pending],
-            ActionStatus::Rejected,
-            None,
-        )? {
-            return Ok(());
-        }
-        let action = store
-            .action_by_id(action_id)?
-            .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
-        let step_open = steps.iter().any(|s| {
-            s.action_id.as_deref() == Some(action_id) && s.status == StepStatus::PendingApproval
-        });
-        if action.status == ActionStatus::Rejected && step_open {
-            return Ok(());
-        }
-        Err(PlanError::AlreadyDecided {
-            action: action_id.to_string(),
-            status: format!("{:?}", action.status).to_lowercase(),
+        let id = plan_id.to_string();
+        blocking::plans(&self.store, move |store| {
+            store.set_status(&id, status, answer.as_deref())
         })
+        .await?;
+        let record = TurnRecord {
+            outcome: outcome.to_string(),
+            latency_ms: started.elapsed().as_secs_f64() * 1e3,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+        };
+        let (session, m) = (row.session.clone(), merchant.clone());
+        blocking::agent(self.agent.store(), move |store| {
+            Ok(store.record_turn(&session, &m, turn, &record)?)
+        })
+        .await?;
+        drop(claim);
+        self.report(plan_id).await
     }
 
     /// Saves the completed plan's outcome in the merchant's episodic memory, so later sessions
@@ -502,7 +557,8 @@ impl Planner {
 
     /// The final human summary: the model's, or a plain account when it cannot write one.
     async fn summarise(&self, row: &PlanRow, steps: &[Step], usage: &mut Usage) -> String {
-        let request = prompt::summary_request(&row.merchant, &row.task, steps);
+        let hints = self.agent.domain().planner_hints();
+        let request = prompt::summary_request(&row.merchant, &row.task, steps, &hints);
         self.agent.pace_llm().await;
         let reply = tokio::time::timeout(
             self.config.summary_timeout,
@@ -541,4 +597,30 @@ fn report_of(row: &PlanRow, steps: Vec<Step>) -> PlanReport {
         row.task.clone(),
         row.answer.clone(),
     )
+}
+
+/// Records a human rejection (only of an action still waiting). A rejection recorded before
+/// its step was (a crash in between) is carried out, not refused.
+fn record_rejection(store: &AgentStore, action_id: &str, steps: &[Step]) -> Result<(), PlanError> {
+    if store.transition(
+        action_id,
+        &[ActionStatus::Pending],
+        ActionStatus::Rejected,
+        None,
+    )? {
+        return Ok(());
+    }
+    let action = store
+        .action_by_id(action_id)?
+        .ok_or_else(|| PlanError::UnknownAction(action_id.to_string()))?;
+    let step_open = steps.iter().any(|s| {
+        s.action_id.as_deref() == Some(action_id) && s.status == StepStatus::PendingApproval
+    });
+    if action.status == ActionStatus::Rejected && step_open {
+        return Ok(());
+    }
+    Err(PlanError::AlreadyDecided {
+        action: action_id.to_string(),
+        status: format!("{:?}", action.status).to_lowercase(),
+    })
 }

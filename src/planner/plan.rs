@@ -419,6 +419,19 @@ fn extract_json(text: &str) -> Option<Value> {
     None
 }
 
+/// Longest step id.
+pub const MAX_STEP_ID_LEN: usize = 32;
+
+/// Whether `id` is a usable step id: 1–32 ASCII letters, digits, `_` or `-` (no dots, which
+/// separate the parts of a `$ref`).
+pub fn valid_step_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_STEP_ID_LEN
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

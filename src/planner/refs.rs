@@ -10,6 +10,11 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
+/// Why a `$ref` cannot be parsed or resolved: one sentence for the model (and the step's error).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RefError(pub String);
+
 /// A parsed reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ref {
@@ -29,28 +34,28 @@ pub fn as_ref_text(v: &Value) -> Option<&str> {
 }
 
 /// Parses `STEP.result[.PATH]`.
-pub fn parse(text: &str) -> Result<Ref, String> {
+pub fn parse(text: &str) -> Result<Ref, RefError> {
     let text = text.trim();
     let mut parts = text.split('.');
     let step = parts.next().unwrap_or_default();
-    if step.is_empty() || !super::validate::valid_step_id(step) {
-        return Err(format!(
+    if step.is_empty() || !super::plan::valid_step_id(step) {
+        return Err(RefError(format!(
             "$ref {} must start with a step id followed by .result (e.g. \"1.result.merchant_id\")",
             super::plan::shown(text)
-        ));
+        )));
     }
     if parts.next() != Some("result") {
-        return Err(format!(
+        return Err(RefError(format!(
             "$ref {} must have the form STEP.result or STEP.result.FIELD (e.g. \"1.result.merchant_id\")",
             super::plan::shown(text)
-        ));
+        )));
     }
     let path: Vec<String> = parts.map(str::to_string).collect();
     if path.iter().any(|p| p.is_empty()) {
-        return Err(format!(
+        return Err(RefError(format!(
             "$ref {} has an empty field name",
             super::plan::shown(text)
-        ));
+        )));
     }
     Ok(Ref {
         step: step.to_string(),
@@ -79,15 +84,15 @@ fn walk(v: &Value, f: &mut impl FnMut(&str)) {
 
 /// `args` with every reference replaced by the value it points to in `results` (step id →
 /// result), or the first reference that cannot be resolved, as a sentence.
-pub fn resolve(args: &Value, results: &HashMap<&str, &Value>) -> Result<Value, String> {
+pub fn resolve(args: &Value, results: &HashMap<&str, &Value>) -> Result<Value, RefError> {
     if let Some(text) = as_ref_text(args) {
         let r = parse(text)?;
         let Some(mut cur) = results.get(r.step.as_str()).copied() else {
-            return Err(format!(
+            return Err(RefError(format!(
                 "$ref {}: step {} has no result",
                 super::plan::shown(text),
                 super::plan::shown(&r.step)
-            ));
+            )));
         };
         for (i, key) in r.path.iter().enumerate() {
             let next = match cur {
@@ -107,12 +112,12 @@ pub fn resolve(args: &Value, results: &HashMap<&str, &Value>) -> Result<Value, S
                         Value::Array(items) => format!("it is a list of {}", items.len()),
                         other => format!("it is {}", kind(other)),
                     };
-                    return Err(format!(
+                    return Err(RefError(format!(
                         "$ref {}: step {}'s result has no {} ({have})",
                         super::plan::shown(text),
                         super::plan::shown(&r.step),
                         super::plan::shown(&format!("result.{}", r.path[..=i].join(".")))
-                    ));
+                    )));
                 }
             };
         }
@@ -181,9 +186,9 @@ mod tests {
             json!({"a": "MID001", "b": ["rfnd_1"], "c": "plain"})
         );
         let e = resolve(&json!({"x": {"$ref": "1.result.nope"}}), &results).unwrap_err();
-        assert!(e.contains("has no") && e.contains("nope"), "{e}");
+        assert!(e.0.contains("has no") && e.0.contains("nope"), "{e}");
         let e = resolve(&json!({"x": {"$ref": "2.result"}}), &results).unwrap_err();
-        assert!(e.contains("no result"), "{e}");
+        assert!(e.0.contains("no result"), "{e}");
         assert_eq!(refs_in(&args).len(), 2);
     }
 }

@@ -13,18 +13,7 @@ use super::plan::{shown, DraftStep};
 use super::refs;
 use crate::tools::ToolRegistry;
 
-/// Longest step id.
-pub const MAX_STEP_ID_LEN: usize = 32;
-
-/// Whether `id` is a usable step id: 1–32 ASCII letters, digits, `_` or `-` (no dots, which
-/// separate the parts of a `$ref`).
-pub fn valid_step_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_STEP_ID_LEN
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
+pub use super::plan::{valid_step_id, MAX_STEP_ID_LEN};
 
 /// Validates `steps` against `tools`; returns them with arguments normalised by their
 /// schemas, or every problem found.
@@ -216,7 +205,7 @@ fn mask(
             for (k, x) in map {
                 if let Some(text) = refs::as_ref_text(x) {
                     if let Err(e) = refs::parse(text) {
-                        errors.push(e);
+                        errors.push(e.0);
                     }
                     removed.push((path.to_string(), k.clone()));
                     continue;
@@ -234,7 +223,7 @@ fn mask(
                         // A list holding references is checked once resolved, as a whole.
                         for t in items.iter().filter_map(refs::as_ref_text) {
                             if let Err(e) = refs::parse(t) {
-                                errors.push(e);
+                                errors.push(e.0);
                             }
                         }
                         removed.push((path.to_string(), k.clone()));
@@ -257,7 +246,7 @@ fn mask(
                 .filter_map(|(i, x)| {
                     if let Some(text) = refs::as_ref_text(x) {
                         if let Err(e) = refs::parse(text) {
-                            errors.push(e);
+                            errors.push(e.0);
                         }
                         None
                     } else {

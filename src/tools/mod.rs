@@ -9,8 +9,8 @@
 //! * [`ToolRegistry`] — the registered tools, the OpenAI `tools` list, and
 //!   [`ToolRegistry::validate`], which turns a model's raw arguments into checked JSON or a
 //!   structured [`ArgError`];
-//! * [`Schema`] — the validator for the JSON-schema subset tools use; [`Pattern`] — its
-//!   linear-time `pattern` matcher;
+//! * [`Schema`] — a tool's JSON Schema (draft 2020-12, enforced by the `jsonschema` crate)
+//!   with model-readable violation messages; [`Pattern`] — one schema `pattern` on its own;
 //! * [`canonical_json`] — key-sorted JSON text for loop detection and caching.
 //!
 //! This module knows nothing about payments, approvals or retries: tools report failures as
@@ -32,7 +32,7 @@ pub use canonical::canonical_json;
 pub use error::{ArgError, RegistryError, ToolError};
 pub use pattern::Pattern;
 pub use registry::{ToolRegistry, MAX_ARGUMENT_BYTES};
-pub use schema::{Schema, MAX_VIOLATIONS};
+pub use schema::{Schema, SchemaError, MAX_VIOLATIONS};
 
 /// Who is calling a tool. Every tool reads and writes only `merchant`'s data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,8 +77,8 @@ pub trait Tool: Send + Sync {
     /// What the tool does, when to use it and what it returns, written for the model.
     fn description(&self) -> &str;
 
-    /// The JSON schema of the arguments: an object schema within the subset [`Schema`]
-    /// supports.
+    /// The JSON schema of the arguments: a draft 2020-12 object schema that [`Schema`]
+    /// accepts.
     fn parameters(&self) -> &Value;
 
     /// Whether the effect cannot be undone (a refund, a payout). The agent never runs an

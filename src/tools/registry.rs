@@ -76,9 +76,9 @@ impl ToolRegistry {
                 message: "the top level must be {\"type\": \"object\", ...}".into(),
             });
         }
-        let schema = Schema::compile(params).map_err(|message| RegistryError::InvalidSchema {
+        let schema = Schema::compile(params).map_err(|e| RegistryError::InvalidSchema {
             tool: name.clone(),
-            message,
+            message: e.0,
         })?;
         self.by_name.insert(name, self.entries.len());
         self.entries.push(Entry { tool, schema });

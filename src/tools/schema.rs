@@ -1,27 +1,30 @@
-//! A JSON-schema validator for the subset that tool parameter schemas use.
+//! Tool parameter schemas: JSON Schema draft 2020-12, enforced by the `jsonschema` crate,
+//! with memex's rules around it.
 //!
-//! Supported keywords: `type` (one name or a list of `object`, `string`, `integer`, `number`,
-//! `boolean`, `array`, `null`), `properties`, `required`, `additionalProperties` (a boolean),
-//! `enum`, `minLength`/`maxLength` (in characters), `pattern` (see [`Pattern`]),
-//! `minimum`/`maximum`, `items`, `minItems`/`maxItems`, and the annotations `description`,
-//! `title`, `default` and `examples`, which are ignored. Any other keyword makes
-//! [`Schema::compile`] fail, so a typo in a tool's schema is caught when the tool is
-//! registered instead of silently accepting everything.
-//!
-//! Validation collects every violation (up to [`MAX_VIOLATIONS`]) as a precise message that
-//! names the offending property: `amount: must be >= 1`,
-//! `priority: must be one of low, medium, high, urgent`,
-//! `missing required property "transaction_id"`, `unexpected property "foo"`.
-//!
-//! A whole-valued float such as `4999.0` is accepted where an `integer` is required and is
-//! normalised to the integer `4999` in the returned value, because models often emit numbers
-//! that way; anything else is checked strictly (no string-to-number coercion).
+//! * **What a schema may say.** Every draft 2020-12 keyword that `jsonschema` enforces works,
+//!   including `$defs`/`$ref`, `anyOf`/`oneOf`/`allOf`, `const` and `format`, so schemas
+//!   written by `schemars` or handed over by an MCP server register as they are. Patterns run
+//!   on the `regex` crate with ECMA-262 meanings (`\d` is ASCII `[0-9]`) in linear time.
+//! * **What memex refuses at registration** (a schema it could not enforce would silently
+//!   accept everything): a keyword no draft defines (a typo such as `requried`; `x-` vendor
+//!   extensions and the usual annotations are allowed), an unknown `format`, a pattern the
+//!   engine cannot run (look-around, back-references), a `$ref` outside the schema itself,
+//!   an empty `enum`, and a `required` property that `additionalProperties: false` forbids.
+//! * **Messages for the model.** Each violation becomes one precise sentence naming the
+//!   offending property: `amount: must be >= 1`,
+//!   `priority: must be one of low, medium, high, urgent`,
+//!   `missing required property "transaction_id"`, `unexpected property "foo"`. At most
+//!   [`MAX_VIOLATIONS`] are listed; text the model wrote is quoted with [`quote`].
+//! * **Integer normalisation.** A whole-valued float such as `4999.0` where the schema asks for
+//!   an `integer` becomes the integer `4999` in the returned value, because models often
+//!   emit numbers that way; nothing else is coerced.
 
-use std::cmp::Ordering;
+use std::sync::Arc;
 
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::paths::LocationSegment;
+use jsonschema::{Draft, JsonType, PatternOptions, ValidationError};
 use serde_json::{Map, Number, Value};
-
-use super::pattern::Pattern;
 
 /// Most violations reported for one value; further ones are summarised in one message.
 pub const MAX_VIOLATIONS: usize = 20;
@@ -29,95 +32,150 @@ pub const MAX_VIOLATIONS: usize = 20;
 /// Longest excerpt of a rejected name or value quoted back in a message, in characters.
 const MAX_QUOTE: usize = 64;
 
-/// The JSON types a schema can require.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum JsonType {
-    Object,
-    String,
-    Integer,
-    Number,
-    Boolean,
-    Array,
-    Null,
-}
+/// Deepest `$ref` chain followed when normalising integers (guards against cycles).
+const MAX_REF_DEPTH: usize = 32;
 
-impl JsonType {
-    fn parse(s: &str) -> Option<JsonType> {
-        Some(match s {
-            "object" => JsonType::Object,
-            "string" => JsonType::String,
-            "integer" => JsonType::Integer,
-            "number" => JsonType::Number,
-            "boolean" => JsonType::Boolean,
-            "array" => JsonType::Array,
-            "null" => JsonType::Null,
-            _ => return None,
-        })
-    }
-
-    fn article_name(self) -> &'static str {
-        match self {
-            JsonType::Object => "an object",
-            JsonType::String => "a string",
-            JsonType::Integer => "an integer",
-            JsonType::Number => "a number",
-            JsonType::Boolean => "a boolean",
-            JsonType::Array => "an array",
-            JsonType::Null => "null",
-        }
-    }
-}
-
-/// The name of a value's JSON type, for messages.
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_f64() => "number",
-        Value::Number(_) => "integer",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-    }
-}
-
-/// A compiled parameter schema; build it with [`Schema::compile`].
-#[derive(Debug, Clone, Default)]
-pub struct Schema {
-    types: Option<Vec<JsonType>>,
-    properties: Vec<(String, Schema)>,
-    required: Vec<String>,
-    additional_properties: bool,
-    enumeration: Option<Vec<Value>>,
-    min_length: Option<u64>,
-    max_length: Option<u64>,
-    pattern: Option<Pattern>,
-    minimum: Option<Number>,
-    maximum: Option<Number>,
-    items: Option<Box<Schema>>,
-    min_items: Option<u64>,
-    max_items: Option<u64>,
-}
-
-const KEYWORDS: &[&str] = &[
+/// Keywords of draft 2020-12 (and the older spellings `definitions`/`dependencies`) plus the
+/// common annotations. Anything else in a schema is refused unless it starts with `x-`.
+const KNOWN_KEYWORDS: &[&str] = &[
+    "$schema",
+    "$id",
+    "$ref",
+    "$defs",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$vocabulary",
+    "$comment",
+    "definitions",
     "type",
-    "properties",
-    "required",
-    "additionalProperties",
     "enum",
+    "const",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "required",
+    "dependentRequired",
+    "dependentSchemas",
+    "dependencies",
+    "minProperties",
+    "maxProperties",
+    "items",
+    "prefixItems",
+    "contains",
+    "minContains",
+    "maxContains",
+    "unevaluatedItems",
+    "minItems",
+    "maxItems",
+    "uniqueItems",
     "minLength",
     "maxLength",
     "pattern",
+    "format",
+    "contentEncoding",
+    "contentMediaType",
+    "contentSchema",
     "minimum",
     "maximum",
-    "items",
-    "minItems",
-    "maxItems",
-    "description",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "multipleOf",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
     "title",
+    "description",
     "default",
     "examples",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "nullable",
 ];
+
+/// Keywords whose value is one subschema.
+const SCHEMA_KEYWORDS: &[&str] = &[
+    "additionalProperties",
+    "unevaluatedProperties",
+    "propertyNames",
+    "items",
+    "contains",
+    "unevaluatedItems",
+    "contentSchema",
+    "not",
+    "if",
+    "then",
+    "else",
+];
+
+/// Keywords whose value maps names to subschemas.
+const SCHEMA_MAP_KEYWORDS: &[&str] = &[
+    "properties",
+    "patternProperties",
+    "$defs",
+    "definitions",
+    "dependentSchemas",
+];
+
+/// Keywords whose value is a list of subschemas.
+const SCHEMA_LIST_KEYWORDS: &[&str] = &["prefixItems", "allOf", "anyOf", "oneOf"];
+
+/// Builds the `jsonschema` validator memex uses: draft 2020-12, formats asserted (unknown ones
+/// refused), patterns on the `regex` crate, and no way to fetch remote documents.
+pub(crate) fn build_validator(schema: &Value) -> Result<jsonschema::Validator, String> {
+    let mut options = jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .should_validate_formats(true)
+        .should_ignore_unknown_formats(false)
+        .with_pattern_options(PatternOptions::regex());
+    for name in NUMERIC_FORMATS {
+        // `format` only constrains strings; on numbers these names are annotations.
+        options = options.with_format(name, |_: &str| true);
+    }
+    options.build(schema).map_err(|e| describe_schema_error(&e))
+}
+
+/// The numeric `format` names `schemars` writes (`uint32`, `double`, ...). They describe
+/// numbers, which `format` does not constrain, so they are accepted as annotations; the ranges
+/// come with `minimum`/`maximum`.
+const NUMERIC_FORMATS: [&str; 12] = [
+    "int8", "int16", "int32", "int64", "int", "uint8", "uint16", "uint32", "uint64", "uint",
+    "float", "double",
+];
+
+/// One sentence for a schema that `jsonschema` refused, naming where in the schema.
+fn describe_schema_error(e: &ValidationError<'_>) -> String {
+    let at = e.instance_path().as_str();
+    let msg = e.to_string();
+    let msg: String = msg.chars().take(200).collect();
+    if at.is_empty() {
+        msg
+    } else {
+        format!("at {at}: {msg}")
+    }
+}
+
+/// A compiled parameter schema; build it with [`Schema::compile`]. Cloning is cheap.
+#[derive(Clone)]
+pub struct Schema {
+    source: Arc<Value>,
+    validator: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Schema")
+            .field("source", &self.source)
+            .finish()
+    }
+}
 
 fn at(path: &str, msg: impl AsRef<str>) -> String {
     if path.is_empty() {
@@ -146,34 +204,56 @@ pub(crate) fn quote(s: &str) -> String {
     q
 }
 
-fn value_list(values: &[Value]) -> String {
-    values
-        .iter()
-        .map(|v| match v {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Exact comparison of two JSON numbers (integers compared as integers).
-fn compare(a: &Number, b: &Number) -> Option<Ordering> {
-    let int = |n: &Number| {
-        n.as_i64()
-            .map(i128::from)
-            .or_else(|| n.as_u64().map(i128::from))
+/// A JSON value for a message: strings bare, anything else as compact JSON, cut to length.
+fn show(v: &Value) -> String {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     };
-    match (int(a), int(b)) {
-        (Some(x), Some(y)) => Some(x.cmp(&y)),
-        _ => a.as_f64()?.partial_cmp(&b.as_f64()?),
+    if text.chars().count() > MAX_QUOTE {
+        let cut: String = text.chars().take(MAX_QUOTE).collect();
+        format!("{cut}…")
+    } else {
+        text
     }
 }
 
-/// `n` as an integer when it is one, including whole-valued floats within `i64` range.
-fn as_integer(n: &Number) -> Option<Number> {
-    if n.is_i64() || n.is_u64() {
-        return Some(n.clone());
+fn value_list(values: &Value) -> String {
+    match values {
+        Value::Array(items) => items.iter().map(show).collect::<Vec<_>>().join(", "),
+        other => show(other),
+    }
+}
+
+/// The name of a value's JSON type, for messages.
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_f64() => "number",
+        Value::Number(_) => "integer",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn article_name(t: JsonType) -> &'static str {
+    match t {
+        JsonType::Object => "an object",
+        JsonType::String => "a string",
+        JsonType::Integer => "an integer",
+        JsonType::Number => "a number",
+        JsonType::Boolean => "a boolean",
+        JsonType::Array => "an array",
+        JsonType::Null => "null",
+    }
+}
+
+/// `n` as an integer when it is a whole-valued float within `i64` range.
+fn whole_float(n: &Number) -> Option<Number> {
+    if !n.is_f64() {
+        return None;
     }
     let f = n.as_f64()?;
     // 2^63 is exactly representable; every whole float strictly inside the range fits i64.
@@ -184,130 +264,108 @@ fn as_integer(n: &Number) -> Option<Number> {
     }
 }
 
-fn non_negative(v: &Value, key: &str) -> Result<u64, String> {
-    v.as_u64()
-        .ok_or_else(|| format!("{key} must be a non-negative integer"))
+/// Checks what `jsonschema` would accept but memex cannot enforce or considers a mistake.
+fn check_supported(schema: &Value, path: &str) -> Result<(), String> {
+    let obj = match schema {
+        Value::Bool(_) => return Ok(()),
+        Value::Object(obj) => obj,
+        _ => return Err(at(path, "a schema must be a JSON object or a boolean")),
+    };
+    let here = |m: String| at(path, m);
+    for (key, v) in obj {
+        let key = key.as_str();
+        if !KNOWN_KEYWORDS.contains(&key) && !key.starts_with("x-") {
+            return Err(here(format!("unknown keyword {}", quote(key))));
+        }
+        if SCHEMA_KEYWORDS.contains(&key) {
+            check_supported(v, &child_path(path, key))?;
+        } else if SCHEMA_MAP_KEYWORDS.contains(&key) {
+            let map = v
+                .as_object()
+                .ok_or_else(|| here(format!("{key} must be an object")))?;
+            for (name, sub) in map {
+                check_supported(sub, &child_path(&child_path(path, key), name))?;
+            }
+        } else if SCHEMA_LIST_KEYWORDS.contains(&key) {
+            let list = v
+                .as_array()
+                .ok_or_else(|| here(format!("{key} must be a list of schemas")))?;
+            for (i, sub) in list.iter().enumerate() {
+                check_supported(sub, &format!("{}[{i}]", child_path(path, key)))?;
+            }
+        }
+        match key {
+            "$ref" | "$dynamicRef" => {
+                let target = v.as_str().unwrap_or_default();
+                if !target.starts_with('#') {
+                    return Err(here(format!(
+                        "{key} {} points outside the schema; only local references (#/...) are supported",
+                        quote(target)
+                    )));
+                }
+            }
+            "enum" if v.as_array().is_some_and(Vec::is_empty) => {
+                return Err(here("enum must be a non-empty list".into()));
+            }
+            _ => {}
+        }
+    }
+    if obj.get("additionalProperties") == Some(&Value::Bool(false))
+        && !obj.contains_key("patternProperties")
+    {
+        let declared = obj.get("properties").and_then(Value::as_object);
+        let required = obj.get("required").and_then(Value::as_array);
+        for name in required.into_iter().flatten().filter_map(Value::as_str) {
+            if !declared.is_some_and(|d| d.contains_key(name)) {
+                return Err(here(format!(
+                    "required property {name} is not declared in properties"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
-impl Schema {
-    /// Compiles a schema, rejecting keywords and forms outside the supported subset.
-    pub fn compile(schema: &Value) -> Result<Schema, String> {
-        Self::compile_at(schema, "")
-    }
+/// A schema (or pattern) memex cannot enforce: one sentence saying where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SchemaError(pub String);
 
-    fn compile_at(schema: &Value, path: &str) -> Result<Schema, String> {
-        let obj = schema
-            .as_object()
-            .ok_or_else(|| at(path, "a schema must be a JSON object"))?;
-        let mut out = Schema {
-            additional_properties: true,
-            ..Schema::default()
-        };
-        for (key, v) in obj {
-            let err = |m: String| at(path, m);
-            match key.as_str() {
-                "type" => {
-                    let names: Vec<&str> = match v {
-                        Value::String(s) => vec![s.as_str()],
-                        Value::Array(a) => a
-                            .iter()
-                            .map(|t| {
-                                t.as_str()
-                                    .ok_or_else(|| err("type names must be strings".into()))
-                            })
-                            .collect::<Result<_, _>>()?,
-                        _ => return Err(err("type must be a string or a list of strings".into())),
-                    };
-                    let types = names
-                        .iter()
-                        .map(|n| JsonType::parse(n).ok_or_else(|| err(format!("unknown type {n}"))))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    if types.is_empty() {
-                        return Err(err("type must name at least one type".into()));
-                    }
-                    out.types = Some(types);
-                }
-                "properties" => {
-                    let props = v
-                        .as_object()
-                        .ok_or_else(|| err("properties must be an object".into()))?;
-                    for (name, sub) in props {
-                        let sub = Self::compile_at(sub, &child_path(path, name))?;
-                        out.properties.push((name.clone(), sub));
-                    }
-                }
-                "required" => {
-                    let list = v
-                        .as_array()
-                        .ok_or_else(|| err("required must be a list of property names".into()))?;
-                    for name in list {
-                        let name = name
-                            .as_str()
-                            .ok_or_else(|| err("required must list strings".into()))?;
-                        out.required.push(name.to_owned());
-                    }
-                }
-                "additionalProperties" => {
-                    out.additional_properties = v.as_bool().ok_or_else(|| {
-                        err("only boolean additionalProperties is supported".into())
-                    })?;
-                }
-                "enum" => {
-                    let list = v
-                        .as_array()
-                        .filter(|a| !a.is_empty())
-                        .ok_or_else(|| err("enum must be a non-empty list".into()))?;
-                    out.enumeration = Some(list.clone());
-                }
-                "minLength" => out.min_length = Some(non_negative(v, key).map_err(err)?),
-                "maxLength" => out.max_length = Some(non_negative(v, key).map_err(err)?),
-                "minItems" => out.min_items = Some(non_negative(v, key).map_err(err)?),
-                "maxItems" => out.max_items = Some(non_negative(v, key).map_err(err)?),
-                "minimum" | "maximum" => {
-                    let n = v
-                        .as_number()
-                        .ok_or_else(|| err(format!("{key} must be a number")))?
-                        .clone();
-                    if key == "minimum" {
-                        out.minimum = Some(n);
-                    } else {
-                        out.maximum = Some(n);
-                    }
-                }
-                "pattern" => {
-                    let p = v
-                        .as_str()
-                        .ok_or_else(|| err("pattern must be a string".into()))?;
-                    out.pattern =
-                        Some(Pattern::compile(p).map_err(|m| err(format!("pattern {p}: {m}")))?);
-                }
-                "items" => {
-                    out.items = Some(Box::new(Self::compile_at(v, &format!("{path}[]"))?));
-                }
-                k if KEYWORDS.contains(&k) => {}
-                other => return Err(err(format!("the keyword {other} is not supported"))),
-            }
-        }
-        if !out.additional_properties {
-            if let Some(missing) = out
-                .required
-                .iter()
-                .find(|r| !out.properties.iter().any(|(p, _)| p == *r))
-            {
-                return Err(at(
-                    path,
-                    format!("required property {missing} is not declared in properties"),
-                ));
-            }
-        }
-        Ok(out)
+impl Schema {
+    /// Compiles a draft 2020-12 schema, refusing what memex cannot enforce (see the module
+    /// documentation) with one sentence saying where and why.
+    pub fn compile(schema: &Value) -> Result<Schema, SchemaError> {
+        check_supported(schema, "").map_err(SchemaError)?;
+        let validator = build_validator(schema).map_err(SchemaError)?;
+        Ok(Schema {
+            source: Arc::new(schema.clone()),
+            validator: Arc::new(validator),
+        })
     }
 
     /// Validates `value`; returns it normalised (whole floats turned into integers where an
     /// integer is required) or every violation found.
     pub fn validate(&self, value: &Value) -> Result<Value, Vec<String>> {
-        let mut violations = Vec::new();
-        let normalised = self.check(value, "", &mut violations);
+        let mut normalised = value.clone();
+        self.normalise(&self.source, &mut normalised, 0);
+        let mut found = Vec::new();
+        for error in self.validator.iter_errors(&normalised) {
+            found.extend(describe(&error));
+            if found.len() > MAX_VIOLATIONS * 4 {
+                break;
+            }
+        }
+        // A value of the wrong type gets one message, not one per keyword it also fails.
+        let mistyped: Vec<String> = found
+            .iter()
+            .filter(|v| v.wrong_type)
+            .map(|v| v.path.clone())
+            .collect();
+        let mut violations: Vec<String> = found
+            .into_iter()
+            .filter(|v| v.wrong_type || !mistyped.contains(&v.path))
+            .map(|v| at(&v.path, &v.message))
+            .collect();
         if violations.is_empty() {
             return Ok(normalised);
         }
@@ -319,147 +377,235 @@ impl Schema {
         Err(violations)
     }
 
-    /// Checks the type of `v`; returns the (possibly normalised) value when it matches.
-    fn check_type(&self, v: &Value, path: &str, out: &mut Vec<String>) -> Option<Value> {
-        let Some(types) = &self.types else {
-            return Some(v.clone());
-        };
-        for t in types {
-            let ok = match (t, v) {
-                (JsonType::Object, Value::Object(_))
-                | (JsonType::String, Value::String(_))
-                | (JsonType::Number, Value::Number(_))
-                | (JsonType::Boolean, Value::Bool(_))
-                | (JsonType::Array, Value::Array(_))
-                | (JsonType::Null, Value::Null) => true,
-                (JsonType::Integer, Value::Number(n)) => {
-                    if let Some(i) = as_integer(n) {
-                        return Some(Value::Number(i));
-                    }
-                    false
-                }
-                _ => false,
-            };
-            if ok {
-                return Some(v.clone());
-            }
-        }
-        let expected = types
-            .iter()
-            .map(|t| t.article_name())
-            .collect::<Vec<_>>()
-            .join(" or ");
-        out.push(at(
-            path,
-            format!("must be {expected}, got {}", type_name(v)),
-        ));
-        None
+    /// The subschema a local `$ref` points to.
+    fn resolve<'a>(&'a self, reference: &str) -> Option<&'a Value> {
+        let pointer = reference.strip_prefix('#')?;
+        self.source.pointer(pointer)
     }
 
-    fn check(&self, v: &Value, path: &str, out: &mut Vec<String>) -> Value {
-        let Some(v) = self.check_type(v, path, out) else {
-            return v.clone();
+    /// Turns whole floats into integers wherever `schema` (following `$ref`s and the
+    /// branches of `allOf`/`anyOf`/`oneOf`) asks for an integer.
+    fn normalise(&self, schema: &Value, value: &mut Value, depth: usize) {
+        let Some(obj) = schema.as_object() else {
+            return;
         };
-        if let Some(allowed) = &self.enumeration {
-            if !allowed.contains(&v) {
-                out.push(at(path, format!("must be one of {}", value_list(allowed))));
+        if depth > MAX_REF_DEPTH {
+            return;
+        }
+        if let Some(target) = obj
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|r| self.resolve(r))
+        {
+            self.normalise(target, value, depth + 1);
+        }
+        for key in ["allOf", "anyOf", "oneOf"] {
+            for branch in obj.get(key).and_then(Value::as_array).into_iter().flatten() {
+                self.normalise(branch, value, depth + 1);
             }
         }
-        match v {
-            Value::String(s) => {
-                self.check_string(&s, path, out);
-                Value::String(s)
-            }
+        match value {
             Value::Number(n) => {
-                if let Some(min) = &self.minimum {
-                    if compare(&n, min) == Some(Ordering::Less) {
-                        out.push(at(path, format!("must be >= {min}")));
+                let wants_integer = match obj.get("type") {
+                    Some(Value::String(t)) => t == "integer",
+                    Some(Value::Array(ts)) => ts.iter().any(|t| t == "integer"),
+                    _ => false,
+                };
+                if wants_integer {
+                    if let Some(i) = whole_float(n) {
+                        *n = i;
                     }
                 }
-                if let Some(max) = &self.maximum {
-                    if compare(&n, max) == Some(Ordering::Greater) {
-                        out.push(at(path, format!("must be <= {max}")));
-                    }
-                }
-                Value::Number(n)
             }
+            Value::Object(map) => self.normalise_object(obj, map, depth),
             Value::Array(items) => {
-                let len = items.len() as u64;
-                if let Some(min) = self.min_items.filter(|&m| len < m) {
-                    out.push(at(path, format!("must have at least {min} items")));
-                }
-                if let Some(max) = self.max_items.filter(|&m| len > m) {
-                    out.push(at(path, format!("must have at most {max} items")));
-                }
-                match &self.items {
-                    Some(schema) => Value::Array(
-                        items
-                            .iter()
-                            .enumerate()
-                            .map(|(i, item)| schema.check(item, &format!("{path}[{i}]"), out))
-                            .collect(),
-                    ),
-                    None => Value::Array(items),
-                }
-            }
-            Value::Object(map) => Value::Object(self.check_object(map, path, out)),
-            other => other,
-        }
-    }
-
-    fn check_string(&self, s: &str, path: &str, out: &mut Vec<String>) {
-        let len = s.chars().count() as u64;
-        if let Some(min) = self.min_length.filter(|&m| len < m) {
-            let unit = if min == 1 { "character" } else { "characters" };
-            out.push(at(path, format!("must be at least {min} {unit} long")));
-        }
-        if let Some(max) = self.max_length.filter(|&m| len > m) {
-            let unit = if max == 1 { "character" } else { "characters" };
-            out.push(at(
-                path,
-                format!("must be at most {max} {unit} long, got {len}"),
-            ));
-        }
-        if let Some(p) = &self.pattern {
-            if !p.is_match(s) {
-                out.push(at(
-                    path,
-                    format!("{} does not match the pattern {}", quote(s), p.as_str()),
-                ));
-            }
-        }
-    }
-
-    fn check_object(
-        &self,
-        map: Map<String, Value>,
-        path: &str,
-        out: &mut Vec<String>,
-    ) -> Map<String, Value> {
-        for r in &self.required {
-            if !map.contains_key(r) {
-                out.push(at(path, format!("missing required property {}", quote(r))));
-            }
-        }
-        let mut result = Map::new();
-        for (key, value) in map {
-            match self.properties.iter().find(|(p, _)| *p == key) {
-                Some((_, schema)) => {
-                    let checked = schema.check(&value, &child_path(path, &key), out);
-                    result.insert(key, checked);
-                }
-                None => {
-                    if !self.additional_properties {
-                        out.push(at(path, format!("unexpected property {}", quote(&key))));
+                let prefix = obj.get("prefixItems").and_then(Value::as_array);
+                let prefix_len = prefix.map_or(0, Vec::len);
+                for (i, item) in items.iter_mut().enumerate() {
+                    match prefix.and_then(|p| p.get(i)) {
+                        Some(sub) => self.normalise(sub, item, depth + 1),
+                        None if i >= prefix_len => {
+                            if let Some(sub) = obj.get("items") {
+                                self.normalise(sub, item, depth + 1);
+                            }
+                        }
+                        None => {}
                     }
-                    result.insert(key, value);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn normalise_object(
+        &self,
+        schema: &Map<String, Value>,
+        map: &mut Map<String, Value>,
+        depth: usize,
+    ) {
+        let properties = schema.get("properties").and_then(Value::as_object);
+        let additional = schema.get("additionalProperties");
+        for (key, item) in map.iter_mut() {
+            match properties.and_then(|p| p.get(key)) {
+                Some(sub) => self.normalise(sub, item, depth + 1),
+                None => {
+                    if let Some(sub) = additional {
+                        self.normalise(sub, item, depth + 1);
+                    }
                 }
             }
         }
-        result
     }
 }
 
+/// The instance path of an error as `a.b[2].c` (empty at the top level).
+fn instance_path(error: &ValidationError<'_>) -> String {
+    let mut out = String::new();
+    for segment in error.instance_path().segments() {
+        match segment {
+            LocationSegment::Property(name) => {
+                let name: &str = &name;
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(name);
+            }
+            LocationSegment::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+fn characters(n: u64) -> &'static str {
+    if n == 1 {
+        "character"
+    } else {
+        "characters"
+    }
+}
+
+/// One violation: where, whether the value had the wrong type, and the sentence.
+struct Violation {
+    path: String,
+    wrong_type: bool,
+    message: String,
+}
+
+/// The model-readable violations for one `jsonschema` error (several for a list of unexpected
+/// properties).
+fn describe(error: &ValidationError<'_>) -> Vec<Violation> {
+    let path = instance_path(error);
+    let instance: &Value = error.instance();
+    let wrong_type = matches!(error.kind(), ValidationErrorKind::Type { .. });
+    let one = |message: String| {
+        vec![Violation {
+            path: path.clone(),
+            wrong_type,
+            message,
+        }]
+    };
+    match error.kind() {
+        ValidationErrorKind::Required { property } => one(format!(
+            "missing required property {}",
+            quote(property.as_str().unwrap_or_default())
+        )),
+        ValidationErrorKind::AdditionalProperties { unexpected }
+        | ValidationErrorKind::UnevaluatedProperties { unexpected } => unexpected
+            .iter()
+            .map(|name| Violation {
+                path: path.clone(),
+                wrong_type: false,
+                message: format!("unexpected property {}", quote(name)),
+            })
+            .collect(),
+        ValidationErrorKind::Type { kind } => {
+            let mut types: Vec<JsonType> = match kind {
+                TypeKind::Single(t) => vec![*t],
+                TypeKind::Multiple(set) => set.iter().collect(),
+            };
+            // "a string or null" reads better than "null or a string".
+            types.sort_by_key(|t| *t == JsonType::Null);
+            let expected = types
+                .into_iter()
+                .map(article_name)
+                .collect::<Vec<_>>()
+                .join(" or ");
+            one(format!("must be {expected}, got {}", type_name(instance)))
+        }
+        ValidationErrorKind::Enum { options } => {
+            one(format!("must be one of {}", value_list(options)))
+        }
+        ValidationErrorKind::Constant { expected_value } => {
+            one(format!("must be {}", show(expected_value)))
+        }
+        ValidationErrorKind::Minimum { limit } => one(format!("must be >= {limit}")),
+        ValidationErrorKind::Maximum { limit } => one(format!("must be <= {limit}")),
+        ValidationErrorKind::ExclusiveMinimum { limit } => one(format!("must be > {limit}")),
+        ValidationErrorKind::ExclusiveMaximum { limit } => one(format!("must be < {limit}")),
+        ValidationErrorKind::MultipleOf { multiple_of } => {
+            one(format!("must be a multiple of {multiple_of}"))
+        }
+        ValidationErrorKind::MinLength { limit } => one(format!(
+            "must be at least {limit} {} long",
+            characters(*limit)
+        )),
+        ValidationErrorKind::MaxLength { limit } => {
+            let len = instance.as_str().map_or(0, |s| s.chars().count());
+            one(format!(
+                "must be at most {limit} {} long, got {len}",
+                characters(*limit)
+            ))
+        }
+        ValidationErrorKind::Pattern { pattern } => one(format!(
+            "{} does not match the pattern {pattern}",
+            quote(instance.as_str().unwrap_or_default())
+        )),
+        ValidationErrorKind::Format { format } => one(format!(
+            "{} is not a valid {format}",
+            quote(instance.as_str().unwrap_or_default())
+        )),
+        ValidationErrorKind::MinItems { limit } => one(format!("must have at least {limit} items")),
+        ValidationErrorKind::MaxItems { limit } => one(format!("must have at most {limit} items")),
+        ValidationErrorKind::UniqueItems => one("must not contain duplicate items".into()),
+        ValidationErrorKind::MinProperties { limit } => {
+            one(format!("must have at least {limit} properties"))
+        }
+        ValidationErrorKind::MaxProperties { limit } => {
+            one(format!("must have at most {limit} properties"))
+        }
+        ValidationErrorKind::AnyOf { context } | ValidationErrorKind::OneOfNotValid { context } => {
+            let forms: Vec<String> = context
+                .iter()
+                .enumerate()
+                .map(|(i, errors)| {
+                    let first = errors
+                        .first()
+                        .and_then(|e| describe(e).into_iter().next())
+                        .map(|v| {
+                            if v.path == path {
+                                v.message
+                            } else {
+                                at(&v.path, v.message)
+                            }
+                        })
+                        .unwrap_or_else(|| "no details".into());
+                    format!("form {}: {first}", i + 1)
+                })
+                .collect();
+            one(format!(
+                "must match one of the allowed forms ({})",
+                forms.join("; ")
+            ))
+        }
+        ValidationErrorKind::OneOfMultipleValid { .. } => {
+            one("matches more than one of the allowed forms; it must match exactly one".into())
+        }
+        ValidationErrorKind::FalseSchema => one("is not allowed".into()),
+        ValidationErrorKind::Not { .. } => one("matches a form that is not allowed".into()),
+        ValidationErrorKind::Contains => one("does not contain any allowed item".into()),
+        other => one(format!("fails the {} rule of the schema", other.keyword())),
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -591,9 +737,10 @@ mod tests {
             errors(json!({"transaction_id": "pay_ABC123", "amount": i64::MIN})),
             vec!["amount: must be >= 1"]
         );
+        // A whole float too large for an integer is still a whole number to JSON Schema.
         assert_eq!(
             errors(json!({"transaction_id": "pay_ABC123", "amount": 1e300})),
-            vec!["amount: must be an integer, got number"]
+            vec!["amount: must be <= 10000000"]
         );
     }
 
@@ -602,8 +749,9 @@ mod tests {
         for bad in [
             json!({"type": "object", "requried": ["x"]}),
             json!({"type": "strin"}),
-            json!({"type": "object", "additionalProperties": {"type": "string"}}),
-            json!({"type": "string", "pattern": "(a|b)"}),
+            json!({"type": "string", "pattern": "(?=a)b"}),
+            json!({"type": "string", "format": "no-such-format"}),
+            json!({"$ref": "https://example.com/schema.json"}),
             json!({"type": "string", "minLength": -1}),
             json!({"enum": []}),
             json!({"type": "object", "properties": {}, "required": ["x"], "additionalProperties": false}),
@@ -612,5 +760,52 @@ mod tests {
         ] {
             assert!(Schema::compile(&bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn refusals_say_where_and_why() {
+        let e = Schema::compile(
+            &json!({"type": "object", "properties": {"x": {"type": "string", "requried": true}}}),
+        )
+        .unwrap_err();
+        assert_eq!(e.0, "properties.x: unknown keyword \"requried\"");
+        let e = Schema::compile(&json!({"type": "object", "properties": {"x": {"type": "strin"}}}))
+            .unwrap_err();
+        assert!(e.0.contains("/properties/x/type"), "{e}");
+        // Vendor extensions are allowed.
+        Schema::compile(&json!({"type": "object", "x-origin": "mcp"})).unwrap();
+    }
+
+    #[test]
+    fn refs_any_of_const_and_format_are_enforced() {
+        let s = Schema::compile(&json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "amount": {"$ref": "#/$defs/Cents"},
+                "kind": {"const": "refund"},
+                "email": {"type": "string", "format": "email"},
+                "target": {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": "^\\d{3}$"}]}
+            },
+            "$defs": {"Cents": {"type": "integer", "minimum": 1}}
+        }))
+        .unwrap();
+        let ok = s
+            .validate(&json!({"amount": 12.0, "kind": "refund", "email": "a@b.co", "target": 7.0}))
+            .unwrap();
+        assert!(ok["amount"].is_i64() && ok["target"].is_i64(), "{ok}");
+        let mut e = s
+            .validate(&json!({"amount": 0, "kind": "payout", "email": "nope", "target": "12a"}))
+            .unwrap_err();
+        e.sort();
+        assert_eq!(
+            e,
+            vec![
+                "amount: must be >= 1",
+                "email: \"nope\" is not a valid email",
+                "kind: must be refund",
+                "target: must match one of the allowed forms (form 1: must be an integer, got string; form 2: \"12a\" does not match the pattern ^\\d{3}$)",
+            ]
+        );
     }
 }

@@ -26,7 +26,8 @@ pub fn command(data: &Path, base_url: &str, args: &[&str]) -> Command {
         .env("MEMEX_LLM_API_KEY", TEST_KEY)
         .env("MEMEX_LLM_MODEL", "fake-model")
         .env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL");
+        .env_remove("MEMEX_EPISODIC_URL")
+        .env_remove("MEMEX_STATE_URL");
     cmd
 }
 

@@ -34,7 +34,7 @@ pub fn shared_kb_dir() -> &'static Path {
         let kb = KnowledgeBase::open(&dir, embedder()).expect("the knowledge base opens");
         kb.ingest(
             &[PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/kb")],
-            &IngestOptions { prune: false },
+            &IngestOptions::default(),
         )
         .expect("data/kb ingests");
         dir

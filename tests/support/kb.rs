@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use memex::embed::{EmbedError, Embedder, MiniLmEmbedder};
-use memex::index::dataset::{self, VectorSet};
+use memex::testkit::dataset::{self, VectorSet};
 
 use super::model;
 
@@ -48,6 +48,9 @@ impl Embedder for Counting {
     }
     fn max_tokens(&self) -> usize {
         self.inner.max_tokens()
+    }
+    fn precision(&self) -> memex::embed::Precision {
+        self.inner.precision()
     }
 }
 
@@ -90,6 +93,9 @@ pub const REAL_TEXTS: usize = 3000;
 /// At least `n` real(-derived) vectors: real MiniLM embeddings of the repository's corpus and
 /// knowledge base, extended by small perturbations; cached under the target dir.
 pub fn real_vectors(n: usize) -> VectorSet {
+    // Tests in one binary run on parallel threads: embed the corpus once, not once per thread.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("memex-kb-test-vectors-v1.bin");
     if let Ok(set) = VectorSet::load(&cache) {
         if set.len() >= n {

@@ -122,7 +122,11 @@ fn words(s: &str) -> Vec<String> {
 }
 
 impl KnowledgeSearch for KeywordKb {
-    fn search(&self, query: &str, k: usize) -> Result<Vec<KnowledgeHit>, String> {
+    fn search(
+        &self,
+        query: &str,
+        k: usize,
+    ) -> Result<Vec<KnowledgeHit>, memex::domain::payments::KnowledgeError> {
         let mut q = words(query);
         q.sort();
         q.dedup();
@@ -156,7 +160,11 @@ impl KnowledgeSearch for KeywordKb {
 pub struct BrokenKb;
 
 impl KnowledgeSearch for BrokenKb {
-    fn search(&self, _query: &str, _k: usize) -> Result<Vec<KnowledgeHit>, String> {
+    fn search(
+        &self,
+        _query: &str,
+        _k: usize,
+    ) -> Result<Vec<KnowledgeHit>, memex::domain::payments::KnowledgeError> {
         Err("the index file is missing".into())
     }
 }

@@ -6,15 +6,16 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rand::distr::{Alphanumeric, SampleString};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::error::PaymentsError;
 use super::model::{
     MerchantAccount, NewTicket, Refund, RefundOutcome, RefundRequest, SeedReport, Settlement,
     Ticket, TicketOutcome, Transaction, REFUNDABLE_STATUSES,
 };
-use super::seed::SeedFile;
+use super::seed::{SeedError, SeedFile};
 use crate::merchant::MerchantId;
+use crate::sqlite::SqliteError;
 
 /// Default time a call waits for another connection's lock before failing with
 /// [`PaymentsError::Busy`].
@@ -204,10 +205,14 @@ fn row_to_ticket(row: &Row<'_>) -> rusqlite::Result<TicketRow> {
 fn decode_ticket((mut ticket, priority, kind): TicketRow) -> Result<Ticket, PaymentsError> {
     ticket.priority = priority
         .parse()
-        .map_err(|e| PaymentsError::Corrupt(format!("ticket {}: {e}", ticket.id)))?;
-    ticket.ticket_type = kind
-        .parse()
-        .map_err(|e| PaymentsError::Corrupt(format!("ticket {}: {e}", ticket.id)))?;
+        .map_err(|source| PaymentsError::CorruptValue {
+            what: format!("ticket {}", ticket.id),
+            source,
+        })?;
+    ticket.ticket_type = kind.parse().map_err(|source| PaymentsError::CorruptValue {
+        what: format!("ticket {}", ticket.id),
+        source,
+    })?;
     Ok(ticket)
 }
 
@@ -232,41 +237,17 @@ impl PaymentsDb {
 
     /// Like [`PaymentsDb::open`] with a different busy timeout.
     pub fn open_with_timeout(path: &Path, busy_timeout: Duration) -> Result<Self, PaymentsError> {
-        let open_err = |message: String| PaymentsError::Open {
-            path: path.to_path_buf(),
-            message,
-        };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_err(format!("cannot create directory {}: {e}", dir.display())))?;
-        }
-        if let Ok(meta) = std::fs::metadata(path) {
-            if !meta.is_file() {
-                return Err(open_err("it is not a regular file".into()));
-            }
-        }
-        let conn = Connection::open(path).map_err(|e| open_err(e.to_string()))?;
-        let db = PaymentsDb {
+        let mut conn = crate::sqlite::OpenOptions::new()
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true)
+            .open(path)?;
+        crate::sqlite::apply_schema(&mut conn, SCHEMA)
+            .map_err(|e| SqliteError::from_rusqlite(path, busy_timeout, e))?;
+        Ok(PaymentsDb {
             path: path.to_path_buf(),
             busy_timeout,
             conn: Mutex::new(conn),
-        };
-        {
-            let conn = db.lock();
-            conn.busy_timeout(busy_timeout).map_err(|e| db.sql(e))?;
-            conn.pragma_update(None, "journal_mode", "WAL")
-                .map_err(|e| db.sql(e))?;
-            conn.pragma_update(None, "synchronous", "NORMAL")
-                .map_err(|e| db.sql(e))?;
-            conn.pragma_update(None, "foreign_keys", true)
-                .map_err(|e| db.sql(e))?;
-            conn.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))
-                .map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    db.sql(e)
-                })?;
-        }
-        Ok(db)
+        })
     }
 
     /// Opens `data_dir/payments.db`.
@@ -280,41 +261,22 @@ impl PaymentsDb {
     }
 
     fn lock(&self) -> MutexGuard<'_, Connection> {
-        // A panic while holding the lock leaves no open transaction (rusqlite rolls back on
-        // drop), so the connection is still usable.
-        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sqlite::lock(&self.conn)
     }
 
     fn sql(&self, e: rusqlite::Error) -> PaymentsError {
-        match e.sqlite_error_code() {
-            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => {
-                PaymentsError::Busy {
-                    path: self.path.clone(),
-                    waited_ms: self.busy_timeout.as_millis() as u64,
-                }
-            }
-            Some(ErrorCode::CannotOpen) | Some(ErrorCode::PermissionDenied) => {
-                PaymentsError::Open {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                }
-            }
-            _ => PaymentsError::Sqlite {
-                path: self.path.clone(),
-                message: e.to_string(),
-            },
-        }
+        SqliteError::from_rusqlite(&self.path, self.busy_timeout, e).into()
     }
 
     /// Loads a seed file (see `data/payments/seed.json`) in one transaction. Idempotent: rows
     /// whose id already exists are left untouched, so refunds and tickets made since survive a
     /// second load. The whole file is validated before anything is written.
     pub fn seed_from_file(&self, path: &Path) -> Result<SeedReport, PaymentsError> {
-        let seed_err = |message: String| PaymentsError::Seed {
+        let seed_err = |source: SeedError| PaymentsError::Seed {
             path: path.to_path_buf(),
-            message,
+            source,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| seed_err(e.to_string()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| seed_err(SeedError::Read(e)))?;
         let mut conn = self.lock();
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)

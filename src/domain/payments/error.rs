@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+use super::model::UnknownValue;
+use super::seed::SeedError;
+use crate::sqlite::SqliteError;
 use crate::tools::ToolError;
 
 /// Everything that can go wrong in the payments database. Messages are one sentence and never
@@ -9,12 +12,13 @@ use crate::tools::ToolError;
 #[derive(Debug, thiserror::Error)]
 pub enum PaymentsError {
     /// The database file or its directory could not be created or opened.
-    #[error("cannot open the payments database {path}: {message}")]
+    #[error("cannot open the payments database {path}: {}", .source.cause_text())]
     Open {
         /// The database file.
         path: PathBuf,
-        /// What went wrong.
-        message: String,
+        /// What went wrong (the directory, the file, or SQLite's error).
+        #[source]
+        source: SqliteError,
     },
 
     /// Another connection held the database locked for longer than the busy timeout.
@@ -27,21 +31,23 @@ pub enum PaymentsError {
     },
 
     /// Any other SQLite failure.
-    #[error("payments database {path}: {message}")]
+    #[error("payments database {path}: {}", .source.cause_text())]
     Sqlite {
         /// The database file.
         path: PathBuf,
-        /// SQLite's description of the failure.
-        message: String,
+        /// The failure, with SQLite's error inside.
+        #[source]
+        source: SqliteError,
     },
 
     /// The seed file could not be read or is not valid.
-    #[error("payments seed {path}: {message}")]
+    #[error("payments seed {path}: {source}")]
     Seed {
         /// The seed file.
         path: PathBuf,
         /// What is wrong with it.
-        message: String,
+        #[source]
+        source: SeedError,
     },
 
     /// The object does not exist for this merchant (or belongs to another merchant).
@@ -65,9 +71,19 @@ pub enum PaymentsError {
     #[error("the payments database holds an invalid record: {0}")]
     Corrupt(String),
 
+    /// A stored row holds a value outside its enumeration.
+    #[error("the payments database holds an invalid record: {what}: {source}")]
+    CorruptValue {
+        /// The record (`ticket TKT…`).
+        what: String,
+        /// The value's error.
+        #[source]
+        source: UnknownValue,
+    },
+
     /// A blocking database task stopped unexpectedly (panicked or was cancelled).
     #[error("a payments database task stopped unexpectedly: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl From<PaymentsError> for ToolError {
@@ -82,7 +98,30 @@ impl From<PaymentsError> for ToolError {
             | PaymentsError::Sqlite { .. }
             | PaymentsError::Seed { .. }
             | PaymentsError::Corrupt(_)
+            | PaymentsError::CorruptValue { .. }
             | PaymentsError::Task(_) => ToolError::Internal(message),
+        }
+    }
+}
+
+impl From<SqliteError> for PaymentsError {
+    fn from(e: SqliteError) -> Self {
+        use SqliteError as S;
+        match e {
+            S::Busy {
+                path, waited_ms, ..
+            } => PaymentsError::Busy { path, waited_ms },
+            S::CreateDir { ref path, .. }
+            | S::NotAFile { ref path }
+            | S::Missing { ref path }
+            | S::CannotOpen { ref path, .. } => PaymentsError::Open {
+                path: path.clone(),
+                source: e,
+            },
+            S::ReadOnly { ref path, .. } | S::Sqlite { ref path, .. } => PaymentsError::Sqlite {
+                path: path.clone(),
+                source: e,
+            },
         }
     }
 }

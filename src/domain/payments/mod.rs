@@ -14,6 +14,7 @@
 //! This module knows nothing about approvals, the LLM or the agent loop: `initiate_refund`
 //! only insists on an idempotency key (the approval id) and refunds at most once per key.
 
+mod agent;
 mod db;
 mod error;
 mod knowledge;
@@ -25,14 +26,16 @@ use std::sync::Arc;
 
 use crate::tools::{RegistryError, Tool, ToolRegistry};
 
+pub use agent::{KbSearch, PaymentsDomain};
 pub use db::{PaymentsDb, BUSY_TIMEOUT, MAX_IDEMPOTENCY_KEY_LEN, RECENT_SETTLEMENTS};
 pub use error::PaymentsError;
-pub use knowledge::{KnowledgeHit, KnowledgeSearch};
+pub use knowledge::{KnowledgeError, KnowledgeHit, KnowledgeSearch};
 pub use model::{
     MerchantAccount, NewTicket, Refund, RefundOutcome, RefundRequest, SeedReport, Settlement,
-    Ticket, TicketOutcome, TicketPriority, TicketType, Transaction, REFUNDABLE_STATUSES,
-    TRANSACTION_ID_PATTERN, TRANSACTION_STATUSES,
+    Ticket, TicketOutcome, TicketPriority, TicketType, Transaction, UnknownValue,
+    REFUNDABLE_STATUSES, TRANSACTION_ID_PATTERN, TRANSACTION_STATUSES,
 };
+pub use seed::SeedError;
 pub use tools::{
     CreateSupportTicket, GetMerchantAccount, GetTransaction, InitiateRefund, SearchKnowledgeBase,
 };

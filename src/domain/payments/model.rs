@@ -158,6 +158,16 @@ pub struct RefundRequest {
     pub reason: String,
 }
 
+/// A string that is none of an enumeration's values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} must be one of {}", .allowed.join(", "))]
+pub struct UnknownValue {
+    /// The enumeration (`TicketPriority`, …).
+    pub kind: &'static str,
+    /// Its values, in schema order.
+    pub allowed: Vec<&'static str>,
+}
+
 macro_rules! string_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),+ $(,)? }) => {
         $(#[$meta])*
@@ -191,18 +201,17 @@ macro_rules! string_enum {
         }
 
         impl FromStr for $name {
-            type Err = String;
+            type Err = UnknownValue;
 
-            fn from_str(s: &str) -> Result<Self, String> {
+            fn from_str(s: &str) -> Result<Self, UnknownValue> {
                 Self::ALL
                     .iter()
                     .copied()
                     .find(|v| v.as_str() == s)
-                    .ok_or_else(|| format!(
-                        "{} must be one of {}",
-                        stringify!($name),
-                        Self::names().join(", ")
-                    ))
+                    .ok_or_else(|| UnknownValue {
+                        kind: stringify!($name),
+                        allowed: Self::names(),
+                    })
             }
         }
     };

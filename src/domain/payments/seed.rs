@@ -16,6 +16,20 @@ use super::model::{TRANSACTION_ID_PATTERN, TRANSACTION_STATUSES};
 use crate::merchant::MerchantId;
 use crate::tools::Pattern;
 
+/// Why a seed file cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedError {
+    /// The file could not be read.
+    #[error("{0}")]
+    Read(#[source] std::io::Error),
+    /// The file is not JSON of the seed format.
+    #[error("not a valid seed file: {0}")]
+    Json(#[source] serde_json::Error),
+    /// A record breaks a rule of the format (the sentence names the record and the rule).
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// A merchant record of the seed file.
 #[derive(Debug, Clone, Deserialize)]
 pub(crate) struct SeedMerchant {
@@ -79,10 +93,9 @@ fn check_time(what: &str, t: &str) -> Result<(), String> {
 impl SeedFile {
     /// Parses and validates seed JSON. `known_merchants` are merchants already stored, which
     /// payments may refer to besides the file's own.
-    pub fn parse(json: &str, known_merchants: &HashSet<String>) -> Result<SeedFile, String> {
-        let seed: SeedFile =
-            serde_json::from_str(json).map_err(|e| format!("not a valid seed file: {e}"))?;
-        seed.check(known_merchants)?;
+    pub fn parse(json: &str, known_merchants: &HashSet<String>) -> Result<SeedFile, SeedError> {
+        let seed: SeedFile = serde_json::from_str(json).map_err(SeedError::Json)?;
+        seed.check(known_merchants).map_err(SeedError::Invalid)?;
         Ok(seed)
     }
 
@@ -107,7 +120,7 @@ impl SeedFile {
             }
             merchants.insert(m.id.clone());
         }
-        let id_pattern = Pattern::compile(TRANSACTION_ID_PATTERN)?;
+        let id_pattern = Pattern::compile(TRANSACTION_ID_PATTERN).map_err(|e| e.0)?;
         let mut ids = HashSet::new();
         for t in &self.transactions {
             let who = format!("transaction {:?}", t.id);
@@ -168,7 +181,11 @@ impl SeedFile {
     }
 
     /// The settlements named by the payments, with their totals.
-    pub fn settlements(&self) -> Result<Vec<SeedSettlement>, String> {
+    pub fn settlements(&self) -> Result<Vec<SeedSettlement>, SeedError> {
+        self.settlements_checked().map_err(SeedError::Invalid)
+    }
+
+    fn settlements_checked(&self) -> Result<Vec<SeedSettlement>, String> {
         let mut by_id: BTreeMap<&str, SeedSettlement> = BTreeMap::new();
         for t in &self.transactions {
             let (Some(id), Some(at)) = (&t.settlement_id, &t.settled_at) else {
@@ -272,6 +289,7 @@ mod tests {
             let mut v = base.clone();
             mutate(&mut v);
             let err = SeedFile::parse(&v.to_string(), &HashSet::new()).unwrap_err();
+            let err = err.to_string();
             assert!(err.contains(needle), "{needle}: {err}");
         }
     }

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{blocking, to_value, transaction_id_schema, Db};
-use crate::domain::payments::model::{NewTicket, TicketPriority, TicketType};
+use crate::domain::payments::model::{NewTicket, TicketPriority, TicketType, UnknownValue};
 use crate::tools::{str_arg, Tool, ToolContext, ToolError};
 
 /// Creates a persisted support ticket (`tkt_...`) for the session's merchant. A write, but not
@@ -86,10 +86,10 @@ impl Tool for CreateSupportTicket {
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
         let priority: TicketPriority = str_arg(&args, "priority")?
             .parse()
-            .map_err(ToolError::InvalidArgs)?;
+            .map_err(|e: UnknownValue| ToolError::InvalidArgs(e.to_string()))?;
         let ticket_type: TicketType = str_arg(&args, "type")?
             .parse()
-            .map_err(ToolError::InvalidArgs)?;
+            .map_err(|e: UnknownValue| ToolError::InvalidArgs(e.to_string()))?;
         let transaction_id = match args.get("transaction_id") {
             None | Some(Value::Null) => None,
             Some(_) => Some(str_arg(&args, "transaction_id")?.to_owned()),

@@ -38,7 +38,7 @@ where
 {
     match tokio::task::spawn_blocking(f).await {
         Ok(result) => result.map_err(ToolError::from),
-        Err(e) => Err(ToolError::from(PaymentsError::Task(e.to_string()))),
+        Err(e) => Err(ToolError::from(PaymentsError::Task(e))),
     }
 }
 

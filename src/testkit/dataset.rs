@@ -19,10 +19,21 @@ use std::path::Path;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::distance::normalize;
-use super::persist::checksum;
-use super::IndexError;
-use crate::embed::Embedder;
+use crate::embed::{EmbedError, Embedder};
+use crate::index::distance::normalize;
+use crate::index::persist::checksum;
+use crate::index::IndexError;
+
+/// What can go wrong building a benchmark vector set.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    /// Embedding the texts failed.
+    #[error("embedding the corpus: {0}")]
+    Embed(#[from] EmbedError),
+    /// Reading or writing the cached set failed.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
 
 const MAGIC: &[u8; 8] = b"MEMEXVEC";
 
@@ -85,9 +96,7 @@ impl VectorSet {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&tmp, &bytes).map_err(io)?;
-        std::fs::rename(&tmp, path).map_err(io)
+        crate::fsutil::write_atomic(path, &bytes).map_err(io)
     }
 
     /// Reads a set written by [`VectorSet::save`], validating it.
@@ -170,20 +179,20 @@ pub fn queries(base: &VectorSet, n: usize, sigma: f32, seed: u64) -> VectorSet {
 }
 
 /// Real neighbours each real vector may be mixed with in [`extend_by_mixing`].
-pub const MIX_NEIGHBOURS: usize = 10;
+const MIX_NEIGHBOURS: usize = 10;
 
 /// Per-component standard deviation of the noise added to mixed vectors (about 0.1 in norm over
 /// 384 dimensions: a quarter of [`PERTURBATION_SIGMA`]'s).
-pub const MIX_NOISE_SIGMA: f32 = 0.005;
+const MIX_NOISE_SIGMA: f32 = 0.005;
 
 /// Cosine above which two real vectors count as the same text (the corpus repeats some
 /// boilerplate paragraphs verbatim).
-pub const DUPLICATE_COSINE: f32 = 0.9999;
+const DUPLICATE_COSINE: f32 = 0.9999;
 
 /// For each vector of `base`, the indices of its `k` nearest other vectors (exact, by dot),
 /// leaving out its duplicates (cosine above [`DUPLICATE_COSINE`]): mixing a vector with a copy
 /// of itself would only add noise, not follow the neighbourhood structure.
-pub fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
+fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
     use rayon::prelude::*;
     (0..base.len())
         .into_par_iter()
@@ -191,7 +200,7 @@ pub fn neighbour_lists(base: &VectorSet, k: usize) -> Vec<Vec<u32>> {
             let v = base.get(i);
             let mut scored: Vec<(f32, u32)> = (0..base.len())
                 .filter(|&j| j != i)
-                .map(|j| (super::dot(v, base.get(j)), j as u32))
+                .map(|j| (crate::index::dot(v, base.get(j)), j as u32))
                 .filter(|(s, _)| *s <= DUPLICATE_COSINE)
                 .collect();
             let k = k.min(scored.len());
@@ -267,7 +276,7 @@ pub fn real_embeddings(
     embedder: &dyn Embedder,
     texts: &[String],
     cache: &Path,
-) -> Result<VectorSet, crate::kb::KbError> {
+) -> Result<VectorSet, DatasetError> {
     if let Ok(set) = VectorSet::load(cache) {
         if set.dim == embedder.dim() && set.len() >= texts.len() {
             return Ok(set.truncated(texts.len()));
@@ -325,7 +334,7 @@ pub fn real_vectors(
     texts: &[String],
     total: usize,
     cache: &Path,
-) -> Result<VectorSet, crate::kb::KbError> {
+) -> Result<VectorSet, DatasetError> {
     if let Ok(set) = VectorSet::load(cache) {
         if set.dim == embedder.dim() && set.len() >= total {
             return Ok(set.truncated(total));

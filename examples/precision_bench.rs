@@ -1,0 +1,206 @@
+//! The embedder at each weight precision in one process, with the machine's own limits measured
+//! in the same run (`benches/compare_precision.py` runs this next to sentence-transformers).
+//!
+//! ```sh
+//! cargo run --release --example precision_bench -- --threads 2 --texts 512 --repeats 3
+//! ```
+//!
+//! Prints one JSON object: per precision the 20-token query latency (p50/p99 over 300 calls),
+//! bulk throughput at batch 32 over the first N texts of `data/corpus/texts.jsonl` (best of R),
+//! cold start (spawning `memex embed` until its first vector, median of 5) and the bytes of
+//! weights one pass streams; plus the measured memory bandwidth (reading a 1 GiB buffer on all
+//! threads) and f32 gemm peak (the encoder's FFN shape, all threads).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder, Precision};
+use rayon::prelude::*;
+
+/// The 14-word query the agent embeds once per turn: 20 tokens with `[CLS]`/`[SEP]`.
+const QUERY: &str = "why was my settlement for pay_ABC123 delayed after the customer paid by UPI";
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("MEMEX_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("models/all-MiniLM-L6-v2"))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted[((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1]
+}
+
+/// GB/s reading a buffer far larger than every cache, on the pool's threads.
+fn bandwidth(pool: &rayon::ThreadPool) -> f64 {
+    let buf = vec![1u64; 1 << 27]; // 1 GiB
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let s: u64 = pool.install(|| {
+            buf.par_chunks(1 << 16)
+                .map(|c| c.iter().fold(0u64, |a, &b| a.wrapping_add(b)))
+                .sum()
+        });
+        let dt = t0.elapsed().as_secs_f64();
+        assert!(s > 0);
+        best = best.max((buf.len() * 8) as f64 / dt / 1e9);
+    }
+    best
+}
+
+/// GFLOP/s of f32 gemm at the FFN shape (768 tokens × 384 → 1536), on `threads` threads.
+fn gemm_peak(threads: usize) -> f64 {
+    let (m, n, k) = (768, 1536, 384);
+    let a = vec![0.5f32; m * k];
+    let b = vec![0.25f32; k * n];
+    let mut c = vec![0f32; m * n];
+    let mut best = 0f64;
+    for _ in 0..5 {
+        let t0 = Instant::now();
+        let reps = 10;
+        for _ in 0..reps {
+            // SAFETY: every buffer is sized for the (m, k) · (k, n) → (m, n) row-major shapes.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    k as isize,
+                    b.as_ptr(),
+                    1,
+                    n as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                );
+            }
+        }
+        let dt = t0.elapsed().as_secs_f64();
+        best = best.max(2.0 * (m * n * k * reps) as f64 / dt / 1e9);
+    }
+    best
+}
+
+fn cold_start_ms(precision: Precision, threads: usize) -> f64 {
+    let exe = root().join("target/release/memex");
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t0 = Instant::now();
+            let out = Command::new(&exe)
+                .args(["--precision", precision.as_str(), "--threads"])
+                .arg(threads.to_string())
+                .arg("--model-dir")
+                .arg(model_dir())
+                .args(["embed", "refund status"])
+                .output()
+                .expect("target/release/memex runs (cargo build --release first)");
+            assert!(out.status.success());
+            t0.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[2]
+}
+
+fn main() {
+    let threads = arg("--threads", 2);
+    let n_texts = arg("--texts", 512);
+    let repeats = arg("--repeats", 3).max(1);
+    let raw = std::fs::read_to_string(root().join("data/corpus/texts.jsonl"))
+        .expect("data/corpus/texts.jsonl is readable");
+    let texts: Vec<String> = raw
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["text"].as_str().map(str::to_string))
+        .take(n_texts)
+        .collect();
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool");
+
+    let mut results = serde_json::Map::new();
+    let mut tokens = 0;
+    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+        let emb = MiniLmEmbedder::load(
+            &model_dir(),
+            EmbedderOptions {
+                threads: Some(threads),
+                precision,
+                max_batch: 32,
+                max_batch_tokens: 32 * 128,
+                ..EmbedderOptions::default()
+            },
+        )
+        .expect("model loads");
+        tokens = refs
+            .iter()
+            .map(|t| emb.count_tokens(t).unwrap_or(0).min(256))
+            .sum::<usize>();
+        let query_tokens = emb.count_tokens(QUERY).unwrap();
+        for _ in 0..20 {
+            emb.embed_one(QUERY).unwrap();
+        }
+        let mut lat: Vec<f64> = (0..300)
+            .map(|_| {
+                let t0 = Instant::now();
+                emb.embed_one(QUERY).unwrap();
+                t0.elapsed().as_secs_f64() * 1e3
+            })
+            .collect();
+        lat.sort_by(f64::total_cmp);
+        emb.embed(&refs[..64.min(refs.len())]).unwrap();
+        let best = (0..repeats)
+            .map(|_| {
+                let t0 = Instant::now();
+                emb.embed(&refs).unwrap();
+                t0.elapsed().as_secs_f64()
+            })
+            .fold(f64::INFINITY, f64::min);
+        results.insert(
+            precision.as_str().into(),
+            serde_json::json!({
+                "kernel": emb.kernel().map(|k| k.as_str()),
+                "query_tokens": query_tokens,
+                "query_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)},
+                "batch32": {"texts_per_s": refs.len() as f64 / best, "tokens_per_s": tokens as f64 / best},
+                "weight_bytes_per_pass": emb.weight_bytes_per_pass(),
+                "cold_start_ms": cold_start_ms(precision, threads),
+            }),
+        );
+        eprintln!("{precision}: {}", results[precision.as_str()]);
+    }
+    let out = serde_json::json!({
+        "threads": threads,
+        "texts": refs.len(),
+        "tokens": tokens,
+        "memory_gb_per_s": bandwidth(&pool),
+        "gemm_f32_gflop_per_s": gemm_peak(threads),
+        "precisions": results,
+    });
+    println!("{out}");
+}

@@ -1,0 +1,250 @@
+//! The agent store's records and the backend seam, shared by the facade ([`super::AgentStore`])
+//! and its backends (`sqlite.rs`, `redis.rs`), so that no backend names the facade.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::agent::error::AgentError;
+use crate::merchant::MerchantId;
+
+/// What [`super::AgentStore::redact_sessions`] changed.
+#[derive(Debug, Default, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct Redacted {
+    /// Audit rows whose arguments and results were redacted.
+    pub audit_rows: u64,
+    /// Turn records whose memory context was redacted.
+    pub turns: u64,
+}
+
+/// One row of the audit log.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct AuditEntry {
+    /// Session the call belongs to.
+    pub session: String,
+    /// Merchant of the session.
+    pub merchant: String,
+    /// User turn number within the session (1-based).
+    pub turn: u32,
+    /// The model's tool-call id.
+    pub call_id: String,
+    /// Tool name as the model gave it.
+    pub tool: String,
+    /// Arguments (secrets redacted).
+    pub args: Value,
+    /// Result or error (secrets redacted).
+    pub result: Value,
+    /// Outcome status (`ok`, `error`, `invalid_args`, …).
+    pub status: String,
+    /// Time spent executing, in milliseconds.
+    pub latency_ms: f64,
+    /// When it happened (RFC 3339).
+    pub at: String,
+}
+
+/// Status of an irreversible action awaiting or past a human decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ActionStatus {
+    /// Waiting for a human.
+    Pending,
+    /// Approved; execution started (or crashed before it was recorded).
+    Approved,
+    /// Approved and executed; its result is stored.
+    Executed,
+    /// Rejected by a human.
+    Rejected,
+    /// Approved, but the tool failed.
+    Failed,
+}
+
+impl ActionStatus {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            ActionStatus::Pending => "pending",
+            ActionStatus::Approved => "approved",
+            ActionStatus::Executed => "executed",
+            ActionStatus::Rejected => "rejected",
+            ActionStatus::Failed => "failed",
+        }
+    }
+
+    pub(crate) fn parse(s: &str) -> Result<Self, AgentError> {
+        Ok(match s {
+            "pending" => ActionStatus::Pending,
+            "approved" => ActionStatus::Approved,
+            "executed" => ActionStatus::Executed,
+            "rejected" => ActionStatus::Rejected,
+            "failed" => ActionStatus::Failed,
+            other => {
+                return Err(AgentError::Corrupt {
+                    what: "an action's status".into(),
+                    source: format!("unknown action status {other:?}").into(),
+                })
+            }
+        })
+    }
+}
+
+/// An irreversible action the model asked for.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PendingAction {
+    /// The approval id (`act_…`), also the tool's idempotency key.
+    pub id: String,
+    /// Session it belongs to.
+    pub session: String,
+    /// Merchant of the session.
+    pub merchant: String,
+    /// The tool to run.
+    pub tool: String,
+    /// The exact arguments that an approval executes.
+    pub args: Value,
+    /// Where it stands.
+    pub status: ActionStatus,
+    /// The tool's result once executed.
+    pub result: Option<Value>,
+    /// The tool call it was created for (the model's call id, or `PLAN:STEP` for a plan step).
+    pub call_id: String,
+}
+
+/// What one finished turn leaves behind for `memex stats`.
+#[derive(Debug, Clone, Default)]
+pub struct TurnRecord {
+    /// `answer`, `pending_action`, `escalation` or `error`.
+    pub outcome: String,
+    /// Wall time of the turn in milliseconds.
+    pub latency_ms: f64,
+    /// Prompt tokens over the turn's LLM calls.
+    pub prompt_tokens: u64,
+    /// Completion tokens over the turn's LLM calls.
+    pub completion_tokens: u64,
+    /// The memory context used, as JSON.
+    pub context: Value,
+}
+
+/// Aggregates for `memex stats` (all zero for a data directory with no store yet).
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Stats {
+    /// Sessions started.
+    pub sessions: u64,
+    /// User turns run (including approve/reject continuations).
+    pub turns: u64,
+    /// Share of turns that ended with an answer or a pending action (not an error).
+    pub success_rate: f64,
+    /// Tool calls recorded in the audit log.
+    pub tool_calls: u64,
+    /// Share of tool calls whose status is `error`.
+    pub tool_failure_rate: f64,
+    /// Calls refused as repeats within a turn.
+    pub loop_detections: u64,
+    /// Irreversible calls stopped at the approval gate.
+    pub blocked_irreversible: u64,
+    /// Turns that ended in an escalation.
+    pub escalations: u64,
+    /// Prompt + completion tokens.
+    pub llm_tokens: u64,
+    /// Turn latency percentiles in milliseconds.
+    pub latency_ms: Percentiles,
+}
+
+/// p50/p95/p99.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct Percentiles {
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+}
+/// One backend of the agent store. Every method has the meaning of the [`super::AgentStore`] method
+/// of the same name; implementations must keep its atomicity.
+pub trait AgentStateBackend: Send + Sync {
+    /// See [`super::AgentStore::merchant_sessions`].
+    fn merchant_sessions(
+        &self,
+        merchant: &MerchantId,
+        before: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<String>, AgentError>;
+    /// See [`super::AgentStore::redact_sessions`].
+    fn redact_sessions(
+        &self,
+        merchant: &MerchantId,
+        sessions: &[String],
+    ) -> Result<Redacted, AgentError>;
+    /// See [`super::AgentStore::begin_session`].
+    fn begin_session(&self, session: &str, merchant: &MerchantId) -> Result<u32, AgentError>;
+    /// See [`super::AgentStore::session_merchant`].
+    fn session_merchant(&self, session: &str) -> Result<Option<MerchantId>, AgentError>;
+    /// See [`super::AgentStore::next_turn`].
+    fn next_turn(&self, session: &str) -> Result<u32, AgentError>;
+    /// See [`super::AgentStore::record_turn`].
+    fn record_turn(
+        &self,
+        session: &str,
+        merchant: &MerchantId,
+        turn: u32,
+        rec: &TurnRecord,
+    ) -> Result<(), AgentError>;
+    /// See [`super::AgentStore::turn_contexts`].
+    fn turn_contexts(&self, session: &str) -> Result<Vec<Value>, AgentError>;
+    /// See [`super::AgentStore::audit`].
+    fn audit(&self, e: &AuditEntry) -> Result<(), AgentError>;
+    /// See [`super::AgentStore::audit_log`].
+    fn audit_log(&self, session: &str) -> Result<Vec<AuditEntry>, AgentError>;
+    /// See [`super::AgentStore::create_action`].
+    fn create_action(
+        &self,
+        session: &str,
+        merchant: &MerchantId,
+        turn: u32,
+        call_id: &str,
+        tool: &str,
+        args: &Value,
+    ) -> Result<String, AgentError>;
+    /// See [`super::AgentStore::action`].
+    fn action(&self, session: &str, id: &str) -> Result<Option<PendingAction>, AgentError>;
+    /// See [`super::AgentStore::action_by_call`].
+    fn action_by_call(
+        &self,
+        session: &str,
+        call_id: &str,
+    ) -> Result<Option<PendingAction>, AgentError>;
+    /// See [`super::AgentStore::action_by_id`].
+    fn action_by_id(&self, id: &str) -> Result<Option<PendingAction>, AgentError>;
+    /// See [`super::AgentStore::claim_execution`].
+    fn claim_execution(
+        &self,
+        id: &str,
+        runner: &str,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Result<bool, AgentError>;
+    /// See [`super::AgentStore::transition`].
+    fn transition(
+        &self,
+        id: &str,
+        from: &[ActionStatus],
+        to: ActionStatus,
+        result: Option<&Value>,
+    ) -> Result<bool, AgentError>;
+    /// See [`super::AgentStore::end_session`].
+    fn end_session(&self, session: &str, episode_id: &str) -> Result<(), AgentError>;
+    /// See [`super::AgentStore::ended_episode`].
+    fn ended_episode(&self, session: &str) -> Result<Option<String>, AgentError>;
+    /// See [`super::AgentStore::lock_session`].
+    fn lock_session(
+        &self,
+        session: &str,
+        holder: &str,
+        alive: &dyn Fn(&str) -> bool,
+    ) -> Result<bool, AgentError>;
+    /// See [`super::AgentStore::unlock_session`].
+    fn unlock_session(&self, session: &str, holder: &str) -> Result<(), AgentError>;
+    /// See [`super::AgentStore::stats`].
+    fn stats(&self) -> Result<Stats, AgentError>;
+    /// See [`super::AgentStore::actions_with_status`].
+    fn actions_with_status(
+        &self,
+        status: Option<ActionStatus>,
+        limit: usize,
+    ) -> Result<Vec<PendingAction>, AgentError>;
+}

@@ -1,0 +1,128 @@
+//! The composition root: where the binary builds what a command needs from the global flags —
+//! the async runtime, the agent (real embedder, knowledge base, episodic and conversation
+//! stores, the payments domain's tools, rules and escalation, the OpenAI-compatible model) and
+//! the planner over it. `memex ask`, `chat`, `approve`, `plan` and `session end` all start here.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use memex::agent::{Agent, AgentConfig, AgentStore, Progress};
+use memex::conversation::{ConversationStore, RedisConversationStore, SqliteConversationStore};
+use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
+use memex::embed::Embedder;
+use memex::episodic::EpisodicStore;
+use memex::kb::{KbOptions, KnowledgeBase};
+use memex::llm::{LlmConfig, OpenAiCompatible};
+use memex::merchant::MerchantId;
+use memex::planner::{Planner, PlannerConfig};
+
+use super::GlobalArgs;
+
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn llm_config(g: &GlobalArgs) -> anyhow::Result<LlmConfig> {
+    let mut cfg = LlmConfig::try_from_env()?;
+    if let Some(u) = &g.llm_base_url {
+        cfg = cfg.with_base_url(u.clone());
+    }
+    if let Some(m) = &g.llm_model {
+        cfg = cfg.with_model(m.clone());
+    }
+    if let Some(k) = &g.llm_api_key {
+        cfg = cfg.with_api_key(k.clone());
+    }
+    Ok(cfg)
+}
+
+/// The conversation store the global flags name: Redis when `--episodic` is a Redis URL, else
+/// SQLite in the data directory.
+pub(super) async fn conversation_store(
+    g: &GlobalArgs,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<Arc<dyn ConversationStore>> {
+    Ok(match g.episodic.as_deref() {
+        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Arc::new(
+            RedisConversationStore::connect(url, "memex:conv")
+                .await
+                .context("cannot open the conversation store")?,
+        ),
+        _ => Arc::new(
+            SqliteConversationStore::open_in(data_dir)
+                .context("cannot open the conversation store")?,
+        ),
+    })
+}
+
+/// Builds the agent the global flags describe: the real embedder, knowledge base, episodic and
+/// conversation stores, payments tools and the OpenAI-compatible model.
+pub(super) async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
+    let data_dir = g.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
+    let kb = super::kb_read::open(g, Arc::clone(&embedder), KbOptions::default(), false)?;
+    let episodes = memex::episodic::open_with_cache(
+        g.episodic.as_deref(),
+        &data_dir,
+        g.episodic_cache_bytes(),
+    )
+    .await
+    .context("cannot open the episodic store")?;
+    agent_over(g, embedder, kb, episodes, config).await
+}
+
+/// The agent over memories a caller already holds (`memex serve` shares its batching embedder,
+/// knowledge base and episodic store with its other routes): the conversation store, the
+/// payments domain (tools, rules, escalation), the model and the agent store are added here.
+pub(super) async fn agent_over(
+    g: &GlobalArgs,
+    embedder: Arc<dyn Embedder>,
+    kb: Arc<KnowledgeBase>,
+    episodes: Arc<dyn EpisodicStore>,
+    mut config: AgentConfig,
+) -> anyhow::Result<Agent> {
+    config.llm_rate = g.llm_bucket();
+    let data_dir = g.data_dir();
+    let conversations = conversation_store(g, &data_dir).await?;
+    let payments =
+        Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
+    let tools = payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb))))
+        .context("cannot register the tools")?;
+    let model = Arc::new(OpenAiCompatible::new(llm_config(g)?).context("bad LLM configuration")?);
+    let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
+    Ok(Agent::new(
+        model,
+        tools,
+        embedder,
+        Some(kb),
+        episodes,
+        conversations,
+        store,
+        config,
+    )
+    .with_domain(Arc::new(PaymentsDomain)))
+}
+
+/// Builds the planner over the agent the global flags describe.
+pub async fn planner(g: &GlobalArgs, config: PlannerConfig) -> anyhow::Result<Planner> {
+    let agent = Arc::new(build(g, AgentConfig::default()).await?);
+    Ok(Planner::new(agent, config)?)
+}
+
+pub(super) fn merchant(raw: &str) -> anyhow::Result<MerchantId> {
+    MerchantId::parse(raw).map_err(|e| anyhow::anyhow!("invalid --merchant: {e}"))
+}
+
+/// Progress lines on stderr ("Looking up transaction pay_ABC123…").
+pub(super) struct StderrProgress;
+impl Progress for StderrProgress {
+    fn tool_started(&self, line: &str) {
+        eprintln!("{line}");
+    }
+}

@@ -1,0 +1,87 @@
+//! `memex mcp --merchant MID [--http ADDR]`: memex's memory and the domain's tools as an MCP
+//! server for one merchant, over stdio (stdout carries only JSON-RPC; logs go to stderr) or
+//! over streamable HTTP on a loopback address.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use memex::agent::AgentStore;
+use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb};
+use memex::embed::Embedder;
+use memex::kb::KbOptions;
+use memex::mcp::McpDeps;
+
+use super::GlobalArgs;
+
+/// Arguments of `memex mcp`.
+#[derive(Args, Debug)]
+#[command(
+    after_help = "Tools: search_knowledge_base, recall_episodes, save_episode and the payments \
+tools, all scoped to --merchant. An irreversible tool (initiate_refund) never runs from MCP: it \
+returns a pending action id for `memex approve ACTION_ID`."
+)]
+pub struct McpArgs {
+    /// The merchant every tool acts for.
+    #[arg(long)]
+    pub merchant: String,
+    /// Serve MCP over streamable HTTP at http://ADDR/mcp instead of stdio (loopback addresses
+    /// only; port 0 picks a free port; `listening on ADDR` is printed to stderr).
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
+}
+
+/// Builds the shared MCP dependencies from the global flags: the same embedder, knowledge
+/// base, episodic store, payments tools and agent store as `memex ask`.
+async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
+    let data_dir = g.data_dir();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
+    let kb = super::kb_read::open(g, Arc::clone(&embedder), KbOptions::default(), false)?;
+    let episodes = memex::episodic::open_with_cache(
+        g.episodic.as_deref(),
+        &data_dir,
+        g.episodic_cache_bytes(),
+    )
+    .await
+    .context("cannot open the episodic store")?;
+    let payments =
+        Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
+    let domain = payments_tools(payments, Arc::new(KbSearch(Arc::clone(&kb))));
+    let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
+    Ok(McpDeps::new(embedder, Some(kb), episodes, domain, store)?)
+}
+
+/// `memex mcp`.
+pub fn run(g: &GlobalArgs, a: McpArgs) -> anyhow::Result<ExitCode> {
+    let merchant = super::compose::merchant(&a.merchant)?;
+    if let Some(addr) = a.http {
+        if !addr.ip().is_loopback() {
+            anyhow::bail!(
+                "--http {addr} is not a loopback address; memex mcp serves 127.0.0.1 or [::1] only"
+            );
+        }
+    }
+    let rt = super::compose::runtime()?;
+    rt.block_on(async {
+        let deps = Arc::new(deps(g).await?);
+        match a.http {
+            None => memex::mcp::serve_stdio(deps, merchant).await?,
+            Some(addr) => {
+                memex::mcp::http::serve_loopback(
+                    deps,
+                    merchant,
+                    addr,
+                    |bound| eprintln!("listening on {bound}"),
+                    memex::serve::shutdown_signal(),
+                )
+                .await?
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,602 @@
+//! The in-process hybrid index both backends search: one per merchant, built from that
+//! merchant's rows and cached until the merchant's version counter moves.
+//!
+//! A search runs two legs over the merchant's episodes only — exact cosine over the stored unit
+//! embeddings, and Okapi BM25 over the summaries' tokens — and fuses their rankings with
+//! weighted reciprocal-rank fusion (see [`Fusion`]). Both backends share this code, so a query
+//! ranks the same on SQLite and on Redis.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::EpisodicError;
+
+/// How the two legs of a hybrid search are combined. The defaults were chosen on the LoCoMo
+/// conversations (see `BENCHMARKS.md`, "Episode retrieval on LoCoMo").
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Fusion {
+    /// Weight of the dense (embedding) leg in the reciprocal-rank sum.
+    pub dense_weight: f32,
+    /// Weight of the keyword (BM25) leg.
+    pub keyword_weight: f32,
+    /// The `c` of `1 / (c + rank)`.
+    pub rrf_c: f32,
+    /// BM25 term-frequency saturation.
+    pub bm25_k1: f32,
+    /// BM25 length normalisation.
+    pub bm25_b: f32,
+    /// How many of each leg's best hits take part in the fusion (at least `k`).
+    pub depth: usize,
+    /// Share of each neighbouring episode's keyword score added to an episode's own, for
+    /// neighbours in save order that share its `occurred_at` (turns of one session).
+    pub keyword_neighbours: f32,
+    /// The same for the dense leg.
+    pub dense_neighbours: f32,
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion {
+            dense_weight: 0.5,
+            keyword_weight: 1.0,
+            rrf_c: 3.0,
+            bm25_k1: 1.2,
+            bm25_b: 0.75,
+            depth: 100,
+            keyword_neighbours: 0.3,
+            dense_neighbours: 0.0,
+        }
+    }
+}
+
+/// One query of [`EpisodicStore::search`](super::EpisodicStore::search).
+#[derive(Debug, Clone)]
+pub struct SearchQuery {
+    /// The query text, for the keyword leg (may be empty when `vector` is given).
+    pub text: String,
+    /// The query's embedding, for the dense leg (same model as the episodes'), if any.
+    pub vector: Option<Vec<f32>>,
+    /// Number of episodes to return.
+    pub k: usize,
+    /// How the legs are combined.
+    pub fusion: Fusion,
+}
+
+impl SearchQuery {
+    /// A query with text, embedding and the default fusion.
+    pub fn new(text: impl Into<String>, vector: Option<Vec<f32>>, k: usize) -> SearchQuery {
+        SearchQuery {
+            text: text.into(),
+            vector,
+            k,
+            fusion: Fusion::default(),
+        }
+    }
+}
+
+/// One row the index is built from.
+pub(crate) struct IndexRow<K> {
+    pub key: K,
+    pub id: String,
+    pub created_us: i64,
+    /// `occurred_at` if known, else `created_at`: neighbours with equal values are one session.
+    pub when_us: i64,
+    pub summary: String,
+    pub embedding: Option<Vec<u8>>,
+}
+
+/// The searchable form of one merchant's episodes at one version.
+pub(crate) struct MerchantIndex<K> {
+    version: i64,
+    keys: Vec<K>,
+    created_us: Vec<i64>,
+    when_us: Vec<i64>,
+    dim: usize,
+    /// Row-major unit vectors; rows without an embedding are zero and flagged in `has_vec`.
+    vectors: Vec<f32>,
+    has_vec: Vec<bool>,
+    vocab: HashMap<String, u32>,
+    /// Per term: (document, term frequency).
+    postings: Vec<Vec<(u32, u32)>>,
+    doc_len: Vec<u32>,
+    avg_len: f32,
+}
+
+impl<K: Clone> MerchantIndex<K> {
+    /// Builds the index of `rows` at `version`. Fails if embeddings differ in dimension.
+    pub fn build(version: i64, rows: Vec<IndexRow<K>>) -> Result<Self, EpisodicError> {
+        let n = rows.len();
+        let dim = rows
+            .iter()
+            .find_map(|r| r.embedding.as_ref().map(|e| e.len() / 4))
+            .unwrap_or(0);
+        let mut idx = MerchantIndex {
+            version,
+            keys: Vec::with_capacity(n),
+            created_us: Vec::with_capacity(n),
+            when_us: Vec::with_capacity(n),
+            dim,
+            vectors: vec![0.0; n * dim],
+            has_vec: vec![false; n],
+            vocab: HashMap::new(),
+            postings: Vec::new(),
+            doc_len: Vec::with_capacity(n),
+            avg_len: 0.0,
+        };
+        let mut total_len = 0u64;
+        let mut tf: HashMap<u32, u32> = HashMap::new();
+        for (doc, row) in rows.into_iter().enumerate() {
+            if let Some(bytes) = &row.embedding {
+                if bytes.len() % 4 != 0 || bytes.len() / 4 != dim {
+                    return Err(EpisodicError::DimensionMismatch {
+                        id: row.id,
+                        expected: dim,
+                        found: bytes.len() / 4,
+                    });
+                }
+                let dst = &mut idx.vectors[doc * dim..(doc + 1) * dim];
+                for (d, c) in dst.iter_mut().zip(bytes.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+                idx.has_vec[doc] = true;
+            }
+            tf.clear();
+            let mut len = 0u32;
+            for tok in tokens(&row.summary) {
+                len += 1;
+                let next = idx.vocab.len() as u32;
+                let term = *idx.vocab.entry(tok).or_insert(next);
+                if term as usize == idx.postings.len() {
+                    idx.postings.push(Vec::new());
+                }
+                *tf.entry(term).or_insert(0) += 1;
+            }
+            for (&term, &f) in &tf {
+                idx.postings[term as usize].push((doc as u32, f));
+            }
+            total_len += u64::from(len);
+            idx.doc_len.push(len);
+            idx.keys.push(row.key);
+            idx.created_us.push(row.created_us);
+            idx.when_us.push(row.when_us);
+        }
+        idx.avg_len = if n == 0 {
+            0.0
+        } else {
+            (total_len as f32 / n as f32).max(1.0)
+        };
+        Ok(idx)
+    }
+
+    /// The best `k` episodes, best first, with their fused scores scaled to `[0, 1]` (1 = first
+    /// in every leg); ties go to the newer episode. `vector` must already be unit length.
+    pub fn search(
+        &self,
+        text: &str,
+        vector: Option<&[f32]>,
+        k: usize,
+        f: &Fusion,
+    ) -> Result<Vec<(K, f32)>, EpisodicError> {
+        if k == 0 || self.keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let depth = f.depth.max(k);
+        let mut fused: HashMap<u32, f32> = HashMap::new();
+        // The best possible fused score (first in every leg used), to scale scores into [0, 1].
+        let mut best_possible = f.keyword_weight / (f.rrf_c + 1.0);
+        if let Some(q) = vector {
+            if self.dim != 0 && q.len() != self.dim {
+                return Err(EpisodicError::DimensionMismatch {
+                    id: "(index)".into(),
+                    expected: q.len(),
+                    found: self.dim,
+                });
+            }
+            if self.dim != 0 {
+                best_possible += f.dense_weight / (f.rrf_c + 1.0);
+                let dense = self.smooth(self.dense(q), f.dense_neighbours);
+                for (rank, (doc, _)) in self.top(dense, depth).into_iter().enumerate() {
+                    *fused.entry(doc).or_insert(0.0) +=
+                        f.dense_weight / (f.rrf_c + rank as f32 + 1.0);
+                }
+            }
+        }
+        let kw = self.smooth(self.bm25(text, f), f.keyword_neighbours);
+        for (rank, (doc, _)) in self.top(kw, depth).into_iter().enumerate() {
+            *fused.entry(doc).or_insert(0.0) += f.keyword_weight / (f.rrf_c + rank as f32 + 1.0);
+        }
+        let mut all: Vec<(u32, f32)> = fused.into_iter().collect();
+        all.sort_by(|a, b| {
+            b.1.total_cmp(&a.1)
+                .then(self.created_us[b.0 as usize].cmp(&self.created_us[a.0 as usize]))
+        });
+        all.truncate(k);
+        let scale = if best_possible > 0.0 {
+            1.0 / best_possible
+        } else {
+            1.0
+        };
+        Ok(all
+            .into_iter()
+            .map(|(doc, s)| (self.keys[doc as usize].clone(), (s * scale).min(1.0)))
+            .collect())
+    }
+
+    /// Adds `beta` times the scores of the previous and next episode (in save order) of the
+    /// same session (equal `when_us`) to each episode's score.
+    fn smooth(&self, scored: Vec<(u32, f32)>, beta: f32) -> Vec<(u32, f32)> {
+        if beta == 0.0 {
+            return scored;
+        }
+        let n = self.keys.len();
+        let mut own = vec![0f32; n];
+        let mut present = vec![false; n];
+        for &(doc, s) in &scored {
+            own[doc as usize] = s;
+            present[doc as usize] = true;
+        }
+        let mut out = Vec::with_capacity(scored.len() * 3);
+        for i in 0..n {
+            let mut s = own[i];
+            let mut any = present[i];
+            if i > 0 && present[i - 1] && self.when_us[i - 1] == self.when_us[i] {
+                s += beta * own[i - 1];
+                any = true;
+            }
+            if i + 1 < n && present[i + 1] && self.when_us[i + 1] == self.when_us[i] {
+                s += beta * own[i + 1];
+                any = true;
+            }
+            if any {
+                out.push((i as u32, s));
+            }
+        }
+        out
+    }
+
+    /// Cosine of every embedded episode with unit `q`.
+    fn dense(&self, q: &[f32]) -> Vec<(u32, f32)> {
+        let mut out = Vec::with_capacity(self.keys.len());
+        for (doc, row) in self.vectors.chunks_exact(self.dim).enumerate() {
+            if self.has_vec[doc] {
+                out.push((doc as u32, dot(row, q)));
+            }
+        }
+        out
+    }
+
+    /// BM25 score of every episode sharing a token with the query.
+    fn bm25(&self, text: &str, f: &Fusion) -> Vec<(u32, f32)> {
+        let n = self.keys.len() as f32;
+        // Scores accumulate in a dense array indexed by document (a common term's posting can
+        // cover most of the merchant's episodes; a hash map per hit cost more than the
+        // scoring); `touched` lists the documents scored, in first-seen order.
+        let mut scores = vec![0f32; self.keys.len()];
+        let mut hit = vec![false; self.keys.len()];
+        let mut touched: Vec<u32> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for tok in query_tokens(text) {
+            if !seen.insert(tok.clone()) {
+                continue;
+            }
+            let Some(&term) = self.vocab.get(&tok) else {
+                continue;
+            };
+            let posting = &self.postings[term as usize];
+            let df = posting.len() as f32;
+            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+            for &(doc, tf) in posting {
+                let tf = tf as f32;
+                let norm = f.bm25_k1
+                    * (1.0 - f.bm25_b
+                        + f.bm25_b * self.doc_len[doc as usize] as f32 / self.avg_len);
+                if !hit[doc as usize] {
+                    hit[doc as usize] = true;
+                    touched.push(doc);
+                }
+                scores[doc as usize] += idf * tf * (f.bm25_k1 + 1.0) / (tf + norm);
+            }
+        }
+        touched
+            .into_iter()
+            .map(|doc| (doc, scores[doc as usize]))
+            .collect()
+    }
+
+    /// The `depth` best of `scored`, best first (ties: newer first).
+    fn top(&self, mut scored: Vec<(u32, f32)>, depth: usize) -> Vec<(u32, f32)> {
+        let cmp = |a: &(u32, f32), b: &(u32, f32)| {
+            b.1.total_cmp(&a.1)
+                .then(self.created_us[b.0 as usize].cmp(&self.created_us[a.0 as usize]))
+        };
+        if scored.len() > depth {
+            scored.select_nth_unstable_by(depth, cmp);
+            scored.truncate(depth);
+        }
+        scored.sort_by(cmp);
+        scored
+    }
+}
+
+/// Dot product of two equal-length rows, summed in eight independent lanes so the compiler
+/// can keep them in one SIMD register (a single running sum is a serial chain of adds).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    const LANES: usize = 8;
+    let mut acc = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Lower-cased alphanumeric words of `text`.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !c.is_alphanumeric())
+        .filter(|t| !t.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// Indexed tokens of `text`: lower-cased alphanumeric words, Snowball-stemmed (English).
+pub(crate) fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    words(text).map(|w| stem(&w))
+}
+
+/// Query tokens: like [`tokens`], without stop words (question words included).
+pub(crate) fn query_tokens(text: &str) -> impl Iterator<Item = String> + '_ {
+    words(text).filter(|w| !is_stop(w)).map(|w| stem(&w))
+}
+
+fn stem(word: &str) -> String {
+    static STEMMER: std::sync::OnceLock<rust_stemmers::Stemmer> = std::sync::OnceLock::new();
+    STEMMER
+        .get_or_init(|| rust_stemmers::Stemmer::create(rust_stemmers::Algorithm::English))
+        .stem(word)
+        .into_owned()
+}
+
+fn is_stop(t: &str) -> bool {
+    STOP_WORDS.binary_search(&t).is_ok()
+}
+
+/// English function words and question words (sorted for binary search).
+const STOP_WORDS: &[&str] = &[
+    "a", "about", "after", "all", "also", "am", "an", "and", "any", "are", "as", "at", "be",
+    "been", "before", "being", "both", "but", "by", "can", "could", "did", "do", "does", "doing",
+    "during", "each", "for", "from", "had", "has", "have", "having", "he", "her", "here", "hers",
+    "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "kind", "me", "might", "my",
+    "of", "on", "or", "our", "s", "she", "should", "so", "some", "than", "that", "the", "their",
+    "them", "then", "there", "these", "they", "this", "those", "to", "was", "we", "were", "what",
+    "when", "where", "which", "who", "whom", "whose", "why", "will", "with", "would", "you",
+    "your",
+];
+
+/// Default byte budget of one store's search-index cache (`--episodic-cache-mb`).
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// Most merchants' indexes one store's cache holds, whatever their size.
+pub(crate) const CACHE_ENTRIES: usize = 256;
+
+/// Heap bytes a cache key type owns beyond its inline size (for the byte estimate).
+pub(crate) trait HeapSize {
+    /// Bytes on the heap.
+    fn heap_bytes(&self) -> usize;
+}
+
+impl HeapSize for i64 {
+    fn heap_bytes(&self) -> usize {
+        0
+    }
+}
+
+impl HeapSize for String {
+    fn heap_bytes(&self) -> usize {
+        self.capacity()
+    }
+}
+
+impl<K: HeapSize> MerchantIndex<K> {
+    /// Estimated bytes this index holds (vectors, postings, vocabulary, per-row arrays),
+    /// counting containers by length plus a fixed overhead per heap allocation.
+    pub fn estimated_bytes(&self) -> u64 {
+        use std::mem::size_of;
+        const ALLOC: usize = 16;
+        let n = self.keys.len();
+        let keys: usize = self
+            .keys
+            .iter()
+            .map(|k| size_of::<K>() + k.heap_bytes())
+            .sum();
+        let rows = n * (2 * size_of::<i64>() + size_of::<bool>() + size_of::<u32>());
+        let vectors = self.vectors.len() * size_of::<f32>();
+        let vocab: usize = self
+            .vocab
+            .keys()
+            .map(|t| t.capacity() + size_of::<String>() + size_of::<u32>() + ALLOC)
+            .sum();
+        let postings: usize = self
+            .postings
+            .iter()
+            .map(|p| p.len() * size_of::<(u32, u32)>() + size_of::<Vec<(u32, u32)>>() + ALLOC)
+            .sum();
+        let total = size_of::<Self>() + keys + rows + vectors + vocab + postings + 8 * ALLOC;
+        u64::try_from(total).unwrap_or(u64::MAX)
+    }
+}
+
+/// Per-merchant cache of built indexes, shared by one store's clones, bounded both by
+/// entries and by estimated bytes (least recently used out first). Each entry weighs its
+/// [`MerchantIndex::estimated_bytes`], but at least `max_bytes / max_entries`, so neither
+/// bound can be exceeded. An index larger than the whole budget is not kept (each search of
+/// that merchant rebuilds it).
+pub(crate) struct IndexCache<K> {
+    cache: moka::sync::Cache<String, Arc<MerchantIndex<K>>>,
+}
+
+impl<K: HeapSize + Send + Sync + 'static> IndexCache<K> {
+    /// A cache of at most `max_entries` merchants' indexes and about `max_bytes` bytes.
+    pub fn new(max_entries: usize, max_bytes: u64) -> Self {
+        let budget = max_bytes.max(1);
+        let floor = (budget / u64::try_from(max_entries.max(1)).unwrap_or(u64::MAX)).max(1);
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(budget)
+            .eviction_policy(moka::policy::EvictionPolicy::lru())
+            .weigher(move |_: &String, v: &Arc<MerchantIndex<K>>| {
+                u32::try_from(v.estimated_bytes().max(floor)).unwrap_or(u32::MAX)
+            })
+            .build();
+        IndexCache { cache }
+    }
+
+    /// The cached index of `merchant` if it was built at `version`.
+    pub fn get(&self, merchant: &str, version: i64) -> Option<Arc<MerchantIndex<K>>> {
+        self.cache.get(merchant).filter(|i| i.version == version)
+    }
+
+    /// Caches `index` for `merchant`, evicting the least recently used when over a bound.
+    pub fn put(&self, merchant: &str, index: Arc<MerchantIndex<K>>) {
+        self.cache.insert(merchant.to_owned(), index);
+    }
+
+    /// Applies pending evictions now (moka applies them lazily), then returns the number of
+    /// cached indexes and their total weight.
+    #[cfg(test)]
+    fn settled(&self) -> (u64, u64) {
+        self.cache.run_pending_tasks();
+        (self.cache.entry_count(), self.cache.weighted_size())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lane_dot_product_equals_the_plain_sum() {
+        for len in [0usize, 1, 7, 8, 9, 17, 384] {
+            let a: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
+            let b: Vec<f32> = (0..len).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
+            let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
+            assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-4, "len {len}");
+        }
+    }
+
+    #[test]
+    fn a_document_matching_several_query_terms_is_scored_once() {
+        let rows = vec![
+            row(1, "refund refund delayed payout", None),
+            row(2, "payout schedule", None),
+            row(3, "unrelated words here", None),
+        ];
+        let idx = MerchantIndex::build(1, rows).expect("builds");
+        let scored = idx.bm25("refund payout delayed", &Fusion::default());
+        let mut docs: Vec<u32> = scored.iter().map(|(d, _)| *d).collect();
+        docs.sort_unstable();
+        assert_eq!(docs, vec![0, 1]);
+        let first = scored.iter().find(|(d, _)| *d == 0).map(|(_, s)| *s);
+        let second = scored.iter().find(|(d, _)| *d == 1).map(|(_, s)| *s);
+        assert!(first > second, "{scored:?}");
+    }
+
+    fn row(key: u32, summary: &str, v: Option<[f32; 2]>) -> IndexRow<u32> {
+        IndexRow {
+            key,
+            id: key.to_string(),
+            created_us: i64::from(key),
+            when_us: i64::from(key),
+            summary: summary.into(),
+            embedding: v.map(|v| super::super::vector::to_bytes(&v)),
+        }
+    }
+
+    fn index_of(words: usize, dim: usize) -> Arc<MerchantIndex<u32>> {
+        let rows = (0..words as u32)
+            .map(|i| IndexRow {
+                key: i,
+                id: i.to_string(),
+                created_us: i64::from(i),
+                when_us: i64::from(i),
+                summary: format!("episode w{i} about refunds"),
+                embedding: Some(super::super::vector::to_bytes(&vec![0.5f32; dim])),
+            })
+            .collect();
+        Arc::new(MerchantIndex::build(1, rows).unwrap())
+    }
+
+    impl HeapSize for u32 {
+        fn heap_bytes(&self) -> usize {
+            0
+        }
+    }
+
+    #[test]
+    fn cache_is_bounded_by_bytes_as_well_as_entries() {
+        let idx = index_of(200, 384);
+        let one = idx.estimated_bytes();
+        // The vectors alone are 200 × 384 × 4 bytes: the estimate covers at least them.
+        assert!(one >= 200 * 384 * 4, "{one}");
+        // Room for two such indexes by bytes, 100 by entries: the bytes decide.
+        let cache = IndexCache::new(100, one * 5 / 2);
+        for m in ["m1", "m2", "m3", "m4"] {
+            cache.put(m, Arc::clone(&idx));
+            cache.settled();
+            // Touch m1 after each insert, so it stays the most recently used but one.
+            assert!(cache.get("m1", 1).is_some(), "m1 evicted after {m}");
+            cache.settled();
+        }
+        let (entries, weight) = cache.settled();
+        assert_eq!(entries, 2, "weight {weight}, one {one}");
+        assert!(weight <= one * 5 / 2);
+        assert!(cache.get("m4", 1).is_some(), "the newest is kept");
+        assert!(
+            cache.get("m1", 1).is_some(),
+            "the most recently used is kept"
+        );
+        assert!(cache.get("m2", 1).is_none() && cache.get("m3", 1).is_none());
+        // A stale version is a miss.
+        assert!(cache.get("m4", 2).is_none());
+        // Small indexes: the entry bound decides.
+        let small = index_of(2, 4);
+        let cache = IndexCache::new(3, 1 << 30);
+        for i in 0..10 {
+            cache.put(&format!("s{i}"), Arc::clone(&small));
+        }
+        assert_eq!(cache.settled().0, 3);
+    }
+
+    #[test]
+    fn stop_words_are_sorted() {
+        assert!(STOP_WORDS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn keyword_leg_finds_a_rare_token_and_dense_leg_ranks_by_cosine() {
+        let idx = MerchantIndex::build(
+            1,
+            vec![
+                row(1, "refund issued for order", Some([1.0, 0.0])),
+                row(2, "chargeback ZX-4411 disputed", Some([0.0, 1.0])),
+                row(3, "refund pending", Some([0.9, 0.1])),
+            ],
+        )
+        .unwrap();
+        let hits = idx
+            .search("what about ZX-4411?", None, 1, &Fusion::default())
+            .unwrap();
+        assert_eq!(hits[0].0, 2);
+        let hits = idx
+            .search("", Some(&[1.0, 0.0]), 2, &Fusion::default())
+            .unwrap();
+        assert_eq!(hits.iter().map(|h| h.0).collect::<Vec<_>>(), vec![1, 3]);
+        assert!(idx
+            .search("", Some(&[1.0, 0.0, 0.0]), 2, &Fusion::default())
+            .is_err());
+    }
+}

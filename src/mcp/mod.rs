@@ -1,0 +1,136 @@
+//! memex as an MCP server (Model Context Protocol), on the official Rust SDK `rmcp`.
+//!
+//! * [`McpDeps`] — what the server serves: the memory tools (`search_knowledge_base`,
+//!   `recall_episodes`, `save_episode`, in [`memory_tools`]) plus a domain's tools (the
+//!   payments registry), and the agent store where irreversible calls wait for a human;
+//! * [`MemexMcp`] — the [`rmcp::ServerHandler`] of one connection: tools with their JSON
+//!   schemas and `readOnlyHint`/`destructiveHint`/`idempotentHint` annotations, each call
+//!   validated against its schema and scoped to the connection's merchant. An irreversible tool
+//!   never runs: it becomes a pending action of the connection's agent session (`mcp_…`), which
+//!   a human approves with `memex approve ACTION_ID`;
+//! * [`serve_stdio`] — `memex mcp --merchant MID` (stdout carries only JSON-RPC);
+//! * [`http::streamable_http_service`] — the streamable-HTTP transport as a tower service that
+//!   `memex serve` mounts at `/mcp`, where a caller-supplied function maps each request (its
+//!   bearer key) to a merchant, and [`http::serve_loopback`] for `memex mcp --http ADDR`.
+//!
+//! Tool results are data: JSON text content plus the same value as structured content;
+//! failures (bad arguments, unknown tool, a tool's own error) are tool errors (`isError`) with
+//! `{"error", "message"}`, never a panic or a protocol failure.
+
+pub mod http;
+pub mod memory_tools;
+mod server;
+
+use std::sync::Arc;
+
+use rmcp::ServiceExt;
+
+use crate::agent::AgentStore;
+use crate::embed::Embedder;
+use crate::episodic::EpisodicStore;
+use crate::kb::KnowledgeBase;
+use crate::merchant::MerchantId;
+use crate::tools::{RegistryError, Tool, ToolRegistry};
+
+use server::Scope;
+pub use server::{McpMerchant, MemexMcp};
+
+/// Why the MCP server could not be built or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    /// Two tools share a name, or a tool's schema is invalid.
+    #[error("cannot register the MCP tools: {0}")]
+    Registry(#[from] RegistryError),
+    /// The address is not a loopback address (`memex mcp --http` serves this machine only).
+    #[error("{0} is not a loopback address; memex mcp --http serves 127.0.0.1 or ::1 only (use memex serve for a network service)")]
+    NotLoopback(std::net::SocketAddr),
+    /// Binding or serving the socket failed.
+    #[error("cannot serve MCP over HTTP on {addr}")]
+    Io {
+        /// The address.
+        addr: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The MCP handshake over stdio failed.
+    #[error("the MCP client did not complete the handshake")]
+    Initialize(#[source] Box<rmcp::service::ServerInitializeError>),
+    /// The stdio server task stopped abnormally.
+    #[error("the MCP server stopped abnormally")]
+    Join(#[source] tokio::task::JoinError),
+}
+
+/// Everything an MCP connection needs, shared by all connections of a process.
+pub struct McpDeps {
+    tools: Arc<ToolRegistry>,
+    store: Arc<AgentStore>,
+}
+
+impl McpDeps {
+    /// The memory tools over `kb` (`None`: none ingested) and `episodes`, followed by
+    /// `domain_tools` (a domain tool named like a memory tool — the payments
+    /// `search_knowledge_base` — is left out: the memory tool serves it); pending actions go to
+    /// `store`.
+    pub fn new(
+        embedder: Arc<dyn Embedder>,
+        kb: Option<Arc<KnowledgeBase>>,
+        episodes: Arc<dyn EpisodicStore>,
+        domain_tools: Vec<Arc<dyn Tool>>,
+        store: Arc<AgentStore>,
+    ) -> Result<Self, McpError> {
+        let mut tools: Vec<Arc<dyn Tool>> = vec![
+            Arc::new(memory_tools::KbSearchTool::new(kb)),
+            Arc::new(memory_tools::RecallEpisodesTool::new(
+                Arc::clone(&embedder),
+                Arc::clone(&episodes),
+            )),
+            Arc::new(memory_tools::SaveEpisodeTool::new(embedder, episodes)),
+        ];
+        let taken: Vec<String> = tools.iter().map(|t| t.name().to_string()).collect();
+        tools.extend(
+            domain_tools
+                .into_iter()
+                .filter(|t| !taken.iter().any(|n| n == t.name())),
+        );
+        Ok(McpDeps {
+            tools: Arc::new(ToolRegistry::with_tools(tools)?),
+            store,
+        })
+    }
+
+    /// The names of the tools served, in listing order.
+    pub fn tool_names(&self) -> Vec<String> {
+        self.tools.names()
+    }
+
+    /// A handler for one connection of `merchant` (stdio, or any transport with a fixed merchant).
+    pub fn handler(&self, merchant: MerchantId) -> MemexMcp {
+        MemexMcp::new(
+            Arc::clone(&self.tools),
+            Arc::clone(&self.store),
+            Scope::Fixed(merchant),
+        )
+    }
+
+    /// A handler whose merchant comes from each request's [`McpMerchant`] extension.
+    pub(crate) fn per_request_handler(&self) -> MemexMcp {
+        MemexMcp::new(
+            Arc::clone(&self.tools),
+            Arc::clone(&self.store),
+            Scope::PerRequest,
+        )
+    }
+}
+
+/// Serves MCP for `merchant` over this process's stdin/stdout until the client closes them.
+pub async fn serve_stdio(deps: Arc<McpDeps>, merchant: MerchantId) -> Result<(), McpError> {
+    let handler = deps.handler(merchant);
+    tracing::info!(session = handler.session_id(), "serving MCP over stdio");
+    let running = handler
+        .serve(rmcp::transport::stdio())
+        .await
+        .map_err(|e| McpError::Initialize(Box::new(e)))?;
+    running.waiting().await.map_err(McpError::Join)?;
+    Ok(())
+}
