@@ -115,6 +115,39 @@ fn order_is_preserved_whatever_the_batching() {
     }
 }
 
+/// Several callers embedding at once on the shared thread pool (as `memex serve` and parallel
+/// tests do): a thread waiting inside one batch may run another batch's work, and every caller
+/// still gets the vectors it would get alone, without a panic.
+#[test]
+fn concurrent_callers_get_the_same_vectors() {
+    let refs = references();
+    let texts: Vec<&str> = refs.iter().map(|r| r.text.as_str()).collect();
+    let emb = model::embedder();
+    let expected = emb.embed(&texts).unwrap();
+    std::thread::scope(|s| {
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                s.spawn(|| {
+                    for _ in 0..3 {
+                        let got = emb.embed(&texts).expect("embeds");
+                        for ((x, y), t) in got.iter().zip(&expected).zip(&texts) {
+                            let diff = x
+                                .iter()
+                                .zip(y)
+                                .map(|(a, b)| (a - b).abs())
+                                .fold(0f32, f32::max);
+                            assert!(diff <= 1e-6, "{t:?}: concurrent result differs by {diff}");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().expect("no caller panics");
+        }
+    });
+}
+
 #[test]
 fn same_input_same_bytes() {
     let refs = references();

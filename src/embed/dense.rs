@@ -152,17 +152,22 @@ fn gemm_parallelism(parallel: bool) -> gemm::Parallelism {
 }
 
 /// Fills every output row with the bias, so gemm accumulates onto it.
-fn fill_bias(out: &mut [f32], rows: usize, layer: &Dense) {
-    out[..rows * layer.n_out]
-        .par_chunks_mut(layer.n_out)
-        .for_each(|row| row.copy_from_slice(&layer.b[..]));
+fn fill_bias(out: &mut [f32], rows: usize, layer: &Dense, parallel: bool) {
+    let out = &mut out[..rows * layer.n_out];
+    if parallel {
+        out.par_chunks_mut(layer.n_out)
+            .for_each(|row| row.copy_from_slice(&layer.b[..]));
+    } else {
+        out.chunks_exact_mut(layer.n_out)
+            .for_each(|row| row.copy_from_slice(&layer.b[..]));
+    }
 }
 
 /// gemm with `W` stored `(in, out)`.
 fn gemm_bias(x: &[f32], rows: usize, layer: &Dense, w: &[f32], out: &mut [f32], parallel: bool) {
     let (k, n) = (layer.n_in, layer.n_out);
     assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= rows * n);
-    fill_bias(out, rows, layer);
+    fill_bias(out, rows, layer, parallel);
     // SAFETY: `x` holds rows*k floats, `w` k*n, `out` rows*n (asserted above), all row-major.
     unsafe {
         gemm::gemm(
@@ -195,12 +200,19 @@ fn gemm_f16(x: &[f32], rows: usize, layer: &Dense, cols: &[u16], out: &mut [f32]
     thread_local! {
         static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
     }
+    // The scratch is taken out of the slot for the call, not borrowed across it: while this
+    // thread waits inside a rayon operation it may run another batch's job, which reaches this
+    // function again on the same thread and then simply finds the slot empty.
+    let mut wide = WIDE.with(|cell| cell.take());
+    let len = layer.n_in * layer.n_out;
+    wide.resize(len, 0.0);
+    widen_f16(&cols[..len], &mut wide[..], true);
+    gemm_bias(x, rows, layer, &wide, out, parallel);
     WIDE.with(|cell| {
-        let mut wide = cell.borrow_mut();
-        let len = layer.n_in * layer.n_out;
-        wide.resize(len, 0.0);
-        widen_f16(&cols[..len], &mut wide[..], true);
-        gemm_bias(x, rows, layer, &wide, out, parallel);
+        let mut slot = cell.borrow_mut();
+        if slot.capacity() < wide.capacity() {
+            *slot = wide;
+        }
     });
 }
 
