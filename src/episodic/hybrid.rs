@@ -481,8 +481,12 @@ mod tests {
     #[test]
     fn the_lane_dot_product_equals_the_plain_sum() {
         for len in [0usize, 1, 7, 8, 9, 17, 384] {
-            let a: Vec<f32> = (0..len).map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0).collect();
-            let b: Vec<f32> = (0..len).map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0).collect();
+            let a: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 11) as f32 - 5.0) / 7.0)
+                .collect();
+            let b: Vec<f32> = (0..len)
+                .map(|i| ((i * 13 % 17) as f32 - 8.0) / 9.0)
+                .collect();
             let plain: f64 = a.iter().zip(&b).map(|(x, y)| f64::from(x * y)).sum();
             assert!((f64::from(dot(&a, &b)) - plain).abs() < 1e-4, "len {len}");
         }
