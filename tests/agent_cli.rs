@@ -227,3 +227,53 @@ async fn an_unreachable_llm_is_a_one_sentence_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid --merchant"));
 }
+
+/// `--llm-rate N` paces what one process sends the model: bursts of 3·N, then N per second.
+/// With `--llm-rate 1`, a turn needing four model requests sends the fourth at least a second
+/// after the first; a rate that is not a number is refused before anything runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_rate_flag_paces_requests_to_the_model() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+    for id in ["pay_ABC123", "pay_NOPE01", "pay_NOPE02"] {
+        let args = format!(r#"{{"transaction_id":"{id}"}}"#);
+        server.push(Reply::tool_calls(&[("call", "get_transaction", &args)]));
+    }
+    server.push(Reply::text("Done."));
+    let started = std::time::Instant::now();
+    let r = json_of(
+        &memex(
+            data,
+            &url,
+            &[
+                "--llm-rate",
+                "1",
+                "ask",
+                "--merchant",
+                "MID001",
+                "--json",
+                "Look up three payments",
+            ],
+        )
+        .await,
+    );
+    let elapsed = started.elapsed();
+    assert_eq!(r["answer"], "Done.", "{r}");
+    assert_eq!(server.request_count(), 4);
+    assert!(
+        elapsed >= std::time::Duration::from_millis(900),
+        "four requests at 1/s with a burst of 3 took only {elapsed:?}"
+    );
+
+    let bad = memex(
+        data,
+        &url,
+        &["--llm-rate", "fast", "ask", "--merchant", "MID001", "hi"],
+    )
+    .await;
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--llm-rate"));
+}
