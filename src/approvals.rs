@@ -257,12 +257,12 @@ pub async fn decide(
     })
 }
 
-/// Runs the synchronous store reads and writes of a decision on tokio's blocking pool, so a
-/// busy SQLite file never holds an async worker.
+/// Runs the synchronous store reads and writes of a decision without holding an async worker
+/// (`crate::offload`).
 async fn on_pool<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApprovalError> + Send + 'static,
 ) -> Result<T, ApprovalError> {
-    tokio::task::spawn_blocking(f)
+    crate::offload::blocking(f)
         .await
         .map_err(|e| ApprovalError::Agent(AgentError::Join(e)))?
 }

@@ -27,6 +27,7 @@ pub mod kb;
 pub mod llm;
 pub mod mcp;
 pub mod merchant;
+pub mod offload;
 pub mod paths;
 pub mod planner;
 pub mod serve;

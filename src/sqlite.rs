@@ -6,7 +6,8 @@
 //! * **journal and durability**: WAL (readers never block the writer, and WAL persists in the
 //!   file) and `synchronous = NORMAL` (a committed transaction survives a crash of the process;
 //!   a power cut may lose the last few commits, never corrupt the file);
-//! * **waiting**: a busy timeout on every connection, and one mapping of SQLite's
+//! * **waiting**: a busy timeout on every connection (memex's own busy handler: retries from
+//!   50 µs up to every 2 ms, giving up at the timeout), and one mapping of SQLite's
 //!   `SQLITE_BUSY`/`SQLITE_LOCKED` (what is left once that timeout has elapsed) to
 //!   [`SqliteError::Busy`], which carries the time waited;
 //! * **access**: a writer that creates the file (and its directory), a query-only reader of an
@@ -34,6 +35,67 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
+
+/// How long the `attempt`-th wait for a locked file sleeps: 50 µs doubling to 1.6 ms, then 2 ms.
+///
+/// SQLite's own handler (`sqlite3_busy_timeout`) sleeps 1, 2, 5, 10, 15, 20, 25 … ms. Two
+/// connections of one process writing `agent.db` from the blocking pool (a plan step's
+/// transition and another step's audit row) collide often, and each commit holds the lock for
+/// tens of microseconds, so its first 1 ms sleep alone tripled the planner's overhead
+/// (BENCHMARKS.md §7); this schedule retries at the scale of a commit and still gives up at the
+/// same timeout.
+fn busy_delay(attempt: u32) -> Duration {
+    Duration::from_micros((50u64 << attempt.min(6)).min(2_000))
+}
+
+/// Total slept by the waits before the `attempt`-th (the sum of [`busy_delay`] below it).
+fn busy_slept(attempt: u32) -> Duration {
+    let us = if attempt <= 6 {
+        50 * ((1u64 << attempt) - 1)
+    } else {
+        3_150 + u64::from(attempt - 6) * 2_000
+    };
+    Duration::from_micros(us)
+}
+
+/// SQLite's busy callback: `budget_ms` is the timeout in milliseconds carried in the pointer
+/// argument (never dereferenced). Returns 1 to retry after a sleep, 0 to give up (the statement
+/// then fails with `SQLITE_BUSY`).
+extern "C" fn busy_wait(
+    budget_ms: *mut std::ffi::c_void,
+    attempt: std::ffi::c_int,
+) -> std::ffi::c_int {
+    let budget = Duration::from_millis(budget_ms as usize as u64);
+    let attempt = u32::try_from(attempt).unwrap_or(0);
+    let slept = busy_slept(attempt);
+    if slept >= budget {
+        return 0;
+    }
+    std::thread::sleep(busy_delay(attempt).min(budget - slept));
+    1
+}
+
+/// Installs [`busy_wait`] with `timeout` on `conn` (in place of `sqlite3_busy_timeout`).
+fn set_busy_wait(conn: &Connection, timeout: Duration) -> Result<(), rusqlite::Error> {
+    let ms = usize::try_from(timeout.as_millis()).unwrap_or(usize::MAX);
+    // SAFETY: the handle is `conn`'s own open database; the callback is a plain function that
+    // treats its argument as an integer (the timeout), so nothing it points to must outlive it.
+    let rc = unsafe {
+        rusqlite::ffi::sqlite3_busy_handler(
+            conn.handle(),
+            Some(busy_wait),
+            ms as *mut std::ffi::c_void,
+        )
+    };
+    if rc == rusqlite::ffi::SQLITE_OK {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rc),
+            Some("cannot install the busy handler".into()),
+        ))
+    }
+}
 
 /// The busy timeout of a store that names none (5 s).
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -311,7 +373,7 @@ impl OpenOptions {
         } else {
             Connection::open_with_flags(path, flags).map_err(err)?
         };
-        conn.busy_timeout(self.busy_timeout).map_err(err)?;
+        set_busy_wait(&conn, self.busy_timeout).map_err(err)?;
         if let Some(capacity) = self.statement_cache {
             conn.set_prepared_statement_cache_capacity(capacity);
         }
@@ -403,6 +465,49 @@ mod tests {
     }
 
     #[test]
+    fn the_busy_schedule_sums_to_what_it_slept() {
+        let mut total = Duration::ZERO;
+        for attempt in 0..40 {
+            assert_eq!(busy_slept(attempt), total, "attempt {attempt}");
+            total += busy_delay(attempt);
+        }
+        assert_eq!(busy_delay(0), Duration::from_micros(50));
+        assert_eq!(busy_delay(30), Duration::from_millis(2));
+    }
+
+    #[test]
+    fn a_writer_waits_for_the_lock_and_gives_up_at_its_timeout() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x.db");
+        let opts = OpenOptions::new().busy_timeout(Duration::from_millis(300));
+        let waiter = opts.open(&path).unwrap();
+        waiter.execute_batch("CREATE TABLE t(x)").unwrap();
+        let holder = opts.open(&path).unwrap();
+
+        // Held for longer than the timeout: busy after about 300 ms, not before.
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let started = std::time::Instant::now();
+        let err = waiter.execute("INSERT INTO t VALUES (1)", []).unwrap_err();
+        let waited = started.elapsed();
+        assert_eq!(err.sqlite_error_code(), Some(ErrorCode::DatabaseBusy));
+        assert!(
+            waited >= Duration::from_millis(290),
+            "gave up after {waited:?}"
+        );
+        assert!(waited < Duration::from_secs(3), "waited {waited:?}");
+        holder.execute_batch("ROLLBACK").unwrap();
+
+        // Released after 20 ms: the waiter gets the lock.
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            holder.execute_batch("COMMIT").unwrap();
+        });
+        waiter.execute("INSERT INTO t VALUES (2)", []).unwrap();
+        release.join().unwrap();
+    }
+
+    #[test]
     fn writer_creates_dirs_and_turns_wal_and_pragmas_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a/b/x.db");
@@ -421,10 +526,6 @@ mod tests {
             .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
             .unwrap();
         assert_eq!(fk, 1);
-        let busy: i64 = conn
-            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(busy, 1234);
         // A second connection sees WAL from the file itself.
         let reader = OpenOptions::new().read_only().open(&path).unwrap();
         assert_eq!(journal_mode(&reader), "wal");

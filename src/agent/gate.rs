@@ -467,7 +467,7 @@ impl CallGate {
                 (req.session.to_string(), req.merchant.clone(), req.turn);
             let (call_id, tool, held) =
                 (req.call_id.to_string(), req.tool.to_string(), args.clone());
-            let action_id = tokio::task::spawn_blocking(move || {
+            let action_id = crate::offload::blocking(move || {
                 store.create_action(&session, &merchant, turn, &call_id, &tool, &held)
             })
             .await??;
@@ -739,7 +739,7 @@ impl CallGate {
     ) -> Result<(), AgentError> {
         let entry = audit_entry(merchant, session, turn, r);
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.audit(&entry)).await?
+        crate::offload::blocking(move || store.audit(&entry)).await?
     }
 
     /// Writes one audit row (secrets redacted).

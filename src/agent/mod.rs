@@ -666,14 +666,13 @@ impl Agent {
             .await
     }
 
-    /// Runs `f` on the agent's SQLite store on tokio's blocking pool, so synchronous SQLite
-    /// never holds an async worker.
+    /// Runs `f` on the agent's store without holding an async worker (`crate::offload`).
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&AgentStore) -> Result<T, AgentError> + Send + 'static,
     ) -> Result<T, AgentError> {
         let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store)).await?
+        crate::offload::blocking(move || f(&store)).await?
     }
 
     pub(crate) async fn pace_llm(&self) {
