@@ -83,7 +83,7 @@ pub struct Ownership {
 #[derive(Debug)]
 enum Held {
     /// An OS-locked file (the lock goes with the file handle).
-    File(#[allow(dead_code)] File),
+    File(LockFile),
     /// A Redis lease with its renewal thread.
     Lease(LeaseGuard),
 }
@@ -100,7 +100,7 @@ impl Ownership {
     /// use this to show takeover).
     pub fn abandon(self) {
         match self.held {
-            Held::File(f) => drop(f),
+            Held::File(f) => f.crash(),
             Held::Lease(mut g) => {
                 forget_live(&g.live, &g.key, &g.token);
                 drop(g.stop.take());
@@ -146,24 +146,82 @@ impl LockDir {
             path: path.clone(),
             source,
         })?;
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| OwnershipError::Open {
-                path: path.clone(),
-                source,
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(Ownership {
-                held: Held::File(file),
-                token: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
-            })),
-            Err(TryLockError::WouldBlock) => Ok(None),
-            Err(TryLockError::Error(source)) => Err(OwnershipError::Lock { path, source }),
+        // An owner deletes its file when it lets go, so a file opened just before that can be
+        // locked after it and no longer be the one at `path`: such a lock guards nothing, and
+        // the path's current file is tried again. A path that keeps changing is busy.
+        for _ in 0..8 {
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(|source| OwnershipError::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+            match file.try_lock() {
+                Ok(()) if still_linked(&file, &path) => {
+                    return Ok(Some(Ownership {
+                        held: Held::File(LockFile {
+                            file: Some(file),
+                            path,
+                        }),
+                        token: format!("{}:{}", std::process::id(), uuid::Uuid::new_v4().simple()),
+                    }))
+                }
+                Ok(()) => continue,
+                Err(TryLockError::WouldBlock) => return Ok(None),
+                Err(TryLockError::Error(source)) => {
+                    return Err(OwnershipError::Lock { path, source })
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// A locked file that is deleted when its owner lets go, so the lock folder holds only the
+/// files of live owners (and of crashed ones, reused by the next owner of the same name).
+#[derive(Debug)]
+struct LockFile {
+    file: Option<File>,
+    path: PathBuf,
+}
+
+impl LockFile {
+    /// Lets go as a crash does: the OS drops the lock, the file stays.
+    fn crash(mut self) {
+        drop(self.file.take());
+    }
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            // Deleted while still locked, so whoever locks this file next sees that it is no
+            // longer at the path (see `try_own_file`). Only on Unix: elsewhere an open file
+            // cannot be deleted and the lock files stay.
+            #[cfg(unix)]
+            let _ = std::fs::remove_file(&self.path);
+            drop(file);
         }
     }
+}
+
+/// Whether `file` is still the file at `path`.
+#[cfg(unix)]
+fn still_linked(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Lock files are never deleted off Unix, so an opened one is always the path's.
+#[cfg(not(unix))]
+fn still_linked(_file: &File, _path: &Path) -> bool {
+    true
 }
 
 impl RunnerLocks for LockDir {
@@ -350,5 +408,62 @@ mod tests {
         drop(a);
         assert!(locks.try_own("plan", "plan_1").unwrap().is_some());
         assert!(locks.path("session", "../../etc").starts_with(dir.path()));
+    }
+
+    fn lock_files(dir: &Path) -> usize {
+        std::fs::read_dir(dir.join("agent.locks"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn released_lock_files_are_deleted_and_a_crashed_one_is_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = LockDir::beside(&dir.path().join("agent.db"));
+        for i in 0..100 {
+            let owner = locks.try_own("session", &format!("s_{i}")).unwrap();
+            assert!(owner.is_some());
+        }
+        assert_eq!(
+            lock_files(dir.path()),
+            0,
+            "every released lock file is gone"
+        );
+
+        let held = locks.try_own("plan", "p").unwrap().expect("free");
+        held.abandon();
+        assert_eq!(lock_files(dir.path()), 1, "a crash leaves its file");
+        let again = locks.try_own("plan", "p").unwrap().expect("taken over");
+        assert!(locks.try_own("plan", "p").unwrap().is_none());
+        drop(again);
+        assert_eq!(lock_files(dir.path()), 0);
+    }
+
+    /// Many threads racing for one name while owners keep letting go (deleting the file):
+    /// never two owners at once.
+    #[test]
+    fn racing_owners_never_overlap_while_files_come_and_go() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let dir = tempfile::tempdir().unwrap();
+        let locks = LockDir::beside(&dir.path().join("agent.db"));
+        let inside = AtomicUsize::new(0);
+        let owned = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..300 {
+                        if let Some(o) = locks.try_own("plan", "contended").unwrap() {
+                            assert_eq!(inside.fetch_add(1, Ordering::SeqCst), 0, "two owners");
+                            owned.fetch_add(1, Ordering::SeqCst);
+                            std::thread::yield_now();
+                            inside.fetch_sub(1, Ordering::SeqCst);
+                            drop(o);
+                        }
+                    }
+                });
+            }
+        });
+        assert!(owned.load(Ordering::SeqCst) > 0);
     }
 }
