@@ -2,6 +2,9 @@
 //! data directory), the precedence flag > env > file > default on real commands and in
 //! `memex config show`, redaction of secrets, and clear errors naming the file and key.
 
+#[path = "support/model.rs"]
+mod model;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -9,7 +12,10 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 /// Variables that would change what these tests observe; removed for every run.
-const CLEARED: [&str; 14] = [
+const CLEARED: [&str; 17] = [
+    "MEMEX_CHUNK_TOKENS",
+    "MEMEX_CHUNK_OVERLAP",
+    "MEMEX_KB_K",
     "MEMEX_CONFIG",
     "MEMEX_DATA_DIR",
     "MEMEX_JSON",
@@ -325,4 +331,80 @@ fn config_errors_are_json_with_json() {
         .as_str()
         .expect("message")
         .contains("`colour`"));
+}
+
+/// Chunks `memex ingest --json` reports for one long Markdown section in `data`.
+fn chunks_ingested(data: &Path, extra: &[&str]) -> u64 {
+    let docs = data.parent().expect("parent").join("docs");
+    std::fs::create_dir_all(&docs).expect("docs dir");
+    let body: String = (0..60)
+        .map(|i| {
+            format!("Settlement note {i}: the payout for order ord_{i:04} was held for review. ")
+        })
+        .collect();
+    std::fs::write(docs.join("long.md"), format!("# Settlements\n\n{body}\n")).expect("doc");
+    let mut args = vec!["--json"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["ingest", docs.to_str().expect("utf-8 path")]);
+    let mut cmd = memex(data, &args);
+    cmd.env("MEMEX_MODEL_DIR", model::model_dir());
+    let v = json_of(&run(&mut cmd));
+    v["chunks_added"].as_u64().expect("chunks_added")
+}
+
+#[test]
+fn tuning_settings_without_a_command_of_their_own_come_from_the_file() {
+    // Chunking: the file's chunk size reaches ingestion; a flag still beats it.
+    let (_t1, default_data) = data_with("");
+    let (_t2, small) = data_with("chunk_tokens = 48\nchunk_overlap = 0\n");
+    let (_t3, flagged) = data_with("chunk_tokens = 48\nchunk_overlap = 0\n");
+    let default_chunks = chunks_ingested(&default_data, &[]);
+    let small_chunks = chunks_ingested(&small, &[]);
+    let flag_chunks = chunks_ingested(
+        &flagged,
+        &["--chunk-tokens", "256", "--chunk-overlap", "32"],
+    );
+    assert!(
+        small_chunks >= 3 * default_chunks,
+        "48-token chunks from the file: {small_chunks}, default: {default_chunks}"
+    );
+    assert_eq!(flag_chunks, default_chunks, "the flag beats the file");
+
+    // Every group the issue names is in `config show`, with its source.
+    let (_t4, data) = data_with(
+        "max_tool_calls = 3\ncache_ttl = 60\ntool_rate = 2\nconversation_budget = 1200\n\
+         hnsw_ef_search = 128\nhnsw_m = 24\nkb_k = 6\nsimilar_episodes = 5\n",
+    );
+    let mut cmd = memex(&data, &[]);
+    cmd.env("MEMEX_KB_K", "7");
+    let shown = show(&mut cmd);
+    assert_eq!(setting(&shown, "max_tool_calls"), (&"3".into(), "file"));
+    assert_eq!(setting(&shown, "cache_ttl"), (&"60".into(), "file"));
+    assert_eq!(setting(&shown, "tool_rate"), (&"2".into(), "file"));
+    assert_eq!(
+        setting(&shown, "conversation_budget"),
+        (&"1200".into(), "file")
+    );
+    assert_eq!(setting(&shown, "hnsw_ef_search"), (&"128".into(), "file"));
+    assert_eq!(setting(&shown, "hnsw_m"), (&"24".into(), "file"));
+    assert_eq!(setting(&shown, "kb_k"), (&"7".into(), "env"));
+    assert_eq!(setting(&shown, "similar_episodes"), (&"5".into(), "file"));
+    assert_eq!(setting(&shown, "chunk_tokens"), (&"256".into(), "default"));
+    assert_eq!(shown["settings"]["cache_ttl"]["env"], "MEMEX_CACHE_TTL");
+
+    // Out-of-range values in the file are refused with the flag's own bounds.
+    let (code, err, _) = refused("max_tool_calls = 1000\n");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("max_tool_calls"), "{err}");
+    // An overlap of half a chunk or more is a clear error, not a silent clamp.
+    let (_t5, bad) = data_with("chunk_tokens = 64\nchunk_overlap = 40\n");
+    let mut cmd = memex(&bad, &["search", "refund"]);
+    cmd.env("MEMEX_MODEL_DIR", model::model_dir());
+    let out = run(&mut cmd);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--chunk-overlap 40 must be less than half of --chunk-tokens 64"),
+        "{}",
+        stderr(&out)
+    );
 }

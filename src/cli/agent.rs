@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use memex::agent::{Agent, AgentConfig, AgentStore, Progress, Silent, TurnReport};
+use memex::agent::{Agent, AgentStore, Progress, Silent, TurnReport};
 use memex::approvals::{ApprovalError, DecisionRequest, Verdict};
 use memex::domain::payments::PaymentsDb;
 use memex::embed::Embedder;
@@ -37,9 +37,6 @@ pub struct AskArgs {
     /// Continue this session (default: a new one, whose id is printed).
     #[arg(long)]
     pub session: Option<String>,
-    /// Hard cap on tool calls in this turn (default 8; 0 to 64).
-    #[arg(long, value_parser = super::counts::bounded(0, 64))]
-    pub max_tool_calls: Option<usize>,
     /// The user's message.
     pub message: String,
 }
@@ -195,7 +192,11 @@ pub fn init(g: &GlobalArgs, a: InitArgs) -> anyhow::Result<ExitCode> {
 fn demo_kb(g: &GlobalArgs, embedder: Arc<dyn Embedder>) -> anyhow::Result<serde_json::Value> {
     let report = match g.shared_kb()? {
         None => {
-            let kb = KnowledgeBase::open(&g.data_dir(), embedder)?;
+            let kb = KnowledgeBase::open_with(
+                &g.data_dir(),
+                embedder,
+                g.tuning.kb_options(memex::index::IndexKind::default())?,
+            )?;
             kb.ingest(&[shipped("data/kb")], &IngestOptions::default())?
         }
         Some(shared) => {
@@ -203,7 +204,7 @@ fn demo_kb(g: &GlobalArgs, embedder: Arc<dyn Embedder>) -> anyhow::Result<serde_
             let ensured = shared.ensure_published(
                 &work,
                 embedder,
-                memex::kb::KbOptions::default(),
+                g.tuning.kb_options(memex::index::IndexKind::default())?,
                 &[shipped("data/kb")],
             )?;
             return Ok(match ensured {
@@ -272,10 +273,7 @@ async fn seed_episodes(g: &GlobalArgs, embedder: &dyn Embedder) -> anyhow::Resul
 /// `memex ask`.
 pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     let merchant = merchant(&a.merchant)?;
-    let mut config = AgentConfig::default();
-    if let Some(n) = a.max_tool_calls {
-        config.max_tool_calls = n;
-    }
+    let config = g.tuning.agent_config();
     let new_session = a.session.is_none();
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
@@ -404,7 +402,7 @@ pub fn session(g: &GlobalArgs, c: SessionCommand) -> anyhow::Result<ExitCode> {
     let SessionCommand::End { id } = c;
     let rt = runtime()?;
     let episode = rt.block_on(async {
-        let agent = build(g, AgentConfig::default()).await?;
+        let agent = build(g, g.tuning.agent_config()).await?;
         anyhow::Ok(agent.end_session(&id).await?)
     })?;
     if g.json {
@@ -426,7 +424,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
     let merchant = merchant(&a.merchant)?;
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
-    let agent = rt.block_on(build(g, AgentConfig::default()))?;
+    let agent = rt.block_on(build(g, g.tuning.agent_config()))?;
     let stdin = io::stdin();
     let interactive = stdin.is_terminal();
     println!(

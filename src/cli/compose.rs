@@ -11,7 +11,7 @@ use memex::conversation::{ConversationStore, RedisConversationStore, SqliteConve
 use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::embed::Embedder;
 use memex::episodic::EpisodicStore;
-use memex::kb::{KbOptions, KnowledgeBase};
+use memex::kb::KnowledgeBase;
 use memex::llm::{LlmConfig, OpenAiCompatible};
 use memex::merchant::MerchantId;
 use memex::planner::{Planner, PlannerConfig};
@@ -66,7 +66,12 @@ pub(super) async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-    let kb = super::kb_read::open(g, Arc::clone(&embedder), KbOptions::default(), false)?;
+    let kb = super::kb_read::open(
+        g,
+        Arc::clone(&embedder),
+        g.tuning.kb_options(memex::index::IndexKind::default())?,
+        false,
+    )?;
     let episodes = memex::episodic::open_with_cache(
         g.episodic.as_deref(),
         &data_dir,
@@ -111,7 +116,7 @@ pub(super) async fn agent_over(
 
 /// Builds the planner over the agent the global flags describe.
 pub async fn planner(g: &GlobalArgs, config: PlannerConfig) -> anyhow::Result<Planner> {
-    let agent = Arc::new(build(g, AgentConfig::default()).await?);
+    let agent = Arc::new(build(g, g.tuning.agent_config()).await?);
     Ok(Planner::new(agent, config)?)
 }
 

@@ -105,7 +105,7 @@ pub struct ReindexArgs {
 fn open_kb(g: &GlobalArgs, index: IndexArg) -> anyhow::Result<KnowledgeBase> {
     let embedder = g.load_embedder().context("loading the embedding model")?;
     let dir = g.data_dir();
-    KnowledgeBase::open_with(&dir, Arc::new(embedder), kb_options(index))
+    KnowledgeBase::open_with(&dir, Arc::new(embedder), kb_options(g, index)?)
         .with_context(|| format!("opening the knowledge base in {}", display_path(&dir)))
 }
 
@@ -125,7 +125,7 @@ fn ingest_published(
         .ingest(
             &work,
             Arc::new(embedder),
-            kb_options(index),
+            kb_options(g, index)?,
             paths,
             opts,
             progress,
@@ -139,11 +139,8 @@ fn ingest_published(
     Ok(out)
 }
 
-fn kb_options(index: IndexArg) -> KbOptions {
-    KbOptions {
-        index: index.kind,
-        ..KbOptions::default()
-    }
+fn kb_options(g: &GlobalArgs, index: IndexArg) -> anyhow::Result<KbOptions> {
+    g.tuning.kb_options(index.kind)
 }
 
 struct Progress {
@@ -285,7 +282,7 @@ impl<'a> From<&'a SearchHit> for HitJson<'a> {
 /// `--kb-url`, the published one) and creates nothing in it.
 pub fn search(g: &GlobalArgs, a: SearchArgs) -> anyhow::Result<ExitCode> {
     let embedder = g.load_embedder().context("loading the embedding model")?;
-    let kb = super::kb_read::open(g, Arc::new(embedder), kb_options(a.index), true)?;
+    let kb = super::kb_read::open(g, Arc::new(embedder), kb_options(g, a.index)?, true)?;
     let query = a.query.join(" ");
     let hits = kb.search(&query, a.k, a.mode.into())?;
     if g.json {

@@ -11,7 +11,6 @@ use clap::Args;
 use memex::agent::AgentStore;
 use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb};
 use memex::embed::Embedder;
-use memex::kb::KbOptions;
 use memex::mcp::McpDeps;
 
 use super::GlobalArgs;
@@ -40,7 +39,12 @@ async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
     let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-    let kb = super::kb_read::open(g, Arc::clone(&embedder), KbOptions::default(), false)?;
+    let kb = super::kb_read::open(
+        g,
+        Arc::clone(&embedder),
+        g.tuning.kb_options(memex::index::IndexKind::default())?,
+        false,
+    )?;
     let episodes = memex::episodic::open_with_cache(
         g.episodic.as_deref(),
         &data_dir,

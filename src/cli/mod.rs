@@ -27,6 +27,7 @@ mod model;
 pub mod pipe;
 mod plan;
 mod serve;
+mod tuning;
 
 pub use app::main;
 
@@ -123,6 +124,9 @@ pub struct GlobalArgs {
         value_parser = counts::bounded(0, 1_000_000)
     )]
     pub llm_rate: usize,
+    /// Agent limits, rate limits, cache, conversation budget, chunking, HNSW, prompt k.
+    #[command(flatten)]
+    pub tuning: tuning::TuningArgs,
 }
 
 impl GlobalArgs {

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use memex::agent::{AgentConfig, AgentStore};
+use memex::agent::AgentStore;
 use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb};
 use memex::embed::queue::{EmbedQueue, QueueOptions};
 use memex::embed::Embedder;
 use memex::kb::follow::Follower;
-use memex::kb::{KbOptions, KnowledgeBase};
+use memex::kb::KnowledgeBase;
 use memex::serve::ops::WorkerInfo;
 use memex::serve::{AppState, ServeOptions};
 use rmcp::transport::StreamableHttpServerConfig;
@@ -122,7 +122,7 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
             Arc::clone(&embedder),
             Arc::clone(&kb),
             Arc::clone(&episodes),
-            AgentConfig::default(),
+            g.tuning.agent_config(),
         )
         .await?;
         Some(memex::serve::agent_routes::AgentService::new(
@@ -230,10 +230,7 @@ fn open_kb(
     data_dir: &std::path::Path,
     embedder: Arc<dyn Embedder>,
 ) -> anyhow::Result<(Arc<KnowledgeBase>, Option<Arc<Follower>>)> {
-    let options = KbOptions {
-        index: a.index.kind,
-        ..KbOptions::default()
-    };
+    let options = g.tuning.kb_options(a.index.kind)?;
     match g.shared_kb()? {
         None => {
             let kb = KnowledgeBase::open_with(data_dir, embedder, options)
