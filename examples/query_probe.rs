@@ -1,4 +1,5 @@
-//! Profiles single-query embedding (development aid).
+//! Profiles single-query embedding (development aid). `MEMEX_PROBE_CANDLE=1` times the candle
+//! path (candle-transformers' BERT, what GPUs run) on the CPU instead of memex's own encoder.
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use std::time::Instant;
 fn main() {
@@ -9,6 +10,7 @@ fn main() {
         std::path::Path::new("models/all-MiniLM-L6-v2"),
         EmbedderOptions {
             threads,
+            candle_forward: std::env::var("MEMEX_PROBE_CANDLE").is_ok_and(|v| v == "1"),
             ..Default::default()
         },
     )

@@ -1,4 +1,5 @@
-//! [`MiniLmEmbedder`]: tokenizer + [`BertEncoder`] + mean pooling + L2 normalisation.
+//! [`MiniLmEmbedder`]: tokenizer + forward pass (memex's CPU encoder, or candle-transformers'
+//! BERT on GPUs) + mean pooling + L2 normalisation.
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use super::batching::plan_batches;
-use super::bert::{mean_pool_normalize, BertConfig, BertEncoder};
+use super::bert::{mean_pool_normalize, BertConfig, CandleEncoder};
 use super::cpu::CpuEncoder;
 use super::fetch;
 use super::precision::{Kernel, KernelChoice, Precision};
@@ -156,7 +157,7 @@ impl std::fmt::Debug for MiniLmEmbedder {
 /// The forward pass in use: hand-tuned kernels on CPU, candle tensors on GPUs.
 enum Backend {
     Cpu(CpuEncoder),
-    Candle(BertEncoder),
+    Candle(CandleEncoder),
 }
 
 impl Backend {
@@ -263,7 +264,9 @@ impl MiniLmEmbedder {
                 VarBuilder::from_mmaped_safetensors(&[&weights_path], DType::F32, &device)
             }
             .map_err(unreadable)?;
-            Backend::Candle(BertEncoder::load(vb, &config).map_err(|e| mismatch(e.to_string()))?)
+            Backend::Candle(
+                CandleEncoder::load(vb, &config_text).map_err(|e| mismatch(e.to_string()))?,
+            )
         };
 
         let pool = match opts.threads {
@@ -410,7 +413,7 @@ impl MiniLmEmbedder {
 
 /// One right-padded batch through the candle encoder (the GPU path).
 fn candle_batch(
-    encoder: &BertEncoder,
+    encoder: &CandleEncoder,
     tokens: &[(Vec<u32>, usize)],
     batch: &super::Batch,
 ) -> Result<Vec<Vec<f32>>, EmbedError> {

@@ -15,7 +15,7 @@ mod precision;
 pub mod queue;
 
 pub use batching::{plan_batches, Batch};
-pub use bert::{BertConfig, BertEncoder};
+pub use bert::{BertConfig, CandleEncoder};
 pub use error::EmbedError;
 pub use minilm::{
     DeviceChoice, EmbeddedText, EmbedderOptions, MiniLmEmbedder, DEFAULT_MAX_TOKENS, MINILM_DIM,
