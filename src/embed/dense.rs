@@ -308,9 +308,43 @@ fn row_dot_linear(
         let mut widened = Vec::new();
         for t0 in (0..rows).step_by(ROW_TILE) {
             let tr = ROW_TILE.min(rows - t0);
-            for dj in 0..count {
+            let mut dj = 0;
+            while dj < count {
                 let j = first + dj;
+                if dj + 1 < count {
+                    // Two output channels per pass over the tile: each activation load feeds
+                    // two FMAs (see `avx2::dot_rows_pair`).
+                    let (lo, hi) = block.split_at_mut((dj + 1) * rows);
+                    let dst0 = &mut lo[dj * rows + t0..dj * rows + t0 + tr];
+                    let dst1 = &mut hi[t0..t0 + tr];
+                    let pair = match (&layer.w, &acts) {
+                        (Weights::F32 { rows: w, .. }, Activations::F32(x)) => dot_rows_pair_f32(
+                            &x[t0 * k..],
+                            tr,
+                            k,
+                            [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]],
+                            [b[j], b[j + 1]],
+                            [dst0, dst1],
+                            simd,
+                        ),
+                        (Weights::F16 { rows: w, .. }, Activations::F32(x)) => dot_rows_pair_f16(
+                            &x[t0 * k..],
+                            tr,
+                            k,
+                            [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]],
+                            [b[j], b[j + 1]],
+                            [dst0, dst1],
+                            simd,
+                        ),
+                        _ => false,
+                    };
+                    if pair {
+                        dj += 2;
+                        continue;
+                    }
+                }
                 let dst = &mut block[dj * rows + t0..dj * rows + t0 + tr];
+                dj += 1;
                 match (&layer.w, &acts) {
                     (Weights::F32 { rows: w, .. }, Activations::F32(x)) => {
                         dot_rows_f32(&x[t0 * k..], tr, k, &w[j * k..(j + 1) * k], b[j], dst, simd)
@@ -382,6 +416,80 @@ fn dot_rows_f32(
     }
     let _ = simd;
     dot_rows_scalar(x, rows, k, w, bias, dst);
+}
+
+/// Two output channels at once on the AVX2 path (f32 weights); `false` when the caller must
+/// fall back to one channel at a time (no SIMD, or shapes the kernel does not take).
+fn dot_rows_pair_f32(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: [&[f32]; 2],
+    bias: [f32; 2],
+    dst: [&mut [f32]; 2],
+    simd: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd
+            && k.is_multiple_of(8)
+            && x.len() >= rows * k
+            && w.iter().all(|w| w.len() >= k)
+            && dst.iter().all(|d| d.len() >= rows)
+        {
+            // SAFETY: `simd` is only set when the CPU has AVX2, FMA and F16C
+            // (`Kernel::resolve`); the lengths are checked just above.
+            unsafe {
+                avx2::dot_rows_pair::<avx2::F32Row>(
+                    x,
+                    rows,
+                    k,
+                    [w[0].as_ptr(), w[1].as_ptr()],
+                    bias,
+                    dst,
+                )
+            };
+            return true;
+        }
+    }
+    let _ = (x, rows, k, w, bias, dst, simd);
+    false
+}
+
+/// [`dot_rows_pair_f32`] for f16 weights, widened in registers.
+fn dot_rows_pair_f16(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    w: [&[u16]; 2],
+    bias: [f32; 2],
+    dst: [&mut [f32]; 2],
+    simd: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd
+            && k.is_multiple_of(8)
+            && x.len() >= rows * k
+            && w.iter().all(|w| w.len() >= k)
+            && dst.iter().all(|d| d.len() >= rows)
+        {
+            // SAFETY: as in `dot_rows_pair_f32`: F16C, AVX2 and FMA present; lengths checked.
+            unsafe {
+                avx2::dot_rows_pair::<avx2::F16Row>(
+                    x,
+                    rows,
+                    k,
+                    [w[0].as_ptr(), w[1].as_ptr()],
+                    bias,
+                    dst,
+                )
+            };
+            return true;
+        }
+    }
+    let _ = (x, rows, k, w, bias, dst, simd);
+    false
 }
 
 /// `dst[t] = bias + x[t] · w` for f16 weights, widened in registers (F16C) when `simd`, else
@@ -543,6 +651,88 @@ mod avx2 {
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         _mm_cvtss_f32(s)
+    }
+
+    /// Both lanes' sums of `a` and `b`: `(Σa, Σb)` with two horizontal adds.
+    #[inline(always)]
+    unsafe fn hsum2(a: __m256, b: __m256) -> (f32, f32) {
+        // [a01 a23 b01 b23 | a45 a67 b45 b67]
+        let h = _mm256_hadd_ps(a, b);
+        let s = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+        // [Σa Σb Σa Σb]
+        let s = _mm_hadd_ps(s, s);
+        (_mm_cvtss_f32(s), _mm_cvtss_f32(_mm_shuffle_ps(s, s, 1)))
+    }
+
+    /// `R` token rows from `t` against two weight rows: `2R` accumulators, one activation load
+    /// per two FMAs.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pair_tile<W: WeightRow, const R: usize>(
+        xp: *const f32,
+        t: usize,
+        k: usize,
+        w: [*const W::Elem; 2],
+        bias: [f32; 2],
+        dst0: &mut [f32],
+        dst1: &mut [f32],
+    ) {
+        let r: [*const f32; R] = std::array::from_fn(|q| xp.add((t + q) * k));
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let mut i = 0;
+        while i < k {
+            let v0 = W::load8(w[0], i);
+            let v1 = W::load8(w[1], i);
+            for q in 0..R {
+                let xv = _mm256_loadu_ps(r[q].add(i));
+                a0[q] = _mm256_fmadd_ps(xv, v0, a0[q]);
+                a1[q] = _mm256_fmadd_ps(xv, v1, a1[q]);
+            }
+            i += 8;
+        }
+        for q in 0..R {
+            let (s0, s1) = hsum2(a0[q], a1[q]);
+            dst0[t + q] = bias[0] + s0;
+            dst1[t + q] = bias[1] + s1;
+        }
+    }
+
+    /// `dst[c][t] = bias[c] + x[t] · w[c]` for two weight rows at once, up to six token rows
+    /// per step: up to twelve accumulators, two weight and one activation register,
+    /// so each activation load feeds two FMAs instead of one. A channel's sum order does not
+    /// depend on how many rows the pass has, so a text gets the same bits alone or in a batch.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; `k % 8 == 0`; `x` holds `rows · k` values, each `w[c]`
+    /// `k`, each `dst[c]` `rows`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_rows_pair<W: WeightRow>(
+        x: &[f32],
+        rows: usize,
+        k: usize,
+        w: [*const W::Elem; 2],
+        bias: [f32; 2],
+        dst: [&mut [f32]; 2],
+    ) {
+        let xp = x.as_ptr();
+        let [dst0, dst1] = dst;
+        // As few tiles as six rows allow, sized evenly (20 rows: 5+5+5+5, not 6+6+6+2): a tile
+        // of one or two rows has too few accumulators to hide the FMA latency.
+        let tiles = rows.div_ceil(6);
+        let mut t = 0;
+        for n in 0..tiles {
+            let r = (rows - t) / (tiles - n);
+            match r {
+                6 => pair_tile::<W, 6>(xp, t, k, w, bias, dst0, dst1),
+                5 => pair_tile::<W, 5>(xp, t, k, w, bias, dst0, dst1),
+                4 => pair_tile::<W, 4>(xp, t, k, w, bias, dst0, dst1),
+                3 => pair_tile::<W, 3>(xp, t, k, w, bias, dst0, dst1),
+                2 => pair_tile::<W, 2>(xp, t, k, w, bias, dst0, dst1),
+                _ => pair_tile::<W, 1>(xp, t, k, w, bias, dst0, dst1),
+            }
+            t += r;
+        }
     }
 
     /// `dst[t] = bias + x[t] · w` with eight token rows (then four, then one) sharing each
@@ -713,10 +903,15 @@ mod tests {
     /// rounding, int8 to its quantization step.
     #[test]
     fn kernels_agree_with_a_plain_product() {
-        let (k, n) = (96, 160);
-        for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+        // 99 channels: jobs of 64 and 35, so paired channels and a lone last one; row counts
+        // cover every tile size of the paired kernel (1 to 6 rows) and the gemm path.
+        for (precision, n) in [Precision::F32, Precision::F16, Precision::Int8]
+            .into_iter()
+            .flat_map(|p| [(p, 160), (p, 99)])
+        {
+            let k = 96;
             let (w, d) = layer(k, n, precision);
-            for rows in [1, 3, 9, 33, 70] {
+            for rows in [1, 2, 3, 5, 7, 9, 20, 32, 33, 70] {
                 let x: Vec<f32> = (0..rows * k)
                     .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
                     .collect();
