@@ -272,6 +272,20 @@ enum Activations<'a> {
     },
 }
 
+/// The row-major output of [`row_dot_linear`], written by parallel jobs that each own a
+/// disjoint set of channels (columns).
+struct OutPtr(*mut f32);
+// SAFETY: only used to let jobs write disjoint elements of one buffer that outlives them.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element at `i`; the caller keeps `i` in bounds and unshared.
+    fn at(&self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
 /// `out = x · Wᵀ + b`, one weight row at a time against a tile of token rows.
 fn row_dot_linear(
     x: &[f32],
@@ -300,8 +314,11 @@ fn row_dot_linear(
         _ => Activations::F32(&x[..rows * k]),
     };
     let b = &layer.b[..];
-    // Column-major scratch (n, rows) so each job writes one contiguous block.
+    // Column-major scratch (n, rows) so each job writes one contiguous block, then scatters
+    // its channels into the row-major `out` while the block is still in L1.
     let mut cols = vec![0f32; n * rows];
+    let out = &mut out[..rows * n];
+    let dest = OutPtr(out.as_mut_ptr());
     let job = |(jb, block): (usize, &mut [f32])| {
         let first = jb * COLS_PER_JOB;
         let count = block.len() / rows;
@@ -378,6 +395,13 @@ fn row_dot_linear(
                 }
             }
         }
+        for t in 0..rows {
+            for dj in 0..count {
+                // SAFETY: each job owns the channels `first..first + count`, so no two jobs
+                // write the same element, and `t * n + first + dj < rows * n == out.len()`.
+                unsafe { *dest.at(t * n + first + dj) = block[dj * rows + t] };
+            }
+        }
     };
     if parallel {
         cols.par_chunks_mut(COLS_PER_JOB * rows)
@@ -387,11 +411,6 @@ fn row_dot_linear(
         cols.chunks_mut(COLS_PER_JOB * rows)
             .enumerate()
             .for_each(job);
-    }
-    for j in 0..n {
-        for t in 0..rows {
-            out[t * n + j] = cols[j * rows + t];
-        }
     }
 }
 
@@ -665,7 +684,7 @@ mod avx2 {
     }
 
     /// `R` token rows from `t` against two weight rows: `2R` accumulators, one activation load
-    /// per two FMAs.
+    /// per two FMAs. A non-null `pf` is prefetched alongside (see `dot_rows_pair`).
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn pair_tile<W: WeightRow, const R: usize>(
@@ -676,12 +695,18 @@ mod avx2 {
         bias: [f32; 2],
         dst0: &mut [f32],
         dst1: &mut [f32],
+        pf: *const u8,
     ) {
         let r: [*const f32; R] = std::array::from_fn(|q| xp.add((t + q) * k));
         let mut a0 = [_mm256_setzero_ps(); R];
         let mut a1 = [_mm256_setzero_ps(); R];
+        let size = std::mem::size_of::<W::Elem>();
         let mut i = 0;
         while i < k {
+            if !pf.is_null() {
+                // Two rows' worth of the bytes this step reads from each of its own two rows.
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(2 * i * size) as *const i8);
+            }
             let v0 = W::load8(w[0], i);
             let v1 = W::load8(w[1], i);
             for q in 0..R {
@@ -717,19 +742,25 @@ mod avx2 {
     ) {
         let xp = x.as_ptr();
         let [dst0, dst1] = dst;
+        // The next two weight rows follow `w[1]` in memory (rows are contiguous): the first tile
+        // prefetches them at the pace it reads its own two, so the next pair does not wait on
+        // L3 or DRAM. A prefetch never faults, so lines past the matrix's end on the last pair
+        // are harmless (`wrapping_add`: no out-of-bounds pointer is formed by `add`).
+        let next = (w[1] as *const u8).wrapping_add(k * std::mem::size_of::<W::Elem>());
         // As few tiles as six rows allow, sized evenly (20 rows: 5+5+5+5, not 6+6+6+2): a tile
         // of one or two rows has too few accumulators to hide the FMA latency.
         let tiles = rows.div_ceil(6);
         let mut t = 0;
         for n in 0..tiles {
             let r = (rows - t) / (tiles - n);
+            let pf = if n == 0 { next } else { std::ptr::null() };
             match r {
-                6 => pair_tile::<W, 6>(xp, t, k, w, bias, dst0, dst1),
-                5 => pair_tile::<W, 5>(xp, t, k, w, bias, dst0, dst1),
-                4 => pair_tile::<W, 4>(xp, t, k, w, bias, dst0, dst1),
-                3 => pair_tile::<W, 3>(xp, t, k, w, bias, dst0, dst1),
-                2 => pair_tile::<W, 2>(xp, t, k, w, bias, dst0, dst1),
-                _ => pair_tile::<W, 1>(xp, t, k, w, bias, dst0, dst1),
+                6 => pair_tile::<W, 6>(xp, t, k, w, bias, dst0, dst1, pf),
+                5 => pair_tile::<W, 5>(xp, t, k, w, bias, dst0, dst1, pf),
+                4 => pair_tile::<W, 4>(xp, t, k, w, bias, dst0, dst1, pf),
+                3 => pair_tile::<W, 3>(xp, t, k, w, bias, dst0, dst1, pf),
+                2 => pair_tile::<W, 2>(xp, t, k, w, bias, dst0, dst1, pf),
+                _ => pair_tile::<W, 1>(xp, t, k, w, bias, dst0, dst1, pf),
             }
             t += r;
         }
