@@ -335,26 +335,19 @@ fn row_dot_linear(
                     let dst0 = &mut lo[dj * rows + t0..dj * rows + t0 + tr];
                     let dst1 = &mut hi[t0..t0 + tr];
                     let pair = match (&layer.w, &acts) {
-                        (Weights::F32 { rows: w, .. }, Activations::F32(x)) => dot_rows_pair_f32(
-                            &x[t0 * k..],
-                            tr,
-                            k,
-                            [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]],
-                            [b[j], b[j + 1]],
-                            [dst0, dst1],
-                            simd,
-                        ),
-                        (Weights::F16 { rows: w, .. }, Activations::F32(x)) => dot_rows_pair_f16(
-                            &x[t0 * k..],
-                            tr,
-                            k,
-                            [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]],
-                            [b[j], b[j + 1]],
-                            [dst0, dst1],
-                            simd,
-                        ),
-                        _ => false,
-                    };
+                        (Weights::F32 { rows: w, .. }, Activations::F32(x)) => Some((
+                            x,
+                            PairRows::F32([&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]]),
+                        )),
+                        (Weights::F16 { rows: w, .. }, Activations::F32(x)) => Some((
+                            x,
+                            PairRows::F16([&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]]),
+                        )),
+                        _ => None,
+                    }
+                    .is_some_and(|(x, w)| {
+                        dot_rows_pair(&x[t0 * k..], tr, k, w, [b[j], b[j + 1]], [dst0, dst1], simd)
+                    });
                     if pair {
                         dj += 2;
                         continue;
@@ -437,74 +430,59 @@ fn dot_rows_f32(
     dot_rows_scalar(x, rows, k, w, bias, dst);
 }
 
-/// Two output channels at once on the AVX2 path (f32 weights); `false` when the caller must
-/// fall back to one channel at a time (no SIMD, or shapes the kernel does not take).
-fn dot_rows_pair_f32(
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    w: [&[f32]; 2],
-    bias: [f32; 2],
-    dst: [&mut [f32]; 2],
-    simd: bool,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd
-            && k.is_multiple_of(8)
-            && x.len() >= rows * k
-            && w.iter().all(|w| w.len() >= k)
-            && dst.iter().all(|d| d.len() >= rows)
-        {
-            // SAFETY: `simd` is only set when the CPU has AVX2, FMA and F16C
-            // (`Kernel::resolve`); the lengths are checked just above.
-            unsafe {
-                avx2::dot_rows_pair::<avx2::F32Row>(
-                    x,
-                    rows,
-                    k,
-                    [w[0].as_ptr(), w[1].as_ptr()],
-                    bias,
-                    dst,
-                )
-            };
-            return true;
-        }
-    }
-    let _ = (x, rows, k, w, bias, dst, simd);
-    false
+/// Two weight rows of one precision, for [`dot_rows_pair`].
+enum PairRows<'a> {
+    F32([&'a [f32]; 2]),
+    F16([&'a [u16]; 2]),
 }
 
-/// [`dot_rows_pair_f32`] for f16 weights, widened in registers.
-fn dot_rows_pair_f16(
+/// Two output channels at once on the AVX2 path; `false` when the caller must fall back to one
+/// channel at a time (no SIMD, or shapes the kernel does not take).
+fn dot_rows_pair(
     x: &[f32],
     rows: usize,
     k: usize,
-    w: [&[u16]; 2],
+    w: PairRows,
     bias: [f32; 2],
     dst: [&mut [f32]; 2],
     simd: bool,
 ) -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        if simd
-            && k.is_multiple_of(8)
-            && x.len() >= rows * k
-            && w.iter().all(|w| w.len() >= k)
-            && dst.iter().all(|d| d.len() >= rows)
+        if simd && k.is_multiple_of(8) && x.len() >= rows * k && dst.iter().all(|d| d.len() >= rows)
         {
-            // SAFETY: as in `dot_rows_pair_f32`: F16C, AVX2 and FMA present; lengths checked.
-            unsafe {
-                avx2::dot_rows_pair::<avx2::F16Row>(
-                    x,
-                    rows,
-                    k,
-                    [w[0].as_ptr(), w[1].as_ptr()],
-                    bias,
-                    dst,
-                )
-            };
-            return true;
+            match w {
+                PairRows::F32(w) if w.iter().all(|w| w.len() >= k) => {
+                    // SAFETY: `simd` is only set when the CPU has AVX2, FMA and F16C
+                    // (`Kernel::resolve`); the lengths are checked just above.
+                    unsafe {
+                        avx2::dot_rows_pair::<avx2::F32Row>(
+                            x,
+                            rows,
+                            k,
+                            [w[0].as_ptr(), w[1].as_ptr()],
+                            bias,
+                            dst,
+                        )
+                    };
+                    return true;
+                }
+                PairRows::F16(w) if w.iter().all(|w| w.len() >= k) => {
+                    // SAFETY: as above.
+                    unsafe {
+                        avx2::dot_rows_pair::<avx2::F16Row>(
+                            x,
+                            rows,
+                            k,
+                            [w[0].as_ptr(), w[1].as_ptr()],
+                            bias,
+                            dst,
+                        )
+                    };
+                    return true;
+                }
+                _ => {}
+            }
         }
     }
     let _ = (x, rows, k, w, bias, dst, simd);
