@@ -334,20 +334,56 @@ fn row_dot_linear(
                     let (lo, hi) = block.split_at_mut((dj + 1) * rows);
                     let dst0 = &mut lo[dj * rows + t0..dj * rows + t0 + tr];
                     let dst1 = &mut hi[t0..t0 + tr];
-                    let pair = match (&layer.w, &acts) {
-                        (Weights::F32 { rows: w, .. }, Activations::F32(x)) => Some((
-                            x,
-                            PairRows::F32([&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]]),
-                        )),
-                        (Weights::F16 { rows: w, .. }, Activations::F32(x)) => Some((
-                            x,
-                            PairRows::F16([&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]]),
-                        )),
-                        _ => None,
-                    }
-                    .is_some_and(|(x, w)| {
-                        dot_rows_pair(&x[t0 * k..], tr, k, w, [b[j], b[j + 1]], [dst0, dst1], simd)
-                    });
+                    let pair = if let (
+                        Weights::Int8 { rows: w, scales },
+                        Activations::Int8 { q, abs, scales: sx },
+                    ) = (&layer.w, &acts)
+                    {
+                        let nb = k.div_ceil(I8_BLOCK);
+                        dot_rows_pair_i8(
+                            I8Rows {
+                                q: &q[t0 * k..],
+                                abs: &abs[t0 * k..],
+                                scales: &sx[t0 * nb..(t0 + tr) * nb],
+                            },
+                            tr,
+                            k,
+                            [&w[j * k..(j + 1) * k], &w[(j + 1) * k..(j + 2) * k]],
+                            [scales[j], scales[j + 1]],
+                            [b[j], b[j + 1]],
+                            [dst0, dst1],
+                            simd,
+                        )
+                    } else {
+                        match (&layer.w, &acts) {
+                            (Weights::F32 { rows: w, .. }, Activations::F32(x)) => Some((
+                                x,
+                                PairRows::F32([
+                                    &w[j * k..(j + 1) * k],
+                                    &w[(j + 1) * k..(j + 2) * k],
+                                ]),
+                            )),
+                            (Weights::F16 { rows: w, .. }, Activations::F32(x)) => Some((
+                                x,
+                                PairRows::F16([
+                                    &w[j * k..(j + 1) * k],
+                                    &w[(j + 1) * k..(j + 2) * k],
+                                ]),
+                            )),
+                            _ => None,
+                        }
+                        .is_some_and(|(x, w)| {
+                            dot_rows_pair(
+                                &x[t0 * k..],
+                                tr,
+                                k,
+                                w,
+                                [b[j], b[j + 1]],
+                                [dst0, dst1],
+                                simd,
+                            )
+                        })
+                    };
                     if pair {
                         dj += 2;
                         continue;
@@ -513,6 +549,59 @@ fn dot_rows_f16(
     scratch.clear();
     scratch.extend(w[..k].iter().map(|&h| half::f16::from_bits(h).to_f32()));
     dot_rows_scalar(x, rows, k, scratch, bias, dst);
+}
+
+/// A tile's quantized activations: `i8` values, their absolute values and one scale per
+/// [`I8_BLOCK`] inputs of each row.
+struct I8Rows<'a> {
+    q: &'a [i8],
+    abs: &'a [u8],
+    scales: &'a [f32],
+}
+
+/// [`dot_rows_pair`] for int8 weights: two channels per pass over the tile, each activation
+/// block's loads and scale shared by both; `false` when the caller must fall back.
+#[allow(clippy::too_many_arguments)]
+fn dot_rows_pair_i8(
+    x: I8Rows,
+    rows: usize,
+    k: usize,
+    w: [&[i8]; 2],
+    sw: [f32; 2],
+    bias: [f32; 2],
+    dst: [&mut [f32]; 2],
+    simd: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let nb = k / I8_BLOCK;
+        if simd
+            && k.is_multiple_of(I8_BLOCK)
+            && x.q.len() >= rows * k
+            && x.abs.len() >= rows * k
+            && x.scales.len() >= rows * nb
+            && w.iter().all(|w| w.len() >= k)
+            && dst.iter().all(|d| d.len() >= rows)
+        {
+            // SAFETY: `simd` implies AVX2 and FMA (`Kernel::resolve`); lengths checked above.
+            unsafe {
+                avx2::dot_rows_pair_i8(
+                    x.q,
+                    x.abs,
+                    x.scales,
+                    rows,
+                    k,
+                    [w[0].as_ptr(), w[1].as_ptr()],
+                    sw,
+                    bias,
+                    dst,
+                )
+            };
+            return true;
+        }
+    }
+    let _ = (x, rows, k, w, sw, bias, dst, simd);
+    false
 }
 
 /// `dst[t] = bias + sw · Σ_b (q[t]_b · w_b) · sx[t, b]`: `i8` products summed in `i32` within
@@ -814,6 +903,88 @@ mod avx2 {
     unsafe fn block(xabs: __m256i, xq: __m256i, w: __m256i, ones: __m256i) -> __m256 {
         let p16 = _mm256_maddubs_epi16(xabs, _mm256_sign_epi8(w, xq));
         _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones))
+    }
+
+    /// `R` token rows from `t` against two int8 weight rows (see `dot_rows_pair_i8`).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pair_tile_i8<const R: usize>(
+        qp: *const i8,
+        ap: *const u8,
+        sp: *const f32,
+        t: usize,
+        k: usize,
+        w: [*const i8; 2],
+        sw: [f32; 2],
+        bias: [f32; 2],
+        dst0: &mut [f32],
+        dst1: &mut [f32],
+        pf: *const u8,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let nb = k / 32;
+        let ld = |p: *const i8| _mm256_loadu_si256(p as *const __m256i);
+        let ldu = |p: *const u8| _mm256_loadu_si256(p as *const __m256i);
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        for b in 0..nb {
+            let i = b * 32;
+            if !pf.is_null() {
+                // The next pair's two rows, at the pace this step reads its own.
+                _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(2 * i) as *const i8);
+            }
+            let w0 = ld(w[0].add(i));
+            let w1 = ld(w[1].add(i));
+            for r in 0..R {
+                let o = (t + r) * k + i;
+                let (xa, xq) = (ldu(ap.add(o)), ld(qp.add(o)));
+                let s = _mm256_broadcast_ss(&*sp.add((t + r) * nb + b));
+                a0[r] = _mm256_fmadd_ps(block(xa, xq, w0, ones), s, a0[r]);
+                a1[r] = _mm256_fmadd_ps(block(xa, xq, w1, ones), s, a1[r]);
+            }
+        }
+        for r in 0..R {
+            let (s0, s1) = hsum2(a0[r], a1[r]);
+            dst0[t + r] = bias[0] + s0 * sw[0];
+            dst1[t + r] = bias[1] + s1 * sw[1];
+        }
+    }
+
+    /// Two int8 channels at once, up to four token rows per step, rows split into even tiles;
+    /// the first tile prefetches the next pair's rows (as `dot_rows_pair`).
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `k % 32 == 0`; `q` and `abs` hold `rows · k` values, `sx`
+    /// `rows · k / 32`, each `w[c]` `k`, each `dst[c]` `rows`.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn dot_rows_pair_i8(
+        q: &[i8],
+        abs: &[u8],
+        sx: &[f32],
+        rows: usize,
+        k: usize,
+        w: [*const i8; 2],
+        sw: [f32; 2],
+        bias: [f32; 2],
+        dst: [&mut [f32]; 2],
+    ) {
+        let (qp, ap, sp) = (q.as_ptr(), abs.as_ptr(), sx.as_ptr());
+        let [dst0, dst1] = dst;
+        let next = (w[1] as *const u8).wrapping_add(k);
+        let tiles = rows.div_ceil(4);
+        let mut t = 0;
+        for n in 0..tiles {
+            let r = (rows - t) / (tiles - n);
+            let pf = if n == 0 { next } else { std::ptr::null() };
+            match r {
+                4 => pair_tile_i8::<4>(qp, ap, sp, t, k, w, sw, bias, dst0, dst1, pf),
+                3 => pair_tile_i8::<3>(qp, ap, sp, t, k, w, sw, bias, dst0, dst1, pf),
+                2 => pair_tile_i8::<2>(qp, ap, sp, t, k, w, sw, bias, dst0, dst1, pf),
+                _ => pair_tile_i8::<1>(qp, ap, sp, t, k, w, sw, bias, dst0, dst1, pf),
+            }
+            t += r;
+        }
     }
 
     /// `dst[t] = bias + sw · Σ_b (q[t]_b · w_b) · sx[t, b]` over blocks of 32, four token rows
