@@ -24,7 +24,8 @@ pub struct BertConfig {
     pub num_attention_heads: usize,
     /// Feed-forward inner size.
     pub intermediate_size: usize,
-    /// Activation; only `gelu` (erf) is supported.
+    /// Activation. The pinned `config.json` says `gelu` (the erf form), which both forward
+    /// passes compute; another model's config is refused earlier by its sha256.
     #[serde(default = "default_act")]
     pub hidden_act: String,
     /// Positions the model knows.
