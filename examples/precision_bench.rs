@@ -9,13 +9,14 @@
 //! bulk throughput at batch 32 over the first N texts of `data/corpus/texts.jsonl` (best of R),
 //! cold start (spawning `memex embed` until its first vector, median of 5) and the bytes of
 //! weights one pass streams; plus the measured memory bandwidth (reading a 1 GiB buffer on all
-//! threads) and f32 gemm peak (the encoder's FFN shape, all threads).
+//! threads) and f32 gemm peak (the encoder's FFN shape, all threads). `--only NAME` (f32, f16,
+//! int8, int8_avx2) runs one of them, for profiling.
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder, Precision};
+use memex::embed::{Embedder, EmbedderOptions, Kernel, KernelChoice, MiniLmEmbedder, Precision};
 use rayon::prelude::*;
 
 /// The 14-word query the agent embeds once per turn: 20 tokens with `[CLS]`/`[SEP]`.
@@ -145,12 +146,28 @@ fn main() {
 
     let mut results = serde_json::Map::new();
     let mut tokens = 0;
-    for precision in [Precision::F32, Precision::F16, Precision::Int8] {
+    // int8 also on the AVX2 kernel where the CPU has AVX-512 VNNI, to show what VNNI buys.
+    let mut runs = vec![
+        (Precision::F32, KernelChoice::Auto, "f32"),
+        (Precision::F16, KernelChoice::Auto, "f16"),
+        (Precision::Int8, KernelChoice::Auto, "int8"),
+    ];
+    if Kernel::resolve(KernelChoice::Auto) != Kernel::resolve(KernelChoice::Avx2) {
+        runs.push((Precision::Int8, KernelChoice::Avx2, "int8_avx2"));
+    }
+    let args: Vec<String> = std::env::args().collect();
+    let only = args
+        .iter()
+        .position(|a| a == "--only")
+        .and_then(|i| args.get(i + 1));
+    runs.retain(|r| only.is_none_or(|o| o == r.2));
+    for (precision, kernel, name) in runs {
         let emb = MiniLmEmbedder::load(
             &model_dir(),
             EmbedderOptions {
                 threads: Some(threads),
                 precision,
+                kernel,
                 max_batch: 32,
                 max_batch_tokens: 32 * 128,
                 ..EmbedderOptions::default()
@@ -182,7 +199,7 @@ fn main() {
             })
             .fold(f64::INFINITY, f64::min);
         results.insert(
-            precision.as_str().into(),
+            name.into(),
             serde_json::json!({
                 "kernel": emb.kernel().map(|k| k.as_str()),
                 "query_tokens": query_tokens,
@@ -192,7 +209,7 @@ fn main() {
                 "cold_start_ms": cold_start_ms(precision, threads),
             }),
         );
-        eprintln!("{precision}: {}", results[precision.as_str()]);
+        eprintln!("{name}: {}", results[name]);
     }
     let out = serde_json::json!({
         "threads": threads,

@@ -1,6 +1,7 @@
 //! Profiles single-query embedding (development aid). `MEMEX_PROBE_CANDLE=1` times the candle
 //! path (candle-transformers' BERT, what GPUs run) on the CPU instead of memex's own encoder.
 //! `MEMEX_PROBE_BATCH=N` times one `embed` call of N query-like texts instead (texts/s).
+//! `MEMEX_PRECISION` and `MEMEX_KERNEL` pick the precision and kernels as for `memex`.
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use std::time::Instant;
 fn main() {
@@ -12,6 +13,12 @@ fn main() {
         EmbedderOptions {
             threads,
             candle_forward: std::env::var("MEMEX_PROBE_CANDLE").is_ok_and(|v| v == "1"),
+            precision: std::env::var("MEMEX_PRECISION")
+                .map_or(Ok(Default::default()), |v| v.parse())
+                .unwrap(),
+            kernel: std::env::var("MEMEX_KERNEL")
+                .map_or(Ok(Default::default()), |v| v.parse())
+                .unwrap(),
             ..Default::default()
         },
     )

@@ -314,9 +314,29 @@ fn model_info_says_what_runs() {
     assert_eq!(info["precision"], "f16");
     assert_eq!(info["threads"], 2);
     let simd = memex::embed::cpu_has_avx2_fma_f16c();
+    let vnni = memex::embed::cpu_has_avx512_vnni();
     assert_eq!(info["cpu_avx2_fma_f16c"], simd);
+    assert_eq!(info["cpu_avx512_vnni"], vnni);
     assert_eq!(
         info["kernel"],
+        match (simd, vnni) {
+            (true, true) => "avx512vnni+avx2+fma+f16c",
+            (true, false) => "avx2+fma+f16c",
+            _ => "scalar",
+        }
+    );
+
+    // `--kernel avx2` never takes the AVX-512 path.
+    let out = memex()
+        .env_remove("MEMEX_PRECISION")
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["--json", "--kernel", "avx2", "model", "info"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        lines(&out)[0]["kernel"],
         if simd { "avx2+fma+f16c" } else { "scalar" }
     );
 

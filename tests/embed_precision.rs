@@ -159,26 +159,35 @@ fn batch_equals_one_by_one_per_precision() {
 fn forced_scalar_kernel_agrees_with_simd_per_precision() {
     let refs = references();
     let texts = texts(&refs);
+    // Every SIMD kernel this CPU has: AVX2, and AVX-512 VNNI (int8 only) where present.
+    let mut choices = vec![KernelChoice::Avx2];
+    if Kernel::resolve(KernelChoice::Auto) != Kernel::resolve(KernelChoice::Avx2) {
+        choices.push(KernelChoice::Auto);
+    }
     for precision in [Precision::F32, Precision::F16, Precision::Int8] {
         let scalar = load(precision, KernelChoice::Scalar, |_| {});
         assert_eq!(scalar.kernel(), Some(Kernel::Scalar));
-        let simd = load(precision, KernelChoice::Auto, |_| {});
-        let (a, b) = (scalar.embed(&texts).unwrap(), simd.embed(&texts).unwrap());
-        let (c, t) = worst(&a, &b, &texts);
-        println!(
-            "{precision}: scalar vs {}: min cosine {c:.7} ({t:?})",
-            simd.kernel().unwrap()
-        );
-        // f32 and f16 differ only in summation order; int8 may also round an activation the
-        // other way where the f32 activations differ in the last bit.
-        let bound = if precision == Precision::Int8 {
-            0.999
-        } else {
-            0.99999
-        };
-        assert!(
-            c >= bound,
-            "{precision}: scalar vs SIMD cosine {c} on {t:?}"
-        );
+        let a = scalar.embed(&texts).unwrap();
+        for &choice in &choices {
+            let simd = load(precision, choice, |_| {});
+            assert_eq!(simd.kernel(), Some(Kernel::resolve(choice)));
+            let b = simd.embed(&texts).unwrap();
+            let (c, t) = worst(&a, &b, &texts);
+            println!(
+                "{precision}: scalar vs {}: min cosine {c:.7} ({t:?})",
+                simd.kernel().unwrap()
+            );
+            // f32 and f16 differ only in summation order; int8 may also round an activation
+            // the other way where the f32 activations differ in the last bit.
+            let bound = if precision == Precision::Int8 {
+                0.999
+            } else {
+                0.99999
+            };
+            assert!(
+                c >= bound,
+                "{precision}: scalar vs {choice:?} cosine {c} on {t:?}"
+            );
+        }
     }
 }

@@ -39,6 +39,7 @@ struct ModelInfo {
     precision: String,
     kernel: String,
     cpu_avx2_fma_f16c: bool,
+    cpu_avx512_vnni: bool,
     threads: usize,
     weight_bytes_per_pass: Option<usize>,
     /// The pinned sha256 of each model file (each is checked: config and tokenizer on every
@@ -86,6 +87,7 @@ pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                     .kernel()
                     .map_or_else(|| "candle".into(), |k| k.to_string()),
                 cpu_avx2_fma_f16c: memex::embed::cpu_has_avx2_fma_f16c(),
+                cpu_avx512_vnni: memex::embed::cpu_has_avx512_vnni(),
                 threads: emb.threads(),
                 weight_bytes_per_pass: emb.weight_bytes_per_pass(),
                 sha256: PINNED_SHA256.into_iter().collect(),
@@ -100,10 +102,12 @@ pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 println!("max tokens {}", info.max_tokens);
                 println!("device     {}", info.device);
                 println!("precision  {}", info.precision);
+                let yes = |b: bool| if b { "yes" } else { "no" };
                 println!(
-                    "kernel     {} (CPU has AVX2+FMA+F16C: {})",
+                    "kernel     {} (CPU has AVX2+FMA+F16C: {}, AVX-512 VNNI: {})",
                     info.kernel,
-                    if info.cpu_avx2_fma_f16c { "yes" } else { "no" }
+                    yes(info.cpu_avx2_fma_f16c),
+                    yes(info.cpu_avx512_vnni)
                 );
                 println!("threads    {}", info.threads);
                 if let Some(b) = info.weight_bytes_per_pass {

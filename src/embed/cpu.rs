@@ -24,6 +24,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::SafeTensors;
 
+use super::attention::{attend, HeadView};
 use super::bert::BertConfig;
 use super::dense::{linear, Dense};
 use super::f32buf::F32Buf;
@@ -115,13 +116,20 @@ impl Checkpoint<'_> {
         ))
     }
 
-    fn dense(&self, prefix: &str, n_in: usize, n_out: usize, p: Precision) -> LoadResult<Dense> {
+    fn dense(
+        &self,
+        prefix: &str,
+        n_in: usize,
+        n_out: usize,
+        (p, kernel): (Precision, Kernel),
+    ) -> LoadResult<Dense> {
         Ok(Dense::new(
             self.read(&format!("{prefix}.weight"), &[n_out, n_in])?,
             self.read(&format!("{prefix}.bias"), &[n_out])?,
             n_in,
             n_out,
             p,
+            kernel,
         ))
     }
 
@@ -155,6 +163,7 @@ impl CpuEncoder {
         }
         let scale = 1.0 / ((h / heads) as f32).sqrt();
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let pk = (precision, kernel);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("encoder.layer.{i}");
             let sa = format!("{p}.attention.self");
@@ -174,21 +183,23 @@ impl CpuEncoder {
                 );
             }
             layers.push(Layer {
-                qkv: Dense::new(F32Buf::Owned(w), F32Buf::Owned(b), h, 3 * h, precision),
-                attn_out: ck.dense(&format!("{p}.attention.output.dense"), h, h, precision)?,
+                qkv: Dense::new(
+                    F32Buf::Owned(w),
+                    F32Buf::Owned(b),
+                    h,
+                    3 * h,
+                    precision,
+                    kernel,
+                ),
+                attn_out: ck.dense(&format!("{p}.attention.output.dense"), h, h, pk)?,
                 attn_norm: ck.norm(&format!("{p}.attention.output.LayerNorm"), h)?,
                 ffn_in: ck.dense(
                     &format!("{p}.intermediate.dense"),
                     h,
                     cfg.intermediate_size,
-                    precision,
+                    pk,
                 )?,
-                ffn_out: ck.dense(
-                    &format!("{p}.output.dense"),
-                    cfg.intermediate_size,
-                    h,
-                    precision,
-                )?,
+                ffn_out: ck.dense(&format!("{p}.output.dense"), cfg.intermediate_size, h, pk)?,
                 ffn_norm: ck.norm(&format!("{p}.output.LayerNorm"), h)?,
             });
         }
@@ -361,77 +372,6 @@ impl CpuEncoder {
     }
 }
 
-/// One head of one sequence inside the fused QKV buffer.
-struct HeadView<'a> {
-    qkv: &'a [f32],
-    first_row: usize,
-    len: usize,
-    hidden: usize,
-    col: usize,
-    dim: usize,
-}
-
-impl HeadView<'_> {
-    #[inline(always)]
-    fn row(&self, part: usize, i: usize) -> &[f32] {
-        let start = (self.first_row + i) * 3 * self.hidden + part * self.hidden + self.col;
-        &self.qkv[start..start + self.dim]
-    }
-}
-
-/// Attention for one head: `ctx[i] = Σ_j softmax_j(q_i·k_j) v_j` (the scale is already in q).
-/// Dispatches to an AVX2 build of the same code when `simd`.
-fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd {
-            // SAFETY: `simd` is only set when the CPU has AVX2 (`Kernel::resolve`).
-            unsafe { attend_avx2(head, scores, ctx_rows) };
-            return;
-        }
-    }
-    let _ = simd;
-    attend_body(head, scores, ctx_rows);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn attend_avx2(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32]) {
-    attend_body(head, scores, ctx_rows);
-}
-
-#[inline(always)]
-fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
-    let (len, d) = (head.len, head.dim);
-    // scratch = [K transposed (d × len) | scores (len)]: with K transposed, q·K for all keys is
-    // d axpy passes over contiguous memory, which vectorise over the keys.
-    scratch.clear();
-    scratch.resize(d * len + len, 0.0);
-    let (kt, scores) = scratch.split_at_mut(d * len);
-    for j in 0..len {
-        for (t, &k) in head.row(1, j).iter().enumerate() {
-            kt[t * len + j] = k;
-        }
-    }
-    for i in 0..len {
-        let q = head.row(0, i);
-        scores.fill(0.0);
-        for (t, &qt) in q.iter().enumerate() {
-            for (s, &k) in scores.iter_mut().zip(&kt[t * len..(t + 1) * len]) {
-                *s += qt * k;
-            }
-        }
-        softmax_in_place(scores);
-        let out = &mut ctx_rows[i * head.hidden + head.col..][..d];
-        out.fill(0.0);
-        for (j, &p) in scores.iter().enumerate() {
-            for (o, v) in out.iter_mut().zip(head.row(2, j)) {
-                *o += p * v;
-            }
-        }
-    }
-}
-
 /// `x = LayerNorm(x + delta)`, row by row in parallel.
 fn add_norm(x: &mut [f32], delta: &[f32], norm: &Norm, h: usize, eps: f32) {
     x.par_chunks_mut(h)
@@ -451,19 +391,6 @@ fn layer_norm_row(row: &mut [f32], norm: &Norm, eps: f32) {
     let inv = 1.0 / (var + eps).sqrt();
     for ((v, g), b) in row.iter_mut().zip(norm.gamma.iter()).zip(norm.beta.iter()) {
         *v = (*v - mean) * inv * g + b;
-    }
-}
-
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in row.iter_mut() {
-        *v *= inv;
     }
 }
 
@@ -515,7 +442,7 @@ fn erf(x: f32) -> f32 {
 /// e^x for x ≤ 0 (clamped at -87), by range reduction to 2^n · e^r and a degree-6 polynomial;
 /// relative error about 2e-7. Plain arithmetic and bit casts only, so loops over it vectorise.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(super) fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;

@@ -19,6 +19,8 @@ use rayon::prelude::*;
 
 use super::f32buf::F32Buf;
 use super::precision::{Kernel, Precision};
+use super::quant::{quantize_acts, quantize_row, Aux, BLOCK as I8_BLOCK};
+use super::vnni::{self, VnniWeights};
 
 /// The stored weight of one projection.
 pub(super) enum Weights {
@@ -27,8 +29,13 @@ pub(super) enum Weights {
     F32 { rows: F32Buf, cols: Vec<f32> },
     /// IEEE half bits: `rows` `(out, in)` for the row-dot kernel, `cols` `(in, out)` for gemm.
     F16 { rows: Vec<u16>, cols: Vec<u16> },
-    /// Symmetric per-output-channel `i8` in `[-127, 127]`, `(out, in)`, and each channel's scale.
-    Int8 { rows: Vec<i8>, scales: Vec<f32> },
+    /// Symmetric per-output-channel `i8` in `[-127, 127]`, `(out, in)`, and each channel's scale;
+    /// `vnni` the same matrix packed for the AVX-512 VNNI kernel when that kernel runs.
+    Int8 {
+        rows: Vec<i8>,
+        scales: Vec<f32>,
+        vnni: Option<VnniWeights>,
+    },
 }
 
 /// One dense projection.
@@ -40,13 +47,15 @@ pub(super) struct Dense {
 }
 
 impl Dense {
-    /// Builds the projection from the checkpoint's `(out, in)` weight in the given precision.
+    /// Builds the projection from the checkpoint's `(out, in)` weight in the given precision,
+    /// laid out for `kernel`.
     pub(super) fn new(
         rows: F32Buf,
         b: F32Buf,
         n_in: usize,
         n_out: usize,
         precision: Precision,
+        kernel: Kernel,
     ) -> Dense {
         let w = match precision {
             Precision::F32 => Weights::F32 {
@@ -67,7 +76,16 @@ impl Dense {
                     .zip(q.chunks_exact_mut(n_in))
                     .map(|(src, dst)| quantize_row(src, dst))
                     .collect();
-                Weights::Int8 { rows: q, scales }
+                let vnni = if kernel.vnni() {
+                    VnniWeights::pack(&q, n_out, n_in)
+                } else {
+                    None
+                };
+                Weights::Int8 {
+                    rows: q,
+                    scales,
+                    vnni,
+                }
             }
         };
         Dense { w, b, n_in, n_out }
@@ -82,25 +100,6 @@ impl Dense {
             Weights::Int8 { .. } => n + 4 * self.n_out,
         }
     }
-}
-
-/// Symmetric `i8` quantization of `src` into `dst`; returns the scale (`src ≈ scale · dst`).
-/// A row with a non-finite value gets a NaN scale, so whatever uses it is caught as non-finite.
-fn quantize_row(src: &[f32], dst: &mut [i8]) -> f32 {
-    if src.iter().any(|v| !v.is_finite()) {
-        dst.fill(0);
-        return f32::NAN;
-    }
-    let max = src.iter().fold(0f32, |m, v| m.max(v.abs()));
-    if max == 0.0 {
-        dst.fill(0);
-        return 0.0;
-    }
-    let inv = 127.0 / max;
-    for (d, &v) in dst.iter_mut().zip(src) {
-        *d = (v * inv).round().clamp(-127.0, 127.0) as i8;
-    }
-    max / 127.0
 }
 
 /// Transposes a row-major `(rows, cols)` matrix, in cache-sized tiles.
@@ -138,6 +137,11 @@ pub(super) fn linear(
     match &layer.w {
         Weights::F32 { cols, .. } if use_gemm => gemm_bias(x, rows, layer, cols, out, parallel),
         Weights::F16 { cols, .. } if use_gemm => gemm_f16(x, rows, layer, cols, out, parallel),
+        Weights::Int8 {
+            vnni: Some(w),
+            scales,
+            ..
+        } if kernel.vnni() && vnni_linear(x, rows, layer, w, scales, out, parallel) => {}
         _ => row_dot_linear(x, rows, layer, out, parallel, kernel),
     }
 }
@@ -254,11 +258,40 @@ const ROW_TILE: usize = 64;
 /// Output channels per parallel job of the row-dot kernel.
 const COLS_PER_JOB: usize = 64;
 
-/// Inputs per activation scale of the int8 kernel. One scale per row would let a single outlier
-/// feature (BERT's residual stream has a few, hundreds of times the typical magnitude) flatten
-/// every other input of the row to a handful of levels; one per 32 inputs confines it to its
-/// block, for one `f32` multiply-add per 32 products.
-const I8_BLOCK: usize = 32;
+/// `out = x · Wᵀ + b` on the AVX-512 VNNI kernel, channel jobs in parallel; `false` (nothing
+/// written) when the kernel cannot take this shape or CPU.
+#[allow(clippy::too_many_arguments)]
+fn vnni_linear(
+    x: &[f32],
+    rows: usize,
+    layer: &Dense,
+    w: &VnniWeights,
+    sw: &[f32],
+    out: &mut [f32],
+    parallel: bool,
+) -> bool {
+    let (k, n) = (layer.n_in, layer.n_out);
+    if !super::precision::cpu_has_avx512_vnni() || x.len() < rows * k || out.len() < rows * n {
+        return false;
+    }
+    let qr = quantize_acts(x, rows, k, Aux::None, true, parallel);
+    let acts = vnni::Acts {
+        q: &qr.q,
+        scales: &qr.scales,
+        neg_offset: &vnni::Acts::offsets(&qr.q),
+    };
+    let dest = OutPtr(out.as_mut_ptr());
+    let b = &layer.b[..];
+    let job = |first: usize| {
+        let count = COLS_PER_JOB.min(n - first);
+        vnni::channels(&acts, rows, k, n, w, sw, b, &dest, first, count)
+    };
+    if parallel {
+        (0..n).into_par_iter().step_by(COLS_PER_JOB).all(job)
+    } else {
+        (0..n).step_by(COLS_PER_JOB).all(job)
+    }
+}
 
 /// The activations in the form a precision's dot kernel reads.
 enum Activations<'a> {
@@ -274,14 +307,14 @@ enum Activations<'a> {
 
 /// The row-major output of [`row_dot_linear`], written by parallel jobs that each own a
 /// disjoint set of channels (columns).
-struct OutPtr(*mut f32);
+pub(super) struct OutPtr(*mut f32);
 // SAFETY: only used to let jobs write disjoint elements of one buffer that outlives them.
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The element at `i`; the caller keeps `i` in bounds and unshared.
-    fn at(&self, i: usize) -> *mut f32 {
+    pub(super) fn at(&self, i: usize) -> *mut f32 {
         self.0.wrapping_add(i)
     }
 }
@@ -299,17 +332,12 @@ fn row_dot_linear(
     let simd = kernel.simd();
     let acts = match layer.w {
         Weights::Int8 { .. } => {
-            let mut q = vec![0i8; rows * k];
-            let mut scales = Vec::with_capacity(rows * k.div_ceil(I8_BLOCK));
-            for (src, dst) in x[..rows * k].chunks_exact(k).zip(q.chunks_exact_mut(k)) {
-                scales.extend(
-                    src.chunks(I8_BLOCK)
-                        .zip(dst.chunks_mut(I8_BLOCK))
-                        .map(|(s, d)| quantize_row(s, d)),
-                );
+            let qr = quantize_acts(x, rows, k, Aux::Abs, simd, parallel);
+            Activations::Int8 {
+                q: qr.q,
+                abs: qr.aux,
+                scales: qr.scales,
             }
-            let abs = q.iter().map(|v| v.unsigned_abs()).collect();
-            Activations::Int8 { q, abs, scales }
         }
         _ => Activations::F32(&x[..rows * k]),
     };
@@ -335,7 +363,9 @@ fn row_dot_linear(
                     let dst0 = &mut lo[dj * rows + t0..dj * rows + t0 + tr];
                     let dst1 = &mut hi[t0..t0 + tr];
                     let pair = if let (
-                        Weights::Int8 { rows: w, scales },
+                        Weights::Int8 {
+                            rows: w, scales, ..
+                        },
                         Activations::Int8 { q, abs, scales: sx },
                     ) = (&layer.w, &acts)
                     {
@@ -406,7 +436,9 @@ fn row_dot_linear(
                         &mut widened,
                     ),
                     (
-                        Weights::Int8 { rows: w, scales },
+                        Weights::Int8 {
+                            rows: w, scales, ..
+                        },
                         Activations::Int8 { q, abs, scales: sx },
                     ) => dot_rows_i8(
                         &q[t0 * k..],
@@ -1049,8 +1081,9 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::embed::KernelChoice;
 
-    fn layer(n_in: usize, n_out: usize, precision: Precision) -> (Vec<f32>, Dense) {
+    fn layer(n_in: usize, n_out: usize, precision: Precision, kernel: Kernel) -> (Vec<f32>, Dense) {
         let w: Vec<f32> = (0..n_in * n_out)
             .map(|i| ((i * 7919 % 1000) as f32 / 500.0 - 1.0) * 0.1)
             .collect();
@@ -1061,6 +1094,7 @@ mod tests {
             n_in,
             n_out,
             precision,
+            kernel,
         );
         (w, d)
     }
@@ -1079,24 +1113,37 @@ mod tests {
         out
     }
 
+    /// Every kernel this CPU has, from the portable one up.
+    fn kernels() -> Vec<Kernel> {
+        let mut all = vec![Kernel::Scalar];
+        for choice in [KernelChoice::Avx2, KernelChoice::Auto] {
+            let k = Kernel::resolve(choice);
+            if !all.contains(&k) {
+                all.push(k);
+            }
+        }
+        all
+    }
+
     /// Every precision, kernel and pass size against an f64 reference: f32 and f16 to float
     /// rounding, int8 to its quantization step.
     #[test]
     fn kernels_agree_with_a_plain_product() {
-        // 99 channels: jobs of 64 and 35, so paired channels and a lone last one; row counts
-        // cover every tile size of the paired kernel (1 to 6 rows) and the gemm path.
+        // 99 channels: jobs of 64 and 35, so paired channels and a lone last one (and no VNNI
+        // packing); 160 channels: VNNI jobs of 64, 64 and 32. Row counts cover every tile size
+        // of the paired and VNNI kernels (1 to 6 rows), several row tiles, and the gemm path.
         for (precision, n) in [Precision::F32, Precision::F16, Precision::Int8]
             .into_iter()
             .flat_map(|p| [(p, 160), (p, 99)])
         {
             let k = 96;
-            let (w, d) = layer(k, n, precision);
-            for rows in [1, 2, 3, 5, 7, 9, 20, 32, 33, 70] {
+            for rows in [1, 2, 3, 5, 7, 9, 20, 32, 33, 70, 131] {
                 let x: Vec<f32> = (0..rows * k)
                     .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
                     .collect();
-                let want = reference(&x, rows, &w, &d);
-                for kernel in [Kernel::Scalar, Kernel::resolve(Default::default())] {
+                for kernel in kernels() {
+                    let (w, d) = layer(k, n, precision, kernel);
+                    let want = reference(&x, rows, &w, &d);
                     let mut got = vec![0f32; rows * n];
                     linear(&x, rows, &d, &mut got, true, kernel);
                     let tol = match precision {
@@ -1115,12 +1162,37 @@ mod tests {
         }
     }
 
+    /// The int8 kernels sum the same integers: they differ only in the order the per-block
+    /// `f32` terms are added, far below the quantization step. Where the CPU has AVX-512 VNNI,
+    /// the packed kernel is the one that ran.
     #[test]
-    fn int8_weights_are_symmetric_per_channel() {
-        let mut q = [0i8; 4];
-        let s = quantize_row(&[0.5, -1.0, 0.25, 0.0], &mut q);
-        assert_eq!(q, [64, -127, 32, 0]);
-        assert!((s - 1.0 / 127.0).abs() < 1e-9);
-        assert!(quantize_row(&[1.0, f32::NAN, 0.0, 0.0], &mut q).is_nan());
+    fn int8_kernels_compute_the_same_sums() {
+        let (k, n) = (384, 64);
+        for rows in [1, 5, 20, 70] {
+            let x: Vec<f32> = (0..rows * k)
+                .map(|i| ((i * 7_919 % 1_009) as f32 / 504.5 - 1.0) * (1 + i % 7) as f32)
+                .collect();
+            let runs: Vec<(Kernel, Vec<f32>)> = kernels()
+                .into_iter()
+                .map(|kernel| {
+                    let (_, d) = layer(k, n, Precision::Int8, kernel);
+                    if let Weights::Int8 { vnni, .. } = &d.w {
+                        assert_eq!(vnni.is_some(), kernel.vnni(), "{kernel}");
+                    }
+                    let mut got = vec![0f32; rows * n];
+                    linear(&x, rows, &d, &mut got, rows > 10, kernel);
+                    (kernel, got)
+                })
+                .collect();
+            let (k0, base) = &runs[0];
+            for (kernel, got) in &runs[1..] {
+                for (g, e) in got.iter().zip(base) {
+                    assert!(
+                        (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                        "{kernel} vs {k0}, rows {rows}: {g} vs {e}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! The seam is [`Embedder`]; the real implementation is [`MiniLmEmbedder`]. Model files are put
 //! on disk by [`fetch::fetch_model`].
 
+mod attention;
 mod batching;
 mod bert;
 mod cpu;
@@ -12,7 +13,9 @@ mod f32buf;
 pub mod fetch;
 mod minilm;
 mod precision;
+mod quant;
 pub mod queue;
+mod vnni;
 
 pub use batching::{plan_batches, Batch};
 pub use bert::{BertConfig, CandleEncoder};
@@ -20,7 +23,7 @@ pub use error::EmbedError;
 pub use minilm::{
     DeviceChoice, EmbeddedText, EmbedderOptions, MiniLmEmbedder, DEFAULT_MAX_TOKENS, MINILM_DIM,
 };
-pub use precision::{cpu_has_avx2_fma_f16c, Kernel, KernelChoice, Precision};
+pub use precision::{cpu_has_avx2_fma_f16c, cpu_has_avx512_vnni, Kernel, KernelChoice, Precision};
 
 /// Something that turns texts into unit-length vectors of a fixed dimension.
 ///

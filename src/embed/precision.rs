@@ -54,9 +54,12 @@ impl std::str::FromStr for Precision {
 /// Which kernels the CPU encoder may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
-    /// AVX2 + FMA + F16C kernels when the CPU has all three, else the portable ones.
+    /// The fastest kernels the CPU has: AVX-512 VNNI for int8 on top of AVX2 + FMA + F16C, else
+    /// AVX2 + FMA + F16C, else the portable ones.
     #[default]
     Auto,
+    /// AVX2 + FMA + F16C even on a CPU with AVX-512 VNNI (portable when the CPU lacks them).
+    Avx2,
     /// The portable scalar kernels even on a CPU with AVX2 (to check them, or to compare).
     Scalar,
 }
@@ -65,10 +68,11 @@ impl std::str::FromStr for KernelChoice {
     type Err = EmbedError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
-            "auto" | "simd" | "avx2" => Ok(KernelChoice::Auto),
+            "auto" | "simd" => Ok(KernelChoice::Auto),
+            "avx2" => Ok(KernelChoice::Avx2),
             "scalar" => Ok(KernelChoice::Scalar),
             other => Err(EmbedError::Option(format!(
-                "kernel {other:?} is unknown: use auto or scalar"
+                "kernel {other:?} is unknown: use auto, avx2 or scalar"
             ))),
         }
     }
@@ -77,6 +81,9 @@ impl std::str::FromStr for KernelChoice {
 /// The kernels the CPU encoder actually runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
+    /// AVX-512F and AVX-512 VNNI for int8 projections, AVX2, FMA and F16C for everything else
+    /// (x86-64), detected at run time.
+    Avx512Vnni,
     /// AVX2, FMA and F16C (x86-64), detected at run time.
     Avx2F16c,
     /// Portable Rust loops (any CPU, or forced with [`KernelChoice::Scalar`]).
@@ -86,30 +93,49 @@ pub enum Kernel {
 impl Kernel {
     /// The kernel `choice` resolves to on this CPU.
     pub fn resolve(choice: KernelChoice) -> Kernel {
+        let simd = cpu_has_avx2_fma_f16c();
         match choice {
-            KernelChoice::Scalar => Kernel::Scalar,
-            KernelChoice::Auto if cpu_has_avx2_fma_f16c() => Kernel::Avx2F16c,
-            KernelChoice::Auto => Kernel::Scalar,
+            KernelChoice::Auto if simd && cpu_has_avx512_vnni() => Kernel::Avx512Vnni,
+            KernelChoice::Auto | KernelChoice::Avx2 if simd => Kernel::Avx2F16c,
+            _ => Kernel::Scalar,
         }
     }
 
-    /// `avx2+fma+f16c` or `scalar`.
+    /// `avx512vnni+avx2+fma+f16c`, `avx2+fma+f16c` or `scalar`.
     pub fn as_str(self) -> &'static str {
         match self {
+            Kernel::Avx512Vnni => "avx512vnni+avx2+fma+f16c",
             Kernel::Avx2F16c => "avx2+fma+f16c",
             Kernel::Scalar => "scalar",
         }
     }
 
-    /// Whether the SIMD kernels are in use.
+    /// Whether the AVX2 + FMA + F16C kernels are in use (also under AVX-512 VNNI).
     pub(crate) fn simd(self) -> bool {
-        self == Kernel::Avx2F16c
+        matches!(self, Kernel::Avx512Vnni | Kernel::Avx2F16c)
+    }
+
+    /// Whether the int8 projections run on AVX-512 VNNI.
+    pub(crate) fn vnni(self) -> bool {
+        self == Kernel::Avx512Vnni
     }
 }
 
 impl std::fmt::Display for Kernel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Whether this CPU has AVX-512F and AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
+pub fn cpu_has_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

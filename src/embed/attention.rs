@@ -1,0 +1,198 @@
+//! Scaled dot-product attention for one (sequence, head): `ctx[i] = Σ_j softmax_j(q_i·k_j) v_j`.
+//!
+//! The AVX2 kernel (head dimension 32, as all-MiniLM-L6-v2's) blocks both products in registers:
+//! scores for four query rows × eight keys at a time over K transposed, a vectorised softmax,
+//! then four output rows × 32 dimensions accumulated over the keys. The portable body is the
+//! reference every other CPU runs.
+
+/// One head of one sequence inside the fused QKV buffer.
+pub(super) struct HeadView<'a> {
+    /// The fused `(rows, 3 · hidden)` QKV buffer of the whole pass.
+    pub(super) qkv: &'a [f32],
+    /// The sequence's first row in `qkv`.
+    pub(super) first_row: usize,
+    /// The sequence's length in tokens.
+    pub(super) len: usize,
+    /// The model's hidden size.
+    pub(super) hidden: usize,
+    /// The head's first column within each of Q, K and V.
+    pub(super) col: usize,
+    /// The head's dimension.
+    pub(super) dim: usize,
+}
+
+impl HeadView<'_> {
+    #[inline(always)]
+    fn row(&self, part: usize, i: usize) -> &[f32] {
+        let start = (self.first_row + i) * 3 * self.hidden + part * self.hidden + self.col;
+        &self.qkv[start..start + self.dim]
+    }
+}
+
+/// Attention for one head (the scale is already in q). `ctx_rows` starts at the sequence's first
+/// row of the context buffer; the head writes columns `col..col + dim` of each of its rows.
+pub(super) fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32], simd: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if simd
+            && head.dim == avx2::DIM
+            && ctx_rows.len() >= head.len.saturating_sub(1) * head.hidden + head.col + head.dim
+        {
+            // SAFETY: `simd` is only set when the CPU has AVX2 and FMA (`Kernel::resolve`);
+            // the head dimension and the output length are checked just above.
+            unsafe { avx2::attend32(head, scores, ctx_rows) };
+            return;
+        }
+    }
+    let _ = simd;
+    attend_body(head, scores, ctx_rows);
+}
+
+/// The portable attention: scores over K transposed, softmax, weighted sum of V.
+fn attend_body(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+    let (len, d) = (head.len, head.dim);
+    // scratch = [K transposed (d × len) | scores (len)]: with K transposed, q·K for all keys is
+    // d axpy passes over contiguous memory, which vectorise over the keys.
+    scratch.clear();
+    scratch.resize(d * len + len, 0.0);
+    let (kt, scores) = scratch.split_at_mut(d * len);
+    for j in 0..len {
+        for (t, &k) in head.row(1, j).iter().enumerate() {
+            kt[t * len + j] = k;
+        }
+    }
+    for i in 0..len {
+        let q = head.row(0, i);
+        scores.fill(0.0);
+        for (t, &qt) in q.iter().enumerate() {
+            for (s, &k) in scores.iter_mut().zip(&kt[t * len..(t + 1) * len]) {
+                *s += qt * k;
+            }
+        }
+        softmax_in_place(scores);
+        let out = &mut ctx_rows[i * head.hidden + head.col..][..d];
+        out.fill(0.0);
+        for (j, &p) in scores.iter().enumerate() {
+            for (o, v) in out.iter_mut().zip(head.row(2, j)) {
+                *o += p * v;
+            }
+        }
+    }
+}
+
+fn softmax_in_place(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in row.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::super::cpu::exp_neg;
+    use super::HeadView;
+
+    /// The head dimension this kernel is built for.
+    pub(super) const DIM: usize = 32;
+    /// Query rows per block.
+    const ROWS: usize = 4;
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `head.dim == DIM`; `ctx_rows` holds
+    /// `(len - 1) · hidden + col + DIM` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn attend32(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+        let len = head.len;
+        // Keys padded to a multiple of 8 with zeros; scores past `len` are never used.
+        let lp = len.next_multiple_of(8);
+        scratch.clear();
+        scratch.resize(DIM * lp + ROWS * lp, 0.0);
+        let (kt, sc) = scratch.split_at_mut(DIM * lp);
+        for j in 0..len {
+            for (t, &k) in head.row(1, j).iter().enumerate() {
+                kt[t * lp + j] = k;
+            }
+        }
+        let mut i = 0;
+        while i < len {
+            let r = (len - i).min(ROWS);
+            match r {
+                4 => rows::<4>(head, kt, sc, lp, i, ctx_rows),
+                3 => rows::<3>(head, kt, sc, lp, i, ctx_rows),
+                2 => rows::<2>(head, kt, sc, lp, i, ctx_rows),
+                _ => rows::<1>(head, kt, sc, lp, i, ctx_rows),
+            }
+            i += r;
+        }
+    }
+
+    /// Query rows `i..i + R`: their scores, softmax, and context rows.
+    #[inline(always)]
+    #[allow(clippy::needless_range_loop)] // `t` indexes K transposed and every query row at once
+    unsafe fn rows<const R: usize>(
+        head: &HeadView,
+        kt: &[f32],
+        sc: &mut [f32],
+        lp: usize,
+        i: usize,
+        ctx_rows: &mut [f32],
+    ) {
+        let len = head.len;
+        let q: [&[f32]; R] = std::array::from_fn(|r| head.row(0, i + r));
+        let ktp = kt.as_ptr();
+        for j0 in (0..lp).step_by(8) {
+            let mut acc = [_mm256_setzero_ps(); R];
+            for t in 0..DIM {
+                let kv = _mm256_loadu_ps(ktp.add(t * lp + j0));
+                for r in 0..R {
+                    acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(q[r][t]), kv, acc[r]);
+                }
+            }
+            for (r, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(sc.as_mut_ptr().add(r * lp + j0), *a);
+            }
+        }
+        for r in 0..R {
+            softmax(&mut sc[r * lp..r * lp + len]);
+        }
+        let mut o = [[_mm256_setzero_ps(); DIM / 8]; R];
+        for j in 0..len {
+            let v = head.row(2, j).as_ptr();
+            let vv: [__m256; DIM / 8] = std::array::from_fn(|c| _mm256_loadu_ps(v.add(8 * c)));
+            for r in 0..R {
+                let p = _mm256_set1_ps(sc[r * lp + j]);
+                for c in 0..DIM / 8 {
+                    o[r][c] = _mm256_fmadd_ps(p, vv[c], o[r][c]);
+                }
+            }
+        }
+        for (r, acc) in o.iter().enumerate() {
+            let out = &mut ctx_rows[(i + r) * head.hidden + head.col..][..DIM];
+            for (c, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
+            }
+        }
+    }
+
+    /// Softmax with the polynomial `exp` (relative error ≈ 2e-7), so the exponentials vectorise;
+    /// the sum is a separate loop because an ordered float sum would keep them scalar.
+    #[inline(always)]
+    fn softmax(row: &mut [f32]) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        for v in row.iter_mut() {
+            *v = exp_neg(*v - max);
+        }
+        let inv = 1.0 / row.iter().sum::<f32>();
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
