@@ -1,8 +1,9 @@
 //! Scaled dot-product attention for one (sequence, head): `ctx[i] = Σ_j softmax_j(q_i·k_j) v_j`.
 //!
 //! The AVX2 kernel (head dimension 32, as all-MiniLM-L6-v2's) blocks both products in registers:
-//! scores for four query rows × eight keys at a time over K transposed, a vectorised softmax,
-//! then four output rows × 32 dimensions accumulated over the keys. The portable body is the
+//! scores for four query rows × sixteen keys at a time over K transposed, a vectorised softmax,
+//! then four output rows × 16 dimensions (twice) accumulated over the keys, all within AVX2's
+//! sixteen registers. The portable body is the
 //! reference every other CPU runs.
 
 /// One head of one sequence inside the fused QKV buffer.
@@ -148,7 +149,27 @@ mod avx2 {
         let len = head.len;
         let q: [&[f32]; R] = std::array::from_fn(|r| head.row(0, i + r));
         let ktp = kt.as_ptr();
-        for j0 in (0..lp).step_by(8) {
+        // Sixteen keys per step (each broadcast query value feeds two FMAs), then eight.
+        let mut j0 = 0;
+        while j0 + 16 <= lp {
+            let mut lo = [_mm256_setzero_ps(); R];
+            let mut hi = [_mm256_setzero_ps(); R];
+            for t in 0..DIM {
+                let k0 = _mm256_loadu_ps(ktp.add(t * lp + j0));
+                let k1 = _mm256_loadu_ps(ktp.add(t * lp + j0 + 8));
+                for r in 0..R {
+                    let qv = _mm256_set1_ps(q[r][t]);
+                    lo[r] = _mm256_fmadd_ps(qv, k0, lo[r]);
+                    hi[r] = _mm256_fmadd_ps(qv, k1, hi[r]);
+                }
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(sc.as_mut_ptr().add(r * lp + j0), lo[r]);
+                _mm256_storeu_ps(sc.as_mut_ptr().add(r * lp + j0 + 8), hi[r]);
+            }
+            j0 += 16;
+        }
+        if j0 < lp {
             let mut acc = [_mm256_setzero_ps(); R];
             for t in 0..DIM {
                 let kv = _mm256_loadu_ps(ktp.add(t * lp + j0));
@@ -163,32 +184,34 @@ mod avx2 {
         for r in 0..R {
             softmax(&mut sc[r * lp..r * lp + len]);
         }
-        let mut o = [[_mm256_setzero_ps(); DIM / 8]; R];
-        for j in 0..len {
-            let v = head.row(2, j).as_ptr();
-            let vv: [__m256; DIM / 8] = std::array::from_fn(|c| _mm256_loadu_ps(v.add(8 * c)));
-            for r in 0..R {
-                let p = _mm256_set1_ps(sc[r * lp + j]);
-                for c in 0..DIM / 8 {
-                    o[r][c] = _mm256_fmadd_ps(p, vv[c], o[r][c]);
+        // The context in two halves of 16 dimensions: 4 rows × 2 accumulators, 2 value loads
+        // and 4 weights stay within AVX2's sixteen registers (all 32 dimensions would spill).
+        for half in 0..2 {
+            let mut o = [[_mm256_setzero_ps(); 2]; R];
+            for j in 0..len {
+                let v = head.row(2, j).as_ptr().add(16 * half);
+                let (v0, v1) = (_mm256_loadu_ps(v), _mm256_loadu_ps(v.add(8)));
+                for r in 0..R {
+                    let p = _mm256_set1_ps(sc[r * lp + j]);
+                    o[r][0] = _mm256_fmadd_ps(p, v0, o[r][0]);
+                    o[r][1] = _mm256_fmadd_ps(p, v1, o[r][1]);
                 }
             }
-        }
-        for (r, acc) in o.iter().enumerate() {
-            let out = &mut ctx_rows[(i + r) * head.hidden + head.col..][..DIM];
-            for (c, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(8 * c), *a);
+            for (r, acc) in o.iter().enumerate() {
+                let out = &mut ctx_rows[(i + r) * head.hidden + head.col + 16 * half..][..16];
+                _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
+                _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
             }
         }
     }
 
-    /// Softmax with the polynomial `exp` (relative error ≈ 2e-7), so the exponentials vectorise;
+    /// Softmax with the polynomial `exp` (relative error ≈ 2e-7, FMA build), so the exponentials vectorise;
     /// the sum is a separate loop because an ordered float sum would keep them scalar.
     #[inline(always)]
     fn softmax(row: &mut [f32]) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         for v in row.iter_mut() {
-            *v = exp_neg(*v - max);
+            *v = exp_neg::<true>(*v - max);
         }
         let inv = 1.0 / row.iter().sum::<f32>();
         for v in row.iter_mut() {
