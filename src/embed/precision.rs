@@ -127,11 +127,14 @@ impl std::fmt::Display for Kernel {
     }
 }
 
-/// Whether this CPU has AVX-512F and AVX-512 VNNI (`vpdpbusd` on 512-bit registers).
+/// Whether this CPU has AVX-512F, AVX-512VL and AVX-512 VNNI (`vpdpbusd` on 512-bit registers;
+/// VL for the 32-register row-dot kernel).
 pub fn cpu_has_avx512_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
