@@ -98,7 +98,7 @@ fn softmax_in_place(row: &mut [f32]) {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::super::cpu::exp_neg;
+    use super::super::mathf::exp_neg;
     use super::HeadView;
 
     /// The head dimension this kernel is built for.

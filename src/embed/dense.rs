@@ -1,9 +1,11 @@
 //! The encoder's dense projections in three weight precisions, and the kernels that apply them.
 //!
 //! A projection is `out (rows, n_out) = x (rows, n_in) · Wᵀ + b` with `W` stored `(out, in)` as in
-//! the checkpoint. Two kernels apply it:
+//! the checkpoint. Three kernels apply it:
 //!
-//! * the **row-dot kernel** (few rows, every int8 pass, and every pass on the scalar kernel): each
+//! * on CPUs with AVX-512 VNNI, **every int8 pass** runs the packed `vpdpbusd` kernel in
+//!   `vnni.rs` (same activation blocks and integer sums as the AVX2 int8 kernel below);
+//! * the **row-dot kernel** (few rows, other int8 passes, and every pass on the scalar kernel): each
 //!   weight row is read once, sequentially, and dotted with a tile of token rows that stays in
 //!   cache; output channels are split across threads. `f16` weights are widened in registers
 //!   (`_mm256_cvtph_ps`), `i8` weights are dotted with `i8` activations quantized on the fly
@@ -18,6 +20,7 @@
 use rayon::prelude::*;
 
 use super::f32buf::F32Buf;
+use super::outptr::OutPtr;
 use super::precision::{Kernel, Precision};
 use super::quant::{quantize_acts, quantize_row, Aux, BLOCK as I8_BLOCK};
 use super::vnni::{self, VnniWeights};
@@ -303,20 +306,6 @@ enum Activations<'a> {
         abs: Vec<u8>,
         scales: Vec<f32>,
     },
-}
-
-/// The row-major output of [`row_dot_linear`], written by parallel jobs that each own a
-/// disjoint set of channels (columns).
-pub(super) struct OutPtr(*mut f32);
-// SAFETY: only used to let jobs write disjoint elements of one buffer that outlives them.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element at `i`; the caller keeps `i` in bounds and unshared.
-    pub(super) fn at(&self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
 }
 
 /// `out = x · Wᵀ + b`, one weight row at a time against a tile of token rows.

@@ -12,7 +12,7 @@
 //! weights stay one byte each. Each block's sum is scaled once in `f32`, in input order, so a
 //! channel's result does not depend on how many rows share the pass.
 
-use super::dense::OutPtr;
+use super::outptr::OutPtr;
 use super::precision::cpu_has_avx512_vnni;
 
 /// Output channels per register.
@@ -42,11 +42,15 @@ impl VnniWeights {
         if rows.len() < n * k {
             return None;
         }
-        let mut packed = vec![0u8; n * k];
-        for c in 0..n {
-            let (g, l) = (c / LANES, c % LANES);
-            for (i, &w) in rows[c * k..(c + 1) * k].iter().enumerate() {
-                packed[g * LANES * k + (i / 4) * 4 * LANES + l * 4 + i % 4] = (w as u8) ^ 0x80;
+        // Written in output order (sequential stores; sixteen rows read in step).
+        let mut packed = Vec::with_capacity(n * k);
+        for g in 0..n / LANES {
+            let group = &rows[g * LANES * k..(g + 1) * LANES * k];
+            for q in 0..k / 4 {
+                for l in 0..LANES {
+                    let four = &group[l * k + 4 * q..l * k + 4 * q + 4];
+                    packed.extend(four.iter().map(|&w| (w as u8) ^ 0x80));
+                }
             }
         }
         Some(VnniWeights { packed })
