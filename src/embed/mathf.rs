@@ -2,12 +2,12 @@
 //! that GELU and the attention softmax share. Plain arithmetic and bit casts only, so loops over
 //! them vectorise; `FMA` builds (inside `avx2,fma` functions) fuse the multiply-adds.
 
-/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 build when `simd`).
+/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 + FMA build when `simd`).
 pub(super) fn gelu_in_place(xs: &mut [f32], simd: bool) {
     #[cfg(target_arch = "x86_64")]
     {
         if simd {
-            // SAFETY: `simd` is only set when the CPU has AVX2 (`Kernel::resolve`).
+            // SAFETY: `simd` is only set when the CPU has AVX2 and FMA (`Kernel::resolve`).
             unsafe { gelu_avx2(xs) };
             return;
         }
