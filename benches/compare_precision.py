@@ -4,14 +4,20 @@
     /path/to/venv/bin/python benches/compare_precision.py --threads 2 --texts 512
 
 Runs `examples/precision_bench.rs` (query latency, batch-32 throughput, cold start per precision,
-plus the machine's memory bandwidth and f32 gemm peak measured in the same process) and then
+plus the machine's memory bandwidth, f32 gemm peak and arithmetic peaks measured in the same
+process) and then
 benches/peers/st_peer.py (sentence-transformers, PyTorch CPU, same texts, same threads), and
 prints one table. Never run in CI (the peer needs a venv with sentence-transformers).
 
-Limits printed next to each figure:
-  query  max(weight bytes per pass / memory bandwidth, FLOPs / gemm peak)
-  bulk   FLOPs / gemm peak (tokens/s at 100 % of the measured f32 gemm peak)
-FLOPs per token: 2 x 10.6 M projection weights + attention (4 x 384 x seq per layer x 6).
+Limits printed next to each figure, from the peaks measured in the same run:
+  query  max(weight bytes per pass / memory bandwidth, arithmetic time)
+  bulk   1 / arithmetic time per text
+Arithmetic time: FLOPs / f32 peak, where the f32 peak is the best of the gemm crate's rate and
+the CPU's measured FMA rate (256- or 512-bit); for int8 the projections' multiply-adds count at
+the measured `vpdpbusd` rate instead (AVX2 int8 at the f32 rate: its instruction count per
+product is no lower), and attention stays f32.
+Per token: 10.6 M projection multiply-adds (6 layers x (4 x 384 x 384 + 2 x 384 x 1536)) and
+attention's 4 x 384 x seq FLOPs per layer.
 """
 import argparse, json, os, subprocess, sys
 
@@ -19,8 +25,12 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 PROJ_PARAMS = 6 * (4 * 384 * 384 + 2 * 384 * 1536)
 
 
-def flops_per_token(seq):
-    return 2 * PROJ_PARAMS + 6 * 4 * 384 * seq
+def arith_s_per_token(seq, f32_peak, vnni_peak):
+    """Seconds of arithmetic per token at the measured peaks (`vnni_peak` None: all f32)."""
+    attn = 6 * 4 * 384 * seq / (f32_peak * 1e9)
+    if vnni_peak:
+        return PROJ_PARAMS / (vnni_peak * 1e9) + attn
+    return 2 * PROJ_PARAMS / (f32_peak * 1e9) + attn
 
 
 def main():
@@ -38,22 +48,27 @@ def main():
         [sys.executable, os.path.join(ROOT, "benches/peers/st_peer.py"), "--threads", str(args.threads),
          "--texts", str(args.texts), "--batches", "32", "--repeats", str(args.repeats)],
         cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
-    bw, peak = m["memory_gb_per_s"], m["gemm_f32_gflop_per_s"]
+    bw, gemm = m["memory_gb_per_s"], m["gemm_f32_gflop_per_s"]
+    fma = max(m.get("fma256_f32_gflop_per_s") or 0, m.get("fma512_f32_gflop_per_s") or 0)
+    peak = max(gemm, fma)
+    vnni = m.get("vnni_gmac_per_s")
     st_q, st_tps = peer["query_ms"]["p50"], peer["throughput"]["32"]["texts_per_s"]
     tokens, texts = m["tokens"], m["texts"]
     avg_seq = tokens / texts
     print(json.dumps({"memex": m, "sentence_transformers": peer}))
     print(f"\n{texts} texts, {tokens} tokens; {args.threads} threads; memory {bw:.1f} GB/s; "
-          f"f32 gemm peak {peak:.1f} GFLOP/s")
+          f"f32 gemm {gemm:.1f} GFLOP/s, FMA 256-bit {m.get('fma256_f32_gflop_per_s') or 0:.1f}, "
+          f"512-bit {m.get('fma512_f32_gflop_per_s') or 0:.1f}; vpdpbusd {vnni or 0:.0f} G MAC/s")
     print(f"{'':<8}{'query p50':>11}{'p99':>8}{'vs ST':>8}{'limit':>8}"
           f"{'texts/s b32':>13}{'vs ST':>8}{'limit':>8}{'cold ms':>9}{'MB/pass':>9}")
     for p, r in m["precisions"].items():
         q = r["query_ms"]["p50"]
         qt = r["query_tokens"]
         byte_ms = r["weight_bytes_per_pass"] / (bw * 1e9) * 1e3
-        flop_ms = qt * flops_per_token(qt) / (peak * 1e9) * 1e3
+        p_vnni = vnni if p.startswith("int8") and r["kernel"].startswith("avx512vnni") else None
+        flop_ms = qt * arith_s_per_token(qt, peak, p_vnni) * 1e3
         tps = r["batch32"]["texts_per_s"]
-        bulk_limit = peak * 1e9 / flops_per_token(avg_seq) / avg_seq
+        bulk_limit = 1 / (arith_s_per_token(avg_seq, peak, p_vnni) * avg_seq)
         print(f"{p:<8}{q:>9.2f}ms{r['query_ms']['p99']:>8.2f}{st_q / q:>7.2f}x{max(byte_ms, flop_ms):>6.2f}ms"
               f"{tps:>13.1f}{tps / st_tps:>7.2f}x{bulk_limit:>8.0f}{r['cold_start_ms']:>9.0f}"
               f"{r['weight_bytes_per_pass'] / 1e6:>9.1f}")

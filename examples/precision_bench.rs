@@ -9,7 +9,8 @@
 //! bulk throughput at batch 32 over the first N texts of `data/corpus/texts.jsonl` (best of R),
 //! cold start (spawning `memex embed` until its first vector, median of 5) and the bytes of
 //! weights one pass streams; plus the measured memory bandwidth (reading a 1 GiB buffer on all
-//! threads) and f32 gemm peak (the encoder's FFN shape, all threads). `--only NAME` (f32, f16,
+//! threads), f32 gemm peak (the `gemm` crate at the encoder's FFN shape, all threads) and the
+//! CPU's arithmetic peaks (f32 FMA on its widest vectors, `vpdpbusd` where it has VNNI). `--only NAME` (f32, f16,
 //! int8, int8_avx2) runs one of them, for profiling.
 
 use std::path::PathBuf;
@@ -103,6 +104,102 @@ fn gemm_peak(threads: usize) -> f64 {
         best = best.max(2.0 * (m * n * k * reps) as f64 / dt / 1e9);
     }
     best
+}
+
+/// The CPU's arithmetic peaks, measured on the pool's threads with register-only loops (no
+/// memory traffic): f32 FMA GFLOP/s on 256-bit (AVX2) and 512-bit (AVX-512F) vectors and
+/// `vpdpbusd` G multiply-adds/s (AVX-512 VNNI). `None` where the CPU lacks the instructions.
+fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 3] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        const CHAINS: usize = 20;
+        const ITERS: usize = 2_000_000;
+
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma512() -> f32 {
+            let (a, b) = (_mm512_set1_ps(0.999_999), _mm512_set1_ps(1e-7));
+            let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+            for _ in 0..ITERS {
+                for v in acc.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, a, b);
+                }
+            }
+            acc.iter().map(|&v| _mm512_reduce_add_ps(v)).sum()
+        }
+
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn fma256() -> f32 {
+            let (a, b) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+            // Twelve chains: AVX2 has sixteen registers, and a spilled chain measures the stores.
+            let mut acc = [_mm256_set1_ps(1.0); 12];
+            for _ in 0..ITERS {
+                for v in acc.iter_mut() {
+                    *v = _mm256_fmadd_ps(*v, a, b);
+                }
+            }
+            let mut lanes = [0f32; 8];
+            acc.iter()
+                .map(|&v| {
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), v);
+                    lanes.iter().sum::<f32>()
+                })
+                .sum()
+        }
+
+        #[target_feature(enable = "avx512f,avx512vnni")]
+        unsafe fn vnni512() -> f32 {
+            let (a, b) = (_mm512_set1_epi8(3), _mm512_set1_epi8(-2));
+            let mut acc = [_mm512_setzero_si512(); CHAINS];
+            for _ in 0..ITERS {
+                for v in acc.iter_mut() {
+                    *v = _mm512_dpbusd_epi32(*v, a, b);
+                }
+            }
+            acc.iter().map(|&v| _mm512_reduce_add_epi32(v) as f32).sum()
+        }
+
+        /// Best of 30 short bursts of `f` run on every pool thread at once (the encoder's passes
+        /// are bursts too); `per_call` operations each.
+        fn rate(pool: &rayon::ThreadPool, per_call: f64, f: fn() -> f32) -> f64 {
+            let mut best = 0f64;
+            for _ in 0..30 {
+                let t0 = Instant::now();
+                let sink: f32 = pool.broadcast(|_| f()).iter().sum();
+                let dt = t0.elapsed().as_secs_f64();
+                assert!(sink.is_finite());
+                best = best.max(per_call * pool.current_num_threads() as f64 / dt / 1e9);
+            }
+            best
+        }
+        let ops = (CHAINS * ITERS) as f64;
+        let fma256 = if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: AVX2 and FMA detected just above.
+            Some(rate(pool, (12 * ITERS) as f64 * 16.0, || unsafe {
+                fma256()
+            }))
+        } else {
+            None
+        };
+        let fma512 = if is_x86_feature_detected!("avx512f") {
+            // SAFETY: AVX-512F detected just above.
+            Some(rate(pool, ops * 32.0, || unsafe { fma512() }))
+        } else {
+            None
+        };
+        let vnni = if memex::embed::cpu_has_avx512_vnni() {
+            // SAFETY: AVX-512F and VNNI detected by `cpu_has_avx512_vnni`.
+            Some(rate(pool, ops * 64.0, || unsafe { vnni512() }))
+        } else {
+            None
+        };
+        [fma256, fma512, vnni]
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = pool;
+        [None; 3]
+    }
 }
 
 fn cold_start_ms(precision: Precision, threads: usize) -> f64 {
@@ -211,12 +308,16 @@ fn main() {
         );
         eprintln!("{name}: {}", results[name]);
     }
+    let peaks = arithmetic_peaks(&pool);
     let out = serde_json::json!({
         "threads": threads,
         "texts": refs.len(),
         "tokens": tokens,
         "memory_gb_per_s": bandwidth(&pool),
         "gemm_f32_gflop_per_s": gemm_peak(threads),
+        "fma256_f32_gflop_per_s": peaks[0],
+        "fma512_f32_gflop_per_s": peaks[1],
+        "vnni_gmac_per_s": peaks[2],
         "precisions": results,
     });
     println!("{out}");

@@ -1,26 +1,30 @@
 //! The encoder's dense projections in three weight precisions, and the kernels that apply them.
 //!
 //! A projection is `out (rows, n_out) = x (rows, n_in) · Wᵀ + b` with `W` stored `(out, in)` as in
-//! the checkpoint. Three kernels apply it:
+//! the checkpoint. Four kernels apply it:
 //!
-//! * on CPUs with AVX-512 VNNI, **every int8 pass** runs the packed `vpdpbusd` kernel in
-//!   `vnni.rs` (same activation blocks and integer sums as the AVX2 int8 kernel below);
-//! * the **row-dot kernel** (few rows, other int8 passes, and every pass on the scalar kernel): each
+//! * on CPUs with the AVX-512 tier ([`Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI), **every
+//!   `f32` and `f16` pass** runs the panel kernel in `panels.rs` (weights packed in 32-channel
+//!   panels, 512-bit outer products, no horizontal sums), and **every int8 pass** the packed
+//!   `vpdpbusd` kernel in `vnni.rs` (same activation blocks and integer sums as the AVX2 int8
+//!   kernel below);
+//! * the **row-dot kernel** (AVX2 or portable: few rows, and every int8 pass without VNNI): each
 //!   weight row is read once, sequentially, and dotted with a tile of token rows that stays in
 //!   cache; output channels are split across threads. `f16` weights are widened in registers
 //!   (`_mm256_cvtph_ps`), `i8` weights are dotted with `i8` activations quantized on the fly
 //!   (one scale per 32 inputs) in `i32` (`_mm256_maddubs_epi16` + `_mm256_madd_epi16`, the sign
 //!   moved onto the weight with `_mm256_sign_epi8`, no `i16` saturation possible);
-//! * **gemm** (more rows, `f32` and `f16`): the `gemm` crate's packed kernel. `f16` weights are
-//!   kept a second time in the `(in, out)` layout gemm reads without repacking, and widened into a
-//!   per-thread `f32` scratch (≤ 2.4 MB) right before the same gemm call as the `f32` path: one
-//!   sequential pass over the matrix (≈ 0.1 ms) per pass of 33–768 tokens, under 1 % of that
-//!   pass's arithmetic.
+//! * **gemm** (AVX2, more rows, `f32` and `f16`): the `gemm` crate's packed kernel. `f16` weights
+//!   are kept a second time in the `(in, out)` layout gemm reads without repacking, and widened
+//!   into a per-thread `f32` scratch (≤ 2.4 MB) right before the same gemm call as the `f32`
+//!   path: one sequential pass over the matrix (≈ 0.1 ms) per pass of 33–768 tokens, under 1 %
+//!   of that pass's arithmetic.
 
 use rayon::prelude::*;
 
 use super::f32buf::F32Buf;
 use super::outptr::OutPtr;
+use super::panels::{self, Panels};
 use super::precision::{Kernel, Precision};
 use super::quant::{quantize_acts, quantize_row, Aux, BLOCK as I8_BLOCK};
 use super::vnni::{self, VnniWeights};
@@ -32,6 +36,10 @@ pub(super) enum Weights {
     F32 { rows: F32Buf, cols: Vec<f32> },
     /// IEEE half bits: `rows` `(out, in)` for the row-dot kernel, `cols` `(in, out)` for gemm.
     F16 { rows: Vec<u16>, cols: Vec<u16> },
+    /// `f32` weights in 32-channel panels for the AVX-512F kernel, which then runs every pass.
+    PanelsF32(Panels<f32>),
+    /// IEEE half bits in 32-channel panels for the AVX-512F kernel, which then runs every pass.
+    PanelsF16(Panels<u16>),
     /// Symmetric per-output-channel `i8` in `[-127, 127]`, `(out, in)`, and each channel's scale;
     /// `vnni` the same matrix packed for the AVX-512 VNNI kernel when that kernel runs.
     Int8 {
@@ -60,7 +68,12 @@ impl Dense {
         precision: Precision,
         kernel: Kernel,
     ) -> Dense {
+        // The AVX-512 kernels' tier packs `f32` and `f16` weights for the panel kernel only: it
+        // runs every pass of any size, so neither the row-dot layout nor gemm's is kept.
+        let panels = kernel.vnni() && super::precision::cpu_has_avx512_vnni();
         let w = match precision {
+            Precision::F32 if panels => Weights::PanelsF32(Panels::pack(&rows, n_out, n_in)),
+            Precision::F16 if panels => Weights::PanelsF16(Panels::pack(&rows, n_out, n_in)),
             Precision::F32 => Weights::F32 {
                 cols: transpose(&rows, n_out, n_in),
                 rows,
@@ -98,8 +111,8 @@ impl Dense {
     pub(super) fn weight_bytes(&self) -> usize {
         let n = self.n_in * self.n_out;
         match self.w {
-            Weights::F32 { .. } => 4 * n,
-            Weights::F16 { .. } => 2 * n,
+            Weights::F32 { .. } | Weights::PanelsF32(_) => 4 * n,
+            Weights::F16 { .. } | Weights::PanelsF16(_) => 2 * n,
             Weights::Int8 { .. } => n + 4 * self.n_out,
         }
     }
@@ -138,6 +151,8 @@ pub(super) fn linear(
 ) {
     let use_gemm = kernel.simd() && rows > SMALL_PASS_ROWS;
     match &layer.w {
+        Weights::PanelsF32(p) => panels::linear(x, rows, p, &layer.b, out, parallel),
+        Weights::PanelsF16(p) => panels::linear(x, rows, p, &layer.b, out, parallel),
         Weights::F32 { cols, .. } if use_gemm => gemm_bias(x, rows, layer, cols, out, parallel),
         Weights::F16 { cols, .. } if use_gemm => gemm_f16(x, rows, layer, cols, out, parallel),
         Weights::Int8 {
@@ -511,37 +526,18 @@ fn dot_rows_pair(
             && x.len() >= rows * k
             && dst.iter().all(|d| d.len() >= rows)
         {
-            let wide = kernel.vnni() && super::precision::cpu_has_avx512_vnni();
-            /// # Safety
-            /// As [`avx2::dot_rows_pair`]; `wide` only where the CPU has AVX-512F and VL.
-            unsafe fn run<W: avx2::WeightRow>(
-                x: &[f32],
-                rows: usize,
-                k: usize,
-                w: [*const W::Elem; 2],
-                bias: [f32; 2],
-                dst: [&mut [f32]; 2],
-                wide: bool,
-            ) {
-                if wide {
-                    avx2::dot_rows_pair_wide::<W>(x, rows, k, w, bias, dst)
-                } else {
-                    avx2::dot_rows_pair::<W>(x, rows, k, w, bias, dst)
-                }
-            }
             match w {
                 PairRows::F32(w) if w.iter().all(|w| w.len() >= k) => {
                     // SAFETY: `kernel.simd()` holds only when the CPU has AVX2, FMA and F16C
-                    // (`Kernel::resolve`), `wide` only with AVX-512F and VL (checked above); the
-                    // lengths are checked above.
+                    // (`Kernel::resolve`); the lengths are checked above.
                     let w = [w[0].as_ptr(), w[1].as_ptr()];
-                    unsafe { run::<avx2::F32Row>(x, rows, k, w, bias, dst, wide) };
+                    unsafe { avx2::dot_rows_pair::<avx2::F32Row>(x, rows, k, w, bias, dst) };
                     return true;
                 }
                 PairRows::F16(w) if w.iter().all(|w| w.len() >= k) => {
                     // SAFETY: as above.
                     let w = [w[0].as_ptr(), w[1].as_ptr()];
-                    unsafe { run::<avx2::F16Row>(x, rows, k, w, bias, dst, wide) };
+                    unsafe { avx2::dot_rows_pair::<avx2::F16Row>(x, rows, k, w, bias, dst) };
                     return true;
                 }
                 _ => {}
@@ -837,25 +833,6 @@ mod avx2 {
         pair_tiles::<W, 6>(x, rows, k, w, bias, dst)
     }
 
-    /// [`dot_rows_pair`] where AVX-512VL gives 32 vector registers: up to ten token rows per
-    /// tile (20 accumulators), so a 20-token query is two tiles, not four, and each weight pair
-    /// is loaded and widened half as often. The arithmetic is the same 256-bit FMAs in the same
-    /// order per channel, so the results are bit-identical to [`dot_rows_pair`].
-    ///
-    /// # Safety
-    /// As [`dot_rows_pair`], and the CPU has AVX-512F and AVX-512VL.
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
-    pub(super) unsafe fn dot_rows_pair_wide<W: WeightRow>(
-        x: &[f32],
-        rows: usize,
-        k: usize,
-        w: [*const W::Elem; 2],
-        bias: [f32; 2],
-        dst: [&mut [f32]; 2],
-    ) {
-        pair_tiles::<W, 10>(x, rows, k, w, bias, dst)
-    }
-
     /// The tiles of [`dot_rows_pair`], at most `MAX` rows each.
     #[inline(always)]
     unsafe fn pair_tiles<W: WeightRow, const MAX: usize>(
@@ -881,10 +858,6 @@ mod avx2 {
             let r = (rows - t) / (tiles - n);
             let pf = if n == 0 { next } else { std::ptr::null() };
             match r {
-                10 => pair_tile::<W, 10>(xp, t, k, w, bias, dst0, dst1, pf),
-                9 => pair_tile::<W, 9>(xp, t, k, w, bias, dst0, dst1, pf),
-                8 => pair_tile::<W, 8>(xp, t, k, w, bias, dst0, dst1, pf),
-                7 => pair_tile::<W, 7>(xp, t, k, w, bias, dst0, dst1, pf),
                 6 => pair_tile::<W, 6>(xp, t, k, w, bias, dst0, dst1, pf),
                 5 => pair_tile::<W, 5>(xp, t, k, w, bias, dst0, dst1, pf),
                 4 => pair_tile::<W, 4>(xp, t, k, w, bias, dst0, dst1, pf),
@@ -1189,30 +1162,6 @@ mod tests {
                         );
                     }
                 }
-            }
-        }
-    }
-
-    /// The 32-register row-dot kernel (AVX-512VL CPUs) tiles rows differently but sums each
-    /// channel in the same order: the same bits as the AVX2 one, for every pass size.
-    #[test]
-    fn wide_row_tiles_give_the_same_bits() {
-        let (wide, narrow) = (Kernel::resolve(KernelChoice::Auto), Kernel::Avx2F16c);
-        if !wide.vnni() {
-            return; // this CPU has no AVX-512: only one row-dot kernel exists here
-        }
-        let (k, n) = (96, 64);
-        for precision in [Precision::F32, Precision::F16] {
-            let (_, d) = layer(k, n, precision, wide);
-            for rows in 1..=32 {
-                let x: Vec<f32> = (0..rows * k)
-                    .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
-                    .collect();
-                let mut a = vec![0f32; rows * n];
-                let mut b = vec![0f32; rows * n];
-                linear(&x, rows, &d, &mut a, true, wide);
-                linear(&x, rows, &d, &mut b, true, narrow);
-                assert_eq!(a, b, "{precision}, {rows} rows");
             }
         }
     }

@@ -14,6 +14,7 @@ pub mod fetch;
 mod mathf;
 mod minilm;
 mod outptr;
+mod panels;
 mod precision;
 mod quant;
 pub mod queue;

@@ -54,11 +54,12 @@ impl std::str::FromStr for Precision {
 /// Which kernels the CPU encoder may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum KernelChoice {
-    /// The fastest kernels the CPU has: AVX-512 VNNI for int8 on top of AVX2 + FMA + F16C, else
-    /// AVX2 + FMA + F16C, else the portable ones.
+    /// The fastest kernels the CPU has: the AVX-512 tier (512-bit panels for `f32`/`f16`
+    /// projections, VNNI for int8) on top of AVX2 + FMA + F16C, else AVX2 + FMA + F16C, else
+    /// the portable ones.
     #[default]
     Auto,
-    /// AVX2 + FMA + F16C even on a CPU with AVX-512 VNNI (portable when the CPU lacks them).
+    /// AVX2 + FMA + F16C even on a CPU with AVX-512 (portable when the CPU lacks them).
     Avx2,
     /// The portable scalar kernels even on a CPU with AVX2 (to check them, or to compare).
     Scalar,
@@ -81,8 +82,8 @@ impl std::str::FromStr for KernelChoice {
 /// The kernels the CPU encoder actually runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kernel {
-    /// AVX-512F and AVX-512 VNNI for int8 projections, AVX2, FMA and F16C for everything else
-    /// (x86-64), detected at run time.
+    /// AVX-512F for the `f32`/`f16` projections (`panels.rs`) and AVX-512 VNNI for the int8
+    /// ones (`vnni.rs`); AVX2, FMA and F16C for everything else (x86-64), detected at run time.
     Avx512Vnni,
     /// AVX2, FMA and F16C (x86-64), detected at run time.
     Avx2F16c,
@@ -115,7 +116,8 @@ impl Kernel {
         matches!(self, Kernel::Avx512Vnni | Kernel::Avx2F16c)
     }
 
-    /// Whether the int8 projections run on AVX-512 VNNI.
+    /// Whether the AVX-512 tier is in use: `f32`/`f16` projections on the panel kernel and int8
+    /// ones on AVX-512 VNNI.
     pub(crate) fn vnni(self) -> bool {
         self == Kernel::Avx512Vnni
     }
@@ -127,8 +129,8 @@ impl std::fmt::Display for Kernel {
     }
 }
 
-/// Whether this CPU has AVX-512F, AVX-512VL and AVX-512 VNNI (`vpdpbusd` on 512-bit registers;
-/// VL for the 32-register row-dot kernel).
+/// Whether this CPU has AVX-512F, AVX-512VL and AVX-512 VNNI (`vpdpbusd` on 512-bit registers),
+/// the AVX-512 tier's requirements.
 pub fn cpu_has_avx512_vnni() -> bool {
     #[cfg(target_arch = "x86_64")]
     {

@@ -1,0 +1,478 @@
+//! The `f32` and `f16` projections on AVX-512F: weights packed in panels of 32 output channels,
+//! applied as outer products, so no dot product ever needs a horizontal sum.
+//!
+//! A panel holds, for each input `i`, the weights of its 32 channels side by side
+//! (`[panel][i][32]`, the last panel padded with zero channels). One step of the kernel loads
+//! those 32 weights into two 512-bit registers (widened from `f16` with `vcvtph2ps` where the
+//! weights are half precision), broadcasts input `i` of each of up to twelve token rows, and
+//! adds the products into 2 × 12 accumulators: 24 FMAs of sixteen lanes per 64 (`f16`) or 128
+//! (`f32`) bytes of weight and twelve broadcasts. Each output element is one accumulator summed
+//! in input order and then offset by its bias, whatever the tiling: a text gets the same bits
+//! alone, in a batch, or in a pass of any size, and the results go straight into the row-major
+//! output, no scatter.
+//!
+//! This replaces both the AVX2 row-dot kernel and gemm for these two precisions where the CPU
+//! has AVX-512F: 512-bit FMAs do twice the work per instruction of the 256-bit ones the `gemm`
+//! crate issues on stable Rust (BENCHMARKS.md §1b, run 7).
+
+use rayon::prelude::*;
+
+use super::outptr::OutPtr;
+
+/// Output channels per panel: two registers of sixteen.
+const PANEL: usize = 32;
+/// Token rows per micro-tile: 2 × 12 accumulators, two weight registers and a broadcast fit the
+/// 32 vector registers.
+const MAX_ROWS: usize = 12;
+/// Weight bytes one job keeps hot in L2 while its row tiles pass.
+const JOB_WEIGHT_BYTES: usize = 384 * 1024;
+
+/// A weight element the panel kernel widens to `f32`: `f32` itself or IEEE half bits.
+pub(super) trait PanelElem: Copy + Send + Sync + 'static {
+    /// The zero weight of the padding channels.
+    const ZERO: Self;
+    /// Whether the element is IEEE half bits (widened with `vcvtph2ps`).
+    const HALF: bool;
+    /// Rounds a checkpoint weight to this element.
+    fn from_f32(v: f32) -> Self;
+    /// Widens the element back to `f32`.
+    fn to_f32(self) -> f32;
+}
+
+impl PanelElem for f32 {
+    const ZERO: f32 = 0.0;
+    const HALF: bool = false;
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// IEEE half bits.
+impl PanelElem for u16 {
+    const ZERO: u16 = 0;
+    const HALF: bool = true;
+    fn from_f32(v: f32) -> u16 {
+        half::f16::from_f32(v).to_bits()
+    }
+    fn to_f32(self) -> f32 {
+        half::f16::from_bits(self).to_f32()
+    }
+}
+
+/// A `(n, k)` projection weight packed in panels of 32 channels.
+pub(super) struct Panels<E> {
+    /// `[n.div_ceil(32)][k][32]`, channels past `n` zero.
+    data: Vec<E>,
+    n: usize,
+    k: usize,
+}
+
+impl<E: PanelElem> Panels<E> {
+    /// Packs the row-major `(n, k)` matrix `rows` (the checkpoint's `(out, in)` layout), rounding
+    /// each weight to `E`.
+    pub(super) fn pack(rows: &[f32], n: usize, k: usize) -> Panels<E> {
+        let panels = n.div_ceil(PANEL);
+        let mut data = Vec::with_capacity(panels * k * PANEL);
+        for p in 0..panels {
+            for i in 0..k {
+                for lane in 0..PANEL {
+                    let c = p * PANEL + lane;
+                    data.push(match rows.get(c * k + i) {
+                        Some(&v) if c < n => E::from_f32(v),
+                        _ => E::ZERO,
+                    });
+                }
+            }
+        }
+        Panels { data, n, k }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(PANEL)
+    }
+}
+
+/// `out (rows, n) = x (rows, k) · Wᵀ + b`, jobs of whole panels and row ranges in parallel when
+/// `parallel`.
+pub(super) fn linear<E: PanelElem>(
+    x: &[f32],
+    rows: usize,
+    w: &Panels<E>,
+    bias: &[f32],
+    out: &mut [f32],
+    parallel: bool,
+) {
+    let (k, n) = (w.k, w.n);
+    assert!(
+        x.len() >= rows * k && out.len() >= rows * n && bias.len() >= n,
+        "projection buffers shorter than their shape"
+    );
+    if rows == 0 || n == 0 {
+        return;
+    }
+    let threads = if parallel {
+        rayon::current_num_threads()
+    } else {
+        1
+    };
+    let plan = Plan::new(
+        rows,
+        w.panels(),
+        k * PANEL * std::mem::size_of::<E>(),
+        threads,
+    );
+    let dest = OutPtr(out.as_mut_ptr());
+    let job = |j: usize| {
+        let (g, c) = (j / plan.row_chunks, j % plan.row_chunks);
+        let p0 = g * plan.group;
+        let p1 = (p0 + plan.group).min(w.panels());
+        let t0 = c * plan.chunk_rows;
+        let t1 = (t0 + plan.chunk_rows).min(rows);
+        if t0 < t1 {
+            // SAFETY: every job owns the output rows `t0..t1` × channels of panels `p0..p1`, so
+            // no two jobs write one element; the lengths were asserted above.
+            unsafe { run(x, t0, t1, w, p0, p1, bias, &dest) };
+        }
+    };
+    let jobs = plan.groups * plan.row_chunks;
+    if threads > 1 && jobs > 1 {
+        (0..jobs).into_par_iter().for_each(job);
+    } else {
+        (0..jobs).for_each(job);
+    }
+}
+
+/// How a pass is cut into jobs: groups of panels whose weights stay in L2, times row chunks.
+struct Plan {
+    group: usize,
+    groups: usize,
+    chunk_rows: usize,
+    row_chunks: usize,
+}
+
+impl Plan {
+    fn new(rows: usize, panels: usize, panel_bytes: usize, threads: usize) -> Plan {
+        let by_cache = (JOB_WEIGHT_BYTES / panel_bytes.max(1)).max(1);
+        if threads <= 1 {
+            // One job: panels in L2-sized groups are still visited group by group below.
+            return Plan {
+                group: panels,
+                groups: 1,
+                chunk_rows: rows,
+                row_chunks: 1,
+            };
+        }
+        // Enough jobs that work stealing evens out the threads: a few per thread for a short
+        // pass (a query's weights are read once, so split the channels), more for a long one.
+        let want = if rows <= 2 * MAX_ROWS {
+            4 * threads
+        } else {
+            16 * threads
+        };
+        let group = by_cache.min(panels.div_ceil(want)).max(1);
+        let groups = panels.div_ceil(group);
+        let row_chunks = want.div_ceil(groups).min(rows.div_ceil(MAX_ROWS)).max(1);
+        // Whole micro-tiles per chunk, so chunking never changes how rows are tiled more than
+        // necessary (the results do not depend on it either way).
+        let chunk_rows = rows
+            .div_ceil(row_chunks)
+            .next_multiple_of(MAX_ROWS)
+            .min(rows);
+        Plan {
+            group,
+            groups,
+            chunk_rows,
+            row_chunks: rows.div_ceil(chunk_rows),
+        }
+    }
+}
+
+/// Rows `t0..t1` against panels `p0..p1`, on AVX-512F when the CPU has it.
+///
+/// # Safety
+/// The caller owns those rows × channels of the `(rows, n)` buffer behind `out`; `x` holds
+/// `t1 · k` values and `bias` `n`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run<E: PanelElem>(
+    x: &[f32],
+    t0: usize,
+    t1: usize,
+    w: &Panels<E>,
+    p0: usize,
+    p1: usize,
+    bias: &[f32],
+    out: &OutPtr,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            x86::run(x, t0, t1, w, p0, p1, bias, out);
+            return;
+        }
+    }
+    portable(x, t0, t1, w, p0, p1, bias, out)
+}
+
+/// The same sums without SIMD, in the same order (input order, then the bias), for CPUs without
+/// AVX-512F: the packing is only chosen where the CPU has it, so this runs only if that changes.
+///
+/// # Safety
+/// As [`run`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn portable<E: PanelElem>(
+    x: &[f32],
+    t0: usize,
+    t1: usize,
+    w: &Panels<E>,
+    p0: usize,
+    p1: usize,
+    bias: &[f32],
+    out: &OutPtr,
+) {
+    let (k, n) = (w.k, w.n);
+    for p in p0..p1 {
+        let panel = &w.data[p * k * PANEL..(p + 1) * k * PANEL];
+        for t in t0..t1 {
+            let xr = &x[t * k..(t + 1) * k];
+            for lane in 0..PANEL.min(n - p * PANEL) {
+                let c = p * PANEL + lane;
+                let s: f32 = xr
+                    .iter()
+                    .enumerate()
+                    .fold(0.0, |s, (i, &v)| s + v * panel[i * PANEL + lane].to_f32());
+                *out.at(t * n + c) = s + bias[c];
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{OutPtr, PanelElem, Panels, MAX_ROWS, PANEL};
+
+    /// `R` token rows from `t` against one panel: `2R` accumulators.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile<const R: usize, const F16: bool>(
+        xp: *const f32,
+        t: usize,
+        k: usize,
+        n: usize,
+        panel: *const u8,
+        c0: usize,
+        bias: [__m512; 2],
+        masks: [__mmask16; 2],
+        out: &OutPtr,
+        pf: *const u8,
+    ) {
+        let size = if F16 { 2 } else { 4 };
+        let r: [*const f32; R] = std::array::from_fn(|q| xp.add((t + q) * k));
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        for i in 0..k {
+            let wp = panel.add(i * PANEL * size);
+            if !pf.is_null() {
+                let ahead = pf.wrapping_add(i * PANEL * size) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                if !F16 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                }
+            }
+            let (w0, w1) = if F16 {
+                (
+                    _mm512_cvtph_ps(_mm256_loadu_si256(wp as *const __m256i)),
+                    _mm512_cvtph_ps(_mm256_loadu_si256(wp.add(32) as *const __m256i)),
+                )
+            } else {
+                (
+                    _mm512_loadu_ps(wp as *const f32),
+                    _mm512_loadu_ps(wp.add(64) as *const f32),
+                )
+            };
+            for q in 0..R {
+                let xv = _mm512_set1_ps(*r[q].add(i));
+                a0[q] = _mm512_fmadd_ps(xv, w0, a0[q]);
+                a1[q] = _mm512_fmadd_ps(xv, w1, a1[q]);
+            }
+        }
+        for q in 0..R {
+            let o = out.at((t + q) * n + c0);
+            _mm512_mask_storeu_ps(o, masks[0], _mm512_add_ps(a0[q], bias[0]));
+            _mm512_mask_storeu_ps(o.wrapping_add(16), masks[1], _mm512_add_ps(a1[q], bias[1]));
+        }
+    }
+
+    /// Rows `t0..t1` × panels `p0..p1`, micro-tiles of at most twelve rows sized evenly (20 rows
+    /// run as 10 + 10), every panel of the group per micro-tile so its rows stay in L1.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F; as [`super::run`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn run<E: PanelElem>(
+        x: &[f32],
+        t0: usize,
+        t1: usize,
+        w: &Panels<E>,
+        p0: usize,
+        p1: usize,
+        bias: &[f32],
+        out: &OutPtr,
+    ) {
+        let f16 = E::HALF;
+        let (k, n) = (w.k, w.n);
+        let xp = x.as_ptr();
+        let base = w.data.as_ptr() as *const u8;
+        let panel_bytes = k * PANEL * std::mem::size_of::<E>();
+        let rows = t1 - t0;
+        let tiles = rows.div_ceil(MAX_ROWS);
+        let mut t = t0;
+        for s in 0..tiles {
+            let r = (t1 - t) / (tiles - s);
+            for p in p0..p1 {
+                let c0 = p * PANEL;
+                let live = n - c0;
+                let masks = [lane_mask(live), lane_mask(live.saturating_sub(16))];
+                let bias = [
+                    _mm512_maskz_loadu_ps(masks[0], bias.as_ptr().add(c0)),
+                    _mm512_maskz_loadu_ps(masks[1], bias.as_ptr().add(c0 + 16)),
+                ];
+                let panel = base.add(p * panel_bytes);
+                // The first micro-tile brings the next panel in while it reads its own, at the
+                // same pace: a short pass reads each weight once, from L3 or memory.
+                let pf = if s == 0 {
+                    panel.wrapping_add(panel_bytes)
+                } else {
+                    std::ptr::null()
+                };
+                macro_rules! go {
+                    ($($n:literal)*) => {
+                        match r {
+                            $($n => if f16 {
+                                tile::<$n, true>(xp, t, k, n, panel, c0, bias, masks, out, pf)
+                            } else {
+                                tile::<$n, false>(xp, t, k, n, panel, c0, bias, masks, out, pf)
+                            },)*
+                            _ => {}
+                        }
+                    };
+                }
+                go!(1 2 3 4 5 6 7 8 9 10 11 12);
+            }
+            t += r;
+        }
+    }
+
+    /// The first `live` of sixteen lanes (all when `live ≥ 16`).
+    fn lane_mask(live: usize) -> __mmask16 {
+        if live >= 16 {
+            0xffff
+        } else {
+            ((1u32 << live) - 1) as __mmask16
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn matrix(n: usize, k: usize) -> Vec<f32> {
+        (0..n * k)
+            .map(|i| ((i * 7_919 % 1_000) as f32 / 500.0 - 1.0) * 0.1)
+            .collect()
+    }
+
+    fn acts(rows: usize, k: usize) -> Vec<f32> {
+        (0..rows * k)
+            .map(|i| (i * 104_729 % 997) as f32 / 498.5 - 1.0)
+            .collect()
+    }
+
+    /// `x · Wᵀ + b` in `f64` over the weights as `E` rounds them.
+    fn reference<E: PanelElem>(x: &[f32], rows: usize, w: &[f32], b: &[f32], k: usize) -> Vec<f32> {
+        let n = b.len();
+        let mut out = vec![0f32; rows * n];
+        for t in 0..rows {
+            for c in 0..n {
+                let s: f64 = (0..k)
+                    .map(|i| x[t * k + i] as f64 * E::from_f32(w[c * k + i]).to_f32() as f64)
+                    .sum();
+                out[t * n + c] = (s + b[c] as f64) as f32;
+            }
+        }
+        out
+    }
+
+    fn check<E: PanelElem>(n: usize, k: usize) {
+        let w = matrix(n, k);
+        let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.01 - 0.3).collect();
+        let p = Panels::<E>::pack(&w, n, k);
+        for rows in [1, 2, 5, 11, 12, 13, 20, 25, 40, 131] {
+            let x = acts(rows, k);
+            let want = reference::<E>(&x, rows, &w, &b, k);
+            let mut par = vec![f32::NAN; rows * n];
+            let mut seq = vec![f32::NAN; rows * n];
+            linear(&x, rows, &p, &b, &mut par, true);
+            linear(&x, rows, &p, &b, &mut seq, false);
+            assert_eq!(par, seq, "n {n} k {k} rows {rows}: threads change the bits");
+            for (g, e) in par.iter().zip(&want) {
+                assert!((g - e).abs() <= 1e-4, "n {n} k {k} rows {rows}: {g} vs {e}");
+            }
+            // Every row alone gives the bits it got inside the pass.
+            for t in [0, rows / 2, rows - 1] {
+                let mut one = vec![f32::NAN; n];
+                linear(&x[t * k..(t + 1) * k], 1, &p, &b, &mut one, true);
+                assert_eq!(
+                    one[..],
+                    par[t * n..(t + 1) * n],
+                    "n {n} k {k} row {t} of {rows}"
+                );
+            }
+        }
+    }
+
+    /// Panel kernel against an `f64` product, for channel counts that fill panels exactly and
+    /// that leave a masked tail, odd input widths, every micro-tile size and both element types;
+    /// threads and pass size never change a result's bits.
+    #[test]
+    fn panels_compute_the_plain_product() {
+        for (n, k) in [(64, 96), (99, 37), (160, 384), (7, 5)] {
+            check::<f32>(n, k);
+            check::<u16>(n, k);
+        }
+    }
+
+    /// The portable loop (CPUs without AVX-512F) agrees with the SIMD kernel.
+    #[test]
+    fn portable_panels_agree() {
+        let (n, k, rows) = (99, 70, 23);
+        let w = matrix(n, k);
+        let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.02).collect();
+        let x = acts(rows, k);
+        for half in [false, true] {
+            let mut simd = vec![f32::NAN; rows * n];
+            let mut plain = vec![f32::NAN; rows * n];
+            let dest = OutPtr(plain.as_mut_ptr());
+            if half {
+                let p = Panels::<u16>::pack(&w, n, k);
+                linear(&x, rows, &p, &b, &mut simd, false);
+                // SAFETY: the whole output is this call's; `x` and `b` cover the shape.
+                unsafe { portable(&x, 0, rows, &p, 0, p.panels(), &b, &dest) };
+            } else {
+                let p = Panels::<f32>::pack(&w, n, k);
+                linear(&x, rows, &p, &b, &mut simd, false);
+                // SAFETY: as above.
+                unsafe { portable(&x, 0, rows, &p, 0, p.panels(), &b, &dest) };
+            }
+            for (g, e) in simd.iter().zip(&plain) {
+                assert!((g - e).abs() <= 1e-4, "half {half}: {g} vs {e}");
+            }
+        }
+    }
+}
