@@ -13,7 +13,7 @@ Limits printed next to each figure, from the peaks measured in the same run:
   query  max(weight bytes per pass / memory bandwidth, arithmetic time)
   bulk   1 / arithmetic time per text
 Arithmetic time: FLOPs / f32 peak, where the f32 peak is the best of the gemm crate's rate and
-the CPU's measured FMA rate (256- or 512-bit); for int8 the projections' multiply-adds count at
+the CPU's measured FMA rate (512-bit for the AVX-512 tier's kernels, else 256-bit); for int8 the projections' multiply-adds count at
 the measured `vpdpbusd` rate instead (AVX2 int8 at the f32 rate: its instruction count per
 product is no lower), and attention stays f32.
 Per token: 10.6 M projection multiply-adds (6 layers x (4 x 384 x 384 + 2 x 384 x 1536)) and
@@ -49,8 +49,8 @@ def main():
          "--texts", str(args.texts), "--batches", "32", "--repeats", str(args.repeats)],
         cwd=ROOT, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
     bw, gemm = m["memory_gb_per_s"], m["gemm_f32_gflop_per_s"]
-    fma = max(m.get("fma256_f32_gflop_per_s") or 0, m.get("fma512_f32_gflop_per_s") or 0)
-    peak = max(gemm, fma)
+    fma256 = m.get("fma256_f32_gflop_per_s") or 0
+    fma512 = m.get("fma512_f32_gflop_per_s") or 0
     vnni = m.get("vnni_gmac_per_s")
     st_q, st_tps = peer["query_ms"]["p50"], peer["throughput"]["32"]["texts_per_s"]
     tokens, texts = m["tokens"], m["texts"]
@@ -65,7 +65,10 @@ def main():
         q = r["query_ms"]["p50"]
         qt = r["query_tokens"]
         byte_ms = r["weight_bytes_per_pass"] / (bw * 1e9) * 1e3
-        p_vnni = vnni if p.startswith("int8") and r["kernel"].startswith("avx512vnni") else None
+        avx512 = (r["kernel"] or "").startswith("avx512")
+        # The AVX-512 tier's f32/f16 kernel issues 512-bit FMAs; the AVX2 kernels 256-bit ones.
+        peak = max(gemm, fma256, fma512 if avx512 else 0)
+        p_vnni = vnni if p.startswith("int8") and avx512 else None
         flop_ms = qt * arith_s_per_token(qt, peak, p_vnni) * 1e3
         tps = r["batch32"]["texts_per_s"]
         bulk_limit = 1 / (arith_s_per_token(avg_seq, peak, p_vnni) * avg_seq)
