@@ -325,6 +325,15 @@ fn model_info_says_what_runs() {
             _ => "scalar",
         }
     );
+    // The default f16 projections: the 512-bit panels wherever the AVX-512 tier runs.
+    assert_eq!(
+        info["projections"],
+        match (simd, vnni) {
+            (true, true) => "avx512f panels",
+            (true, false) => "avx2 row-dot up to 32 rows, gemm above",
+            _ => "portable",
+        }
+    );
 
     // `--kernel avx2` never takes the AVX-512 path.
     let out = memex()
@@ -353,6 +362,7 @@ fn model_info_says_what_runs() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("precision  int8"), "{text}");
     assert!(text.contains("kernel     scalar"), "{text}");
+    assert!(text.contains("projections portable"), "{text}");
     assert!(text.contains("dimension  384"), "{text}");
     assert!(
         text.contains(&format!(

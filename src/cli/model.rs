@@ -38,6 +38,8 @@ struct ModelInfo {
     device: String,
     precision: String,
     kernel: String,
+    /// What multiplies the projection weights (`None` on the candle path).
+    projections: Option<&'static str>,
     cpu_avx2_fma_f16c: bool,
     cpu_avx512_vnni: bool,
     threads: usize,
@@ -86,6 +88,7 @@ pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                 kernel: emb
                     .kernel()
                     .map_or_else(|| "candle".into(), |k| k.to_string()),
+                projections: emb.kernel().map(|k| k.projections(emb.precision())),
                 cpu_avx2_fma_f16c: memex::embed::cpu_has_avx2_fma_f16c(),
                 cpu_avx512_vnni: memex::embed::cpu_has_avx512_vnni(),
                 threads: emb.threads(),
@@ -109,6 +112,9 @@ pub fn run(g: &GlobalArgs, cmd: ModelCommand) -> anyhow::Result<ExitCode> {
                     yes(info.cpu_avx2_fma_f16c),
                     yes(info.cpu_avx512_vnni)
                 );
+                if let Some(p) = info.projections {
+                    println!("projections {p}");
+                }
                 println!("threads    {}", info.threads);
                 if let Some(b) = info.weight_bytes_per_pass {
                     println!(

@@ -111,6 +111,18 @@ impl Kernel {
         }
     }
 
+    /// What multiplies the projection weights of `precision` under this kernel, in a few words
+    /// (`memex model info`).
+    pub fn projections(self, precision: Precision) -> &'static str {
+        match (self, precision) {
+            (Kernel::Avx512Vnni, Precision::Int8) => "avx512-vnni packed int8",
+            (Kernel::Avx512Vnni, _) => "avx512f panels",
+            (Kernel::Avx2F16c, Precision::Int8) => "avx2 int8 row-dot",
+            (Kernel::Avx2F16c, _) => "avx2 row-dot up to 32 rows, gemm above",
+            (Kernel::Scalar, _) => "portable",
+        }
+    }
+
     /// Whether the AVX2 + FMA + F16C kernels are in use (also under AVX-512 VNNI).
     pub(crate) fn simd(self) -> bool {
         matches!(self, Kernel::Avx512Vnni | Kernel::Avx2F16c)
