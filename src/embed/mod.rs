@@ -18,6 +18,7 @@ mod panels;
 mod precision;
 mod quant;
 pub mod queue;
+mod rowdot;
 mod vnni;
 
 pub use batching::{plan_batches, Batch};

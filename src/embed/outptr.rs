@@ -1,5 +1,5 @@
 //! A row-major output buffer that parallel jobs fill in disjoint parts (each job owns a set of
-//! output channels), without a serial gather at the end.
+//! output channels, or of rows × channels), without a serial gather at the end.
 
 /// The start of the output, shared by the jobs that write it.
 pub(super) struct OutPtr(pub(super) *mut f32);

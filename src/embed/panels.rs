@@ -11,8 +11,9 @@
 //! alone, in a batch, or in a pass of any size, and the results go straight into the row-major
 //! output, no scatter.
 //!
-//! This replaces both the AVX2 row-dot kernel and gemm for these two precisions where the CPU
-//! has AVX-512F: 512-bit FMAs do twice the work per instruction of the 256-bit ones the `gemm`
+//! On the AVX-512 kernel tier ([`super::Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI; the kernel
+//! itself needs only AVX-512F) this replaces both the AVX2 row-dot kernel and gemm for these two
+//! precisions: 512-bit FMAs do twice the work per instruction of the 256-bit ones the `gemm`
 //! crate issues on stable Rust (BENCHMARKS.md §1b, run 7).
 
 use rayon::prelude::*;
@@ -72,8 +73,12 @@ pub(super) struct Panels<E> {
 
 impl<E: PanelElem> Panels<E> {
     /// Packs the row-major `(n, k)` matrix `rows` (the checkpoint's `(out, in)` layout), rounding
-    /// each weight to `E`.
+    /// each weight to `E`. The loader has checked the tensor's shape, so `rows` holds `n · k`.
     pub(super) fn pack(rows: &[f32], n: usize, k: usize) -> Panels<E> {
+        assert!(
+            n.checked_mul(k).is_some_and(|nk| rows.len() >= nk),
+            "a ({n}, {k}) weight needs {n}·{k} values"
+        );
         let panels = n.div_ceil(PANEL);
         let mut data = Vec::with_capacity(panels * k * PANEL);
         for p in 0..panels {
@@ -106,8 +111,9 @@ pub(super) fn linear<E: PanelElem>(
     parallel: bool,
 ) {
     let (k, n) = (w.k, w.n);
+    let fits = |len: usize, a: usize, b: usize| a.checked_mul(b).is_some_and(|ab| len >= ab);
     assert!(
-        x.len() >= rows * k && out.len() >= rows * n && bias.len() >= n,
+        fits(x.len(), rows, k) && fits(out.len(), rows, n) && bias.len() >= n,
         "projection buffers shorter than their shape"
     );
     if rows == 0 || n == 0 {
@@ -155,6 +161,7 @@ struct Plan {
 
 impl Plan {
     fn new(rows: usize, panels: usize, panel_bytes: usize, threads: usize) -> Plan {
+        debug_assert!(rows > 0 && panels > 0, "an empty pass has no plan");
         let by_cache = (JOB_WEIGHT_BYTES / panel_bytes.max(1)).max(1);
         if threads <= 1 {
             // Sequential: one job per L2-sized group of panels, each over every row.
@@ -217,8 +224,9 @@ unsafe fn run<E: PanelElem>(
     portable(x, t0, t1, w, p0, p1, bias, out)
 }
 
-/// The same sums without SIMD, in the same order (input order, then the bias), for CPUs without
-/// AVX-512F: the packing is only chosen where the CPU has it, so this runs only if that changes.
+/// The same sums without SIMD, in the same order (input order, then the bias) but with a separate
+/// multiply and add, so not bit-identical to the fused kernel: for CPUs without AVX-512F. The
+/// packing is only chosen where the CPU has it, so this runs only if that ever changes.
 ///
 /// # Safety
 /// As [`run`].
@@ -365,6 +373,7 @@ mod x86 {
                     };
                 }
                 go!(1 2 3 4 5 6 7 8 9 10 11 12);
+                debug_assert!((1..=MAX_ROWS).contains(&r), "a micro-tile of {r} rows");
             }
             t += r;
         }
@@ -418,10 +427,19 @@ mod tests {
         for rows in [1, 2, 5, 11, 12, 13, 20, 25, 40, 131] {
             let x = acts(rows, k);
             let want = reference::<E>(&x, rows, &w, &b, k);
-            let mut par = vec![f32::NAN; rows * n];
-            let mut seq = vec![f32::NAN; rows * n];
+            // A tail past the output catches any store beyond `rows · n`.
+            const TAIL: f32 = 12_345.0;
+            let mut par = vec![TAIL; rows * n + 40];
+            let mut seq = vec![TAIL; rows * n + 40];
             linear(&x, rows, &p, &b, &mut par, true);
             linear(&x, rows, &p, &b, &mut seq, false);
+            for buf in [&mut par, &mut seq] {
+                assert!(
+                    buf[rows * n..].iter().all(|&v| v == TAIL),
+                    "n {n} k {k}: wrote past"
+                );
+                buf.truncate(rows * n);
+            }
             assert_eq!(par, seq, "n {n} k {k} rows {rows}: threads change the bits");
             // f32 rounding of a k-term sum, against the f64 reference.
             let tol = |e: f32| 1e-4 * (1.0 + e.abs()) * (k as f32 / 384.0).max(1.0);
@@ -449,8 +467,20 @@ mod tests {
     /// threads and pass size never change a result's bits.
     #[test]
     fn panels_compute_the_plain_product() {
-        // (40, 3_100): f32 panels over the L2 budget, so jobs of one panel each.
-        for (n, k) in [(64, 96), (99, 37), (160, 384), (7, 5), (40, 3_100)] {
+        // (40, 3_100): f32 panels over the L2 budget, so jobs of one panel each; the small ones
+        // leave an empty or partial upper half in the last panel, or take one or two inputs.
+        for (n, k) in [
+            (64, 96),
+            (99, 37),
+            (160, 384),
+            (7, 5),
+            (40, 3_100),
+            (16, 3),
+            (17, 1),
+            (33, 2),
+            (48, 17),
+            (1, 1),
+        ] {
             check::<f32>(n, k);
             check::<u16>(n, k);
         }
