@@ -3,8 +3,11 @@
 //! The AVX2 kernel (head dimension 32, as all-MiniLM-L6-v2's) blocks both products in registers:
 //! scores for four query rows × sixteen keys at a time over K transposed, a vectorised softmax,
 //! then four output rows × 16 dimensions (twice) accumulated over the keys, all within AVX2's
-//! sixteen registers. The portable body is the
-//! reference every other CPU runs.
+//! sixteen registers; where AVX-512VL gives 32 registers, up to eight query rows per block (the
+//! same sums in the same order, so the same bits). The portable body is the reference every
+//! other CPU runs.
+
+use super::precision::Kernel;
 
 /// One head of one sequence inside the fused QKV buffer.
 pub(super) struct HeadView<'a> {
@@ -32,20 +35,26 @@ impl HeadView<'_> {
 
 /// Attention for one head (the scale is already in q). `ctx_rows` starts at the sequence's first
 /// row of the context buffer; the head writes columns `col..col + dim` of each of its rows.
-pub(super) fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32], simd: bool) {
+pub(super) fn attend(head: &HeadView, scores: &mut Vec<f32>, ctx_rows: &mut [f32], kernel: Kernel) {
     #[cfg(target_arch = "x86_64")]
     {
-        if simd
+        if kernel.simd()
             && head.dim == avx2::DIM
             && ctx_rows.len() >= head.len.saturating_sub(1) * head.hidden + head.col + head.dim
         {
-            // SAFETY: `simd` is only set when the CPU has AVX2 and FMA (`Kernel::resolve`);
-            // the head dimension and the output length are checked just above.
-            unsafe { avx2::attend32(head, scores, ctx_rows) };
+            if kernel.vnni() && super::precision::cpu_has_avx512_vnni() {
+                // SAFETY: AVX2 and FMA as below; AVX-512F and VL checked just above.
+                unsafe { avx2::attend32_wide(head, scores, ctx_rows) };
+            } else {
+                // SAFETY: `kernel.simd()` only holds when the CPU has AVX2 and FMA
+                // (`Kernel::resolve`); the head dimension and the output length are checked
+                // just above.
+                unsafe { avx2::attend32(head, scores, ctx_rows) };
+            }
             return;
         }
     }
-    let _ = simd;
+    let _ = kernel;
     attend_body(head, scores, ctx_rows);
 }
 
@@ -103,14 +112,37 @@ mod avx2 {
 
     /// The head dimension this kernel is built for.
     pub(super) const DIM: usize = 32;
-    /// Query rows per block.
-    const ROWS: usize = 4;
 
     /// # Safety
     /// The CPU has AVX2 and FMA; `head.dim == DIM`; `ctx_rows` holds
     /// `(len - 1) · hidden + col + DIM` values.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn attend32(head: &HeadView, scratch: &mut Vec<f32>, ctx_rows: &mut [f32]) {
+        blocks::<4>(head, scratch, ctx_rows)
+    }
+
+    /// [`attend32`] with eight query rows per block where AVX-512VL gives 32 vector registers
+    /// (16 score and 16 context accumulators): each key and value load feeds twice the FMAs.
+    /// Every score and output is summed in the same order, so the bits are the same.
+    ///
+    /// # Safety
+    /// As [`attend32`], and the CPU has AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx2,fma,avx512f,avx512vl")]
+    pub(super) unsafe fn attend32_wide(
+        head: &HeadView,
+        scratch: &mut Vec<f32>,
+        ctx_rows: &mut [f32],
+    ) {
+        blocks::<8>(head, scratch, ctx_rows)
+    }
+
+    /// The query rows in blocks of at most `ROWS`.
+    #[inline(always)]
+    unsafe fn blocks<const ROWS: usize>(
+        head: &HeadView,
+        scratch: &mut Vec<f32>,
+        ctx_rows: &mut [f32],
+    ) {
         let len = head.len;
         // Keys padded to a multiple of 8 with zeros; scores past `len` are never used.
         let lp = len.next_multiple_of(8);
@@ -122,10 +154,17 @@ mod avx2 {
                 kt[t * lp + j] = k;
             }
         }
+        // Blocks sized evenly (20 rows at eight: 6 + 7 + 7, not 8 + 8 + 4): a short block has
+        // too few accumulators to hide the FMA latency. Each row's sums do not depend on it.
+        let blocks = len.div_ceil(ROWS);
         let mut i = 0;
-        while i < len {
-            let r = (len - i).min(ROWS);
+        for b in 0..blocks {
+            let r = (len - i) / (blocks - b);
             match r {
+                8 => rows::<8>(head, kt, sc, lp, i, ctx_rows),
+                7 => rows::<7>(head, kt, sc, lp, i, ctx_rows),
+                6 => rows::<6>(head, kt, sc, lp, i, ctx_rows),
+                5 => rows::<5>(head, kt, sc, lp, i, ctx_rows),
                 4 => rows::<4>(head, kt, sc, lp, i, ctx_rows),
                 3 => rows::<3>(head, kt, sc, lp, i, ctx_rows),
                 2 => rows::<2>(head, kt, sc, lp, i, ctx_rows),
@@ -184,8 +223,9 @@ mod avx2 {
         for r in 0..R {
             softmax(&mut sc[r * lp..r * lp + len]);
         }
-        // The context in two halves of 16 dimensions: 4 rows × 2 accumulators, 2 value loads
-        // and 4 weights stay within AVX2's sixteen registers (all 32 dimensions would spill).
+        // The context in two halves of 16 dimensions: R rows × 2 accumulators and 2 value loads
+        // stay within the registers (4 rows in AVX2's sixteen, 8 in AVX-512VL's 32; all 32
+        // dimensions at once would spill).
         for half in 0..2 {
             let mut o = [[_mm256_setzero_ps(); 2]; R];
             for j in 0..len {
@@ -216,6 +256,51 @@ mod avx2 {
         let inv = 1.0 / row.iter().sum::<f32>();
         for v in row.iter_mut() {
             *v *= inv;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::KernelChoice;
+
+    /// Every kernel against the portable body for sequence lengths that cover every block size
+    /// (1 to 8 query rows) and key tail; the four- and eight-row SIMD blocks give the same bits.
+    #[test]
+    fn attention_kernels_agree() {
+        let (hidden, dim) = (64, 32);
+        for len in (1..=41).chain([64, 129]) {
+            let qkv: Vec<f32> = (0..len * 3 * hidden)
+                .map(|i| ((i * 7_919 % 2_003) as f32 / 1_001.5 - 1.0) * 0.7)
+                .collect();
+            let run = |kernel: Kernel| {
+                let mut ctx = vec![f32::NAN; len * hidden];
+                let mut scratch = Vec::new();
+                for col in [0, dim] {
+                    let head = HeadView {
+                        qkv: &qkv,
+                        first_row: 0,
+                        len,
+                        hidden,
+                        col,
+                        dim,
+                    };
+                    attend(&head, &mut scratch, &mut ctx, kernel);
+                }
+                ctx
+            };
+            let want = run(Kernel::Scalar);
+            let narrow = run(Kernel::resolve(KernelChoice::Avx2));
+            let wide = run(Kernel::resolve(KernelChoice::Auto));
+            for (g, e) in wide.iter().zip(&want) {
+                assert!((g - e).abs() <= 1e-5, "len {len}: {g} vs {e}");
+            }
+            assert_eq!(
+                wide.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                narrow.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "len {len}"
+            );
         }
     }
 }

@@ -298,7 +298,7 @@ impl CpuEncoder {
         let mut ctx = vec![0f32; total * h];
         let mut tmp = vec![0f32; total * h];
         let mut ffn = vec![0f32; total * inter];
-        let (kernel, simd) = (self.kernel, self.kernel.simd());
+        let kernel = self.kernel;
         for layer in &self.layers {
             linear(&x, total, &layer.qkv, &mut qkv, parallel_gemm, kernel);
             self.attention(&qkv, seqs, &offsets, &mut ctx);
@@ -313,7 +313,7 @@ impl CpuEncoder {
             add_norm(&mut x, &tmp, &layer.attn_norm, h, self.eps);
             linear(&x, total, &layer.ffn_in, &mut ffn, parallel_gemm, kernel);
             ffn.par_chunks_mut(4096)
-                .for_each(|c| gelu_in_place(c, simd));
+                .for_each(|c| gelu_in_place(c, kernel));
             linear(&ffn, total, &layer.ffn_out, &mut tmp, parallel_gemm, kernel);
             add_norm(&mut x, &tmp, &layer.ffn_norm, h, self.eps);
         }
@@ -345,7 +345,7 @@ impl CpuEncoder {
         let h = self.hidden;
         let d = h / self.heads;
         let out = SharedMut(ctx.as_mut_ptr());
-        let simd = self.kernel.simd();
+        let kernel = self.kernel;
         let jobs: Vec<(usize, usize)> = (0..seqs.len())
             .flat_map(|s| (0..self.heads).map(move |hd| (s, hd)))
             .collect();
@@ -368,7 +368,7 @@ impl CpuEncoder {
                         (seqs[s].len() - 1) * h + hd * d + d,
                     )
                 };
-                attend(&head, scores, ctx_rows, simd);
+                attend(&head, scores, ctx_rows, kernel);
             });
     }
 }

@@ -2,18 +2,33 @@
 //! that GELU and the attention softmax share. Plain arithmetic and bit casts only, so loops over
 //! them vectorise; `FMA` builds (inside `avx2,fma` functions) fuse the multiply-adds.
 
-/// GELU with erf, as BERT's `gelu`, over a slice (AVX2 + FMA build when `simd`).
-pub(super) fn gelu_in_place(xs: &mut [f32], simd: bool) {
+use super::precision::Kernel;
+
+/// GELU with erf, as BERT's `gelu`, over a slice: the AVX2 + FMA build on the SIMD kernels, 512-bit
+/// vectors on the AVX-512 tier (elementwise, the same operations: the same bits either way).
+pub(super) fn gelu_in_place(xs: &mut [f32], kernel: Kernel) {
     #[cfg(target_arch = "x86_64")]
     {
-        if simd {
-            // SAFETY: `simd` is only set when the CPU has AVX2 and FMA (`Kernel::resolve`).
+        if kernel.vnni() && super::precision::cpu_has_avx512_vnni() {
+            // SAFETY: AVX-512F detected just above; AVX2 and FMA come with the SIMD kernels.
+            unsafe { gelu_avx512(xs) };
+            return;
+        }
+        if kernel.simd() {
+            // SAFETY: `simd()` only holds when the CPU has AVX2 and FMA (`Kernel::resolve`).
             unsafe { gelu_avx2(xs) };
             return;
         }
     }
-    let _ = simd;
+    let _ = kernel;
     gelu_body::<false>(xs);
+}
+
+/// The AVX-512 build of [`gelu_avx2`]: sixteen lanes per instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,avx512f")]
+unsafe fn gelu_avx512(xs: &mut [f32]) {
+    gelu_body::<true>(xs);
 }
 
 /// The AVX2 + FMA build: the polynomials' multiply-adds fuse.
@@ -121,5 +136,31 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Every SIMD build of GELU gives the same bits (the 512-bit build runs the same operations
+    /// on wider vectors, remainders included), and all agree with the portable one.
+    #[test]
+    fn gelu_builds_agree() {
+        let xs: Vec<f32> = (-9_000..9_000).map(|i| i as f32 / 997.0).collect();
+        let mut portable = xs.clone();
+        gelu_in_place(&mut portable, Kernel::Scalar);
+        let mut runs = Vec::new();
+        for choice in [
+            crate::embed::KernelChoice::Avx2,
+            crate::embed::KernelChoice::Auto,
+        ] {
+            let kernel = Kernel::resolve(choice);
+            // Odd lengths and offsets, so every build's remainder loop runs too.
+            let mut got = xs.clone();
+            for chunk in got.chunks_mut(4_093) {
+                gelu_in_place(chunk, kernel);
+            }
+            for (g, p) in got.iter().zip(&portable) {
+                assert!((g - p).abs() <= 1e-6, "{kernel}: {g} vs {p}");
+            }
+            runs.push(got);
+        }
+        assert_eq!(runs[0], runs[1], "the AVX2 and AVX-512 builds differ");
     }
 }
