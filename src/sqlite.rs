@@ -391,6 +391,10 @@ impl OpenOptions {
                     .map_err(err)?;
                 conn.pragma_update(None, "synchronous", "NORMAL")
                     .map_err(err)?;
+                // Deleted and overwritten text is zeroed in its page, and freed pages too, so
+                // what `forget` removes leaves no copy in the file (checked by grepping it).
+                conn.pragma_update(None, "secure_delete", true)
+                    .map_err(err)?;
             }
             Access::QueryOnly => conn.pragma_update(None, "query_only", true).map_err(err)?,
             Access::ReadOnly => {}
@@ -422,6 +426,37 @@ fn uri_path(path: &Path) -> String {
 /// [`DEFAULT_BUSY_TIMEOUT`]: what `agent.db` and the plan tables expect.
 pub fn open_wal(path: &Path) -> Result<Connection, SqliteError> {
     OpenOptions::new().open(path)
+}
+
+/// What [`scrub`] did to one file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// Whether the write-ahead log was emptied (false when a reader of another process held
+    /// part of it; its frames are then overwritten by later checkpoints).
+    pub wal_truncated: bool,
+}
+
+/// Leaves no recoverable copy of deleted rows in `path`: rebuilds the file (`VACUUM`, under
+/// `secure_delete`, so no free page keeps old text) and truncates the write-ahead log after a
+/// full checkpoint (the log holds old page images until then). A missing file is left alone.
+pub fn scrub(path: &Path) -> Result<Scrubbed, SqliteError> {
+    if !path.is_file() {
+        return Ok(Scrubbed {
+            wal_truncated: true,
+        });
+    }
+    let opts = OpenOptions::new();
+    let conn = opts.open(path)?;
+    let err = |e| SqliteError::from_rusqlite(path, opts.timeout(), e);
+    conn.execute_batch("VACUUM").map_err(err)?;
+    let (busy, _log, _done): (i64, i64, i64) = conn
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .map_err(err)?;
+    Ok(Scrubbed {
+        wal_truncated: busy == 0,
+    })
 }
 
 /// Runs `schema` (a batch of `CREATE … IF NOT EXISTS` and the like) in one `BEGIN IMMEDIATE`

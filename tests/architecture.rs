@@ -532,3 +532,54 @@ fn planner_prompts_take_their_domain_words_from_the_domain() {
     );
     assert!(summary.contains("Never claim a refund was made unless a step result shows it."));
 }
+
+/// Every `.rs` file under `dir`, with its path relative to `root`.
+fn rust_files(dir: &Path, root: &Path, out: &mut Vec<(String, String)>) {
+    for entry in std::fs::read_dir(dir).expect("read src") {
+        let p = entry.expect("entry").path();
+        if p.is_dir() {
+            rust_files(&p, root, out);
+        } else if p.extension().is_some_and(|e| e == "rs") {
+            let rel = p
+                .strip_prefix(root)
+                .expect("under src")
+                .display()
+                .to_string();
+            out.push((rel, std::fs::read_to_string(&p).expect("read")));
+        }
+    }
+}
+
+/// **One guarded call path.** A tool runs only with a `ToolContext`, and only the call gate
+/// (`src/agent/gate.rs`) makes one (`src/tools/mod.rs` defines it): a second path that calls a
+/// tool itself — as the MCP server once did, skipping rate limits, the loop guard, timeouts and
+/// metrics — fails this test. Code in comments and strings counts too, so the rule is plain.
+#[test]
+fn only_the_call_gate_makes_a_tool_context() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &src, &mut files);
+    let allowed = ["agent/gate.rs", "tools/mod.rs"];
+    let offenders: Vec<String> = files
+        .iter()
+        .filter(|(rel, _)| !allowed.contains(&rel.as_str()))
+        .filter(|(_, text)| {
+            text.contains("ToolContext::new(")
+                || text.contains("ToolContext {")
+                || text.contains("ToolContext{")
+        })
+        .map(|(rel, _)| rel.clone())
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "only agent/gate.rs may make a ToolContext (every tool call goes through CallGate): {offenders:?}"
+    );
+    let gate = files
+        .iter()
+        .find(|(rel, _)| rel == "agent/gate.rs")
+        .expect("the gate exists");
+    assert!(
+        gate.1.contains("ToolContext::new("),
+        "the gate makes the contexts"
+    );
+}

@@ -340,3 +340,145 @@ async fn prune_conversations_on_redis_through_the_cli() {
     }
     assert_eq!(conv.load("legacy-session").await.unwrap().messages.len(), 1);
 }
+
+/// Every value in the Redis at `url`, as text (strings, hash fields and values, list, set and
+/// sorted-set members), for grepping.
+async fn all_redis_text(url: &str) -> String {
+    let client = redis::Client::open(url).expect("client");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut out = String::new();
+    for k in keys {
+        let kind: String = redis::cmd("TYPE")
+            .arg(&k)
+            .query_async(&mut conn)
+            .await
+            .expect("TYPE");
+        let values: Vec<Vec<u8>> = match kind.as_str() {
+            "string" => vec![redis::cmd("GET")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .expect("GET")],
+            "hash" => redis::cmd("HGETALL")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .expect("HGETALL"),
+            "list" => redis::cmd("LRANGE")
+                .arg(&k)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .expect("LRANGE"),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(&k)
+                .query_async(&mut conn)
+                .await
+                .expect("SMEMBERS"),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(&k)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .expect("ZRANGE"),
+            _ => Vec::new(),
+        };
+        out.push_str(&k);
+        for v in values {
+            out.push_str(&String::from_utf8_lossy(&v));
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// With the agent state and the memories on Redis, `forget` leaves none of the merchant's
+/// words in any Redis value: episodes, conversation, the free-text reason of a refund held
+/// for approval, and a plan's task, step descriptions and arguments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_on_redis_leaves_no_text_in_any_value() {
+    let redis = redis_support::RedisServer::spawn();
+    let url = redis.url();
+    let llm = FakeOpenAi::start().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let cmd = |args: &[&str]| {
+        let mut c = command(data, &llm.base_url(), &url, args);
+        c.env("MEMEX_STATE_URL", &url);
+        c
+    };
+    json_of(&run(cmd(&["init", "--demo", "--json"])).await);
+    let episodes = RedisEpisodicStore::connect(&url, RedisOptions::default())
+        .await
+        .expect("episodic store");
+    let mid = MerchantId::parse("MID001").unwrap();
+    let drafts = (0..50)
+        .map(|i| EpisodeDraft::new(format!("zqxepmarker{i:02} payout held")))
+        .collect();
+    episodes.save_many(&mid, drafts).await.expect("save");
+
+    llm.push(Reply::tool_calls(&[(
+        "call_1",
+        "initiate_refund",
+        r#"{"transaction_id": "pay_ABC123", "amount": 100, "reason": "zqxreasonmarker customer cancelled"}"#,
+    )]));
+    let asked = json_of(
+        &run(cmd(&[
+            "ask",
+            "--merchant",
+            "MID001",
+            "--json",
+            "zqxaskmarker refund pay_ABC123",
+        ]))
+        .await,
+    );
+    assert!(asked["pending_action"]["id"].is_string(), "{asked}");
+    llm.push(Reply::text(
+        &json!({"steps": [
+            {"id": "1", "description": "zqxstepmarker refund", "tool": "initiate_refund",
+             "args": {"transaction_id": "pay_ABC123", "amount": 50, "reason": "zqxplanreason late"}}
+        ]})
+        .to_string(),
+    ));
+    let plan = json_of(
+        &run(cmd(&[
+            "plan",
+            "--merchant",
+            "MID001",
+            "--json",
+            "zqxtaskmarker refund 50",
+        ]))
+        .await,
+    );
+    assert_eq!(plan["status"], "awaiting_approval", "{plan}");
+    let markers = [
+        "zqxepmarker",
+        "zqxreasonmarker",
+        "zqxaskmarker",
+        "zqxstepmarker",
+        "zqxplanreason",
+        "zqxtaskmarker",
+    ];
+    let before = all_redis_text(&url).await;
+    for m in markers {
+        assert!(before.contains(m), "{m} was written");
+    }
+
+    let v = json_of(&run(cmd(&["forget", "--merchant", "MID001", "--json"])).await);
+    assert!(v["removed"]["episodes"].as_u64().unwrap() >= 50, "{v}");
+    assert!(v["redacted_plans"].as_u64().unwrap() >= 1, "{v}");
+    let after = all_redis_text(&url).await;
+    for m in markers {
+        assert!(!after.contains(m), "{m} is still in Redis");
+    }
+}

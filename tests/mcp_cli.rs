@@ -810,3 +810,77 @@ async fn memex_serve_serves_mcp_at_slash_mcp_with_the_bearer_key_deciding_the_me
         }
     }
 }
+
+/// Every MCP call goes through the agent's one guarded call path: an identical write repeated
+/// on one MCP session makes one ticket (the loop guard answers the rest with the earlier
+/// result), a burst of distinct writes meets the per-tool rate limit, and every call leaves an
+/// audit row under the connection's `mcp_…` session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_calls_go_through_the_guarded_call_path() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = demo(&url).await;
+    let data = dir.path();
+    let ticket = |subject: &str| {
+        json!({"tool": "create_support_ticket", "args": {
+            "subject": subject,
+            "description": "The merchant reports a settlement that did not arrive.",
+            "priority": "medium",
+            "type": "settlement"}})
+    };
+    let mut calls: Vec<Value> = (0..12).map(|_| ticket("gate-same-ticket")).collect();
+    calls.extend((0..40).map(|i| ticket(&format!("gate-burst-{i:02}"))));
+    let out = client(stdio(data, "MID001"), Value::Array(calls)).await;
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), 52);
+
+    // The first identical call made the ticket; the eleven repeats were not made again.
+    assert_eq!(results[0]["is_error"], false, "{}", results[0]);
+    for r in &results[1..12] {
+        let text = r["text"].as_str().unwrap();
+        assert!(
+            r["is_error"] == true && text.contains("loop_detected"),
+            "a repeated write must be refused: {r}"
+        );
+    }
+    let payments = rusqlite::Connection::open(data.join("payments.db")).unwrap();
+    let count = |pattern: &str| -> i64 {
+        payments
+            .query_row(
+                "SELECT COUNT(*) FROM tickets WHERE merchant_id = 'MID001' AND subject LIKE ?1",
+                [pattern],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        count("gate-same-ticket"),
+        1,
+        "one ticket for twelve identical calls"
+    );
+
+    // Forty distinct writes back to back: the tool's token bucket refuses some of them.
+    let limited = results[12..]
+        .iter()
+        .filter(|r| r["is_error"] == true && r["text"].as_str().unwrap().contains("rate_limited"))
+        .count();
+    let made = count("gate-burst-%");
+    assert!(limited > 0, "no call was rate limited: {results:?}");
+    assert_eq!(
+        made as usize + limited,
+        40,
+        "each call either ran or was limited"
+    );
+
+    // Every call is in the audit log, under the connection's session.
+    let agent = rusqlite::Connection::open(data.join("agent.db")).unwrap();
+    let audited: i64 = agent
+        .query_row(
+            "SELECT COUNT(*) FROM audit WHERE session_id LIKE 'mcp\\_%' ESCAPE '\\' \
+             AND merchant_id = 'MID001' AND tool = 'create_support_ticket'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(audited, 52, "one audit row per call");
+}

@@ -330,6 +330,62 @@ async fn ask_json_and_sse_approvals_audit_actions_and_plans() {
     assert!(metrics.contains("memex_llm_tokens"), "{metrics}");
 }
 
+/// A bad session id (empty, 1.5 MB, or a path with a NUL) is refused with 400 before anything
+/// is written: no session row is kept, the model is never called, and `memex forget` for the
+/// merchant then succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_session_ids_get_400_and_write_nothing() {
+    let llm = FakeOpenAi::start().await;
+    let url = llm.base_url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().to_path_buf();
+    let d2 = data.clone();
+    let u2 = url.clone();
+    tokio::task::spawn_blocking(move || init_demo(&d2, &u2))
+        .await
+        .expect("init");
+    let (_, m1) = create_key(&data, &["--merchant", "MID001"]);
+    let server = Server::start(&data, Some(&url), &[]);
+    let a = client(&m1);
+    let huge = "s".repeat(1_500_000);
+    for bad in ["", huge.as_str(), "../x\u{0}y"] {
+        let (s, v) = body(
+            a.post(server.url("/v1/merchants/MID001/ask"))
+                .json(&json!({"message": "refund please", "session": bad}))
+                .send()
+                .await
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(
+            s,
+            400,
+            "{}",
+            v.to_string().chars().take(300).collect::<String>()
+        );
+        let message = v["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("session id"), "{message}");
+        assert!(message.len() < 300, "the error stays short");
+    }
+    // The audit route refuses a bad id the same way.
+    let (s, _) = body(
+        a.get(server.url("/v1/sessions/%0A/audit"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 400);
+    drop(server);
+    let db = rusqlite::Connection::open(data.join("agent.db")).expect("agent.db");
+    let sessions: i64 = db
+        .query_row("SELECT COUNT(*) FROM sessions", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(sessions, 0, "nothing was written for a bad id");
+    let v = memex_json(&data, Some(&url), &["forget", "--merchant", "MID001"]);
+    assert_eq!(v["skipped"], json!([]), "{v}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
 async fn sixty_four_concurrent_clients_mixing_search_episode_writes_and_asks() {
     let llm = FakeOpenAi::start().await;

@@ -334,15 +334,19 @@ impl ResultCaches {
 }
 
 /// The guarded call path (see the module docs).
+///
+/// A gate's registry is its own; its store, runner locks, result cache, rate-limit buckets and
+/// metrics can be shared with gates over other registries ([`CallGate::with_tools`]), so the
+/// MCP server's tools and the agent's are limited, cached and counted as one.
 pub struct CallGate {
     tools: ToolRegistry,
     store: Arc<AgentStore>,
     locks: Arc<dyn RunnerLocks>,
-    caches: ResultCaches,
+    caches: Arc<ResultCaches>,
     tool_rate: (f64, f64),
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
     action_policy: CallPolicy,
-    metrics: GateMetrics,
+    metrics: Arc<GateMetrics>,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -369,11 +373,27 @@ impl CallGate {
             tools,
             store,
             locks,
-            caches: ResultCaches::new(cache),
+            caches: Arc::new(ResultCaches::new(cache)),
             tool_rate,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Arc::new(Mutex::new(HashMap::new())),
             action_policy,
-            metrics: GateMetrics::default(),
+            metrics: Arc::new(GateMetrics::default()),
+        }
+    }
+
+    /// A gate over `tools` that shares this one's store, runner locks, result cache,
+    /// rate-limit buckets (per tool name), action policy and metrics: a tool reachable from
+    /// both registries has one rate limit and one set of counters.
+    pub fn with_tools(&self, tools: ToolRegistry) -> CallGate {
+        CallGate {
+            tools,
+            store: Arc::clone(&self.store),
+            locks: Arc::clone(&self.locks),
+            caches: Arc::clone(&self.caches),
+            tool_rate: self.tool_rate,
+            buckets: Arc::clone(&self.buckets),
+            action_policy: self.action_policy.clone(),
+            metrics: Arc::clone(&self.metrics),
         }
     }
 

@@ -93,6 +93,23 @@ impl AgentConfig {
             rate_limit_wait: Duration::ZERO,
         }
     }
+
+    /// The guarded call path over `tools` with these settings (cache bounds, per-tool rate,
+    /// action policy), auditing into `store`: what [`Agent::new`] builds, and what a surface
+    /// without an agent (`memex mcp`) builds the same way.
+    pub fn call_gate(&self, tools: ToolRegistry, store: Arc<AgentStore>) -> CallGate {
+        CallGate::new(
+            tools,
+            store,
+            CacheBounds {
+                max_sessions: self.cache_max_sessions,
+                max_entries_per_session: self.cache_max_entries,
+                ttl: self.cache_ttl,
+            },
+            self.tool_rate,
+            self.action_policy.clone(),
+        )
+    }
 }
 
 impl Default for AgentConfig {
@@ -246,17 +263,7 @@ impl Agent {
         config: AgentConfig,
     ) -> Self {
         let llm_bucket = TokenBucket::new(config.llm_rate.0, config.llm_rate.1);
-        let gate = CallGate::new(
-            tools,
-            Arc::clone(&store),
-            CacheBounds {
-                max_sessions: config.cache_max_sessions,
-                max_entries_per_session: config.cache_max_entries,
-                ttl: config.cache_ttl,
-            },
-            config.tool_rate,
-            config.action_policy.clone(),
-        );
+        let gate = config.call_gate(tools, Arc::clone(&store));
         Self {
             model,
             gate,
@@ -331,6 +338,17 @@ impl Agent {
         }
     }
 
+    /// Checks a session id a caller named (1 to 256 characters, no control characters)
+    /// before anything is written for it: [`AgentError::Invalid`] otherwise.
+    pub fn check_session_id(session: &str) -> Result<(), AgentError> {
+        crate::conversation::validate_session_id(session).map_err(|e| match e {
+            crate::conversation::ConversationError::InvalidSession(m) => {
+                AgentError::Invalid(format!("invalid session id: {m}"))
+            }
+            other => AgentError::Invalid(other.to_string()),
+        })
+    }
+
     /// A new session id.
     pub fn new_session_id() -> String {
         format!("ses_{}", uuid::Uuid::new_v4().simple())
@@ -360,6 +378,7 @@ impl Agent {
         message: &str,
         progress: &dyn Progress,
     ) -> Result<TurnReport, AgentError> {
+        Self::check_session_id(session)?;
         if message.trim().is_empty() {
             return Err(AgentError::Invalid("the message is empty".into()));
         }
@@ -410,6 +429,7 @@ impl Agent {
         approve: bool,
         progress: &dyn Progress,
     ) -> Result<TurnReport, AgentError> {
+        Self::check_session_id(session)?;
         let _hold = self.hold_session(session).await?;
         let merchant = self
             .store
@@ -921,6 +941,7 @@ impl Agent {
     /// Idempotent: ending a session again without a new turn since returns the episode saved
     /// the first time and saves nothing.
     pub async fn end_session(&self, session: &str) -> Result<crate::episodic::Episode, AgentError> {
+        Self::check_session_id(session)?;
         let _hold = self.hold_session(session).await?;
         let merchant = self
             .store

@@ -2,7 +2,8 @@
 //!
 //! `forget` covers every store memex writes for a merchant: the conversation turns and
 //! summaries of its sessions (SQLite or Redis, following `--episodic`), the text of its audit
-//! rows and turn records in `agent.db` (rows kept, text redacted), and its episodes. Each step
+//! rows, turn records, actions and plans in the agent state (rows kept, text redacted), and its
+//! episodes; then the SQLite files are rebuilt so the text is not recoverable from them. Each step
 //! is atomic per session or per store and idempotent, so re-running after a crash finishes the
 //! job. Cached tool results live only in the memory of the process that made them. `prune`
 //! applies episode and conversation retention.
@@ -65,7 +66,57 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// A session `forget` could not fully clear, and why (the id shortened for display).
+#[derive(Debug, serde::Serialize)]
+struct Skipped {
+    session: String,
+    reason: String,
+}
+
+/// At most 64 characters of `id`, control characters escaped: a hostile id never floods the
+/// report.
+fn display_id(id: &str) -> String {
+    let short: String = id.chars().take(64).flat_map(char::escape_debug).collect();
+    if id.chars().count() > 64 {
+        format!("{short}… ({} bytes)", id.len())
+    } else {
+        short
+    }
+}
+
+/// The first line of an error and its causes, at most 200 characters.
+fn short_reason(e: &anyhow::Error) -> String {
+    let text = format!("{e:#}");
+    let line = text.lines().next().unwrap_or("");
+    if line.chars().count() > 200 {
+        let cut: String = line.chars().take(200).collect();
+        format!("{cut}…")
+    } else {
+        line.to_string()
+    }
+}
+
+/// What one `forget` run did.
+#[derive(Debug, Default)]
+struct Forgotten {
+    conversations: usize,
+    redacted: Redacted,
+    plans: u64,
+    episodes: u64,
+    skipped: Vec<Skipped>,
+    /// SQLite files rebuilt so no deleted text stays in them.
+    scrubbed: Vec<String>,
+    /// Files whose write-ahead log another process still reads (emptied by a later
+    /// checkpoint).
+    wal_kept: Vec<String>,
+}
+
 /// Runs `memex forget`.
+///
+/// Every store is visited; one session that cannot be cleared (an id from before ids were
+/// checked, a row that does not parse) is reported in `skipped` and never stops the rest.
+/// SQLite files that held the merchant's words are then rebuilt (`VACUUM` under
+/// `secure_delete`) and their write-ahead logs truncated, so the text is gone from the files.
 pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
     let merchant =
         MerchantId::parse(&a.merchant).map_err(|e| anyhow::anyhow!("invalid --merchant: {e}"))?;
@@ -76,10 +127,11 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
         .transpose()
         .map_err(|e| anyhow::anyhow!("--before: {e}"))?;
     let data_dir = g.data_dir();
-    let (conversations, redacted, episodes) = runtime()?.block_on(async {
-        // Sessions live in agent.db; without it there is no conversation to forget, and
-        // nothing is created.
-        let state = g.state_url()?;
+    let state = g.state_url()?;
+    let mut done = runtime()?.block_on(async {
+        let mut done = Forgotten::default();
+        // Sessions live in the agent state; without it there is no conversation to forget,
+        // and nothing is created.
         let (sessions, agent) = match AgentStore::open_state_read_only(&state)? {
             Some(_) => {
                 let agent = AgentStore::open_state(&state)?;
@@ -88,37 +140,86 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
             None => (Vec::new(), None),
         };
         // 1. Conversation turns and summaries, session by session (each delete is atomic, so
-        //    a re-run after a crash deletes what is left).
-        let mut conversations = 0usize;
+        //    a re-run after a crash deletes what is left). A session the store cannot hold
+        //    (a bad id stored before ids were checked) has no conversation; one that fails is
+        //    reported and the rest go on.
         if !sessions.is_empty() {
             let conv = super::agent::conversation_store(g, &data_dir).await?;
             for s in &sessions {
-                let held = conv
-                    .load(s)
-                    .await
-                    .with_context(|| format!("reading the conversation of session {s}"))?;
-                if held.messages.is_empty() && held.summary.is_empty() {
+                if memex::conversation::validate_session_id(s).is_err() {
+                    done.skipped.push(Skipped {
+                        session: display_id(s),
+                        reason: "not a valid session id, so no conversation was stored for it;                                  its audit rows, actions and plans were still redacted"
+                            .into(),
+                    });
                     continue;
                 }
-                conv.delete(s)
-                    .await
-                    .with_context(|| format!("forgetting the conversation of session {s}"))?;
-                conversations += 1;
+                let cleared: anyhow::Result<bool> = async {
+                    let held = conv.load(s).await?;
+                    if held.messages.is_empty() && held.summary.is_empty() {
+                        return Ok(false);
+                    }
+                    conv.delete(s).await?;
+                    Ok(true)
+                }
+                .await;
+                match cleared {
+                    Ok(true) => done.conversations += 1,
+                    Ok(false) => {}
+                    Err(e) => done.skipped.push(Skipped {
+                        session: display_id(s),
+                        reason: format!("its conversation could not be deleted: {}", short_reason(&e)),
+                    }),
+                }
             }
         }
-        // 2. The audit log and turn records keep their rows; their text is redacted.
-        let redacted = match &agent {
-            Some(a) => a.redact_sessions(&merchant, &sessions)?,
-            None => Redacted::default(),
-        };
-        // 3. Episodes.
+        // 2. The audit log, turn records and actions keep their rows; their text is redacted
+        //    (a pending action is rejected). 3. Plans: task, steps and results redacted.
+        if let Some(agent) = &agent {
+            done.redacted = agent.redact_sessions(&merchant, &sessions)?;
+            let plans = memex::planner::store::PlanStore::open_state(&state)
+                .context("cannot open the plan store")?;
+            done.plans = plans
+                .forget(merchant.as_str(), &sessions)
+                .context("cannot forget the merchant's plans")?;
+        }
+        // 4. Episodes.
         let store = episodic::open(g.episodic.as_deref(), &data_dir).await?;
-        let n = match before {
+        done.episodes = match before {
             Some(t) => store.forget_before(&merchant, t).await?,
             None => store.forget(&merchant).await?,
         };
-        anyhow::Ok((conversations, redacted, n))
+        drop(store);
+        anyhow::Ok(done)
     })?;
+    // 5. No recoverable copy in the SQLite files (the Redis side: see the README on AOF).
+    let mut files = Vec::new();
+    if let memex::state::StateUrl::Sqlite(p) = &state {
+        files.push(p.clone());
+    }
+    match g.episodic.as_deref() {
+        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+        Some(u) => {
+            if let Ok(episodic::StoreUrl::Sqlite(p)) = episodic::StoreUrl::parse(u) {
+                files.push(p);
+            }
+            files.push(data_dir.join(SQLITE_FILE_NAME));
+        }
+        None => {
+            files.push(data_dir.join(episodic::DEFAULT_SQLITE_FILE));
+            files.push(data_dir.join(SQLITE_FILE_NAME));
+        }
+    }
+    for f in files.into_iter().filter(|f| f.is_file()) {
+        let scrubbed = memex::sqlite::scrub(&f).with_context(|| {
+            format!("cannot rebuild {} to erase the forgotten text", f.display())
+        })?;
+        let name = f.display().to_string();
+        if !scrubbed.wal_truncated {
+            done.wal_kept.push(name.clone());
+        }
+        done.scrubbed.push(name);
+    }
     let before_s = before.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     if g.json {
         println!(
@@ -126,16 +227,39 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
             json!({
                 "merchant_id": merchant,
                 "before": before_s,
-                "removed": {"episodes": episodes, "conversations": conversations},
-                "redacted": {"audit_rows": redacted.audit_rows, "turns": redacted.turns},
+                "removed": {"episodes": done.episodes, "conversations": done.conversations},
+                "redacted": {
+                    "audit_rows": done.redacted.audit_rows,
+                    "turns": done.redacted.turns,
+                },
+                "redacted_actions": done.redacted.actions,
+                "redacted_plans": done.plans,
+                "skipped": done.skipped,
+                "scrubbed_files": done.scrubbed,
+                "wal_in_use": done.wal_kept,
             })
         );
     } else {
         println!(
-            "forgot {episodes} episode(s) and {conversations} conversation(s) of {merchant}; \
-             redacted {} audit row(s) and {} turn record(s)",
-            redacted.audit_rows, redacted.turns
+            "forgot {} episode(s) and {} conversation(s) of {merchant}; redacted {} audit row(s) \
+             and {} turn record(s)",
+            done.episodes, done.conversations, done.redacted.audit_rows, done.redacted.turns,
         );
+        println!(
+            "redacted {} action(s) and {} plan(s); rebuilt {} SQLite file(s) so nothing \
+             forgotten stays in them",
+            done.redacted.actions,
+            done.plans,
+            done.scrubbed.len()
+        );
+        for s in &done.skipped {
+            println!("skipped session {}: {}", s.session, s.reason);
+        }
+        for f in &done.wal_kept {
+            println!(
+                "note: another process is reading {f}; its write-ahead log is emptied at its next checkpoint"
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -56,7 +56,16 @@ async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
         Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
     let domain = payments_tools(payments, Arc::new(KbSearch(Arc::clone(&kb))));
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    Ok(McpDeps::new(embedder, Some(kb), episodes, domain, store)?)
+    // The same guards as the agent's calls: `--tool-rate`, cache, timeouts, retries, audit.
+    let config = g.tuning.agent_config();
+    Ok(McpDeps::with_gate(
+        embedder,
+        Some(kb),
+        episodes,
+        domain,
+        |tools| config.call_gate(tools, store),
+        config.call_policy(),
+    )?)
 }
 
 /// `memex mcp`.

@@ -294,12 +294,20 @@ fn mcp_service(
         Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
     let domain = payments_tools(payments, Arc::new(KbSearch(Arc::clone(&state.kb))));
     let store = Arc::clone(&state.agent_store);
-    let deps = memex::mcp::McpDeps::new(
+    // One gate: with an agent, MCP calls share its rate limits, cache and metrics.
+    let config = g.tuning.agent_config();
+    let policy = config.call_policy();
+    let agent = state.agent.as_ref().map(|s| Arc::clone(s.agent()));
+    let deps = memex::mcp::McpDeps::with_gate(
         Arc::new(state.queue.embedder()),
         Some(Arc::clone(&state.kb)),
         Arc::clone(&state.episodes),
         domain,
-        store,
+        move |tools| match agent {
+            Some(a) => a.gate().with_tools(tools),
+            None => config.call_gate(tools, store),
+        },
+        policy,
     )?;
     let merchant_of: memex::mcp::http::MerchantOf = Arc::new(|parts: &http::request::Parts| {
         parts

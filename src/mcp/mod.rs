@@ -5,7 +5,9 @@
 //!   payments registry), and the agent store where irreversible calls wait for a human;
 //! * [`MemexMcp`] — the [`rmcp::ServerHandler`] of one connection: tools with their JSON
 //!   schemas and `readOnlyHint`/`destructiveHint`/`idempotentHint` annotations, each call
-//!   validated against its schema and scoped to the connection's merchant. An irreversible tool
+//!   made through the agent's one guarded call path ([`CallGate`]: schema validation, the
+//!   connection's merchant, a loop guard on repeated writes, rate limits, cache, timeout,
+//!   retries, audit rows, metrics). An irreversible tool
 //!   never runs: it becomes a pending action of the connection's agent session (`mcp_…`), which
 //!   a human approves with `memex approve ACTION_ID`;
 //! * [`serve_stdio`] — `memex mcp --merchant MID` (stdout carries only JSON-RPC);
@@ -25,7 +27,7 @@ use std::sync::Arc;
 
 use rmcp::ServiceExt;
 
-use crate::agent::AgentStore;
+use crate::agent::{AgentConfig, AgentStore, CallGate, CallPolicy};
 use crate::embed::Embedder;
 use crate::episodic::EpisodicStore;
 use crate::kb::KnowledgeBase;
@@ -61,23 +63,50 @@ pub enum McpError {
     Join(#[source] tokio::task::JoinError),
 }
 
-/// Everything an MCP connection needs, shared by all connections of a process.
+/// Everything an MCP connection needs, shared by all connections of a process: the guarded
+/// call path over the MCP tools and the policy each call is attempted under.
 pub struct McpDeps {
-    tools: Arc<ToolRegistry>,
-    store: Arc<AgentStore>,
+    gate: Arc<CallGate>,
+    policy: CallPolicy,
 }
 
 impl McpDeps {
     /// The memory tools over `kb` (`None`: none ingested) and `episodes`, followed by
     /// `domain_tools` (a domain tool named like a memory tool — the payments
-    /// `search_knowledge_base` — is left out: the memory tool serves it); pending actions go to
-    /// `store`.
+    /// `search_knowledge_base` — is left out: the memory tool serves it); every call goes
+    /// through a [`CallGate`] with the default [`AgentConfig`]'s guards, auditing and holding
+    /// pending actions in `store`.
     pub fn new(
         embedder: Arc<dyn Embedder>,
         kb: Option<Arc<KnowledgeBase>>,
         episodes: Arc<dyn EpisodicStore>,
         domain_tools: Vec<Arc<dyn Tool>>,
         store: Arc<AgentStore>,
+    ) -> Result<Self, McpError> {
+        let config = AgentConfig::default();
+        let policy = config.call_policy();
+        Self::with_gate(
+            embedder,
+            kb,
+            episodes,
+            domain_tools,
+            |tools| config.call_gate(tools, store),
+            policy,
+        )
+    }
+
+    /// [`McpDeps::new`] with the gate of one's choosing: the memory tools and `domain_tools`
+    /// as there; every call goes through the [`CallGate`] that `gate` makes over that
+    /// registry (audit rows and pending actions in its store; its rate limits, cache and
+    /// metrics — pass `|tools| agent.gate().with_tools(tools)` to share the agent's),
+    /// attempted under `policy`.
+    pub fn with_gate(
+        embedder: Arc<dyn Embedder>,
+        kb: Option<Arc<KnowledgeBase>>,
+        episodes: Arc<dyn EpisodicStore>,
+        domain_tools: Vec<Arc<dyn Tool>>,
+        gate: impl FnOnce(ToolRegistry) -> CallGate,
+        policy: CallPolicy,
     ) -> Result<Self, McpError> {
         let mut tools: Vec<Arc<dyn Tool>> = vec![
             Arc::new(memory_tools::KbSearchTool::new(kb)),
@@ -94,21 +123,21 @@ impl McpDeps {
                 .filter(|t| !taken.iter().any(|n| n == t.name())),
         );
         Ok(McpDeps {
-            tools: Arc::new(ToolRegistry::with_tools(tools)?),
-            store,
+            gate: Arc::new(gate(ToolRegistry::with_tools(tools)?)),
+            policy,
         })
     }
 
     /// The names of the tools served, in listing order.
     pub fn tool_names(&self) -> Vec<String> {
-        self.tools.names()
+        self.gate.tools().names()
     }
 
     /// A handler for one connection of `merchant` (stdio, or any transport with a fixed merchant).
     pub fn handler(&self, merchant: MerchantId) -> MemexMcp {
         MemexMcp::new(
-            Arc::clone(&self.tools),
-            Arc::clone(&self.store),
+            Arc::clone(&self.gate),
+            self.policy.clone(),
             Scope::Fixed(merchant),
         )
     }
@@ -116,8 +145,8 @@ impl McpDeps {
     /// A handler whose merchant comes from each request's [`McpMerchant`] extension.
     pub(crate) fn per_request_handler(&self) -> MemexMcp {
         MemexMcp::new(
-            Arc::clone(&self.tools),
-            Arc::clone(&self.store),
+            Arc::clone(&self.gate),
+            self.policy.clone(),
             Scope::PerRequest,
         )
     }

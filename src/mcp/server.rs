@@ -3,7 +3,7 @@
 //! the agent store, for a human to approve (`memex approve ACTION_ID`).
 
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use rmcp::model::{
     CallToolRequestParams, CallToolResult, Implementation, InitializeRequestParams,
@@ -14,10 +14,11 @@ use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
 use serde_json::{json, Value};
 
-use crate::agent::guards::redact;
-use crate::agent::{AgentStore, AuditEntry};
+use crate::agent::gate::{CallGate, CallOutcome, CallPolicy, CallRequest, LoopGuard, NoHook};
+use crate::agent::guards::call_key;
+use crate::agent::Silent;
 use crate::merchant::MerchantId;
-use crate::tools::{Tool, ToolContext, ToolRegistry};
+use crate::tools::Tool;
 
 /// The merchant a request acts for, as the HTTP layer decided it (from the bearer key); put in
 /// the request's extensions by [`McpHttpService`](super::http::McpHttpService).
@@ -38,24 +39,32 @@ pub(crate) enum Scope {
 /// store that holds pending actions, and the agent session this connection's actions and audit
 /// rows belong to.
 pub struct MemexMcp {
-    tools: Arc<ToolRegistry>,
-    store: Arc<AgentStore>,
+    /// The guarded call path, over the MCP registry (shared by every connection).
+    gate: Arc<CallGate>,
+    /// How each call is attempted (the agent's chat-call policy: no wait for a rate limit).
+    policy: CallPolicy,
     scope: Scope,
     /// `mcp_…`: the agent session of this connection, registered for its merchant on first use.
     session: String,
     /// The merchant the session was registered for; a later request for another merchant on
     /// the same connection is refused.
     bound: Mutex<Option<MerchantId>>,
+    /// The writes this connection made recently (its loop guard).
+    writes: moka::sync::Cache<String, Value>,
 }
 
 impl MemexMcp {
-    pub(crate) fn new(tools: Arc<ToolRegistry>, store: Arc<AgentStore>, scope: Scope) -> Self {
+    pub(crate) fn new(gate: Arc<CallGate>, policy: CallPolicy, scope: Scope) -> Self {
         MemexMcp {
-            tools,
-            store,
+            gate,
+            policy,
             scope,
             session: format!("mcp_{}", uuid::Uuid::new_v4().simple()),
             bound: Mutex::new(None),
+            writes: moka::sync::Cache::builder()
+                .max_capacity(WRITE_MEMORY_ENTRIES)
+                .time_to_live(WRITE_MEMORY)
+                .build(),
         }
     }
 
@@ -88,7 +97,8 @@ impl MemexMcp {
             )),
             Some(_) => Ok(merchant),
             None => {
-                self.store
+                self.gate
+                    .store()
                     .begin_session(&self.session, &merchant)
                     .map_err(|e| {
                         ErrorData::internal_error(format!("cannot start the session: {e}"), None)
@@ -99,73 +109,97 @@ impl MemexMcp {
         }
     }
 
-    /// Records one call in the audit log (`memex audit --session mcp_…`); a failure to record
-    /// is logged, never turned into a failed call.
-    fn audit(&self, merchant: &MerchantId, call: &Call<'_>, status: &str, result: &Value) {
-        let entry = AuditEntry {
-            session: self.session.clone(),
-            merchant: merchant.as_str().to_string(),
-            turn: 1,
-            call_id: call.id.clone(),
-            tool: call.tool.to_string(),
-            args: redact(call.args),
-            result: redact(result),
-            status: status.to_string(),
-            latency_ms: call.started.elapsed().as_secs_f64() * 1e3,
-            at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        if let Err(e) = self.store.audit(&entry) {
-            tracing::warn!(session = %self.session, "cannot record an MCP call in the audit log: {e}");
-        }
-    }
-
-    /// Runs a call whose tool exists and whose arguments are valid.
+    /// Runs one call through the gate (validation, merchant scope, this connection's loop guard,
+    /// the approval gate, the shared cache and rate limits, timeout and retries, audit rows,
+    /// metrics) and turns its outcome into an MCP tool result.
     async fn run(
         &self,
         merchant: &MerchantId,
-        tool: Arc<dyn Tool>,
-        call: &Call<'_>,
+        call_id: &str,
+        name: &str,
+        args: &Value,
     ) -> Result<CallToolResult, ErrorData> {
-        if tool.irreversible() {
-            let id = self
-                .store
-                .create_action(&self.session, merchant, 1, &call.id, call.tool, call.args)
-                .map_err(|e| {
-                    ErrorData::internal_error(format!("cannot store the pending action: {e}"), None)
-                })?;
-            let result = json!({
+        let read_only = self.gate.tools().get(name).is_some_and(|t| t.read_only());
+        let raw = args.to_string();
+        let req = CallRequest {
+            merchant,
+            session: &self.session,
+            turn: 1,
+            call_id,
+            tool: name,
+            raw_args: &raw,
+            // A write repeated on this connection is the same write: the tool sees the same key
+            // (a payments ticket is created once), whatever the loop guard's window.
+            idempotency_key: (!read_only).then(|| idempotency_key(&self.session, name, args)),
+            policy: &self.policy,
+        };
+        let mut guard = ConnectionGuard {
+            seen: &self.writes,
+            read_only,
+        };
+        let done = self
+            .gate
+            .call(&req, &mut guard, &NoHook, &Silent)
+            .await
+            .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None))?;
+        Ok(match done.outcome {
+            CallOutcome::Ok(v) | CallOutcome::Cached(v) => CallToolResult::structured(v),
+            CallOutcome::PendingApproval { action_id } => CallToolResult::structured(json!({
                 "status": "pending_approval",
-                "action_id": id,
-                "tool": call.tool,
-                "args": call.args,
+                "action_id": action_id,
+                "tool": name,
+                "args": done.args,
                 "session": self.session,
-                "message": format!("NOT executed. This irreversible action waits for a human to approve it (memex approve {id}); it is never run from MCP."),
-            });
-            self.audit(merchant, call, "pending_approval", &result);
-            return Ok(CallToolResult::structured(result));
+                "message": format!("NOT executed. This irreversible action waits for a human to approve it (memex approve {action_id}); it is never run from MCP."),
+            })),
+            other => CallToolResult::structured_error(other.result()),
+        })
+    }
+}
+
+/// The idempotency key of a write made on MCP session `session`: the session and a digest of
+/// the tool and its canonical arguments (at most 73 bytes, within every tool's bound).
+fn idempotency_key(session: &str, tool: &str, args: &Value) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(call_key(tool, args).as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{session}:{hex}")
+}
+
+/// A connection's loop guard: a write (or an irreversible call) repeated with the same
+/// arguments within [`WRITE_MEMORY`] is not made again; the client gets the earlier result.
+/// Reads repeat freely (the gate's cache answers them). Failed calls are not remembered, so a
+/// client may retry them.
+struct ConnectionGuard<'a> {
+    seen: &'a moka::sync::Cache<String, Value>,
+    read_only: bool,
+}
+
+impl LoopGuard for ConnectionGuard<'_> {
+    fn earlier(&self, key: &str, read_only: bool) -> Option<Value> {
+        if read_only {
+            return None;
         }
-        let ctx = ToolContext::new(merchant.clone(), self.session.clone());
-        match tool.call(call.args.clone(), &ctx).await {
-            Ok(result) => {
-                self.audit(merchant, call, "ok", &result);
-                Ok(CallToolResult::structured(result))
-            }
-            Err(e) => {
-                let result = e.to_json();
-                self.audit(merchant, call, "error", &result);
-                Ok(CallToolResult::structured_error(result))
-            }
+        self.seen.get(key).map(|previous| {
+            json!({
+                "error": "loop_detected",
+                "message": "this exact call was already made on this MCP session and was not repeated; its result is previous_result",
+                "previous_result": previous,
+            })
+        })
+    }
+    fn record(&mut self, key: String, result: &Value) {
+        if !self.read_only && !result.get("error").is_some_and(Value::is_string) {
+            self.seen.insert(key, result.clone());
         }
     }
 }
 
-/// One tool call being served.
-struct Call<'a> {
-    id: String,
-    tool: &'a str,
-    args: &'a Value,
-    started: Instant,
-}
+/// How long a connection remembers its writes for the loop guard.
+const WRITE_MEMORY: Duration = Duration::from_secs(600);
+
+/// Most writes a connection remembers for the loop guard.
+const WRITE_MEMORY_ENTRIES: u64 = 1024;
 
 /// The MCP annotations of `tool`: read-only tools are safe to repeat; irreversible ones are
 /// destructive; every other write (an episode, a ticket) adds without destroying.
@@ -241,7 +275,11 @@ impl ServerHandler for MemexMcp {
     ) -> Result<ListToolsResult, ErrorData> {
         self.merchant(&ctx)?;
         Ok(ListToolsResult::with_all_items(
-            self.tools.tools().map(|t| definition(t.as_ref())).collect(),
+            self.gate
+                .tools()
+                .tools()
+                .map(|t| definition(t.as_ref()))
+                .collect(),
         ))
     }
 
@@ -253,35 +291,17 @@ impl ServerHandler for MemexMcp {
         let merchant = self.merchant(&ctx)?;
         let name = request.name.as_ref();
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
-        let call = Call {
-            id: format!("mcp:{}", ctx.id),
-            tool: name,
-            args: &args,
-            started: Instant::now(),
-        };
-        let Some(tool) = self.tools.get(name) else {
-            let e = tool_error(
+        if self.gate.tools().get(name).is_none() {
+            return Ok(tool_error(
                 "unknown_tool",
                 format!(
                     "unknown tool {}; available tools: {}",
                     crate::tools::quote_for_display(name),
-                    self.tools.names().join(", ")
+                    self.gate.tools().names().join(", ")
                 ),
-            );
-            return Ok(e);
-        };
-        let checked = match self.tools.validate(name, &args.to_string()) {
-            Ok(v) => v,
-            Err(e) => {
-                let result = e.to_json();
-                self.audit(&merchant, &call, e.kind(), &result);
-                return Ok(CallToolResult::structured_error(result));
-            }
-        };
-        let call = Call {
-            args: &checked,
-            ..call
-        };
-        self.run(&merchant, tool, &call).await
+            ));
+        }
+        self.run(&merchant, &format!("mcp:{}", ctx.id), name, &args)
+            .await
     }
 }

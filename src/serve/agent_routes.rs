@@ -177,6 +177,8 @@ async fn ask(
     }
     let session = match req.session {
         Some(s) => {
+            // A bad id is refused before anything is read or written for it.
+            Agent::check_session_id(&s).map_err(agent_error)?;
             let agent = Arc::clone(&svc.agent);
             let sid = s.clone();
             let owner =
@@ -266,6 +268,7 @@ async fn audit(
     Extension(principal): Extension<Principal>,
     UrlPath(sid): UrlPath<String>,
 ) -> Result<Json<Value>, ApiError> {
+    Agent::check_session_id(&sid).map_err(agent_error)?;
     let store = Arc::clone(&state.agent_store);
     let log = blocking(move || {
         match store.session_merchant(&sid).map_err(agent_error)? {

@@ -31,6 +31,11 @@ impl std::fmt::Debug for AgentService {
 }
 
 impl AgentService {
+    /// The agent behind the routes (its gate is shared with `/mcp`).
+    pub fn agent(&self) -> &Arc<Agent> {
+        &self.agent
+    }
+
     /// Wraps `agent` (and a planner over it); at most `max_turns` turns run at once, a turn
     /// waits up to `wait` for a slot before 503.
     pub fn new(

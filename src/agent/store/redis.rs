@@ -54,7 +54,31 @@ struct Scripts {
     end_session: Script,
     lock: Script,
     unlock: Script,
+    forget_action: Script,
 }
+
+// KEYS: act:ID, status-set prefix (…actst:)
+// ARGV: merchant, the redacted value, now
+// Redacts one action of the merchant (a pending one is rejected first); 1 when it changed.
+const FORGET_ACTION_LUA: &str = r#"
+local st = redis.call('HMGET', KEYS[1], 'merchant', 'status', 'seq', 'args', 'result')
+if st[1] ~= ARGV[1] then return 0 end
+local changed = 0
+if st[2] == 'pending' then
+  redis.call('HSET', KEYS[1], 'status', 'rejected', 'decided_at', ARGV[3])
+  redis.call('ZREM', KEYS[2] .. 'pending', redis.call('HGET', KEYS[1], 'id'))
+  redis.call('ZADD', KEYS[2] .. 'rejected', st[3], redis.call('HGET', KEYS[1], 'id'))
+end
+if st[4] ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'args', ARGV[2])
+  changed = 1
+end
+if st[5] and st[5] ~= ARGV[2] then
+  redis.call('HSET', KEYS[1], 'result', ARGV[2])
+  changed = 1
+end
+return changed
+"#;
 
 const BEGIN_LUA: &str = r#"
 local m = redis.call('HGET', KEYS[1], 'merchant')
@@ -204,6 +228,7 @@ impl RedisAgentState {
                 end_session: Script::new(END_SESSION_LUA),
                 lock: Script::new(LOCK_LUA),
                 unlock: Script::new(UNLOCK_LUA),
+                forget_action: Script::new(FORGET_ACTION_LUA),
             },
         }
     }
@@ -342,6 +367,25 @@ impl AgentStateBackend for RedisAgentState {
                 row.context = forgotten_context();
                 serde_json::to_string(&row).ok()
             })?;
+            let ids: Vec<String> = self
+                .pool
+                .run(|c| redis::cmd("HVALS").arg(key("actcall", session)).query(c))?;
+            let redacted = forgotten_value().to_string();
+            let (prefix, at) = (key("actst", ""), now());
+            for id in ids {
+                let k = key("act", &id);
+                let changed: i64 = self.pool.run(|c| {
+                    self.scripts
+                        .forget_action
+                        .key(&k)
+                        .key(&prefix)
+                        .arg(m)
+                        .arg(&redacted)
+                        .arg(&at)
+                        .invoke(c)
+                })?;
+                out.actions += changed as u64;
+            }
         }
         Ok(out)
     }

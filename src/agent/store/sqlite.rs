@@ -268,7 +268,9 @@ impl AgentStateBackend for SqliteAgentState {
     /// `merchant` (a session of another merchant is never touched): audit rows keep their
     /// tool, status, latency and time while their arguments and results become
     /// `"[forgotten]"`; turn records keep their counters while their memory context becomes
-    /// `{"forgotten": true}`. Safe to repeat; returns what changed this time.
+    /// `{"forgotten": true}`; actions keep their tool and status while their arguments and
+    /// result become `"[forgotten]"` (a pending one is rejected). Safe to repeat; returns what
+    /// changed this time.
     fn redact_sessions(
         &self,
         merchant: &MerchantId,
@@ -291,6 +293,23 @@ impl AgentStateBackend for SqliteAgentState {
                     "UPDATE turns SET context = '{\"forgotten\":true}'
                      WHERE session_id = ?1 AND merchant_id = ?2
                        AND context != '{\"forgotten\":true}'",
+                    params![session, merchant.as_str()],
+                )
+                .map_err(db_err)? as u64;
+            // A pending action is rejected first (its arguments would run as written).
+            tx.execute(
+                "UPDATE actions SET status = 'rejected', decided_at = ?3
+                 WHERE session_id = ?1 AND merchant_id = ?2 AND status = 'pending'",
+                params![session, merchant.as_str(), now()],
+            )
+            .map_err(db_err)?;
+            out.actions += tx
+                .execute(
+                    "UPDATE actions SET args = '\"[forgotten]\"',
+                       result = CASE WHEN result IS NULL THEN NULL ELSE '\"[forgotten]\"' END
+                     WHERE session_id = ?1 AND merchant_id = ?2
+                       AND (args != '\"[forgotten]\"'
+                            OR (result IS NOT NULL AND result != '\"[forgotten]\"'))",
                     params![session, merchant.as_str()],
                 )
                 .map_err(db_err)? as u64;

@@ -14,6 +14,9 @@ pub struct Redacted {
     pub audit_rows: u64,
     /// Turn records whose memory context was redacted.
     pub turns: u64,
+    /// Actions whose arguments and result were redacted (a pending one is also rejected, so
+    /// nothing can ever run with the merchant's forgotten words).
+    pub actions: u64,
 }
 
 /// One row of the audit log.

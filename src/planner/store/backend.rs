@@ -108,7 +108,19 @@ pub trait PlanBackend: Send + Sync {
     fn step_for_action(&self, action_id: &str) -> Result<Option<(String, String)>, PlanError>;
     /// Plans, newest first (ties by id), optionally of one merchant, at most `limit`.
     fn list(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<PlanListing>, PlanError>;
+    /// Redacts the text of `merchant`'s plans run in `sessions` (a plan of another merchant is
+    /// never touched): the task, the answer, and each step's description, arguments, results
+    /// and error become [`FORGOTTEN`] (JSON documents: its JSON string); a plan not yet
+    /// completed is marked completed, so it never resumes. Safe to repeat; returns the plans
+    /// that changed.
+    fn forget(&self, merchant: &str, sessions: &[String]) -> Result<u64, PlanError>;
 }
+
+/// What forgotten text reads as in the plan store.
+pub const FORGOTTEN: &str = "[forgotten]";
+
+/// [`FORGOTTEN`] as a JSON document (the arguments and results columns hold JSON).
+pub const FORGOTTEN_JSON: &str = "\"[forgotten]\"";
 
 /// A step as stored: the text both backends keep (JSON documents as text, like the SQLite
 /// columns; on Redis this record is the JSON value of the step's field).

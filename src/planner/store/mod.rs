@@ -162,6 +162,12 @@ impl PlanStore {
         self.backend.step_for_action(action_id)
     }
 
+    /// Redacts the text of `merchant`'s plans run in `sessions` (see [`PlanBackend::forget`]);
+    /// returns the plans that changed.
+    pub fn forget(&self, merchant: &str, sessions: &[String]) -> Result<u64, PlanError> {
+        self.backend.forget(merchant, sessions)
+    }
+
     /// Plans, newest first, optionally of one merchant.
     pub fn list(
         &self,

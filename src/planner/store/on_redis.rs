@@ -24,7 +24,10 @@ use std::time::Duration;
 
 use redis::{Connection, RedisError, RedisResult};
 
-use super::backend::{plan_status, PlanBackend, PlanListing, PlanRow, StepRecord, StepUpdate};
+use super::backend::{
+    plan_status, PlanBackend, PlanListing, PlanRow, StepRecord, StepUpdate, FORGOTTEN,
+    FORGOTTEN_JSON,
+};
 use crate::planner::error::PlanError;
 use crate::planner::plan::{DraftStep, PlanStatus};
 
@@ -86,7 +89,29 @@ pub struct RedisPlans {
     update_step: redis::Script,
     set_status: redis::Script,
     release: redis::Script,
+    forget: redis::Script,
 }
+
+/// `KEYS[1]` the plan hash, `KEYS[2]` its steps hash; `ARGV`: merchant, session, the
+/// forgotten text, the same as a JSON document, now. 1 when the plan changed.
+const FORGET: &str = r"
+local p = redis.call('HMGET', KEYS[1], 'merchant', 'session', 'task', 'status', 'answer')
+if p[1] ~= ARGV[1] or p[2] ~= ARGV[2] then return 0 end
+if p[3] == ARGV[3] and p[4] == 'completed' then return 0 end
+redis.call('HSET', KEYS[1], 'task', ARGV[3], 'status', 'completed', 'updated_at', ARGV[5])
+if p[5] and p[5] ~= '' then redis.call('HSET', KEYS[1], 'answer', ARGV[3]) end
+local steps = redis.call('HGETALL', KEYS[2])
+for i = 1, #steps, 2 do
+  local s = cjson.decode(steps[i + 1])
+  s.description = ARGV[3]
+  s.args = ARGV[4]
+  if s.resolved_args and s.resolved_args ~= cjson.null then s.resolved_args = ARGV[4] end
+  if s.result and s.result ~= cjson.null then s.result = ARGV[4] end
+  if s.error and s.error ~= cjson.null then s.error = ARGV[3] end
+  redis.call('HSET', KEYS[2], steps[i], cjson.encode(s))
+end
+return 1
+";
 
 /// `s` as a key part: itself when plain, else `~` and its bytes in hex.
 fn key_part(s: &str) -> String {
@@ -141,6 +166,7 @@ impl RedisPlans {
             update_step: redis::Script::new(UPDATE_STEP),
             set_status: redis::Script::new(SET_STATUS),
             release: redis::Script::new(RELEASE),
+            forget: redis::Script::new(FORGET),
         };
         store.run(
             || "connect".into(),
@@ -529,5 +555,36 @@ impl PlanBackend for RedisPlans {
                 })
             })
             .collect())
+    }
+
+    fn forget(&self, merchant: &str, sessions: &[String]) -> Result<u64, PlanError> {
+        let index = self.merchant_index(merchant);
+        let ids: Vec<String> = self.run(
+            || "list a merchant's plans".into(),
+            |con| redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1).query(con),
+        )?;
+        let at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut n = 0u64;
+        for id in ids {
+            let (pk, sk) = (self.plan_key(&id), self.steps_key(&id));
+            for session in sessions {
+                let changed: i64 = self.run(
+                    || format!("forget plan {id}"),
+                    |con| {
+                        self.forget
+                            .key(&pk)
+                            .key(&sk)
+                            .arg(merchant)
+                            .arg(session)
+                            .arg(FORGOTTEN)
+                            .arg(FORGOTTEN_JSON)
+                            .arg(&at)
+                            .invoke(con)
+                    },
+                )?;
+                n += changed as u64;
+            }
+        }
+        Ok(n)
     }
 }

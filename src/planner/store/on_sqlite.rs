@@ -8,7 +8,10 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::backend::{plan_status, PlanBackend, PlanListing, PlanRow, StepRecord, StepUpdate};
+use super::backend::{
+    plan_status, PlanBackend, PlanListing, PlanRow, StepRecord, StepUpdate, FORGOTTEN,
+    FORGOTTEN_JSON,
+};
 use crate::planner::error::PlanError;
 use crate::planner::plan::{DraftStep, PlanStatus};
 
@@ -280,5 +283,34 @@ impl PlanBackend for SqlitePlans {
             })
             .map_err(db_err)?;
         rows.collect::<Result<_, _>>().map_err(db_err)
+    }
+
+    fn forget(&self, merchant: &str, sessions: &[String]) -> Result<u64, PlanError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(db_err)?;
+        let mut n = 0u64;
+        for session in sessions {
+            tx.execute(
+                "UPDATE plan_steps SET description = ?3, args = ?4,
+                   resolved_args = CASE WHEN resolved_args IS NULL THEN NULL ELSE ?4 END,
+                   result = CASE WHEN result IS NULL THEN NULL ELSE ?4 END,
+                   error = CASE WHEN error IS NULL THEN NULL ELSE ?3 END
+                 WHERE plan_id IN (SELECT id FROM plans WHERE merchant_id = ?1 AND session_id = ?2)",
+                params![merchant, session, FORGOTTEN, FORGOTTEN_JSON],
+            )
+            .map_err(db_err)?;
+            n += tx
+                .execute(
+                    "UPDATE plans SET task = ?3,
+                       answer = CASE WHEN answer IS NULL THEN NULL ELSE ?3 END,
+                       status = 'completed'
+                     WHERE merchant_id = ?1 AND session_id = ?2
+                       AND (task != ?3 OR status != 'completed')",
+                    params![merchant, session, FORGOTTEN],
+                )
+                .map_err(db_err)? as u64;
+        }
+        tx.commit().map_err(db_err)?;
+        Ok(n)
     }
 }
