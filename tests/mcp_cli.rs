@@ -46,8 +46,16 @@ fn script() -> PathBuf {
 
 /// Runs the Python MCP client with `transport` arguments and `calls`; returns its JSON.
 async fn client(transport: Vec<String>, calls: Value) -> Value {
+    client_in("session", transport, calls).await
+}
+
+/// [`client`] with the SDK's high-level `Client` in `mode` (`auto`: discover, then fall back;
+/// `legacy`: the handshake), or `session` for `ClientSession` + `initialize()`.
+async fn client_in(mode: &str, transport: Vec<String>, calls: Value) -> Value {
     let mut cmd = Command::new(python());
     cmd.arg(script())
+        .arg("--mode")
+        .arg(mode)
         .arg("--calls")
         .arg(calls.to_string())
         .args(transport)
@@ -883,4 +891,183 @@ async fn stdio_calls_go_through_the_guarded_call_path() {
         )
         .unwrap();
     assert_eq!(audited, 52, "one audit row per call");
+}
+
+/// The calls every SDK client makes in [`every_sdk_client_on_both_transports`].
+fn sdk_calls(tag: &str) -> Value {
+    json!([
+        {"tool": "search_knowledge_base", "args": {"query": "refund timeline for UPI", "k": 3}},
+        {"tool": "save_episode", "args": {"summary": format!("{tag}: merchant asked about the UPI refund timeline")}},
+        {"tool": "recall_episodes", "args": {"query": "UPI refund timeline", "k": 5}},
+        {"tool": "initiate_refund", "args": {"transaction_id": "pay_ABC123", "amount": 100, "reason": format!("{tag} customer cancelled")}},
+        {"tool": "get_merchant_account", "args": {"merchant_id": "MID002"}},
+        {"tool": "search_knowledge_base", "args": {"query": 5}},
+    ])
+}
+
+/// What every SDK client must have seen: tools with output schemas, results that validate
+/// against them (the SDK checks `structuredContent`), a refund held pending, another
+/// merchant's account refused, and errors in the HTTP API's `{error: {code, message}}` shape.
+fn check_sdk_run(out: &Value, tag: &str) {
+    assert!(
+        out.get("error").is_none(),
+        "{tag}: the client failed: {out}"
+    );
+    for t in out["tools"].as_array().unwrap() {
+        assert_eq!(t["outputSchema"]["type"], "object", "{tag}: {t}");
+    }
+    for r in out["results"].as_array().unwrap() {
+        assert!(r.get("client_error").is_none(), "{tag}: {r}");
+    }
+    assert_eq!(ok(out, 0)["results"].as_array().unwrap().len(), 3, "{tag}");
+    let episode = ok(out, 1)["id"].as_str().unwrap().to_string();
+    assert!(ids(&ok(out, 2)["recent"]).contains(&episode), "{tag}");
+    let held = ok(out, 3);
+    assert_eq!(held["status"], "pending_approval", "{tag}: {held}");
+    assert!(held["action_id"].as_str().unwrap().starts_with("act_"));
+    assert!(err(out, 4).contains("not_found"), "{tag}");
+    assert_eq!(
+        result(out, 4)["structured"]["error"]["code"],
+        "not_found",
+        "{tag}"
+    );
+    let bad = &result(out, 5)["structured"]["error"];
+    assert_eq!(bad["code"], "invalid_args", "{tag}: {bad}");
+    assert!(bad["message"].is_string());
+}
+
+/// The official Python SDK's default `Client` (auto: `server/discover`, falling back to the
+/// handshake where needed), its `mode="legacy"`, and `ClientSession` + `initialize()`, over stdio
+/// (`memex mcp`) and over `memex serve`'s `/mcp` with a merchant key: each lists the tools and
+/// calls the memory tools and the refund, which stays pending. Auto settles on 2026-07-28,
+/// legacy on a handshake-era revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_sdk_client_on_both_transports() {
+    let llm = FakeOpenAi::start().await;
+    let url = llm.base_url();
+    let dir = demo(&url).await;
+    let data = dir.path();
+    let (_, key_a) = serve::create_key(data, &["--merchant", "MID001"]);
+    let server = serve::Server::start(data, None, &[]);
+    let mcp_url = server.url("/mcp");
+    for mode in ["auto", "legacy", "session"] {
+        for (name, transport) in [
+            ("stdio", stdio(data, "MID001")),
+            ("http", http(&mcp_url, Some(&key_a))),
+        ] {
+            let tag = format!("{mode}-{name}");
+            let out = client_in(mode, transport, sdk_calls(&tag)).await;
+            check_sdk_run(&out, &tag);
+            match mode {
+                "auto" => assert_eq!(out["protocol_version"], "2026-07-28", "{tag}"),
+                "legacy" => {
+                    let v = out["protocol_version"].as_str().unwrap();
+                    assert!(v < "2026-07-28", "{tag}: {v}");
+                }
+                _ => {}
+            }
+        }
+    }
+    // Every refund asked for is pending, none ran.
+    let payments = rusqlite::Connection::open(data.join("payments.db")).unwrap();
+    let refunds: i64 = payments
+        .query_row(
+            "SELECT COUNT(*) FROM refunds WHERE reason LIKE '%customer cancelled'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(refunds, 0, "no refund ran from MCP");
+    // A session-less (2026-07-28) request has no Mcp-Session-Id: the merchant still comes from
+    // the key on every request, so B's key never sees A's episodes.
+    let (_, key_b) = serve::create_key(data, &["--merchant", "MID002"]);
+    let b = client_in(
+        "auto",
+        http(&mcp_url, Some(&key_b)),
+        json!([{"tool": "recall_episodes", "args": {"query": "UPI refund timeline", "k": 50}}]),
+    )
+    .await;
+    assert_eq!(b["protocol_version"], "2026-07-28");
+    let seen = ok(&b, 0).to_string();
+    assert!(
+        !seen.contains("MID001") && !seen.contains("auto-http"),
+        "{seen}"
+    );
+}
+
+/// Raw JSON-RPC over stdio, as a 2026-07-28 client probes: `server/discover` first is answered
+/// with the supported revisions (and cache hints), and the connection stays open for either
+/// lifecycle: a handshake after it works, as does a session-less request after a probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdio_answers_server_discover_first_then_either_lifecycle() {
+    let llm = FakeOpenAi::start().await;
+    let url = llm.base_url();
+    let dir = demo(&url).await;
+    let meta = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+        "io.modelcontextprotocol/clientInfo": {"name": "raw", "version": "0"},
+    });
+    let scripts = [
+        // discover, then the handshake.
+        vec![
+            json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {
+                "protocolVersion": "2025-11-25", "capabilities": {},
+                "clientInfo": {"name": "raw", "version": "0"}}}),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "get_merchant_account", "arguments": {}}}),
+        ],
+        // discover, then a session-less request carrying its own _meta.
+        vec![
+            json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {"_meta": meta}}),
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {
+                "name": "get_merchant_account", "arguments": {}, "_meta": meta}}),
+        ],
+    ];
+    for lines in scripts {
+        let mut child = cli::command(dir.path(), &url, &["mcp", "--merchant", "MID001"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("stdout line is not JSON-RPC ({e}): {line}"));
+                seen.push(v);
+                if seen.iter().any(|s| s["id"] == 3) {
+                    break;
+                }
+            }
+            seen
+        });
+        for l in &lines {
+            writeln!(stdin, "{l}").unwrap();
+        }
+        stdin.flush().unwrap();
+        let seen = tokio::task::spawn_blocking(move || reader.join().unwrap())
+            .await
+            .unwrap();
+        drop(stdin);
+        let _ = child.wait();
+        let discover = seen
+            .iter()
+            .find(|v| v["id"] == 1)
+            .expect("discover answered");
+        let versions = discover["result"]["supportedVersions"].as_array().unwrap();
+        assert!(versions.contains(&json!("2026-07-28")), "{discover}");
+        assert!(versions.contains(&json!("2025-11-25")), "{discover}");
+        assert!(discover["result"]["ttlMs"].is_u64(), "{discover}");
+        assert_eq!(discover["result"]["cacheScope"], "private", "{discover}");
+        let account = seen.iter().find(|v| v["id"] == 3).expect("call answered");
+        let text = account["result"]["content"][0]["text"].as_str().unwrap();
+        assert!(text.contains("MID001"), "{account}");
+    }
 }

@@ -139,6 +139,24 @@ impl Tool for KbSearchTool {
     fn read_only(&self) -> bool {
         true
     }
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "results": {"type": "array", "items": {
+                    "type": "object",
+                    "properties": {
+                        "chunk_id": {"type": "integer"},
+                        "source": {"type": "string"},
+                        "text": {"type": "string"},
+                        "score": {"type": "number"},
+                    },
+                }},
+            },
+            "required": ["query", "results"],
+        }))
+    }
     async fn call(&self, args: Value, _ctx: &ToolContext) -> Result<Value, ToolError> {
         let query = text_arg(&args, "query")?;
         let k = k_arg(&args, KB_DEFAULT_K, KB_MAX_K)?;
@@ -201,6 +219,17 @@ impl Tool for RecallEpisodesTool {
     }
     fn read_only(&self) -> bool {
         true
+    }
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "similar": {"type": "array", "items": {"type": "object"}},
+                "recent": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["query", "similar", "recent"],
+        }))
     }
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
         let query = text_arg(&args, "query")?;
@@ -276,6 +305,20 @@ impl Tool for SaveEpisodeTool {
     }
     fn read_only(&self) -> bool {
         false
+    }
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "merchant_id": {"type": "string"},
+                "summary": {"type": "string"},
+                "metadata": {"type": "object"},
+                "created_at": {"type": "string"},
+                "occurred_at": {"type": ["string", "null"]},
+            },
+            "required": ["id", "merchant_id", "summary"],
+        }))
     }
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
         let summary = text_arg(&args, "summary")?;

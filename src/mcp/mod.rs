@@ -68,6 +68,8 @@ pub enum McpError {
 pub struct McpDeps {
     gate: Arc<CallGate>,
     policy: CallPolicy,
+    /// Per-merchant state of session-less (2026-07-28) HTTP requests.
+    stateless: server::StatelessStates,
 }
 
 impl McpDeps {
@@ -125,6 +127,7 @@ impl McpDeps {
         Ok(McpDeps {
             gate: Arc::new(gate(ToolRegistry::with_tools(tools)?)),
             policy,
+            stateless: server::stateless_states(),
         })
     }
 
@@ -139,6 +142,7 @@ impl McpDeps {
             Arc::clone(&self.gate),
             self.policy.clone(),
             Scope::Fixed(merchant),
+            self.stateless.clone(),
         )
     }
 
@@ -148,6 +152,7 @@ impl McpDeps {
             Arc::clone(&self.gate),
             self.policy.clone(),
             Scope::PerRequest,
+            self.stateless.clone(),
         )
     }
 }
@@ -156,10 +161,12 @@ impl McpDeps {
 pub async fn serve_stdio(deps: Arc<McpDeps>, merchant: MerchantId) -> Result<(), McpError> {
     let handler = deps.handler(merchant);
     tracing::info!(session = handler.session_id(), "serving MCP over stdio");
-    let running = handler
-        .serve(rmcp::transport::stdio())
-        .await
-        .map_err(|e| McpError::Initialize(Box::new(e)))?;
+    let running = match handler.serve(rmcp::transport::stdio()).await {
+        Ok(r) => r,
+        // A client that only probed (`server/discover`) or left before starting is done.
+        Err(rmcp::service::ServerInitializeError::ConnectionClosed(_)) => return Ok(()),
+        Err(e) => return Err(McpError::Initialize(Box::new(e))),
+    };
     running.waiting().await.map_err(McpError::Join)?;
     Ok(())
 }

@@ -6,9 +6,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rmcp::model::{
-    CallToolRequestParams, CallToolResult, Implementation, InitializeRequestParams,
-    InitializeResult, ListToolsResult, PaginatedRequestParams, ProtocolVersion, ServerCapabilities,
-    ServerInfo, Tool as McpTool, ToolAnnotations,
+    CacheScope, CallToolRequestParams, CallToolResponse, CallToolResult, DiscoverResult,
+    Implementation, InitializeRequestParams, InitializeResult, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool as McpTool, ToolAnnotations,
 };
 use rmcp::service::{RequestContext, RoleServer};
 use rmcp::{ErrorData, ServerHandler};
@@ -35,30 +35,17 @@ pub(crate) enum Scope {
     PerRequest,
 }
 
-/// One MCP connection (a stdio process, or one streamable-HTTP session): the tools, the agent
-/// store that holds pending actions, and the agent session this connection's actions and audit
-/// rows belong to.
-pub struct MemexMcp {
-    /// The guarded call path, over the MCP registry (shared by every connection).
-    gate: Arc<CallGate>,
-    /// How each call is attempted (the agent's chat-call policy: no wait for a rate limit).
-    policy: CallPolicy,
-    scope: Scope,
-    /// `mcp_…`: the agent session of this connection, registered for its merchant on first use.
+/// What one MCP session remembers: its agent session (`mcp_…`, registered for its merchant on
+/// first use), the merchant it is bound to, and the writes it made recently (its loop guard).
+pub(crate) struct SessionState {
     session: String,
-    /// The merchant the session was registered for; a later request for another merchant on
-    /// the same connection is refused.
     bound: Mutex<Option<MerchantId>>,
-    /// The writes this connection made recently (its loop guard).
     writes: moka::sync::Cache<String, Value>,
 }
 
-impl MemexMcp {
-    pub(crate) fn new(gate: Arc<CallGate>, policy: CallPolicy, scope: Scope) -> Self {
-        MemexMcp {
-            gate,
-            policy,
-            scope,
+impl SessionState {
+    pub(crate) fn new() -> Self {
+        SessionState {
             session: format!("mcp_{}", uuid::Uuid::new_v4().simple()),
             bound: Mutex::new(None),
             writes: moka::sync::Cache::builder()
@@ -67,14 +54,64 @@ impl MemexMcp {
                 .build(),
         }
     }
+}
+
+/// The state of session-less (2026-07-28) requests over HTTP, one per merchant: such a request
+/// names no session, so each merchant's calls share one agent session and one loop guard in
+/// this process. Bounded; an idle merchant's entry goes after an hour.
+pub(crate) type StatelessStates = moka::sync::Cache<String, Arc<SessionState>>;
+
+/// A new [`StatelessStates`].
+pub(crate) fn stateless_states() -> StatelessStates {
+    moka::sync::Cache::builder()
+        .max_capacity(10_000)
+        .time_to_idle(Duration::from_secs(3600))
+        .build()
+}
+
+/// The handler of one MCP connection (a stdio process, one handshake-era streamable-HTTP
+/// session, or one session-less HTTP request): the guarded call path over the MCP tools, and
+/// the session state its calls are recorded under.
+pub struct MemexMcp {
+    /// The guarded call path, over the MCP registry (shared by every connection).
+    gate: Arc<CallGate>,
+    /// How each call is attempted (the agent's chat-call policy: no wait for a rate limit).
+    policy: CallPolicy,
+    scope: Scope,
+    /// This connection's own state (stdio, handshake-era sessions).
+    own: Arc<SessionState>,
+    /// Per-merchant state of session-less requests (shared by every handler of the process).
+    stateless: StatelessStates,
+}
+
+impl MemexMcp {
+    pub(crate) fn new(
+        gate: Arc<CallGate>,
+        policy: CallPolicy,
+        scope: Scope,
+        stateless: StatelessStates,
+    ) -> Self {
+        MemexMcp {
+            gate,
+            policy,
+            scope,
+            own: Arc::new(SessionState::new()),
+            stateless,
+        }
+    }
 
     /// The agent session id of this connection (`mcp_…`).
     pub fn session_id(&self) -> &str {
-        &self.session
+        &self.own.session
     }
 
-    /// The merchant of this request; binds the connection to it on first use.
-    fn merchant(&self, ctx: &RequestContext<RoleServer>) -> Result<MerchantId, ErrorData> {
+    /// The merchant of this request and the session state it is recorded under; binds the
+    /// state to the merchant on first use. A handshake-era HTTP session, or a stdio process,
+    /// keeps its own state; a session-less (2026-07-28) HTTP request uses its merchant's.
+    fn scoped(
+        &self,
+        ctx: &RequestContext<RoleServer>,
+    ) -> Result<(MerchantId, Arc<SessionState>), ErrorData> {
         let merchant = match &self.scope {
             Scope::Fixed(m) => m.clone(),
             Scope::PerRequest => ctx
@@ -86,27 +123,39 @@ impl MemexMcp {
                     ErrorData::invalid_request("this request carries no valid key", None)
                 })?,
         };
-        let mut bound = self
+        let sessionless = matches!(self.scope, Scope::PerRequest)
+            && ctx.protocol_version().is_some_and(|v| !v.has_initialize());
+        let state = if sessionless {
+            self.stateless.get_with(merchant.as_str().to_string(), || {
+                Arc::new(SessionState::new())
+            })
+        } else {
+            Arc::clone(&self.own)
+        };
+        let mut bound = state
             .bound
             .lock()
             .map_err(|_| ErrorData::internal_error("the session state is unusable", None))?;
         match bound.as_ref() {
-            Some(b) if *b != merchant => Err(ErrorData::invalid_request(
-                "this MCP session belongs to another merchant; start a new session",
-                None,
-            )),
-            Some(_) => Ok(merchant),
+            Some(b) if *b != merchant => {
+                return Err(ErrorData::invalid_request(
+                    "this MCP session belongs to another merchant; start a new session",
+                    None,
+                ))
+            }
+            Some(_) => {}
             None => {
                 self.gate
                     .store()
-                    .begin_session(&self.session, &merchant)
+                    .begin_session(&state.session, &merchant)
                     .map_err(|e| {
                         ErrorData::internal_error(format!("cannot start the session: {e}"), None)
                     })?;
                 *bound = Some(merchant.clone());
-                Ok(merchant)
             }
         }
+        drop(bound);
+        Ok((merchant, state))
     }
 
     /// Runs one call through the gate (validation, merchant scope, this connection's loop guard,
@@ -115,6 +164,7 @@ impl MemexMcp {
     async fn run(
         &self,
         merchant: &MerchantId,
+        state: &SessionState,
         call_id: &str,
         name: &str,
         args: &Value,
@@ -123,18 +173,18 @@ impl MemexMcp {
         let raw = args.to_string();
         let req = CallRequest {
             merchant,
-            session: &self.session,
+            session: &state.session,
             turn: 1,
             call_id,
             tool: name,
             raw_args: &raw,
             // A write repeated on this connection is the same write: the tool sees the same key
             // (a payments ticket is created once), whatever the loop guard's window.
-            idempotency_key: (!read_only).then(|| idempotency_key(&self.session, name, args)),
+            idempotency_key: (!read_only).then(|| idempotency_key(&state.session, name, args)),
             policy: &self.policy,
         };
         let mut guard = ConnectionGuard {
-            seen: &self.writes,
+            seen: &state.writes,
             read_only,
         };
         let done = self
@@ -149,10 +199,10 @@ impl MemexMcp {
                 "action_id": action_id,
                 "tool": name,
                 "args": done.args,
-                "session": self.session,
+                "session": state.session,
                 "message": format!("NOT executed. This irreversible action waits for a human to approve it (memex approve {action_id}); it is never run from MCP."),
             })),
-            other => CallToolResult::structured_error(other.result()),
+            other => CallToolResult::structured_error(error_shape(other.result())),
         })
     }
 }
@@ -227,6 +277,39 @@ fn description(tool: &dyn Tool) -> String {
     }
 }
 
+/// What an irreversible tool returns over MCP: always a pending action, never its own result.
+fn pending_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "status": {"const": "pending_approval"},
+            "action_id": {"type": "string"},
+            "tool": {"type": "string"},
+            "args": {"type": "object"},
+            "session": {"type": "string"},
+            "message": {"type": "string"},
+        },
+        "required": ["status", "action_id", "tool", "args", "session", "message"],
+    })
+}
+
+/// The `outputSchema` of `tool` over MCP: a pending action for an irreversible tool, else the
+/// tool's own result schema (any object when it declares none). Always an object schema, so
+/// every protocol revision keeps it.
+pub(crate) fn output_schema(tool: &dyn Tool) -> serde_json::Map<String, Value> {
+    let schema = if tool.irreversible() {
+        pending_schema()
+    } else {
+        tool.output_schema()
+            .filter(|s| s.get("type") == Some(&json!("object")))
+            .unwrap_or_else(|| json!({"type": "object"}))
+    };
+    match schema {
+        Value::Object(map) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
 /// The MCP definition of `tool`.
 pub(crate) fn definition(tool: &dyn Tool) -> McpTool {
     let schema = match tool.parameters() {
@@ -235,16 +318,41 @@ pub(crate) fn definition(tool: &dyn Tool) -> McpTool {
     };
     McpTool::new(tool.name().to_string(), description(tool), schema)
         .with_annotations(annotations(tool))
+        .with_raw_output_schema(Arc::new(output_schema(tool)))
 }
 
-/// A tool error for the client: `isError` with `{"error", "message"}` as JSON text.
-fn tool_error(kind: &str, message: String) -> CallToolResult {
-    CallToolResult::structured_error(json!({"error": kind, "message": message}))
+/// A refusal or failure in the HTTP API's shape: `{"error": {"code", "message"}}`, with any
+/// other fields of the gate's object (`previous_result` of a refused repeat) kept beside it.
+fn error_shape(v: Value) -> Value {
+    let Value::Object(mut map) = v else {
+        return json!({"error": {"code": "error", "message": v.to_string()}});
+    };
+    let code = match map.remove("error") {
+        Some(Value::String(c)) => c,
+        Some(other) => other.to_string(),
+        None => "error".to_string(),
+    };
+    let message = match map.remove("message") {
+        Some(Value::String(m)) => m,
+        _ => format!("the call ended with {code}"),
+    };
+    map.remove("retryable");
+    map.insert("error".into(), json!({"code": code, "message": message}));
+    Value::Object(map)
 }
+
+/// A tool error for the client: `isError` with `{"error": {"code", "message"}}`.
+fn tool_error(kind: &str, message: String) -> CallToolResult {
+    CallToolResult::structured_error(json!({"error": {"code": kind, "message": message}}))
+}
+
+/// How long a client may reuse the tool list and the discovery answer: the tools change only
+/// with a new memex release.
+const LIST_TTL_MS: u64 = 300_000;
 
 impl ServerHandler for MemexMcp {
-    fn get_info(&self) -> ServerInfo {
-        ServerInfo::new(ServerCapabilities::builder().enable_tools().build())
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
             .with_server_info(Implementation::new("memex", env!("CARGO_PKG_VERSION")))
             .with_instructions(
                 "memex: memory for one merchant. search_knowledge_base for policies and facts, \
@@ -253,19 +361,29 @@ impl ServerHandler for MemexMcp {
             )
     }
 
+    async fn discover(
+        &self,
+        _ctx: RequestContext<RoleServer>,
+    ) -> Result<DiscoverResult, ErrorData> {
+        // The bearer key was checked before this (HTTP); the answer names no merchant, but a
+        // keyed endpoint's answers are never shared between keys.
+        Ok(DiscoverResult::from_server_info(
+            self.supported_protocol_versions().into_owned(),
+            self.get_info(),
+        )
+        .with_ttl_ms(LIST_TTL_MS)
+        .with_cache_scope(CacheScope::Private))
+    }
+
     async fn initialize(
         &self,
         request: InitializeRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         // The session belongs to the merchant of the request that opened it.
-        self.merchant(&ctx)?;
+        self.scoped(&ctx)?;
         ctx.peer.set_peer_info(request.clone());
-        let mut info = self.get_info();
-        if ProtocolVersion::KNOWN_VERSIONS.contains(&request.protocol_version) {
-            info.protocol_version = request.protocol_version;
-        }
-        Ok(info)
+        self.negotiate_initialize(&request)
     }
 
     async fn list_tools(
@@ -273,22 +391,24 @@ impl ServerHandler for MemexMcp {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.merchant(&ctx)?;
+        self.scoped(&ctx)?;
         Ok(ListToolsResult::with_all_items(
             self.gate
                 .tools()
                 .tools()
                 .map(|t| definition(t.as_ref()))
                 .collect(),
-        ))
+        )
+        .with_ttl_ms(LIST_TTL_MS)
+        .with_cache_scope(CacheScope::Private))
     }
 
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
-    ) -> Result<CallToolResult, ErrorData> {
-        let merchant = self.merchant(&ctx)?;
+    ) -> Result<CallToolResponse, ErrorData> {
+        let (merchant, state) = self.scoped(&ctx)?;
         let name = request.name.as_ref();
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         if self.gate.tools().get(name).is_none() {
@@ -299,9 +419,12 @@ impl ServerHandler for MemexMcp {
                     crate::tools::quote_for_display(name),
                     self.gate.tools().names().join(", ")
                 ),
-            ));
+            )
+            .into());
         }
-        self.run(&merchant, &format!("mcp:{}", ctx.id), name, &args)
-            .await
+        Ok(self
+            .run(&merchant, &state, &format!("mcp:{}", ctx.id), name, &args)
+            .await?
+            .into())
     }
 }

@@ -91,6 +91,12 @@ pub trait Tool: Send + Sync {
     /// invalidates such caches.
     fn read_only(&self) -> bool;
 
+    /// The JSON schema of a successful result: an object schema (MCP's `outputSchema`; every
+    /// result the tool returns must validate against it). `None`: any JSON object.
+    fn output_schema(&self) -> Option<Value> {
+        None
+    }
+
     /// A short progress line for a user interface, such as
     /// `Looking up transaction pay_ABC123`. `args` have been validated. The default names the
     /// tool.

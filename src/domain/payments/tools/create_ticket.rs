@@ -79,6 +79,20 @@ impl Tool for CreateSupportTicket {
         false
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "ticket_id": {"type": "string"},
+                "subject": {"type": "string"},
+                "priority": {"type": "string"},
+                "status": {"type": "string"},
+                "idempotent_replay": {"type": "boolean"},
+            },
+            "required": ["ticket_id"],
+        }))
+    }
+
     fn progress(&self, _args: &Value) -> String {
         "Creating a support ticket".into()
     }

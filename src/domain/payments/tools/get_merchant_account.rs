@@ -62,6 +62,20 @@ impl Tool for GetMerchantAccount {
         true
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "merchant_id": {"type": "string"},
+                "status": {"type": "string"},
+                "kyc_status": {"type": "string"},
+                "settlement_cycle": {"type": "string"},
+                "balance": {"type": "integer"},
+                "recent_settlements": {"type": "array", "items": {"type": "object"}},
+            },
+        }))
+    }
+
     fn progress(&self, _args: &Value) -> String {
         "Checking the merchant account".into()
     }

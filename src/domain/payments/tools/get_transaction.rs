@@ -59,6 +59,22 @@ impl Tool for GetTransaction {
         true
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "id": {"type": "string"},
+                "merchant_id": {"type": "string"},
+                "amount": {"type": "integer"},
+                "currency": {"type": "string"},
+                "status": {"type": "string"},
+                "method": {"type": "string"},
+                "refunds": {"type": "array", "items": {"type": "object"}},
+            },
+            "required": ["id", "status", "refunds"],
+        }))
+    }
+
     fn progress(&self, args: &Value) -> String {
         match args.get("transaction_id").and_then(Value::as_str) {
             Some(id) => format!("Looking up transaction {}", crate::tools::sanitize_id(id)),

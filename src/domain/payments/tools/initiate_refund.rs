@@ -75,6 +75,22 @@ impl Tool for InitiateRefund {
         false
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "refund_id": {"type": "string"},
+                "transaction_id": {"type": "string"},
+                "amount": {"type": "integer"},
+                "currency": {"type": "string"},
+                "status": {"type": "string"},
+                "reason": {"type": "string"},
+                "idempotent_replay": {"type": "boolean"},
+            },
+            "required": ["refund_id", "transaction_id", "amount", "status"],
+        }))
+    }
+
     fn progress(&self, args: &Value) -> String {
         match (
             args.get("transaction_id").and_then(Value::as_str),

@@ -69,6 +69,18 @@ impl Tool for SearchKnowledgeBase {
         true
     }
 
+    fn output_schema(&self) -> Option<Value> {
+        Some(json!({
+            "type": "object",
+            "properties": {
+                "query": {"type": "string"},
+                "results": {"type": "array", "items": {"type": "object"}},
+                "note": {"type": "string"},
+            },
+            "required": ["query", "results"],
+        }))
+    }
+
     fn progress(&self, args: &Value) -> String {
         match args.get("query").and_then(Value::as_str) {
             Some(q) => format!(
