@@ -1103,6 +1103,51 @@ async fn document_ids_are_relative_paths_and_sources_never_show_server_paths() {
     let data_text = data.to_string_lossy().to_string();
     assert!(!v.to_string().contains(&data_text), "a server path: {v}");
 
+    // The MCP memory tool shows the same relative source to the merchant.
+    let mcp = |session: Option<&str>, body: Value| {
+        let mut r = m
+            .post(server.url("/mcp"))
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("Mcp-Session-Id", s);
+        }
+        r.send()
+    };
+    let init = mcp(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await
+    .expect("initialize");
+    assert!(init.status().is_success(), "{}", init.status());
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let _ = init.text().await;
+    let _ = mcp(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .expect("initialized");
+    let hits = mcp(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "search_knowledge_base", "arguments": {"query": "wombatpay refund", "k": 5}}}),
+    )
+    .await
+    .expect("tools/call")
+    .text()
+    .await
+    .expect("text");
+    assert!(hits.contains("guides/refunds.md"), "{hits}");
+    assert!(!hits.contains(&data_text), "a server path over MCP: {hits}");
+
     for bad in [
         "../escape",
         "guides/../../escape",
