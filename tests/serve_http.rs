@@ -4,6 +4,8 @@
 
 #[path = "support/model.rs"]
 mod model;
+#[path = "support/redis.rs"]
+mod redis_support;
 #[path = "support/serve.rs"]
 mod serve;
 
@@ -94,9 +96,20 @@ async fn keys_cli_and_the_auth_matrix() {
     let a = client(&a_key);
     let b = client(&b_key);
     let adm = client(&admin);
+    // A merchant key learns ready or not, nothing about the fleet; the admin sees the stores.
     let (s, v) = body(a.get(server.url("/readyz")).send().await.expect("req")).await;
     assert_eq!(s, 200, "{v}");
+    assert_eq!(v, json!({"status": "ready", "unready": []}));
+    let (s, v) = body(adm.get(server.url("/readyz")).send().await.expect("req")).await;
+    assert_eq!(s, 200, "{v}");
     assert_eq!(v["status"], "ready");
+    assert!(v["stores"].is_object() && v["worker"].is_string(), "{v}");
+    // Metrics are fleet-wide: admin keys only.
+    let (s, v) = body(a.get(server.url("/metrics")).send().await.expect("req")).await;
+    assert_eq!(s, 403, "{v}");
+    assert_error(&v, "forbidden");
+    let resp = adm.get(server.url("/metrics")).send().await.expect("req");
+    assert_eq!(resp.status(), 200);
 
     // A merchant key on another merchant's path: exactly the answer for a missing merchant.
     let (s, own) = body(
@@ -450,7 +463,7 @@ async fn documents_search_episodes_and_service_routes_match_the_cli() {
     ] {
         assert!(doc["paths"][path].is_object(), "openapi lacks {path}");
     }
-    let resp = m.get(server.url("/metrics")).send().await.expect("req");
+    let resp = adm.get(server.url("/metrics")).send().await.expect("req");
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.expect("text");
     for needle in [
@@ -778,4 +791,474 @@ async fn sigterm_under_load_drains_and_keeps_every_acknowledged_episode() {
             "acknowledged episode {id} lost"
         );
     }
+}
+
+/// An MCP session belongs to the merchant that opened it: another merchant's DELETE, GET
+/// stream and POST on it get exactly the unknown-session answer (404) and change nothing.
+/// An admin key on `/mcp` is told that MCP needs a merchant key (403); no key or a wrong key
+/// gets 401 with `WWW-Authenticate: Bearer` saying the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mcp_sessions_belong_to_the_merchant_that_opened_them() {
+    use reqwest::Method;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let (_, a_key) = create_key(data, &["--merchant", "MID_A"]);
+    let (_, b_key) = create_key(data, &["--merchant", "MID_B"]);
+    let (_, admin) = create_key(data, &["--admin"]);
+    let server = Server::start(data, None, &[]);
+    let url = server.url("/mcp");
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client");
+    let req = |method: Method, key: Option<&str>, session: Option<&str>| {
+        let mut r = http
+            .request(method, &url)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-06-18");
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        if let Some(s) = session {
+            r = r.header("Mcp-Session-Id", s);
+        }
+        r
+    };
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "break-test", "version": "0"}}});
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let resp = req(Method::POST, Some(&a_key), None)
+        .json(&init)
+        .send()
+        .await
+        .expect("initialize");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let session = resp.headers()["mcp-session-id"]
+        .to_str()
+        .expect("session id")
+        .to_string();
+    let _ = resp.text().await;
+    let note = req(Method::POST, Some(&a_key), Some(&session))
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .expect("initialized");
+    assert!(note.status().is_success(), "{}", note.status());
+
+    // B on A's session, for every method: the very answer of a session that does not exist.
+    let unknown = "0c5d7e0f-1111-4222-8333-944445555666";
+    for method in [Method::DELETE, Method::GET, Method::POST] {
+        let mut answers = Vec::new();
+        for s in [session.as_str(), unknown] {
+            let mut r = req(method.clone(), Some(&b_key), Some(s));
+            if method == Method::POST {
+                r = r.json(&list);
+            }
+            let resp = r.send().await.expect("request");
+            answers.push((resp.status().as_u16(), resp.text().await.expect("text")));
+        }
+        assert_eq!(answers[0].0, 404, "{method} as B: {answers:?}");
+        assert_eq!(
+            answers[0], answers[1],
+            "{method}: B can tell A's session exists"
+        );
+    }
+    // A's session is untouched: its tools list, and its event stream opens.
+    let resp = req(Method::POST, Some(&a_key), Some(&session))
+        .json(&list)
+        .send()
+        .await
+        .expect("tools/list");
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.expect("text");
+    assert!(text.contains("search_knowledge_base"), "{text}");
+    let stream = req(Method::GET, Some(&a_key), Some(&session))
+        .send()
+        .await
+        .expect("stream");
+    assert_eq!(stream.status(), 200);
+    drop(stream);
+
+    // An admin key: 403, MCP needs a merchant key. No key, a wrong key: 401 + Bearer.
+    let (s, v) = body(
+        req(Method::POST, Some(&admin), None)
+            .json(&init)
+            .send()
+            .await
+            .expect("admin"),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    assert!(v.to_string().contains("merchant key"), "{v}");
+    let wrong = "mx_1111111111111111111111111111111111111111111111111111111111111111";
+    for key in [None, Some(wrong)] {
+        let resp = req(Method::POST, key, None)
+            .json(&init)
+            .send()
+            .await
+            .expect("anon");
+        assert_eq!(resp.status(), 401);
+        assert_eq!(resp.headers()["www-authenticate"], "Bearer");
+        let text = resp.text().await.expect("text");
+        assert!(text.contains("merchant key"), "{text}");
+        assert!(!text.contains(wrong), "{text}");
+    }
+
+    // A ends its own session; then it is gone for A too.
+    let resp = req(Method::DELETE, Some(&a_key), Some(&session))
+        .send()
+        .await
+        .expect("delete");
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let resp = req(Method::POST, Some(&a_key), Some(&session))
+        .json(&list)
+        .send()
+        .await
+        .expect("after delete");
+    assert_eq!(resp.status(), 404);
+}
+
+/// Failed authentications are limited per client address: past the burst, a failing request
+/// gets 429 with `Retry-After` instead of 401; a valid key from the same address still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_authentications_are_rate_limited_per_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let (_, key) = create_key(data, &["--merchant", "MID_A"]);
+    let server = Server::start(
+        data,
+        None,
+        &["--auth-fail-rate", "0.01", "--auth-fail-burst", "5"],
+    );
+    let wrong = client("mx_2222222222222222222222222222222222222222222222222222222222222222");
+    let anon = reqwest::Client::new();
+    let mut statuses = Vec::new();
+    for i in 0..8 {
+        let resp = if i % 2 == 0 {
+            wrong.get(server.url("/readyz")).send().await
+        } else {
+            anon.get(server.url("/readyz")).send().await
+        }
+        .expect("req");
+        let status = resp.status().as_u16();
+        if status == 429 {
+            let wait: u64 = resp.headers()["retry-after"]
+                .to_str()
+                .expect("ascii")
+                .parse()
+                .expect("seconds");
+            assert!(wait >= 1, "{wait}");
+            let (_, v) = body(resp).await;
+            assert_error(&v, "rate_limited");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429, 429, 429]);
+    let (s, v) = body(
+        client(&key)
+            .get(server.url("/v1/merchants/MID_A/episodes"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Reads what the server sends on `tcp` until it closes or `limit` passes; `None` on timeout.
+async fn read_until_closed(tcp: &mut tokio::net::TcpStream, limit: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(limit, read).await.ok()?;
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Slow clients: a request head that never completes is cut off after the header timeout, a
+/// body that stalls gets 408 after the body timeout, and meanwhile others are served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_headers_are_cut_off_and_a_stalled_body_gets_408() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let (_, admin) = create_key(data, &["--admin"]);
+    let server = Server::start(
+        data,
+        None,
+        &["--header-timeout", "1", "--body-timeout", "2"],
+    );
+    let host = server.base.trim_start_matches("http://").to_string();
+
+    // Slowloris: 20 connections that send half a head and then nothing.
+    let started = std::time::Instant::now();
+    let mut slow = Vec::new();
+    for _ in 0..20 {
+        let mut tcp = tokio::net::TcpStream::connect(&host)
+            .await
+            .expect("connect");
+        tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        slow.push(tcp);
+    }
+    // Served meanwhile.
+    let resp = reqwest::get(server.url("/healthz")).await.expect("healthz");
+    assert_eq!(resp.status(), 200);
+    for tcp in &mut slow {
+        let got = read_until_closed(tcp, Duration::from_secs(10)).await;
+        assert!(got.is_some(), "a slow head was held past 10 s");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A body that stalls after 10 of 100 bytes: 408 after about 2 s.
+    let mut tcp = tokio::net::TcpStream::connect(&host)
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/search HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {admin}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"query\":"
+    );
+    tcp.write_all(head.as_bytes()).await.expect("write");
+    let started = std::time::Instant::now();
+    let got = read_until_closed(&mut tcp, Duration::from_secs(20))
+        .await
+        .expect("an answer to a stalled body within 20 s");
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+    assert!(got.contains("request_timeout"), "{got}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    // An ordinary request is unaffected.
+    let (s, v) = body(
+        client(&admin)
+            .post(server.url("/v1/search"))
+            .json(&json!({"query": "refund", "mode": "keyword"}))
+            .send()
+            .await
+            .expect("search"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+}
+
+/// Document ids are relative paths, as `memex ingest` names files under its root; a search
+/// shows such a document's source as its id — never the server's path. Ids that climb out,
+/// start at `/`, hold control characters or empty segments are 400. A path parameter that does
+/// not decode is a JSON 400, never a 500 or a plain-text answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn document_ids_are_relative_paths_and_sources_never_show_server_paths() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let (_, admin) = create_key(data, &["--admin"]);
+    let (_, m_key) = create_key(data, &["--merchant", "MID_A"]);
+    let server = Server::start(data, None, &[]);
+    let adm = client(&admin);
+    let m = client(&m_key);
+    let docs = json!({"documents": [
+        {"id": "guides/refunds.md", "format": "md", "text": "# Refunds\n\nA wombatpay refund reaches the customer in 5 to 7 working days."},
+        {"id": "faq/settlements", "text": "Settlements of wombatpay are paid out on T+2."}
+    ]});
+    let (s, v) = body(
+        adm.post(server.url("/v1/documents"))
+            .json(&docs)
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["files_new"], 2, "{v}");
+    let (s, v) = body(
+        m.post(server.url("/v1/search"))
+            .json(&json!({"query": "wombatpay", "k": 5, "mode": "keyword"}))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let mut sources: Vec<&str> = v["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|h| h["source"].as_str().expect("source"))
+        .collect();
+    sources.sort();
+    assert_eq!(sources, ["faq/settlements.txt", "guides/refunds.md"], "{v}");
+    let data_text = data.to_string_lossy().to_string();
+    assert!(!v.to_string().contains(&data_text), "a server path: {v}");
+
+    // The MCP memory tool shows the same relative source to the merchant.
+    let mcp = |session: Option<&str>, body: Value| {
+        let mut r = m
+            .post(server.url("/mcp"))
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("Mcp-Session-Id", s);
+        }
+        r.send()
+    };
+    let init = mcp(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "0"}}}),
+    )
+    .await
+    .expect("initialize");
+    assert!(init.status().is_success(), "{}", init.status());
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .expect("id")
+        .to_string();
+    let _ = init.text().await;
+    let _ = mcp(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .expect("initialized");
+    let hits = mcp(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {
+            "name": "search_knowledge_base", "arguments": {"query": "wombatpay refund", "k": 5}}}),
+    )
+    .await
+    .expect("tools/call")
+    .text()
+    .await
+    .expect("text");
+    assert!(hits.contains("guides/refunds.md"), "{hits}");
+    assert!(!hits.contains(&data_text), "a server path over MCP: {hits}");
+
+    for bad in [
+        "../escape",
+        "guides/../../escape",
+        "/etc/passwd",
+        "a//b",
+        "a/./b",
+        "trailing/",
+        "bell\u{7}",
+        "back\\slash",
+        ".hidden/x",
+        "",
+    ] {
+        let (s, v) = body(
+            adm.post(server.url("/v1/documents"))
+                .json(&json!({"documents": [{"id": bad, "text": "x"}]}))
+                .send()
+                .await
+                .expect("req"),
+        )
+        .await;
+        assert_eq!(s, 400, "{bad:?}: {v}");
+        assert_error(&v, "bad_request");
+    }
+    let long = "a/".repeat(300) + "b";
+    let (s, _) = body(
+        adm.post(server.url("/v1/documents"))
+            .json(&json!({"documents": [{"id": long, "text": "x"}]}))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 400);
+
+    // A path parameter that is not UTF-8 once decoded: 400 with the JSON error.
+    let (s, v) = body(
+        m.get(server.url("/v1/merchants/%FF%FE/episodes"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_error(&v, "bad_request");
+    let (s, v) = body(
+        m.get(server.url("/v1/merchants/MID_A/episodes?limit=1&limit=x"))
+            .send()
+            .await
+            .expect("req"),
+    )
+    .await;
+    assert!(s == 400 || s == 200, "{s}: {v}");
+    assert!(
+        v.get("error").is_none() || v["error"]["code"] == "bad_request",
+        "{v}"
+    );
+}
+
+/// A Redis state store that goes away: every route answers 503 `unavailable` with
+/// `Retry-After` (never 500, never the URL's password), and the first request after Redis
+/// is back succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_redis_outage_is_503_with_retry_after_and_the_first_request_after_succeeds() {
+    let mut redis = redis_support::RedisServer::spawn_persistent();
+    let url = redis.url();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path();
+    let key = memex_json(
+        data,
+        None,
+        &["--state", &url, "keys", "create", "--merchant", "MID_A"],
+    )["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let admin = memex_json(data, None, &["--state", &url, "keys", "create", "--admin"])["key"]
+        .as_str()
+        .expect("key")
+        .to_owned();
+    let server = Server::start(data, None, &["--state", &url]);
+    let m = client(&key);
+    let adm = client(&admin);
+    let episodes = server.url("/v1/merchants/MID_A/episodes");
+    let (s, v) = body(m.get(&episodes).send().await.expect("req")).await;
+    assert_eq!(s, 200, "{v}");
+
+    redis.stop();
+    for (c, path) in [
+        (&m, episodes.clone()),
+        (&adm, server.url("/readyz")),
+        (&adm, server.url("/metrics")),
+    ] {
+        let resp = c.get(&path).send().await.expect("req");
+        let status = resp.status().as_u16();
+        let retry = resp.headers().get("retry-after").cloned();
+        let (_, v) = body(resp).await;
+        assert_eq!(status, 503, "{path}: {v}");
+        assert!(retry.is_some(), "{path}: 503 without Retry-After");
+        assert_error(&v, "unavailable");
+        assert!(v.to_string().contains("state"), "{path}: {v}");
+    }
+
+    redis.restart();
+    let (s, v) = body(m.get(&episodes).send().await.expect("req")).await;
+    assert_eq!(s, 200, "the first request after Redis came back: {v}");
+    let (s, v) = body(adm.get(server.url("/readyz")).send().await.expect("req")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stores"]["state"]["reachable"], true, "{v}");
+    let log = server.log();
+    assert!(
+        log.contains("unreachable"),
+        "the log names the outage:\n{log}"
+    );
 }

@@ -1,6 +1,6 @@
 //! `POST /v1/merchants/{mid}/episodes/import` through the real binary and real HTTP clients
-//! (reqwest, and `curl` itself when installed): JSONL and JSON-array bodies, `{"imported": N}`
-//! like `memex episodes import --json`, the same idempotency keys as the CLI (a re-post or a
+//! (reqwest, and `curl` itself when installed): JSONL and JSON-array bodies,
+//! `{"imported": NEW, "already_present": SEEN}`, the same idempotency keys as the CLI (a re-post or a
 //! CLI import of the same lines stores nothing twice), a bad line named with the lines before
 //! it kept, merchant scoping (another merchant's key → 404), 413 and 415; on SQLite and Redis.
 
@@ -88,7 +88,11 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
     // 150 lines: three batches of the library import.
     let lines = jsonl(150, "A");
     let (s, v) = post_import(&a, &server, "MID_A", "application/x-ndjson", lines.clone()).await;
-    assert_eq!((s, &v), (200, &json!({"imported": 150})), "{v}");
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"imported": 150, "already_present": 0})),
+        "{v}"
+    );
     let listed = listing(&a, &server, "MID_A").await;
     assert_eq!(listed.len(), 150);
     let third = listed
@@ -116,9 +120,22 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
         "{hits}"
     );
 
-    // Re-posting the same body (or the other JSONL media type) stores nothing twice.
+    // Re-posting the same body (or the other JSONL media type) stores nothing twice, and says
+    // so: nothing imported, every line already present.
     let (s, v) = post_import(&a, &server, "MID_A", "application/jsonl", lines.clone()).await;
-    assert_eq!((s, &v), (200, &json!({"imported": 150})), "{v}");
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"imported": 0, "already_present": 150})),
+        "{v}"
+    );
+    // A prefix of the same body: every line already present, none imported.
+    let mixed: String = lines.lines().take(75).map(|l| format!("{l}\n")).collect();
+    let (s, v) = post_import(&a, &server, "MID_A", "application/x-ndjson", mixed).await;
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"imported": 0, "already_present": 75})),
+        "{v}"
+    );
     assert_eq!(listing(&a, &server, "MID_A").await.len(), 150);
 
     // The CLI keys lines exactly as the route does: importing the same file adds nothing.
@@ -155,7 +172,7 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
     assert_eq!(v["error"]["code"], "bad_request");
     let message = v["error"]["message"].as_str().expect("message");
     assert!(message.contains("line 3"), "{message}");
-    assert!(message.contains("imported 2"), "{message}");
+    assert!(message.contains("imported 2 new"), "{message}");
     let listed = listing(&a, &server, "MID_A").await;
     assert_eq!(listed.len(), 152);
     assert!(listed.iter().any(|e| e["summary"] == "A: new line two"));
@@ -169,7 +186,11 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
         {"summary": "A: array two", "metadata": {"k": "v"}},
     ]);
     let (s, v) = post_import(&a, &server, "MID_A", "application/json", arr.to_string()).await;
-    assert_eq!((s, &v), (200, &json!({"imported": 2})), "{v}");
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"imported": 2, "already_present": 0})),
+        "{v}"
+    );
     let arr = json!([{"summary": "A: array three"}, {"summary": 7}]);
     let (s, v) = post_import(&a, &server, "MID_A", "application/json", arr.to_string()).await;
     assert_eq!(s, 400, "{v}");
@@ -194,7 +215,11 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
     );
     assert_eq!(listing(&a, &server, "MID_A").await.len(), 155);
     let (s, v) = post_import(&b, &server, "MID_B", "application/x-ndjson", jsonl(5, "B")).await;
-    assert_eq!((s, &v), (200, &json!({"imported": 5})), "{v}");
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"imported": 5, "already_present": 0})),
+        "{v}"
+    );
     let b_listed = listing(&b, &server, "MID_B").await;
     assert_eq!(b_listed.len(), 5);
     assert!(b_listed
@@ -245,7 +270,7 @@ async fn import_workflow(extra: &[&str], env: &[(&str, &str)]) {
                 String::from_utf8_lossy(&out.stderr)
             );
             let v: Value = serde_json::from_slice(&out.stdout).expect("curl printed JSON");
-            assert_eq!(v, json!({"imported": 70}));
+            assert_eq!(v, json!({"imported": 70, "already_present": 0}));
             assert_eq!(listing(&a, &server, "MID_A").await.len(), 225);
         }
         _ => eprintln!("curl is not installed; the curl request was not sent"),

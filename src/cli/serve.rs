@@ -37,6 +37,20 @@ pub struct ServeArgs {
     /// Seconds a request may take before 504.
     #[arg(long, env = "MEMEX_REQUEST_TIMEOUT", default_value_t = 300, value_parser = super::counts::bounded(1, 86_400))]
     pub request_timeout: usize,
+    /// Seconds a client may take to send a request's headers (and the longest a kept-alive
+    /// connection may sit idle); slower: the connection is closed.
+    #[arg(long, env = "MEMEX_HEADER_TIMEOUT", default_value_t = 10, value_parser = super::counts::bounded(1, 3600))]
+    pub header_timeout: usize,
+    /// Seconds a client may take to send a request's body; slower: 408.
+    #[arg(long, env = "MEMEX_BODY_TIMEOUT", default_value_t = 30, value_parser = super::counts::bounded(1, 3600))]
+    pub body_timeout: usize,
+    /// Failed authentications per second per client address (0: unlimited); past the burst the
+    /// failing requests get 429 with Retry-After (requests with a valid key are not affected).
+    #[arg(long, env = "MEMEX_AUTH_FAIL_RATE", default_value_t = 1.0)]
+    pub auth_fail_rate: f64,
+    /// Burst of failed authentications per client address.
+    #[arg(long, env = "MEMEX_AUTH_FAIL_BURST", default_value_t = 20.0)]
+    pub auth_fail_burst: f64,
     /// Agent turns (ask, approvals, plans) running at once; more wait, then 503.
     #[arg(long, env = "MEMEX_MAX_AGENT_TURNS", default_value_t = 8, value_parser = super::counts::bounded(1, 1024))]
     pub max_agent_turns: usize,
@@ -112,6 +126,10 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         rate_burst: a.rate_burst,
         request_timeout: Duration::from_secs(a.request_timeout as u64),
         max_agent_turns: a.max_agent_turns,
+        header_read_timeout: Duration::from_secs(a.header_timeout as u64),
+        body_read_timeout: Duration::from_secs(a.body_timeout as u64),
+        auth_fail_rate: a.auth_fail_rate,
+        auth_fail_burst: a.auth_fail_burst,
         ..ServeOptions::default()
     };
     let agent = if super::errors::require_llm(g).is_ok() {
@@ -148,6 +166,10 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         agent,
         metrics,
         limiter: memex::serve::limits::RateLimiter::new(options.rate_limit, options.rate_burst),
+        auth_failures: memex::serve::limits::RateLimiter::new(
+            options.auth_fail_rate,
+            options.auth_fail_burst,
+        ),
         data_dir,
         options,
         ingest_lock: tokio::sync::Mutex::new(()),
@@ -283,7 +305,8 @@ fn spawn_kb_watcher(
 
 /// The MCP service mounted at `/mcp`: the same memory and domain tools as `memex mcp`, over the
 /// server's batching embedder and stores. The bearer key (checked by the auth layer before this
-/// service runs) decides the merchant; an admin key has no merchant and is refused.
+/// service runs) decides the merchant; an admin key has no merchant and is refused (403, by
+/// `memex::serve::mount_limited`).
 fn mcp_service(
     g: &GlobalArgs,
     state: &AppState,

@@ -56,6 +56,8 @@ pub enum ImportError {
 pub struct ImportFailure {
     /// Lines written (new or already present) before the error.
     pub imported: u64,
+    /// Of those, episodes newly stored (the rest an earlier import had stored).
+    pub new: u64,
     /// Why it stopped.
     #[source]
     pub error: ImportError,
@@ -171,6 +173,15 @@ pub fn bounded_lines<R: BufRead>(
     })
 }
 
+/// What an import wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportCounts {
+    /// Lines imported (new or already present from an earlier run).
+    pub lines: u64,
+    /// Of those, episodes newly stored by this import.
+    pub new: u64,
+}
+
 /// Imports `lines` (numbered from 1; blank lines skipped) into `merchant`'s episodes, in
 /// batches of [`IMPORT_BATCH`]. `progress` is called with the running count after each batch.
 /// Returns how many lines were stored (new or already present from an earlier run). On a bad
@@ -185,7 +196,28 @@ pub async fn import_lines<I>(
 where
     I: IntoIterator<Item = std::io::Result<String>>,
 {
-    let mut imported = 0u64;
+    import_lines_counted(store, embedder, merchant, lines, progress)
+        .await
+        .map(|c| c.lines)
+}
+
+/// [`import_lines`], telling newly stored episodes from lines an earlier import had stored.
+pub async fn import_lines_counted<I>(
+    store: &dyn EpisodicStore,
+    embedder: &dyn BatchEmbed,
+    merchant: &MerchantId,
+    lines: I,
+    progress: &mut (dyn FnMut(u64) + Send),
+) -> Result<ImportCounts, ImportFailure>
+where
+    I: IntoIterator<Item = std::io::Result<String>>,
+{
+    let mut done = ImportCounts::default();
+    let fail = |done: ImportCounts, error: ImportError| ImportFailure {
+        imported: done.lines,
+        new: done.new,
+        error,
+    };
     let mut batch: Vec<ImportLine> = Vec::with_capacity(IMPORT_BATCH);
     let mut stopped: Option<ImportError> = None;
     for (i, line) in lines.into_iter().enumerate() {
@@ -205,32 +237,39 @@ where
         if batch.len() >= IMPORT_BATCH {
             let full = std::mem::take(&mut batch);
             match write_batch(store, embedder, merchant, full).await {
-                Ok(n) => imported += n,
-                Err(error) => return Err(ImportFailure { imported, error }),
+                Ok((lines, new)) => {
+                    done.lines += lines;
+                    done.new += new;
+                }
+                Err(error) => return Err(fail(done, error)),
             }
-            progress(imported);
+            progress(done.lines);
         }
     }
     match write_batch(store, embedder, merchant, batch).await {
-        Ok(n) => imported += n,
-        Err(error) => return Err(ImportFailure { imported, error }),
+        Ok((lines, new)) => {
+            done.lines += lines;
+            done.new += new;
+        }
+        Err(error) => return Err(fail(done, error)),
     }
-    progress(imported);
+    progress(done.lines);
     match stopped {
-        Some(error) => Err(ImportFailure { imported, error }),
-        None => Ok(imported),
+        Some(error) => Err(fail(done, error)),
+        None => Ok(done),
     }
 }
 
-/// Embeds and stores one batch; returns how many lines it covered (new or already present).
+/// Embeds and stores one batch; returns how many lines it covered (new or already present)
+/// and how many of them were newly stored.
 async fn write_batch(
     store: &dyn EpisodicStore,
     embedder: &dyn BatchEmbed,
     merchant: &MerchantId,
     batch: Vec<ImportLine>,
-) -> Result<u64, ImportError> {
+) -> Result<(u64, u64), ImportError> {
     if batch.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let texts: Vec<String> = batch.iter().map(|l| l.summary.clone()).collect();
     let vectors = embedder
@@ -260,8 +299,8 @@ async fn write_batch(
             d
         })
         .collect();
-    store.save_many(merchant, drafts).await?;
-    Ok(n)
+    let new = store.save_many(merchant, drafts).await?;
+    Ok((n, new))
 }
 
 #[cfg(test)]

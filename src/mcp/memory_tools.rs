@@ -2,7 +2,6 @@
 //! `recall_episodes` and `save_episode`. Each is an ordinary [`Tool`], scoped to
 //! [`ToolContext::merchant`] like the domain's, so the server runs every tool one way.
 
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -70,18 +69,11 @@ pub fn episode_json(e: &Episode) -> Value {
     })
 }
 
-/// A knowledge-base hit as `memex search --json` prints it (the source relative to the
-/// current directory when it lies inside it).
-pub fn hit_json(h: &SearchHit) -> Value {
-    let source = std::env::current_dir()
-        .ok()
-        .and_then(|cwd| {
-            Path::new(&h.source)
-                .strip_prefix(&cwd)
-                .ok()
-                .map(|r| r.display().to_string())
-        })
-        .unwrap_or_else(|| h.source.clone());
+/// A knowledge-base hit as `memex search --json` prints it, its source relative to the folder
+/// it was ingested from or the current directory, never a server path
+/// ([`crate::kb::text::client_source`]; `roots`: the knowledge base's `documents/`).
+pub fn hit_json(h: &SearchHit, roots: &[std::path::PathBuf]) -> Value {
+    let source = crate::kb::text::client_source(&h.source, roots);
     json!({
         "chunk_id": h.chunk_id,
         "source": source,
@@ -164,11 +156,12 @@ impl Tool for KbSearchTool {
             return Ok(json!({"query": query, "results": []}));
         };
         let q = query.clone();
+        let roots = vec![kb.dir().join("documents")];
         let hits = tokio::task::spawn_blocking(move || kb.search(&q, k, SearchMode::Hybrid))
             .await
             .map_err(|e| ToolError::Internal(format!("knowledge search stopped: {e}")))?
             .map_err(|e| ToolError::Internal(format!("knowledge search failed: {e}")))?;
-        let results: Vec<Value> = hits.iter().map(hit_json).collect();
+        let results: Vec<Value> = hits.iter().map(|h| hit_json(h, &roots)).collect();
         Ok(json!({"query": query, "results": results}))
     }
 }

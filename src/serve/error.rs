@@ -4,6 +4,39 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+/// Seconds of `Retry-After` while a store is unreachable.
+pub const UNAVAILABLE_RETRY_SECS: u64 = 2;
+
+/// Which store `err` (or an error in its source chain) says is unreachable, if any: `state`
+/// (the Redis state store: keys, agent sessions, actions), `episodic`, or `redis` for a
+/// bare Redis connection failure.
+pub fn unreachable_store(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        if let Some(r) = e.downcast_ref::<crate::state::redis::RedisStateError>() {
+            if matches!(r, crate::state::redis::RedisStateError::Unreachable { .. }) {
+                return Some("state");
+            }
+        }
+        if let Some(crate::episodic::EpisodicError::Unavailable { .. }) =
+            e.downcast_ref::<crate::episodic::EpisodicError>()
+        {
+            return Some("episodic");
+        }
+        if let Some(r) = e.downcast_ref::<redis::RedisError>() {
+            if r.is_io_error()
+                || r.is_connection_refusal()
+                || r.is_connection_dropped()
+                || r.is_timeout()
+            {
+                return Some("redis");
+            }
+        }
+        next = e.source();
+    }
+    None
+}
+
 /// An error answered to an HTTP client. Messages never contain a key.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{status} {code}: {message}")]
@@ -55,7 +88,21 @@ impl ApiError {
     }
 
     /// 500 `internal`: the message is logged, the client gets a generic sentence.
-    pub fn internal(err: &dyn std::error::Error) -> Self {
+    ///
+    /// When the cause is a store the server cannot reach (Redis down, refused, timed out), the
+    /// answer is instead 503 `unavailable` with `Retry-After` ([`UNAVAILABLE_RETRY_SECS`]):
+    /// the request may succeed once the store is back, and the next request reconnects. The
+    /// log names the store (`HOST:PORT/DB`, never a password); the client is told which kind of
+    /// store only.
+    pub fn internal(err: &(dyn std::error::Error + 'static)) -> Self {
+        if let Some(store) = unreachable_store(err) {
+            tracing::warn!(target: "memex::serve", store, error = %err, "a store is unreachable");
+            return Self::unavailable(
+                "unavailable",
+                format!("the {store} store is unreachable; retry shortly"),
+                UNAVAILABLE_RETRY_SECS,
+            );
+        }
         tracing::error!(target: "memex::serve", error = %err, "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +184,16 @@ impl From<crate::episodic::EpisodicError> for ApiError {
 
 impl From<crate::serve::keys::KeyError> for ApiError {
     fn from(e: crate::serve::keys::KeyError) -> Self {
+        use crate::state::redis::RedisStateError;
+        if let crate::serve::keys::KeyError::Redis(inner @ RedisStateError::Unreachable { .. }) = &e
+        {
+            tracing::warn!(target: "memex::serve", store = "state", error = %inner, "the key store is unreachable");
+            return ApiError::unavailable(
+                "unavailable",
+                "the key store (state) is unreachable; retry shortly",
+                UNAVAILABLE_RETRY_SECS,
+            );
+        }
         ApiError::internal(&e)
     }
 }
@@ -169,6 +226,57 @@ where
                 };
                 Err(ApiError::new(status, code, message))
             }
+        }
+    }
+}
+
+/// A path parameter of a route; a value that does not parse (bad percent-encoding, not
+/// UTF-8, wrong type) is a JSON 400 like every other error, never axum's plain-text answer.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiPath<T>
+where
+    T: serde::de::DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(v)) => Ok(ApiPath(v)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "bad path parameter: {}",
+                rejection.body_text()
+            ))),
+        }
+    }
+}
+
+/// The query string of a route; one that does not parse is a JSON 400.
+#[derive(Debug)]
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(v)) => Ok(ApiQuery(v)),
+            Err(rejection) => Err(ApiError::bad_request(format!(
+                "bad query string: {}",
+                rejection.body_text()
+            ))),
         }
     }
 }

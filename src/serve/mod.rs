@@ -73,10 +73,14 @@ pub fn router_with(
     let authed = extra(routes::routes().merge(agent_routes::routes()))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&state),
+            read_body,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
             rate_limit,
         ))
         .layer(middleware::from_fn_with_state(
-            Arc::clone(&state.keys),
+            Arc::clone(&state),
             auth::require_key,
         ));
     Router::new()
@@ -106,6 +110,74 @@ async fn rate_limit(State(state): State<SharedState>, req: Request, next: Next) 
         }
     }
     next.run(req).await
+}
+
+/// Reads the whole request body (up to `--body-limit`) within `--body-timeout` before the
+/// handler runs: a body that stalls is 408 `request_timeout`, one past the limit 413, one the
+/// client breaks off 400. Runs after auth and the rate limit, so only a caller with a valid key
+/// can make the server wait for a body at all.
+async fn read_body(State(state): State<SharedState>, req: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > state.options.body_limit as u64) {
+        // Answered at once: nothing of a body that cannot be accepted is waited for.
+        return closing(too_large());
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, state.options.body_limit);
+    let collected =
+        match tokio::time::timeout(state.options.body_read_timeout, limited.collect()).await {
+            Ok(Ok(c)) => c.to_bytes(),
+            Ok(Err(e)) => {
+                let over = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                return closing(if over {
+                    too_large()
+                } else {
+                    ApiError::bad_request("the request body could not be read to its end")
+                });
+            }
+            Err(_) => {
+                return closing(ApiError::new(
+                    axum::http::StatusCode::REQUEST_TIMEOUT,
+                    "request_timeout",
+                    format!(
+                        "the request body did not arrive within {} s",
+                        state.options.body_read_timeout.as_secs_f64()
+                    ),
+                ));
+            }
+        };
+    next.run(Request::from_parts(
+        parts,
+        axum::body::Body::from(collected),
+    ))
+    .await
+}
+
+/// 413 `payload_too_large`.
+fn too_large() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+        "the request body is larger than the server accepts",
+    )
+}
+
+/// `err` with `Connection: close`: its request's body was not read to the end, so the
+/// connection cannot carry another request (a client that reused it would race the close).
+fn closing(err: ApiError) -> Response {
+    let mut resp = err.into_response();
+    resp.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    resp
 }
 
 /// Timeout, metrics and one access-log line per request (never the key).
@@ -160,6 +232,11 @@ async fn observe(State(state): State<SharedState>, req: Request, next: Next) -> 
 /// Serves `app` on `listener` until SIGTERM/SIGINT, then drains in-flight requests and
 /// waits (up to `drain`) for running agent turns.
 ///
+/// Connections are served by hyper (HTTP/1 and HTTP/2) with a header-read timeout
+/// (`ServeOptions::header_read_timeout`): a client that does not send a whole request head in
+/// time — a slowloris, or a kept-alive connection left idle — is disconnected. Each request
+/// carries the peer address as `ConnectInfo<SocketAddr>`.
+///
 /// `stop` is cancelled when the signal arrives, so long-lived streams (the MCP service's SSE
 /// sessions) end and let the drain finish.
 pub async fn run(
@@ -170,19 +247,90 @@ pub async fn run(
     stop: tokio_util::sync::CancellationToken,
 ) -> Result<(), ServeError> {
     let signal_stop = stop.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    serve_until(listener, app, &state.options, async move {
         shutdown_signal().await;
         signal_stop.cancel();
     })
-    .await?;
+    .await;
     if let Some(agent) = &state.agent {
         agent.drain(drain).await;
     }
     Ok(())
+}
+
+/// The accept loop of [`run`]: serves until `shutdown` resolves, then lets every open
+/// connection finish its in-flight requests and returns.
+async fn serve_until(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    options: &ServeOptions,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    // Connections hold a receiver of `signal` (dropped: shut down gracefully) and one of
+    // `closed` (all dropped: every connection has ended).
+    let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
+    let (closed_tx, closed_rx) = tokio::sync::watch::channel(());
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, never spin.
+                    tracing::warn!(target: "memex::serve", error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = tcp.set_nodelay(true);
+        let router = app.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut()
+                .insert(axum::extract::ConnectInfo::<SocketAddr>(remote));
+            let mut router = router.clone();
+            async move {
+                tower_service::Service::call(&mut router, req.map(axum::body::Body::new)).await
+            }
+        });
+        let builder = builder.clone();
+        let mut signal = signal_rx.clone();
+        let closed = closed_rx.clone();
+        tokio::spawn(async move {
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let mut conn = std::pin::pin!(conn);
+            let mut draining = false;
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(target: "memex::serve", error = %e, "connection ended");
+                        }
+                        break;
+                    }
+                    _ = signal.changed(), if !draining => {
+                        draining = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            drop(closed);
+        });
+    }
+    drop(listener);
+    // Every connection sees its `signal` receiver fail and shuts down gracefully.
+    drop(signal_tx);
+    drop(signal_rx);
+    drop(closed_rx);
+    closed_tx.closed().await;
 }
 
 /// Resolves on SIGTERM or SIGINT.
@@ -230,8 +378,24 @@ where
         .route_service(path, service)
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             limit_body(limit, req, next)
-        }));
+        }))
+        .layer(middleware::from_fn(merchant_keys_only));
     router.merge(limited)
+}
+
+/// The MCP tools act for one merchant: an admin key (no merchant) is 403, said plainly.
+async fn merchant_keys_only(req: Request, next: Next) -> Response {
+    if req
+        .extensions()
+        .get::<Principal>()
+        .is_some_and(Principal::is_admin)
+    {
+        return ApiError::forbidden(
+            "/mcp needs a merchant key: MCP tools act for one merchant, and an admin key has none",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
@@ -241,12 +405,7 @@ async fn limit_body(limit: usize, req: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
-        return ApiError::new(
-            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            "the request body is larger than the server accepts",
-        )
-        .into_response();
+        return closing(too_large());
     }
     let (parts, body) = req.into_parts();
     let body = axum::body::Body::new(http_body_util::Limited::new(body, limit));

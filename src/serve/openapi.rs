@@ -50,7 +50,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "get",
         "/readyz",
-        "Readiness: model loaded, stores reachable",
+        "Readiness: model loaded, stores reachable (503 with Retry-After and the unready parts when not; an admin key also sees the worker and the stores)",
         false,
         None,
     ),
@@ -58,7 +58,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "get",
         "/metrics",
         "Prometheus metrics (text exposition format)",
-        false,
+        true,
         None,
     ),
     r("get", "/openapi.json", "This document", false, None),
@@ -86,7 +86,7 @@ pub const ROUTES: &[RouteDoc] = &[
         "Ingest documents into the knowledge base (as `memex ingest --json`)",
         true,
         Some(
-            r#"{"type":"object","required":["documents"],"properties":{"documents":{"type":"array","items":{"type":"object","required":["id","text"],"properties":{"id":{"type":"string"},"text":{"type":"string"},"format":{"type":"string","enum":["md","txt","html"]},"metadata":{"type":"object"}}}}}}"#,
+            r#"{"type":"object","required":["documents"],"properties":{"documents":{"type":"array","items":{"type":"object","required":["id","text"],"properties":{"id":{"type":"string","maxLength":512,"description":"a relative path such as guides/refunds.md: no '..', '.'-prefixed or empty segment, no leading '/', no control character"},"text":{"type":"string"},"format":{"type":"string","enum":["md","txt","html"]},"metadata":{"type":"object"}}}}}}"#,
         ),
     ),
     r(
@@ -115,7 +115,7 @@ pub const ROUTES: &[RouteDoc] = &[
     r(
         "post",
         "/v1/merchants/{mid}/episodes/import",
-        "Import episodes (as `memex episodes import --json`): JSONL body (application/x-ndjson or application/jsonl), or a JSON array (application/json); a bad line is a 400 naming it, lines before it kept",
+        "Import episodes (lines as `memex episodes import`; answers {\"imported\": new episodes, \"already_present\": lines stored before}): JSONL body (application/x-ndjson or application/jsonl), or a JSON array (application/json); a bad line is a 400 naming it, lines before it kept",
         false,
         Some(
             r#"{"type":"array","items":{"type":"object","required":["summary"],"properties":{"summary":{"type":"string"},"metadata":{"type":"object"},"occurred_at":{"type":"string"}}}}"#,

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::auth::Principal;
-use super::error::{ApiError, JsonBody};
+use super::error::{ApiError, ApiPath, ApiQuery, JsonBody};
 use super::state::SharedState;
 use crate::embed::Embedder;
 use crate::episodic::{self, Episode, EpisodeDraft, SearchQuery};
@@ -42,8 +42,16 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: the model answers and the stores are reachable.
-async fn readyz(State(state): State<SharedState>) -> Response {
+/// `GET /readyz`: the model answers and the stores are reachable (200 `ready`, else 503
+/// `not_ready` with `Retry-After`).
+///
+/// Every key learns ready or not and which parts are not (`unready`: `model`,
+/// `knowledge_base`, `episodic`, `state`); only an admin key sees the worker, the store URLs
+/// (redacted) and the knowledge-base generation.
+async fn readyz(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> Response {
     let model = state.queue.embed_async(vec!["ready".into()]).await.is_ok();
     let kb = {
         let kb = Arc::clone(&state.kb);
@@ -64,37 +72,62 @@ async fn readyz(State(state): State<SharedState>) -> Response {
         kb,
     )
     .await;
-    let ready = model && kb && episodes && stores_ok;
-    let status = if ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let body = json!({
+    let unready: Vec<&str> = [
+        ("model", model),
+        ("knowledge_base", kb),
+        ("episodic", episodes),
+        ("state", stores_ok),
+    ]
+    .into_iter()
+    .filter(|(_, ok)| !ok)
+    .map(|(name, _)| name)
+    .collect();
+    let ready = unready.is_empty();
+    if !ready {
+        tracing::warn!(target: "memex::serve", unready = ?unready, "not ready");
+    }
+    let mut body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "checks": {"model": model, "knowledge_base": kb, "episodes": episodes},
-        "worker": state.worker.id,
-        "stores": stores,
+        "unready": unready,
     });
-    (status, Json(body)).into_response()
+    if principal.is_admin() {
+        body["checks"] = json!({"model": model, "knowledge_base": kb, "episodes": episodes});
+        body["worker"] = json!(state.worker.id);
+        body["stores"] = stores;
+    }
+    if ready {
+        (StatusCode::OK, Json(body)).into_response()
+    } else {
+        let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from(super::error::UNAVAILABLE_RETRY_SECS),
+        );
+        resp
+    }
 }
 
-/// `GET /metrics`: Prometheus text.
-async fn metrics(State(state): State<SharedState>) -> Response {
+/// `GET /metrics`: Prometheus text, for admin keys only (the series describe every merchant's
+/// traffic on this worker).
+async fn metrics(
+    State(state): State<SharedState>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Response, ApiError> {
+    principal.require_admin()?;
     state.metrics.queue_depth.set(state.queue.depth() as i64);
     if let Some(agent) = &state.agent {
         if let Some(tokens) = agent.llm_tokens().await {
             state.metrics.llm_tokens.set(tokens);
         }
     }
-    (
+    Ok((
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
         state.metrics.render(),
     )
-        .into_response()
+        .into_response())
 }
 
 /// `GET /openapi.json`.
@@ -214,11 +247,12 @@ pub struct SearchRequest {
     pub mode: Option<String>,
 }
 
-/// A search hit as `memex search --json` prints it.
-fn hit_json(h: &SearchHit) -> Value {
+/// A search hit as `memex search --json` prints it, its source shown relative to the root it
+/// was ingested from (never a server path: see [`crate::kb::text::client_source`]).
+fn hit_json(h: &SearchHit, roots: &[PathBuf]) -> Value {
     json!({
         "chunk_id": h.chunk_id,
-        "source": display_source(&h.source),
+        "source": crate::kb::text::client_source(&h.source, roots),
         "heading": h.heading,
         "text": h.text,
         "score": h.score,
@@ -229,13 +263,13 @@ fn hit_json(h: &SearchHit) -> Value {
     })
 }
 
-/// The source path relative to the working directory when under it (as the CLI prints it).
-fn display_source(source: &str) -> String {
-    let p = Path::new(source);
-    std::env::current_dir()
-        .ok()
-        .and_then(|cwd| p.strip_prefix(&cwd).ok().map(|r| r.display().to_string()))
-        .unwrap_or_else(|| source.to_string())
+/// The roots search sources are shown relative to: the folder of documents posted to this
+/// server, and the knowledge base's own `documents/` (the same folder, unless `--kb-url`).
+fn source_roots(state: &SharedState) -> Vec<PathBuf> {
+    vec![
+        state.data_dir.join("documents"),
+        state.kb.dir().join("documents"),
+    ]
 }
 
 fn bounded_k(k: Option<usize>, default: usize, max: usize) -> Result<usize, ApiError> {
@@ -279,7 +313,8 @@ async fn search(
         tokio::task::spawn_blocking(move || kb.search_with_vector(&req.query, &vector, k, mode))
             .await
             .map_err(|e| ApiError::internal(&e))??;
-    let results: Vec<Value> = hits.iter().map(hit_json).collect();
+    let roots = source_roots(&state);
+    let results: Vec<Value> = hits.iter().map(|h| hit_json(h, &roots)).collect();
     Ok(Json(json!({ "results": results })))
 }
 
@@ -305,13 +340,42 @@ pub struct DocumentsRequest {
     pub documents: Vec<DocumentIn>,
 }
 
-fn valid_doc_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 128
-        && !id.starts_with('.')
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+/// Longest document id, in bytes.
+pub const MAX_DOC_ID: usize = 512;
+
+/// Why `id` cannot name a document, if it cannot: an id is a relative path of 1 to
+/// [`MAX_DOC_ID`] bytes (`guides/refunds.md`, as `memex ingest` names a file under its root)
+/// with no empty, `.` or `..` segment, no leading `/` or `\\`, no control character, no
+/// backslash and no segment starting with `.` (hidden files are skipped by the ingest walk).
+pub fn doc_id_problem(id: &str) -> Option<&'static str> {
+    if id.is_empty() || id.len() > MAX_DOC_ID {
+        return Some("must be 1 to 512 bytes");
+    }
+    if id.chars().any(char::is_control) {
+        return Some("must not contain control characters");
+    }
+    if id.starts_with('/') || id.contains('\\') {
+        return Some("must be a relative path with '/' separators");
+    }
+    for segment in id.split('/') {
+        match segment {
+            "" => return Some("must not contain an empty segment ('//' or a trailing '/')"),
+            "." | ".." => return Some("must not contain a '.' or '..' segment"),
+            s if s.starts_with('.') => return Some("must not contain a segment starting with '.'"),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The file of document `id` in format `ext` under the documents folder: `ID.EXT`, or `ID`
+/// itself when it already ends in `.EXT` (so `guides/refunds.md` is shown as posted).
+fn doc_file(dir: &Path, id: &str, ext: &str) -> PathBuf {
+    if id.ends_with(&format!(".{ext}")) {
+        dir.join(id)
+    } else {
+        dir.join(format!("{id}.{ext}"))
+    }
 }
 
 const DOC_EXTS: [&str; 4] = ["md", "txt", "html", "jsonl"];
@@ -333,13 +397,14 @@ async fn documents(
     if req.documents.is_empty() {
         return Err(ApiError::bad_request("documents is empty"));
     }
-    let mut files: Vec<(PathBuf, Vec<u8>)> = Vec::new();
+    // (the file, its bytes, the files of the same id in the other formats)
+    let mut files: Vec<(PathBuf, Vec<u8>, Vec<PathBuf>)> = Vec::new();
     let dir = state.data_dir.join("documents");
     for d in &req.documents {
-        if !valid_doc_id(&d.id) {
+        if let Some(problem) = doc_id_problem(&d.id) {
             return Err(ApiError::bad_request(format!(
-                "document id {:?} must be 1 to 128 letters, digits, '.', '_' or '-' (not starting with '.')",
-                d.id.chars().take(40).collect::<String>()
+                "document id {:?} {problem}",
+                crate::kb::text::escape_controls(&d.id.chars().take(60).collect::<String>())
             )));
         }
         if d.text.trim().is_empty() {
@@ -379,7 +444,8 @@ async fn documents(
                 )))
             }
         };
-        files.push((dir.join(format!("{}.{ext}", d.id)), bytes));
+        let others = DOC_EXTS.iter().map(|e| doc_file(&dir, &d.id, e)).collect();
+        files.push((doc_file(&dir, &d.id, ext), bytes, others));
     }
     let _one_at_a_time = state.ingest_lock.lock().await;
     let kb = Arc::clone(&state.kb);
@@ -387,13 +453,15 @@ async fn documents(
     let report = tokio::task::spawn_blocking(move || -> Result<_, ApiError> {
         std::fs::create_dir_all(&dir).map_err(|e| ApiError::internal(&e))?;
         let mut paths = Vec::with_capacity(files.len());
-        for (path, bytes) in &files {
+        for (path, bytes, others) in &files {
             // A document re-posted in another format replaces its earlier file.
-            for ext in DOC_EXTS {
-                let other = path.with_extension(ext);
-                if other != *path && other.exists() {
-                    std::fs::remove_file(&other).map_err(|e| ApiError::internal(&e))?;
+            for other in others {
+                if other != path && other.exists() {
+                    std::fs::remove_file(other).map_err(|e| ApiError::internal(&e))?;
                 }
+            }
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| ApiError::internal(&e))?;
             }
             write_if_changed(path, bytes).map_err(|e| ApiError::internal(&e))?;
             paths.push(path.clone());
@@ -449,7 +517,7 @@ pub struct EpisodeIn {
 async fn add_episode(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    UrlPath(mid): UrlPath<String>,
+    ApiPath(mid): ApiPath<String>,
     JsonBody(req): JsonBody<EpisodeIn>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = principal.merchant(&mid)?;
@@ -491,8 +559,8 @@ pub struct ListQuery {
 async fn list_episodes(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    UrlPath(mid): UrlPath<String>,
-    Query(q): Query<ListQuery>,
+    ApiPath(mid): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = principal.merchant(&mid)?;
     let bad = || ApiError::bad_request("limit must be a whole number from 1 to 10000");
@@ -520,7 +588,7 @@ pub struct EpisodeSearch {
 async fn search_episodes(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    UrlPath(mid): UrlPath<String>,
+    ApiPath(mid): ApiPath<String>,
     JsonBody(req): JsonBody<EpisodeSearch>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = principal.merchant(&mid)?;
@@ -551,7 +619,7 @@ async fn search_episodes(
 async fn forget_episodes(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    UrlPath(mid): UrlPath<String>,
+    ApiPath(mid): ApiPath<String>,
 ) -> Result<Json<Value>, ApiError> {
     let merchant = principal.merchant(&mid)?;
     let n = state.episodes.forget(&merchant).await?;
@@ -576,11 +644,12 @@ impl episodic::import::BatchEmbed for QueueEmbed {
 /// `POST /v1/merchants/{mid}/episodes/import`: the lines of `memex episodes import`, as JSONL
 /// (`application/x-ndjson`, `application/jsonl`) or as one JSON array (`application/json`),
 /// through the same library import (same keys, so a re-post stores nothing twice). Answers
-/// `{"imported": N}`; a bad line is a 400 naming it, every line before it stored.
+/// `{"imported": NEW, "already_present": SEEN}` (episodes stored now, and lines an earlier
+/// import had stored); a bad line is a 400 naming it, every line before it stored.
 async fn import_episodes(
     State(state): State<SharedState>,
     Extension(principal): Extension<Principal>,
-    UrlPath(mid): UrlPath<String>,
+    ApiPath(mid): ApiPath<String>,
     headers: axum::http::HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<Value>, ApiError> {
@@ -628,18 +697,32 @@ async fn import_episodes(
     };
     let embedder = QueueEmbed(state.queue.clone());
     let outcome =
-        import::import_lines(&*state.episodes, &embedder, &merchant, lines, &mut |_| {}).await;
+        import::import_lines_counted(&*state.episodes, &embedder, &merchant, lines, &mut |_| {})
+            .await;
     let failure = match outcome {
-        Ok(n) => return Ok(Json(json!({"imported": n}))),
+        Ok(n) => {
+            return Ok(Json(json!({
+                "imported": n.new,
+                "already_present": n.lines - n.new,
+            })))
+        }
         Err(f) => f,
     };
     let before = failure.imported;
+    let new = failure.new;
+    let kept = |before: u64| {
+        format!(
+            "imported {new} new episode(s) before it ({} already present)",
+            before - new
+        )
+    };
     Err(match failure.error {
-        ImportError::Line { line, reason } => ApiError::bad_request(format!(
-            "{unit} {line} {reason}; imported {before} episode(s) before it"
-        )),
+        ImportError::Line { line, reason } => {
+            ApiError::bad_request(format!("{unit} {line} {reason}; {}", kept(before)))
+        }
         ImportError::Read { line, source } => ApiError::bad_request(format!(
-            "cannot read {unit} {line} ({source}); imported {before} episode(s) before it"
+            "cannot read {unit} {line} ({source}); {}",
+            kept(before)
         )),
         ImportError::Store(e) => ApiError::from(e),
         ImportError::Embed(e) => match e.downcast::<crate::embed::queue::QueueError>() {

@@ -28,6 +28,16 @@ pub struct ServeOptions {
     pub agent_wait: Duration,
     /// The model name reported by `/v1/embeddings`.
     pub model_name: String,
+    /// Longest a client may take to send a request's headers (also the idle time of a kept-alive
+    /// HTTP/1 connection) before the connection is closed.
+    pub header_read_timeout: Duration,
+    /// Longest a client may take to send a request's body before 408.
+    pub body_read_timeout: Duration,
+    /// Failed authentications per second per client address on average (0 = unlimited);
+    /// past the burst, failing requests get 429 with `Retry-After`.
+    pub auth_fail_rate: f64,
+    /// Burst of failed authentications per client address.
+    pub auth_fail_burst: f64,
 }
 
 impl Default for ServeOptions {
@@ -40,6 +50,10 @@ impl Default for ServeOptions {
             max_agent_turns: 8,
             agent_wait: Duration::from_secs(30),
             model_name: "all-MiniLM-L6-v2".into(),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            auth_fail_rate: 1.0,
+            auth_fail_burst: 20.0,
         }
     }
 }
@@ -63,6 +77,8 @@ pub struct AppState {
     pub metrics: Arc<metrics::Metrics>,
     /// Per-key rate limits.
     pub limiter: limits::RateLimiter,
+    /// Failed authentications per client address.
+    pub auth_failures: limits::RateLimiter,
     /// The data directory (documents posted over HTTP are kept under `documents/`).
     pub data_dir: PathBuf,
     /// Limits.

@@ -71,11 +71,13 @@ impl KnowledgeSearch for KbSearch {
             .0
             .search(query, k, SearchMode::Hybrid)
             .map_err(KnowledgeError::new)?;
+        // Sources reach merchants (ask replies, MCP): never a server path.
+        let roots = [self.0.dir().join("documents")];
         Ok(hits
             .into_iter()
             .map(|h| KnowledgeHit {
                 chunk_id: h.chunk_id as i64,
-                source: h.source,
+                source: crate::kb::text::client_source(&h.source, &roots),
                 heading: h.heading,
                 text: h.text,
                 score: h.score as f32,
