@@ -177,9 +177,9 @@ pub fn too_large(cap: u64) -> io::Error {
 /// `cap` in the largest whole unit: `1 MiB`, `4 KiB`, `17 bytes`.
 fn human_bytes(cap: u64) -> String {
     const MIB: u64 = 1024 * 1024;
-    if cap >= MIB && cap % MIB == 0 {
+    if cap >= MIB && cap.is_multiple_of(MIB) {
         format!("{} MiB", cap / MIB)
-    } else if cap >= 1024 && cap % 1024 == 0 {
+    } else if cap >= 1024 && cap.is_multiple_of(1024) {
         format!("{} KiB", cap / 1024)
     } else {
         format!("{cap} bytes")
