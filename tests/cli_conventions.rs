@@ -117,6 +117,40 @@ fn completions_for_bash_zsh_and_fish() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// Runs `memex ARGS` with stdout a pipe whose reader has gone away before the first write
+/// (what `memex … | head -1` becomes once `head` exits), so any write fails with `EPIPE`
+/// whatever the output's size; returns the exit code and stderr.
+fn with_reader_gone(data: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut child = memex(data)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memex starts");
+    drop(child.stdout.take().expect("piped stdout"));
+    let out = child.wait_with_output().expect("memex ends");
+    (out.status.code(), stderr(&out))
+}
+
+/// A reader that stops early (`memex completions bash | head -1`) ends every command quietly:
+/// no panic (exit 101) and no message, the broken-pipe status 141 where output was cut.
+#[test]
+fn a_closed_stdout_ends_commands_quietly() {
+    let data = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let (code, err) = with_reader_gone(data.path(), &["completions", shell]);
+        assert_ne!(code, Some(101), "completions {shell} panicked: {err}");
+        assert!(!err.contains("panicked"), "completions {shell}: {err}");
+        assert!(err.is_empty(), "completions {shell} said: {err}");
+        assert_eq!(code, Some(141), "completions {shell}");
+    }
+    for args in [&["config", "show"][..], &["--help"], &["search", "--help"]] {
+        let (code, err) = with_reader_gone(data.path(), args);
+        assert_ne!(code, Some(101), "{args:?} panicked: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
 #[test]
 fn help_lists_closed_choices_and_environment_variables() {
     let data = tempfile::tempdir().unwrap();

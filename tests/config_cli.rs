@@ -12,7 +12,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde_json::Value;
 
 /// Variables that would change what these tests observe; removed for every run.
-const CLEARED: [&str; 17] = [
+const CLEARED: [&str; 18] = [
     "MEMEX_CHUNK_TOKENS",
     "MEMEX_CHUNK_OVERLAP",
     "MEMEX_KB_K",
@@ -26,6 +26,7 @@ const CLEARED: [&str; 17] = [
     "MEMEX_LLM_BASE_URL",
     "MEMEX_LLM_API_KEY",
     "MEMEX_LLM_MODEL",
+    "MEMEX_LLM_MAX_TOKENS",
     "MEMEX_EPISODIC_URL",
     "MEMEX_EPISODES_RETENTION_DAYS",
     "GROQ_API_KEY",
@@ -136,7 +137,7 @@ fn a_global_boolean_in_the_file_switches_json_output() {
 #[test]
 fn config_show_names_each_settings_source() {
     let (_tmp, data) = data_with(&format!(
-        "kernel = \"scalar\"\nthreads = 3\nllm_model = \"file-model\"\n\
+        "kernel = \"scalar\"\nthreads = 3\nllm_model = \"file-model\"\nllm_max_tokens = 200\n\
          llm_api_key = \"{SECRET}\"\n\n[prune]\nepisodes_retention_days = 30\n\n\
          [episodes.search]\ntop_k = 2\n\n[eval.locomo]\nk = [1, 5]\n"
     ));
@@ -160,6 +161,7 @@ fn config_show_names_each_settings_source() {
     assert_eq!(setting(&shown, "threads"), (&"2".into(), "env"));
     assert_eq!(setting(&shown, "kernel"), (&"scalar".into(), "file"));
     assert_eq!(setting(&shown, "precision"), (&"f16".into(), "default"));
+    assert_eq!(setting(&shown, "llm_max_tokens"), (&"200".into(), "file"));
     assert_eq!(setting(&shown, "episodic"), (&Value::Null, "unset"));
     assert_eq!(
         setting(&shown, "llm_api_key"),
@@ -318,6 +320,81 @@ fn unknown_keys_and_wrong_types_are_errors_naming_file_and_key() {
     let (code, err, _) = refused("[prune]\nepisodes_retention_days = 0\n");
     assert_eq!(code, Some(2));
     assert!(err.contains("`prune.episodes_retention_days`"), "{err}");
+}
+
+/// Runs `cmd`, killing it after 10 s (a read that never ends fails the test, not the suite).
+fn run_within_10s(cmd: &mut Command) -> Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memex starts");
+    let started = std::time::Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("killed");
+            panic!("memex still running after 10 s: {}", stderr(&out));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// A config file that is a FIFO (which blocked every command), a link to /dev/zero (read
+/// without end: gigabytes in seconds) or larger than 1 MiB is refused at once with one
+/// sentence naming the file, whether named by --config, MEMEX_CONFIG or the data directory;
+/// a link to a regular file is followed.
+#[cfg(unix)]
+#[test]
+fn config_files_that_are_not_small_regular_files_are_refused_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    std::fs::create_dir_all(&data).expect("data dir");
+    let fifo = tmp.path().join("fifo.toml");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let zero = tmp.path().join("zero.toml");
+    std::os::unix::fs::symlink("/dev/zero", &zero).expect("symlink");
+    let big = tmp.path().join("big.toml");
+    let mut text = String::from("kernel = \"scalar\"\n");
+    while text.len() <= 1024 * 1024 {
+        text.push_str("# padding padding padding padding padding padding padding padding\n");
+    }
+    std::fs::write(&big, &text).expect("write");
+    let cases = [
+        (&fifo, "FIFO"),
+        (&zero, "character device"),
+        (&big, "larger than 1 MiB"),
+    ];
+    for (path, why) in cases {
+        for how in ["flag", "env"] {
+            let mut cmd = memex(&data, &["config", "show"]);
+            match how {
+                "flag" => cmd.arg("--config").arg(path),
+                _ => cmd.env("MEMEX_CONFIG", path),
+            };
+            let out = run_within_10s(&mut cmd);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{how} {why}: {err}");
+            assert!(err.contains(why), "{how} {why}: {err}");
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+    // The data directory's own memex.toml as a FIFO: refused too, not waited on.
+    std::fs::rename(&fifo, data.join("memex.toml")).expect("move the fifo");
+    let out = run_within_10s(&mut memex(&data, &["config", "show"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("FIFO"), "{}", stderr(&out));
+    // A link to a regular file is a normal config file.
+    std::fs::remove_file(data.join("memex.toml")).expect("rm");
+    let real = tmp.path().join("real.toml");
+    std::fs::write(&real, "kernel = \"scalar\"\n").expect("write");
+    std::os::unix::fs::symlink(&real, data.join("memex.toml")).expect("symlink");
+    let shown = show(&mut memex(&data, &[]));
+    assert_eq!(setting(&shown, "kernel"), (&"scalar".into(), "file"));
 }
 
 #[test]

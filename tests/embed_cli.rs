@@ -262,7 +262,17 @@ fn model_fetch_uses_the_hub_cache_offline() {
         std::fs::copy(src.join(f), files.join(f)).unwrap();
     }
     let target = tempfile::tempdir().unwrap();
-    let out = memex()
+    // Under `umask 022` (through the shell), as root's usual one when deploy/ fetches the model.
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "umask 022 && exec \"$@\"",
+        "sh",
+        env!("CARGO_BIN_EXE_memex"),
+    ]);
+    let out = cmd
+        .env_remove("MEMEX_JSON")
+        .env("MEMEX_LOG", "warn")
         .env("HF_HOME", home.path())
         .env("HF_HUB_OFFLINE", "1")
         .arg("--model-dir")
@@ -274,6 +284,72 @@ fn model_fetch_uses_the_hub_cache_offline() {
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["source"], "hugging_face_hub");
     assert!(target.path().join("m/model.safetensors").is_file());
+    // Readable by another user (the service user of deploy/), not 0600.
+    #[cfg(unix)]
+    for f in ["config.json", "tokenizer.json", "model.safetensors"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(target.path().join("m").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o644, "{f}");
+    }
+}
+
+/// `--input` that is a FIFO is read once (the line count for the progress bar used to read it
+/// first, so the embedding then waited for a writer for ever), and an input with no newline
+/// (`/dev/zero`) is an error after one bounded line instead of unbounded memory.
+#[cfg(unix)]
+#[test]
+fn fifo_and_endless_inputs_are_read_with_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("texts.fifo");
+    let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    let writer = {
+        let fifo = fifo.clone();
+        std::thread::spawn(move || std::fs::write(fifo, b"refund window\nchargeback fee\n"))
+    };
+    let mut child = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input"])
+        .arg(&fifo)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            // Unblock the writer if the reader never opened the FIFO.
+            let _ = std::fs::File::open(&fifo);
+            panic!("memex embed --input FIFO did not finish");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    writer.join().unwrap().unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(lines(&out).len(), 2);
+
+    let zero = dir.path().join("zero.txt");
+    std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+    let out = memex()
+        .arg("--model-dir")
+        .arg(model::model_dir())
+        .args(["embed", "--input"])
+        .arg(&zero)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("line 1 is longer than 4 MiB"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]

@@ -1,7 +1,11 @@
 //! The OpenAI-compatible client against a real HTTP server on loopback.
 
+#[path = "support/cli.rs"]
+mod cli;
 #[path = "support/fake_openai.rs"]
 mod fake_openai;
+#[path = "support/model.rs"]
+mod model;
 
 use std::time::{Duration, Instant};
 
@@ -98,6 +102,7 @@ async fn plain_answer() {
                 {"role": "system", "content": "You are a payments support agent."},
                 {"role": "user", "content": "When is my settlement?"}
             ],
+            "max_tokens": 1024,
             "stream": false
         })
     );
@@ -576,4 +581,172 @@ async fn a_server_that_ignores_stream_true_still_streams() {
         ]
     );
     assert_eq!(server.requests()[0].body["stream"], true);
+}
+
+/// A completion cut off by `max_tokens`: `finish_reason` `length` with the text so far.
+fn cut_off(content: &str) -> Reply {
+    Reply::json(json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                     "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 64, "total_tokens": 76}
+    }))
+}
+
+/// Every call carries a cap on completion tokens (a small local model that rambles would
+/// otherwise run to the end of its context): 1024 by default, the configured number, a
+/// request's own smaller number, or none when the cap is off.
+#[tokio::test]
+async fn every_call_is_capped_in_completion_tokens() {
+    let server = FakeOpenAi::start().await;
+    server.set_fallback(Reply::text("ok"));
+    let sent = |i: usize| server.requests()[i].body.get("max_tokens").cloned();
+
+    client(&server).chat(ask("a")).await.unwrap();
+    assert_eq!(sent(0), Some(json!(1024)), "the default cap");
+    let capped = OpenAiCompatible::new(config(&server).with_max_tokens(Some(64))).unwrap();
+    capped.chat(ask("b")).await.unwrap();
+    assert_eq!(sent(1), Some(json!(64)));
+    capped.chat(ask("c").with_max_tokens(400)).await.unwrap();
+    assert_eq!(
+        sent(2),
+        Some(json!(64)),
+        "a request cannot ask past the cap"
+    );
+    capped.chat(ask("d").with_max_tokens(16)).await.unwrap();
+    assert_eq!(sent(3), Some(json!(16)), "a request may ask for fewer");
+    let events: Vec<_> = capped.stream(ask("e")).await.unwrap().collect().await;
+    assert!(events.iter().all(Result::is_ok));
+    assert_eq!(sent(4), Some(json!(64)), "streamed calls too");
+    let off = OpenAiCompatible::new(config(&server).with_max_tokens(None)).unwrap();
+    off.chat(ask("f")).await.unwrap();
+    assert_eq!(sent(5), None, "no cap: no field");
+}
+
+/// An answer cut off at the cap is an answer (its text, `finish_reason` `length`), not an
+/// error, streamed or not.
+#[tokio::test]
+async fn an_answer_cut_off_at_the_cap_is_returned_as_it_stands() {
+    let server = FakeOpenAi::start().await;
+    server.push(cut_off("Your settlement is scheduled for"));
+    let llm = client(&server);
+    let answer = llm.chat(ask("When is my settlement?")).await.unwrap();
+    assert_eq!(answer.finish_reason, FinishReason::Length);
+    assert_eq!(
+        answer.content.as_deref(),
+        Some("Your settlement is scheduled for")
+    );
+
+    let events = vec![
+        fake_openai::chunk(
+            json!({"role": "assistant", "content": "Your settlement "}),
+            None,
+        ),
+        fake_openai::chunk(json!({"content": "is scheduled for"}), None),
+        fake_openai::chunk(json!({}), Some("length")),
+        "[DONE]".to_string(),
+    ];
+    server.push(Reply::Sse {
+        events,
+        delay: Duration::ZERO,
+    });
+    let answer = collect_stream(llm.stream(ask("When?")).await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(answer.finish_reason, FinishReason::Length);
+    assert_eq!(
+        answer.content.as_deref(),
+        Some("Your settlement is scheduled for")
+    );
+}
+
+/// The max_tokens of the last request the server received.
+fn last_max_tokens(server: &FakeOpenAi) -> Option<serde_json::Value> {
+    server
+        .requests()
+        .last()
+        .and_then(|r| r.body.get("max_tokens").cloned())
+}
+
+/// Through the real binary: `memex ask` sends `max_tokens` from `--llm-max-tokens`, else
+/// `MEMEX_LLM_MAX_TOKENS`, else the config file's `llm_max_tokens`, else 1024; an answer cut off
+/// at the cap is the turn's answer, and a tool call cut off mid-arguments becomes an error the
+/// model is told about (then it answers), never a failure of the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_caps_each_answer_from_flag_env_file_or_default() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let init = cli::memex(&data, &url, &["init", "--demo", "--json"]).await;
+    cli::json_of(&init);
+    let ask_with = |extra: &[&str], env: Option<&str>| {
+        let mut args = vec!["ask", "--merchant", "MID001", "--json"];
+        args.extend_from_slice(extra);
+        args.push("When is my next settlement?");
+        let mut cmd = cli::command(&data, &url, &args);
+        cmd.env_remove("MEMEX_LLM_MAX_TOKENS");
+        if let Some(v) = env {
+            cmd.env("MEMEX_LLM_MAX_TOKENS", v);
+        }
+        cmd
+    };
+    let run = |mut cmd: std::process::Command| async move {
+        tokio::task::spawn_blocking(move || cmd.output().expect("memex runs"))
+            .await
+            .expect("joined")
+    };
+
+    server.push(Reply::text("Tomorrow."));
+    cli::json_of(&run(ask_with(&[], None)).await);
+    assert_eq!(last_max_tokens(&server), Some(json!(1024)), "default");
+
+    server.push(Reply::text("Tomorrow."));
+    cli::json_of(&run(ask_with(&[], Some("300"))).await);
+    assert_eq!(last_max_tokens(&server), Some(json!(300)), "env");
+
+    server.push(Reply::text("Tomorrow."));
+    cli::json_of(&run(ask_with(&["--llm-max-tokens", "77"], Some("300"))).await);
+    assert_eq!(last_max_tokens(&server), Some(json!(77)), "flag over env");
+
+    std::fs::write(data.join("memex.toml"), "llm_max_tokens = 55\n").unwrap();
+    server.push(Reply::text("Tomorrow."));
+    cli::json_of(&run(ask_with(&[], None)).await);
+    assert_eq!(last_max_tokens(&server), Some(json!(55)), "config file");
+    std::fs::remove_file(data.join("memex.toml")).unwrap();
+
+    let out = run(ask_with(&["--llm-max-tokens", "-5"], None)).await;
+    assert_eq!(out.status.code(), Some(2), "a bad cap is a usage error");
+
+    // Cut off at the cap: the text so far is the answer.
+    server.push(cut_off("Your next settlement is on"));
+    let r = cli::json_of(&run(ask_with(&[], None)).await);
+    assert_eq!(r["answer"], "Your next settlement is on");
+
+    // A tool call cut off mid-arguments: the model is told the arguments are not JSON, and
+    // its next answer ends the turn.
+    server.push(Reply::json(json!({
+        "id": "chatcmpl-fake", "object": "chat.completion", "created": 0, "model": "fake-model",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function", "function":
+                {"name": "get_transaction", "arguments": "{\"transaction_id\": \"pay_AB"}}]},
+            "finish_reason": "length"}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 64, "total_tokens": 76}
+    })));
+    server.push(Reply::text("Which transaction do you mean?"));
+    let out = run(ask_with(&[], None)).await;
+    let r = cli::json_of(&out);
+    assert_eq!(r["answer"], "Which transaction do you mean?");
+    assert_eq!(r["tool_calls"][0]["status"], "invalid_args", "{r}");
+    let told = server.requests().last().unwrap().body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rev()
+        .find(|m| m["role"] == "tool")
+        .map(|m| m["content"].as_str().unwrap_or("").to_string())
+        .unwrap_or_default();
+    assert!(told.contains("invalid_json"), "the model is told: {told}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
 }

@@ -384,3 +384,181 @@ fn the_cli_searches_the_published_generation_from_any_data_directory() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Runs `cmd`, killing it after `limit` (a copy that never ends fails the test, not the suite).
+fn output_within(cmd: &mut std::process::Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("memex starts");
+    let started = Instant::now();
+    while child.try_wait().expect("wait").is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("killed");
+            panic!(
+                "memex still running after {limit:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// Total bytes of the regular files under `dir`.
+fn bytes_under(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => bytes_under(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A published generation whose `kb.db` became a link to /dev/zero, a FIFO or a huge file, and
+/// `CURRENT` pointed at it (the break test: every worker wrote gigabytes and stayed stuck even
+/// after `CURRENT` was restored): a reader refuses it at once, naming the file, copies nothing
+/// big, and reads the good generation as soon as `CURRENT` names it again.
+#[cfg(unix)]
+#[test]
+fn a_generation_of_links_fifos_or_huge_files_is_refused_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).expect("mkdir");
+    std::fs::write(docs.join("a.md"), "# Fees\n\nThe bilbyfee applies.\n").expect("w");
+    let shared = tmp.path().join("shared");
+    let kb_url = format!("file://{}", shared.display());
+    let writer = tmp.path().join("writer");
+    let ingest = || {
+        let out = memex_command(&writer, None, &["ingest", "--json"])
+            .arg(&docs)
+            .env("MEMEX_KB_URL", &kb_url)
+            .output()
+            .expect("runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+        v["generation"].as_str().expect("generation").to_string()
+    };
+    let good = ingest();
+    std::fs::write(docs.join("b.md"), "# Payouts\n\nThe dunnartpayout.\n").expect("w");
+    let bad = ingest();
+    let reader = tmp.path().join("reader");
+    let search = || {
+        let mut cmd = memex_command(&reader, None, &["search", "--json", "--mode", "keyword"]);
+        cmd.arg("bilbyfee").env("MEMEX_KB_URL", &kb_url);
+        output_within(&mut cmd, Duration::from_secs(30))
+    };
+    let db = shared.join(&bad).join("kb.db");
+    let damage: [(&str, &dyn Fn()); 3] = [
+        ("symbolic link", &|| {
+            std::os::unix::fs::symlink("/dev/zero", &db).expect("symlink")
+        }),
+        ("FIFO", &|| {
+            let c = std::ffi::CString::new(db.as_os_str().as_encoded_bytes()).expect("path");
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        }),
+        ("does not match its manifest", &|| {
+            std::fs::File::create(&db)
+                .expect("create")
+                .set_len(64 << 30)
+                .expect("sparse 64 GiB")
+        }),
+    ];
+    for (why, make) in damage {
+        std::fs::remove_file(&db).expect("rm kb.db");
+        make();
+        std::fs::write(shared.join("CURRENT"), format!("{bad}\n")).expect("CURRENT");
+        let started = Instant::now();
+        let out = search();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{why}: took {:?}",
+            started.elapsed()
+        );
+        assert!(err.contains(why) && err.contains("kb.db"), "{why}: {err}");
+        assert!(
+            bytes_under(&reader) < 64 << 20,
+            "{why}: the reader wrote {} bytes",
+            bytes_under(&reader)
+        );
+    }
+    // CURRENT restored: the good generation is read.
+    std::fs::write(shared.join("CURRENT"), format!("{good}\n")).expect("CURRENT");
+    let out = search();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        hits.as_array().is_some_and(|h| !h.is_empty()),
+        "the good generation is read: {hits}"
+    );
+}
+
+/// What a publisher writes is readable by another user under the usual umask: `CURRENT`, the
+/// manifest and the index file are 0644 and the generation folder 0755 (they were 0600 / 0700,
+/// so the `memex` service user of deploy/ could not read what the ingest user published).
+#[cfg(unix)]
+#[test]
+fn published_files_follow_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let docs = tmp.path().join("docs");
+    std::fs::create_dir_all(&docs).expect("mkdir");
+    std::fs::write(docs.join("a.md"), "# Fees\n\nThe potoroofee applies.\n").expect("w");
+    let shared = tmp.path().join("shared");
+    // `umask 022` for the publishing process only, through the shell.
+    let probe = memex_command(&tmp.path().join("data"), None, &["ingest", "--json"]);
+    let mut cmd = std::process::Command::new("sh");
+    cmd.arg("-c")
+        .arg("umask 022 && exec \"$@\"")
+        .arg("sh")
+        .arg(probe.get_program())
+        .args(probe.get_args())
+        .arg(&docs)
+        .env("MEMEX_KB_URL", format!("file://{}", shared.display()));
+    for (k, v) in probe.get_envs() {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    let out = cmd.output().expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    let generation = shared.join("gen-000001");
+    assert_eq!(mode(&shared.join("CURRENT")), 0o644, "CURRENT");
+    assert_eq!(mode(&generation), 0o755, "the generation folder");
+    for entry in std::fs::read_dir(&generation)
+        .expect("generation")
+        .flatten()
+    {
+        assert_eq!(mode(&entry.path()), 0o644, "{}", entry.path().display());
+    }
+    assert!(generation.join("manifest.json").is_file());
+}

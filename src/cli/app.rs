@@ -137,7 +137,14 @@ fn run(cli: Cli, effective: &config::Effective) -> anyhow::Result<ExitCode> {
         Command::Session(c) => agent::session(g, c),
         Command::Mcp(a) => mcp::run(g, a),
         Command::Completions { shell } => {
-            clap_complete::generate(shell, &mut Cli::command(), "memex", &mut std::io::stdout());
+            // clap_complete panics on a failed write ("failed to write completion file"), which
+            // is not the panic `pipe` silences: render into memory, then write with `?` so a
+            // closed stdout (`memex completions bash | head -1`) is the quiet broken-pipe exit.
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "memex", &mut script);
+            let mut out = std::io::stdout().lock();
+            std::io::Write::write_all(&mut out, &script)?;
+            std::io::Write::flush(&mut out)?;
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -37,7 +37,7 @@ fn llm_config(g: &GlobalArgs) -> anyhow::Result<LlmConfig> {
     if let Some(k) = &g.llm_api_key {
         cfg = cfg.with_api_key(k.clone());
     }
-    Ok(cfg)
+    Ok(cfg.with_max_tokens(g.llm_max_tokens()))
 }
 
 /// The conversation store the global flags name: Redis when `--episodic` is a Redis URL, else

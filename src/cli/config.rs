@@ -22,6 +22,9 @@ use super::{errors, GlobalArgs};
 /// The file's name in the data directory.
 pub const FILE_NAME: &str = "memex.toml";
 
+/// Longest config file read (1 MiB; a real one is a few hundred bytes).
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
 /// What stands in for a secret's value in `config show`.
 const REDACTED: &str = "<redacted>";
 
@@ -170,13 +173,20 @@ pub fn load(
         loaded: false,
         keys: Default::default(),
     };
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if source == PathSource::DataDir && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok((command, file));
-        }
-        Err(source) => return Err(ConfigError::Read { path, source }),
-    };
+    // Only a regular file (a link to one is fine), never more than the cap: a FIFO would
+    // block every command and a link to /dev/zero would never end.
+    let bytes =
+        match memex::fsutil::read_capped(&path, MAX_FILE_BYTES, memex::fsutil::Links::Follow) {
+            Ok(bytes) => bytes,
+            Err(e) if source == PathSource::DataDir && e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((command, file));
+            }
+            Err(source) => return Err(ConfigError::Read { path, source }),
+        };
+    let text = String::from_utf8(bytes).map_err(|_| ConfigError::Read {
+        path: path.clone(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"),
+    })?;
     let table: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
         path: path.clone(),
         source: Box::new(e),

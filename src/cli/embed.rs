@@ -1,7 +1,7 @@
 //! `memex embed`: texts from arguments, a file or stdin → JSON lines.
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, BufWriter, IsTerminal, Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -49,6 +49,9 @@ struct OutLine<'a> {
 const CHUNK: usize = 256;
 /// Inputs longer than this show a progress bar (on a terminal).
 const PROGRESS_THRESHOLD: u64 = 300;
+/// Longest input line (4 MiB; a text is embedded from its first 256 tokens anyway): a file
+/// with no newline, such as `/dev/zero`, is an error instead of unbounded memory.
+const MAX_LINE_BYTES: u64 = 4 * 1024 * 1024;
 
 pub fn run(g: &GlobalArgs, a: EmbedArgs) -> anyhow::Result<ExitCode> {
     let mut opts = g.embedder_options()?;
@@ -154,13 +157,20 @@ fn read_texts(
     let mut line_no = 0usize;
     loop {
         buf.clear();
-        let n = reader
+        let n = (&mut reader)
+            .take(MAX_LINE_BYTES + 1)
             .read_until(b'\n', &mut buf)
             .with_context(|| format!("cannot read {source} after line {line_no}"))?;
         if n == 0 {
             return Ok(());
         }
         line_no += 1;
+        if n as u64 > MAX_LINE_BYTES {
+            anyhow::bail!(
+                "{source}: line {line_no} is longer than {} MiB; lines before it were embedded",
+                MAX_LINE_BYTES >> 20
+            );
+        }
         if buf.last() == Some(&b'\n') {
             buf.pop();
             if buf.last() == Some(&b'\r') {
@@ -196,15 +206,25 @@ fn read_texts(
     }
 }
 
+/// Lines of a regular file, for the progress bar; `None` for anything else (a FIFO or device
+/// is read once, by the embedding itself). Counts newlines in fixed-size blocks, so a file
+/// with endless lines costs no memory.
 fn count_lines(path: &std::path::Path) -> Option<u64> {
-    let mut reader = BufReader::new(File::open(path).ok()?);
-    let mut n = 0u64;
-    let mut buf = Vec::new();
-    while reader.read_until(b'\n', &mut buf).ok()? > 0 {
-        n += 1;
-        buf.clear();
+    if !std::fs::metadata(path).ok()?.is_file() {
+        return None;
     }
-    Some(n)
+    let mut file = File::open(path).ok()?;
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut n, mut last) = (0u64, b'\n');
+    loop {
+        let got = file.read(&mut buf).ok()?;
+        if got == 0 {
+            break;
+        }
+        n += buf[..got].iter().filter(|&&b| b == b'\n').count() as u64;
+        last = buf[got - 1];
+    }
+    Some(n + u64::from(last != b'\n'))
 }
 
 fn progress_bar(total: Option<u64>) -> ProgressBar {

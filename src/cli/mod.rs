@@ -114,6 +114,17 @@ pub struct GlobalArgs {
     /// API key (else GROQ_API_KEY, else OPENAI_API_KEY).
     #[arg(long, global = true, env = "MEMEX_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
+    /// Most tokens the model may write in one answer (sent as max_tokens; 0: no cap). An
+    /// answer cut off there is used as it stands.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_LLM_MAX_TOKENS",
+        value_name = "TOKENS",
+        default_value_t = memex::llm::DEFAULT_MAX_TOKENS as usize,
+        value_parser = counts::bounded(0, memex::llm::MAX_MAX_TOKENS as usize)
+    )]
+    pub llm_max_tokens: usize,
     /// Requests per second this process sends the model at most (bursts of three seconds'
     /// worth; 0: no limit). Each worker has its own.
     #[arg(
@@ -140,6 +151,11 @@ impl GlobalArgs {
                 ((3.0 * rate).max(1.0), rate)
             }
         }
+    }
+
+    /// `--llm-max-tokens` as the client's cap (`None`: no cap).
+    pub fn llm_max_tokens(&self) -> Option<u32> {
+        u32::try_from(self.llm_max_tokens).ok().filter(|&n| n > 0)
     }
 
     /// `--episodic-cache-mb` in bytes.

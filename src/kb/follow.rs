@@ -259,4 +259,132 @@ mod tests {
             "damaged current is not served"
         );
     }
+
+    /// Replaces `gen`'s `kb.db` in the shared folder by what `make` puts at the path, points
+    /// `CURRENT` at `gen`, and checks that a refresh fails at once, naming the file, copying
+    /// nothing big and leaving no partial copy behind.
+    #[cfg(unix)]
+    fn refused_at_once(f: &Follower, root: &Path, gen: &str, make: impl FnOnce(&Path)) -> String {
+        let db = root.join(gen).join("kb.db");
+        std::fs::remove_file(&db).unwrap();
+        make(&db);
+        std::fs::write(root.join("CURRENT"), format!("{gen}\n")).unwrap();
+        let started = std::time::Instant::now();
+        let err = f.refresh().expect_err("a damaged generation is refused");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "refused in {:?}",
+            started.elapsed()
+        );
+        let mut local = 0u64;
+        for e in walk(&f.gens_dir) {
+            local += std::fs::symlink_metadata(&e).map_or(0, |m| m.len());
+            assert!(
+                !e.to_string_lossy().contains(".fetch-"),
+                "a partial copy was left: {}",
+                e.display()
+            );
+        }
+        assert!(local < 64 << 20, "the local copies hold {local} bytes");
+        err.to_string()
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&p));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn links_fifos_and_oversized_files_are_refused_at_once_and_the_follower_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let e = embedder();
+        let s = shared(tmp.path());
+        let root = tmp.path().join("shared");
+        let work = tmp.path().join("w");
+        let g1 = ingest(
+            &s,
+            &work,
+            &e,
+            &[doc(tmp.path(), "a", "Error quollcode: expired.")],
+        );
+        let f = Follower::open(
+            s.clone(),
+            &tmp.path().join("worker"),
+            Arc::clone(&e),
+            KbOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(f.kb().published_generation(), Some(g1.clone()));
+
+        // A link to /dev/zero: before the fix the copy never ended (gigabytes written).
+        let g2 = ingest(
+            &s,
+            &work,
+            &e,
+            &[doc(tmp.path(), "b", "Numbatline payouts.")],
+        );
+        let err = refused_at_once(&f, &root, &g2, |db| {
+            std::os::unix::fs::symlink("/dev/zero", db).unwrap()
+        });
+        assert!(
+            err.contains("kb.db") && err.contains("symbolic link"),
+            "{err}"
+        );
+        // A FIFO: before the fix the open blocked for ever.
+        let err = refused_at_once(&f, &root, &g2, |db| {
+            let c = std::ffi::CString::new(db.as_os_str().as_encoded_bytes()).unwrap();
+            // SAFETY: a valid NUL-terminated path.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        });
+        assert!(err.contains("FIFO"), "{err}");
+        // A sparse file of 64 GiB: never copied.
+        let err = refused_at_once(&f, &root, &g2, |db| {
+            std::fs::File::create(db)
+                .unwrap()
+                .set_len(64 << 30)
+                .unwrap()
+        });
+        assert!(err.contains("does not match its manifest"), "{err}");
+        assert_eq!(
+            f.kb().published_generation(),
+            Some(g1.clone()),
+            "still serving"
+        );
+        assert_eq!(sources(f.kb(), "quollcode").len(), 1);
+
+        // CURRENT restored: nothing to do, the good generation keeps being served.
+        std::fs::write(root.join("CURRENT"), format!("{g1}\n")).unwrap();
+        assert_eq!(f.refresh().unwrap(), None);
+        // A worker started while CURRENT named the damaged generation serves nothing, then
+        // takes the good one at the next poll once CURRENT names it again.
+        std::fs::write(root.join("CURRENT"), format!("{g2}\n")).unwrap();
+        let late = Follower::open(
+            s.clone(),
+            &tmp.path().join("late"),
+            Arc::clone(&e),
+            KbOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(late.kb().published_generation(), None);
+        std::fs::write(root.join("CURRENT"), format!("{g1}\n")).unwrap();
+        assert_eq!(late.refresh().unwrap(), Some(g1.clone()));
+        assert_eq!(sources(late.kb(), "quollcode").len(), 1);
+        // CURRENT moving on to a new good generation is followed.
+        let g3 = ingest(
+            &s,
+            &work,
+            &e,
+            &[doc(tmp.path(), "c", "Error dibblercode: declined.")],
+        );
+        assert_eq!(f.refresh().unwrap(), Some(g3.clone()));
+        assert_eq!(sources(f.kb(), "dibblercode").len(), 1);
+    }
 }

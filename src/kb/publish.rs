@@ -183,9 +183,24 @@ fn safe_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
-/// Copies `src` to `dst` (created new), returning size and sha256 of what was copied.
-fn copy_hashing(src: &Path, dst: &Path) -> Result<(u64, String), PublishError> {
-    let mut input = File::open(src).map_err(io_err(src))?;
+/// Longest `CURRENT` read (it holds one generation name).
+const MAX_CURRENT_BYTES: u64 = 4 * 1024;
+/// Longest `manifest.json` read (a few hundred bytes per file listed).
+const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// Copies `src` to `dst` (created new), returning size and sha256 of what was copied. Only a
+/// regular file is copied (a link, FIFO or device is refused before a byte is read), and at
+/// most `limit + 1` bytes: a file already longer than `limit` is reported with its length and
+/// not read, one that grows while copied stops at `limit + 1` bytes; either fails the
+/// caller's size check.
+fn copy_hashing(src: &Path, dst: &Path, limit: u64) -> Result<(u64, String), PublishError> {
+    let input =
+        crate::fsutil::open_regular(src, crate::fsutil::Links::Refuse).map_err(io_err(src))?;
+    let len = input.metadata().map_err(io_err(src))?.len();
+    if len > limit {
+        return Ok((len, "(not read: longer than the manifest says)".into()));
+    }
+    let mut input = input.take(limit.saturating_add(1));
     let mut output = File::create_new(dst).map_err(io_err(dst))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
@@ -262,12 +277,17 @@ impl SharedKb {
     /// The generation `CURRENT` names, or `None` when nothing is published yet.
     pub fn current(&self) -> Result<Option<String>, PublishError> {
         let path = self.url.root.join(CURRENT_FILE);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
+        let bytes = match crate::fsutil::read_capped(
+            &path,
+            MAX_CURRENT_BYTES,
+            crate::fsutil::Links::Follow,
+        ) {
+            Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_err(&path)(e)),
         };
-        let name = text.trim();
+        let name = String::from_utf8_lossy(&bytes);
+        let name = name.trim();
         if generation_number(name).is_none() {
             return Err(PublishError::Malformed {
                 path,
@@ -296,7 +316,9 @@ impl SharedKb {
     /// Reads a generation's manifest.
     pub fn manifest(&self, generation: &str) -> Result<Manifest, PublishError> {
         let path = self.url.root.join(generation).join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+        let bytes =
+            crate::fsutil::read_capped(&path, MAX_MANIFEST_BYTES, crate::fsutil::Links::Refuse)
+                .map_err(io_err(&path))?;
         let manifest: Manifest =
             serde_json::from_slice(&bytes).map_err(|e| PublishError::Malformed {
                 path: path.clone(),
@@ -316,6 +338,9 @@ impl SharedKb {
 
     /// Copies `generation` into `dest` (which must not exist) and checks every file against
     /// the manifest before `dest` appears: `dest` is a complete, verified copy or absent.
+    /// Bounded by the manifest: a file that is not a regular file (a link to `/dev/zero`, a
+    /// FIFO) is refused unread, and no more than its listed size + 1 byte is copied, so a
+    /// damaged generation fails fast and the caller can go on to the next `CURRENT`.
     pub fn fetch(&self, generation: &str, dest: &Path) -> Result<(), PublishError> {
         let manifest = self.manifest(generation)?;
         let parent = dest.parent().unwrap_or(Path::new("."));
@@ -326,7 +351,8 @@ impl SharedKb {
             .map_err(io_err(parent))?;
         let src = self.url.root.join(generation);
         for f in &manifest.files {
-            let (bytes, sha) = copy_hashing(&src.join(&f.name), &tmp.path().join(&f.name))?;
+            let (bytes, sha) =
+                copy_hashing(&src.join(&f.name), &tmp.path().join(&f.name), f.bytes)?;
             if bytes != f.bytes || sha != f.sha256 {
                 return Err(PublishError::Mismatch {
                     generation: generation.to_string(),

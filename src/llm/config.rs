@@ -25,6 +25,14 @@ pub const ENV_STREAM_IDLE_TIMEOUT: &str = "MEMEX_LLM_STREAM_IDLE_TIMEOUT";
 pub const ENV_STREAM_TIMEOUT: &str = "MEMEX_LLM_STREAM_TIMEOUT";
 /// Environment variable: seconds allowed for a call with all its retries (`max_elapsed`).
 pub const ENV_RETRY_BUDGET: &str = "MEMEX_LLM_RETRY_BUDGET";
+/// Environment variable: the most completion tokens one call may produce (`max_tokens`; `0`:
+/// no cap).
+pub const ENV_MAX_TOKENS: &str = "MEMEX_LLM_MAX_TOKENS";
+/// The default cap on completion tokens per call: an agent's answer or tool call needs a few
+/// hundred; a small local model that rambles stops here instead of at the end of its context.
+pub const DEFAULT_MAX_TOKENS: u32 = 1024;
+/// The largest cap [`ENV_MAX_TOKENS`] (and `--llm-max-tokens`) may set.
+pub const MAX_MAX_TOKENS: u32 = 1_048_576;
 /// Longest time any of the timeout variables may ask for, in seconds (one hour).
 pub const MAX_TIMEOUT_SECS: f64 = 3600.0;
 /// Environment variables holding the API key, in order of preference.
@@ -140,6 +148,10 @@ pub struct LlmConfig {
     /// Ask for usage in streamed answers (`stream_options.include_usage`). Turn off for
     /// servers that reject the field.
     pub stream_usage: bool,
+    /// The most completion tokens one call may produce, sent as `max_tokens` with every
+    /// request (a request asking for fewer keeps its own number); `None` sends no cap. An
+    /// answer cut off there comes back with `finish_reason` `length` and its text so far.
+    pub max_tokens: Option<u32>,
 }
 
 impl Default for LlmConfig {
@@ -154,6 +166,7 @@ impl Default for LlmConfig {
             stream_timeout: Duration::from_secs(180),
             retry: RetryPolicy::default(),
             stream_usage: true,
+            max_tokens: Some(DEFAULT_MAX_TOKENS),
         }
     }
 }
@@ -168,7 +181,8 @@ impl LlmConfig {
 
     /// Like [`LlmConfig::from_env`], and also reads the timeouts from `MEMEX_LLM_TIMEOUT`,
     /// `MEMEX_LLM_STREAM_IDLE_TIMEOUT`, `MEMEX_LLM_STREAM_TIMEOUT` and `MEMEX_LLM_RETRY_BUDGET`
-    /// (seconds, `0 < s <= 3600`); a value out of range or not a number is an error.
+    /// (seconds, `0 < s <= 3600`) and the completion cap from `MEMEX_LLM_MAX_TOKENS` (`0` to
+    /// `1048576`, `0`: no cap); a value out of range or not a number is an error.
     pub fn try_from_env() -> Result<Self, LlmError> {
         Self::try_from_lookup(|name| std::env::var(name).ok())
     }
@@ -201,6 +215,17 @@ impl LlmConfig {
         }
         if let Some(d) = secs(ENV_RETRY_BUDGET)? {
             config.retry.max_elapsed = d;
+        }
+        if let Some(raw) = lookup(ENV_MAX_TOKENS).filter(|v| !v.trim().is_empty()) {
+            match raw.trim().parse::<u32>() {
+                Ok(n) if n <= MAX_MAX_TOKENS => config.max_tokens = (n > 0).then_some(n),
+                _ => {
+                    return Err(LlmError::Config(format!(
+                        "{ENV_MAX_TOKENS} must be a whole number of tokens from 0 (no cap) to {MAX_MAX_TOKENS}, not `{}`",
+                        raw.trim().chars().take(40).collect::<String>()
+                    )))
+                }
+            }
         }
         Ok(config)
     }
@@ -253,6 +278,22 @@ impl LlmConfig {
         self
     }
 
+    /// Sets the cap on completion tokens per call (`None`: no cap; see
+    /// [`LlmConfig::max_tokens`]).
+    pub fn with_max_tokens(mut self, max_tokens: Option<u32>) -> Self {
+        self.max_tokens = max_tokens;
+        self
+    }
+
+    /// The `max_tokens` to send for a request asking for `requested`: the smaller of it and
+    /// the configured cap.
+    pub(crate) fn capped_max_tokens(&self, requested: Option<u32>) -> Option<u32> {
+        match (requested, self.max_tokens) {
+            (Some(r), Some(cap)) => Some(r.min(cap)),
+            (r, cap) => r.or(cap),
+        }
+    }
+
     /// Checks the configuration and returns the chat-completions endpoint.
     pub(crate) fn endpoint(&self) -> Result<reqwest::Url, LlmError> {
         let base = self.base_url.trim().trim_end_matches('/');
@@ -295,6 +336,31 @@ fn redact_userinfo(raw: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_tokens_defaults_reads_the_environment_and_caps_requests() {
+        let none = |_: &str| None;
+        let c = LlmConfig::try_from_lookup(none).unwrap();
+        assert_eq!(c.max_tokens, Some(DEFAULT_MAX_TOKENS));
+        assert_eq!(c.capped_max_tokens(None), Some(DEFAULT_MAX_TOKENS));
+        assert_eq!(c.capped_max_tokens(Some(400)), Some(400));
+        assert_eq!(c.capped_max_tokens(Some(5000)), Some(DEFAULT_MAX_TOKENS));
+        let env = |v: &'static str| move |n: &str| (n == ENV_MAX_TOKENS).then(|| v.to_string());
+        assert_eq!(
+            LlmConfig::try_from_lookup(env("77")).unwrap().max_tokens,
+            Some(77)
+        );
+        let off = LlmConfig::try_from_lookup(env("0")).unwrap();
+        assert_eq!(off.max_tokens, None);
+        assert_eq!(off.capped_max_tokens(None), None);
+        assert_eq!(off.capped_max_tokens(Some(400)), Some(400));
+        for bad in ["-1", "lots", "1048577"] {
+            let e = LlmConfig::try_from_lookup(env(bad))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(ENV_MAX_TOKENS) && e.contains(bad), "{e}");
+        }
+    }
 
     #[test]
     fn key_falls_back_in_order() {

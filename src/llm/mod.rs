@@ -30,9 +30,9 @@ use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
 
 pub use config::{
-    ApiKey, LlmConfig, RetryPolicy, DEFAULT_BASE_URL, DEFAULT_MODEL, ENV_API_KEYS, ENV_BASE_URL,
-    ENV_MODEL, ENV_RETRY_BUDGET, ENV_STREAM_IDLE_TIMEOUT, ENV_STREAM_TIMEOUT, ENV_TIMEOUT,
-    MAX_TIMEOUT_SECS,
+    ApiKey, LlmConfig, RetryPolicy, DEFAULT_BASE_URL, DEFAULT_MAX_TOKENS, DEFAULT_MODEL,
+    ENV_API_KEYS, ENV_BASE_URL, ENV_MAX_TOKENS, ENV_MODEL, ENV_RETRY_BUDGET,
+    ENV_STREAM_IDLE_TIMEOUT, ENV_STREAM_TIMEOUT, ENV_TIMEOUT, MAX_MAX_TOKENS, MAX_TIMEOUT_SECS,
 };
 pub use error::LlmError;
 pub use openai::OpenAiCompatible;

@@ -99,9 +99,23 @@ impl OpenAiCompatible {
             &self.config.model,
             stream,
             self.config.stream_usage,
+            self.config.capped_max_tokens(request.max_tokens),
         );
         serde_json::to_vec(&wire)
             .map_err(|e| LlmError::Config(format!("the request cannot be encoded as JSON: {e}")))
+    }
+
+    /// Logs an answer cut off by `max_tokens` (or the context): its text is still the answer,
+    /// but whoever reads it should know why it stops short.
+    fn warn_if_cut_off(&self, finish_reason: &super::FinishReason) {
+        if *finish_reason == super::FinishReason::Length {
+            tracing::warn!(
+                target: "memex::llm",
+                max_tokens = self.config.max_tokens,
+                "the model's answer was cut off at its token limit (finish_reason `length`); \
+                 the text so far is used (raise --llm-max-tokens for longer answers)"
+            );
+        }
     }
 
     fn scrub(&self, text: &str) -> String {
@@ -358,8 +372,19 @@ where
             return Some(Err(e));
         }
         let event = self.pending.pop_front()?;
-        if let StreamEvent::Done { usage, .. } = &event {
+        if let StreamEvent::Done {
+            usage,
+            finish_reason,
+        } = &event
+        {
             self.meter.record(&usage.unwrap_or_default());
+            if *finish_reason == super::FinishReason::Length {
+                tracing::warn!(
+                    target: "memex::llm",
+                    "the model's answer was cut off at its token limit (finish_reason `length`); \
+                     the text so far is used (raise --llm-max-tokens for longer answers)"
+                );
+            }
         }
         Some(Ok(event))
     }
@@ -379,6 +404,7 @@ impl ChatModel for OpenAiCompatible {
                     finish_reason = response.finish_reason.as_str(),
                     "LLM call done"
                 );
+                self.warn_if_cut_off(&response.finish_reason);
                 Ok(response)
             }
             Sent::Stream(_) => Err(LlmError::BadResponse(

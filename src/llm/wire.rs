@@ -36,12 +36,14 @@ struct StreamOptions {
 }
 
 impl<'a> WireRequest<'a> {
-    /// The body for `request`, with `model` unless the request overrides it.
+    /// The body for `request`, with `model` unless the request overrides it, and `max_tokens`
+    /// the request's own number capped at `max_tokens` (either alone when the other is unset).
     pub(crate) fn new(
         request: &'a ChatRequest,
         model: &'a str,
         stream: bool,
         stream_usage: bool,
+        max_tokens: Option<u32>,
     ) -> Self {
         WireRequest {
             model: request.model.as_deref().unwrap_or(model),
@@ -53,7 +55,7 @@ impl<'a> WireRequest<'a> {
                 .as_ref()
                 .filter(|_| !request.tools.is_empty()),
             temperature: request.temperature,
-            max_tokens: request.max_tokens,
+            max_tokens,
             response_format: request.response_format.as_ref(),
             stream,
             stream_options: (stream && stream_usage).then_some(StreamOptions {
@@ -227,13 +229,14 @@ mod tests {
     #[test]
     fn request_omits_unset_fields_and_tool_choice_without_tools() {
         let req = ChatRequest::new(vec![Message::user("hi")]).with_tool_choice(ToolChoice::Auto);
-        let v = serde_json::to_value(WireRequest::new(&req, "m", false, true)).unwrap();
+        let v = serde_json::to_value(WireRequest::new(&req, "m", false, true, None)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"model":"m","messages":[{"role":"user","content":"hi"}],"stream":false})
         );
-        let v = serde_json::to_value(WireRequest::new(&req, "m", true, true)).unwrap();
+        let v = serde_json::to_value(WireRequest::new(&req, "m", true, true, Some(9))).unwrap();
         assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["max_tokens"], 9);
     }
 
     #[test]
