@@ -78,6 +78,8 @@ fn eval_locomo_reports_recall_that_matches_an_independent_count() {
     assert_eq!(details.len(), qs.len());
 
     let mut sums = [0f64; 3];
+    let mut any_sums = [0f64; 3];
+    let mut all_sums = [0f64; 3];
     let mut per_cat: std::collections::BTreeMap<u64, (usize, f64)> = Default::default();
     for (d, (cat, ev, question)) in details.iter().zip(&qs) {
         assert_eq!(
@@ -99,6 +101,8 @@ fn eval_locomo_reports_recall_that_matches_an_independent_count() {
             let hit = ev.iter().filter(|e| retrieved[..k].contains(e)).count();
             let r = hit as f64 / ev.len() as f64;
             sums[i] += r;
+            any_sums[i] += f64::from(u8::from(hit > 0));
+            all_sums[i] += f64::from(u8::from(hit == ev.len()));
             if k == 10 {
                 let e = per_cat.entry(*cat).or_default();
                 e.0 += 1;
@@ -110,6 +114,18 @@ fn eval_locomo_reports_recall_that_matches_an_independent_count() {
         let expected = sums[i] / qs.len() as f64;
         let got = report["recall"][k].as_f64().unwrap();
         assert!((got - expected).abs() < 1e-9, "R@{k}: {got} vs {expected}");
+        // any@k and all@k, as other LoCoMo retrieval reports give them.
+        let any = report["any"][k].as_f64().unwrap();
+        let all = report["all"][k].as_f64().unwrap();
+        assert!(
+            (any - any_sums[i] / qs.len() as f64).abs() < 1e-9,
+            "any@{k}"
+        );
+        assert!(
+            (all - all_sums[i] / qs.len() as f64).abs() < 1e-9,
+            "all@{k}"
+        );
+        assert!(all <= got && got <= any, "all@k <= recall@k <= any@k");
     }
     for (cat, (n, sum)) in per_cat {
         let c = &report["per_category"][cat.to_string()];

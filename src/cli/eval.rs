@@ -136,8 +136,6 @@ async fn locomo_cmd(g: &GlobalArgs, a: LocomoArgs) -> anyhow::Result<()> {
         report.episodes,
         report.questions
     );
-    let header: Vec<String> = report.ks.iter().map(|k| format!("R@{k:<5}")).collect();
-    println!("{:<14} {:>4}  {}", "category", "n", header.join(" "));
     let row = |r: &[f64]| -> String {
         r.iter()
             .map(|x| format!("{x:<7.3}"))
@@ -145,16 +143,42 @@ async fn locomo_cmd(g: &GlobalArgs, a: LocomoArgs) -> anyhow::Result<()> {
             .join(" ")
     };
     let names = ["", "multi-hop", "temporal", "open-domain", "single-hop"];
-    for (c, (n, r)) in &report.per_category {
-        let name = names.get(usize::from(*c)).copied().unwrap_or("other");
-        println!("{:<14} {:>4}  {}", format!("{c} {name}"), n, row(r));
+    for (label, pick) in [
+        (
+            "R",
+            (|s: &memex::eval::locomo::Scores| s.recall.clone()) as fn(&_) -> Vec<f64>,
+        ),
+        ("any", |s| s.any.clone()),
+        ("all", |s| s.all.clone()),
+    ] {
+        let header: Vec<String> = report
+            .ks
+            .iter()
+            .map(|k| format!("{:<7}", format!("{label}@{k}")))
+            .collect();
+        println!("{:<14} {:>4}  {}", "category", "n", header.join(" "));
+        for (c, sc) in &report.per_category {
+            let name = names.get(usize::from(*c)).copied().unwrap_or("other");
+            println!(
+                "{:<14} {:>4}  {}",
+                format!("{c} {name}"),
+                sc.questions,
+                row(&pick(sc))
+            );
+        }
+        let all = memex::eval::locomo::Scores {
+            questions: report.questions,
+            recall: report.recall.clone(),
+            any: report.any.clone(),
+            all: report.all.clone(),
+        };
+        println!(
+            "{:<14} {:>4}  {}",
+            "all",
+            report.questions,
+            row(&pick(&all))
+        );
     }
-    println!(
-        "{:<14} {:>4}  {}",
-        "all",
-        report.questions,
-        row(&report.recall)
-    );
     println!(
         "search latency p50 {:.2} ms, p99 {:.2} ms; import {:.0} episodes/s",
         report.latency_ms.0, report.latency_ms.1, report.import_per_sec

@@ -3,7 +3,8 @@
 //! Each conversation becomes one merchant; each dialogue turn one episode whose summary is
 //! `"Speaker: text"` (plus ` [shares CAPTION]` for a shared photo), with `metadata.dia_id` the
 //! turn id and `occurred_at` its session's date. Every question of categories 1–4 with evidence
-//! is searched and scored as the dataset README says: recall@k = |evidence ∩ top-k| /
+//! is searched and scored as the dataset README says (plus any@k and all@k, the share of
+//! questions with one or every evidence turn in the top k): recall@k = |evidence ∩ top-k| /
 //! |evidence|, evidence split on `;` and stripped, ids that name no turn kept.
 
 use std::collections::{BTreeMap, HashSet};
@@ -130,6 +131,62 @@ pub fn recall_at(evidence: &[String], retrieved: &[String], k: usize) -> f64 {
     let top: HashSet<&str> = retrieved.iter().take(k).map(String::as_str).collect();
     let hit = evidence.iter().filter(|e| top.contains(e.as_str())).count();
     hit as f64 / evidence.len() as f64
+}
+
+/// Whether at least one evidence turn is in `retrieved[..k]` (any@k; false without evidence).
+pub fn any_at(evidence: &[String], retrieved: &[String], k: usize) -> bool {
+    let top: HashSet<&str> = retrieved.iter().take(k).map(String::as_str).collect();
+    evidence.iter().any(|e| top.contains(e.as_str()))
+}
+
+/// Whether every evidence turn is in `retrieved[..k]` (all@k; false without evidence).
+pub fn all_at(evidence: &[String], retrieved: &[String], k: usize) -> bool {
+    let top: HashSet<&str> = retrieved.iter().take(k).map(String::as_str).collect();
+    !evidence.is_empty() && evidence.iter().all(|e| top.contains(e.as_str()))
+}
+
+/// Scores of a set of questions, each per cut-off k: the mean fraction of evidence turns found
+/// (recall@k), and the fraction of questions with at least one (any@k) or every (all@k)
+/// evidence turn in the top k.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scores {
+    /// Questions scored.
+    pub questions: usize,
+    /// Mean recall per k.
+    pub recall: Vec<f64>,
+    /// any@k per k.
+    pub any: Vec<f64>,
+    /// all@k per k.
+    pub all: Vec<f64>,
+}
+
+impl Scores {
+    fn new(n_k: usize) -> Self {
+        Scores {
+            questions: 0,
+            recall: vec![0.0; n_k],
+            any: vec![0.0; n_k],
+            all: vec![0.0; n_k],
+        }
+    }
+
+    fn add(&mut self, evidence: &[String], retrieved: &[String], ks: &[usize]) {
+        self.questions += 1;
+        for (i, &k) in ks.iter().enumerate() {
+            self.recall[i] += recall_at(evidence, retrieved, k);
+            self.any[i] += f64::from(u8::from(any_at(evidence, retrieved, k)));
+            self.all[i] += f64::from(u8::from(all_at(evidence, retrieved, k)));
+        }
+    }
+
+    fn finish(&mut self) {
+        let n = self.questions.max(1) as f64;
+        for v in [&mut self.recall, &mut self.any, &mut self.all] {
+            for x in v.iter_mut() {
+                *x /= n;
+            }
+        }
+    }
 }
 
 impl Conversation {
@@ -294,8 +351,12 @@ pub struct Report {
     pub questions: usize,
     /// Mean recall per k.
     pub recall: Vec<f64>,
-    /// Per category: (questions, mean recall per k).
-    pub per_category: BTreeMap<u8, (usize, Vec<f64>)>,
+    /// any@k per k: questions with at least one evidence turn in the top k.
+    pub any: Vec<f64>,
+    /// all@k per k: questions with every evidence turn in the top k.
+    pub all: Vec<f64>,
+    /// Per category.
+    pub per_category: BTreeMap<u8, Scores>,
     /// Search latency percentiles in milliseconds (p50, p99), query embedding excluded.
     pub latency_ms: (f64, f64),
     /// Episodes per second for embedding + storing.
@@ -319,13 +380,21 @@ impl Report {
         let per_cat: serde_json::Map<String, Value> = self
             .per_category
             .iter()
-            .map(|(c, (n, r))| (c.to_string(), json!({"questions": n, "recall": by_k(r)})))
+            .map(|(c, sc)| {
+                (
+                    c.to_string(),
+                    json!({"questions": sc.questions, "recall": by_k(&sc.recall),
+                           "any": by_k(&sc.any), "all": by_k(&sc.all)}),
+                )
+            })
             .collect();
         let mut out = json!({
             "episodes": self.episodes,
             "questions": self.questions,
             "k": self.ks,
             "recall": by_k(&self.recall),
+            "any": by_k(&self.any),
+            "all": by_k(&self.all),
             "per_category": per_cat,
             "latency_ms": {"p50": self.latency_ms.0, "p99": self.latency_ms.1},
             "import_per_sec": self.import_per_sec,
@@ -349,8 +418,8 @@ pub async fn run(
     let mut episodes = 0usize;
     let mut import_secs = 0f64;
     let mut latencies = Vec::new();
-    let mut sums = vec![0f64; cfg.ks.len()];
-    let mut per_category: BTreeMap<u8, (usize, Vec<f64>)> = BTreeMap::new();
+    let mut overall = Scores::new(cfg.ks.len());
+    let mut per_category: BTreeMap<u8, Scores> = BTreeMap::new();
     let mut details = Vec::new();
     let mut questions = 0usize;
     for conv in conversations {
@@ -407,15 +476,11 @@ pub async fn run(
                 .filter_map(|h| h.episode.metadata.get("dia_id").and_then(Value::as_str))
                 .map(str::to_owned)
                 .collect();
-            let entry = per_category
+            per_category
                 .entry(q.category)
-                .or_insert_with(|| (0, vec![0.0; cfg.ks.len()]));
-            entry.0 += 1;
-            for (i, &k) in cfg.ks.iter().enumerate() {
-                let r = recall_at(&q.evidence, &retrieved, k);
-                sums[i] += r;
-                entry.1[i] += r;
-            }
+                .or_insert_with(|| Scores::new(cfg.ks.len()))
+                .add(&q.evidence, &retrieved, &cfg.ks);
+            overall.add(&q.evidence, &retrieved, &cfg.ks);
             questions += 1;
             if cfg.details {
                 details.push(QuestionResult {
@@ -429,12 +494,10 @@ pub async fn run(
         }
         store.forget(&merchant).await?;
     }
-    let mean = |s: f64, n: usize| if n == 0 { 0.0 } else { s / n as f64 };
-    for (n, r) in per_category.values_mut() {
-        for x in r.iter_mut() {
-            *x = mean(*x, *n);
-        }
+    for sc in per_category.values_mut() {
+        sc.finish();
     }
+    overall.finish();
     latencies.sort_by(f64::total_cmp);
     let pct = |p: f64| -> f64 {
         if latencies.is_empty() {
@@ -447,7 +510,9 @@ pub async fn run(
         ks: cfg.ks.clone(),
         episodes,
         questions,
-        recall: sums.iter().map(|s| mean(*s, questions)).collect(),
+        recall: overall.recall,
+        any: overall.any,
+        all: overall.all,
         per_category,
         latency_ms: (pct(0.50), pct(0.99)),
         import_per_sec: if import_secs > 0.0 {
@@ -486,5 +551,24 @@ mod tests {
         assert_eq!(ev, vec!["D1:3", "D2:4", "D"]);
         let r = recall_at(&ev, &["D2:4".into(), "D1:3".into()], 1);
         assert!((r - 1.0 / 3.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn any_and_all_at_k() {
+        let ev: Vec<String> = vec!["D1:3".into(), "D2:4".into()];
+        let got: Vec<String> = vec!["D2:4".into(), "D9:9".into(), "D1:3".into()];
+        assert!(any_at(&ev, &got, 1) && !all_at(&ev, &got, 1));
+        assert!(any_at(&ev, &got, 3) && all_at(&ev, &got, 3));
+        assert!(!any_at(&ev, &got[1..], 1));
+        assert!(
+            !any_at(&[], &got, 3) && !all_at(&[], &got, 3),
+            "no evidence counts as a miss"
+        );
+        let mut s = Scores::new(1);
+        s.add(&ev, &got, &[1]);
+        s.add(&ev, &got[1..], &[1]);
+        s.finish();
+        assert_eq!((s.questions, s.any[0], s.all[0]), (2, 0.5, 0.0));
+        assert!((s.recall[0] - 0.25).abs() < 1e-12);
     }
 }
