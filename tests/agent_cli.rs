@@ -277,3 +277,90 @@ async fn the_llm_rate_flag_paces_requests_to_the_model() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--llm-rate"));
 }
+
+/// An ambiguous message: the model asks the merchant one question (the built-in `ask_user`)
+/// instead of guessing. `ask --json` reports `clarification: {question}`, never a tool call; a
+/// call the model made beside it does not run; the reply continues the session with the
+/// question in the history; `stats` counts the clarification.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_message_gets_one_clarifying_question_not_a_tool_call() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    json_of(&memex(data, &url, &["init", "--demo", "--json"]).await);
+
+    server.push(Reply::tool_calls(&[
+        (
+            "call_q",
+            "ask_user",
+            r#"{"question": "You have several recent payments. Which one should be refunded: pay_ABC123 or another?"}"#,
+        ),
+        (
+            "call_r",
+            "initiate_refund",
+            r#"{"transaction_id": "pay_ABC123", "amount": 100, "reason": "guess"}"#,
+        ),
+    ]));
+    let r = json_of(
+        &memex(
+            data,
+            &url,
+            &[
+                "ask",
+                "--merchant",
+                "MID001",
+                "--json",
+                "refund my last payment",
+            ],
+        )
+        .await,
+    );
+    let question = r["clarification"]["question"].as_str().unwrap();
+    assert!(question.contains("Which one"), "{r}");
+    assert_eq!(r["answer"], question);
+    assert_eq!(
+        r["tool_calls"],
+        serde_json::json!([]),
+        "a clarification is no tool call"
+    );
+    assert!(r["pending_action"].is_null(), "nothing was held: {r}");
+    // The model was offered ask_user beside the real tools.
+    let body = server.requests().last().unwrap().body.clone();
+    assert!(body.to_string().contains("\"ask_user\""), "{body}");
+
+    // The merchant answers; the question is in the history the model sees.
+    let session = r["session"].as_str().unwrap();
+    server.push(Reply::text("Thanks; I will look at pay_ABC123."));
+    let next = json_of(
+        &memex(
+            data,
+            &url,
+            &[
+                "ask",
+                "--merchant",
+                "MID001",
+                "--session",
+                session,
+                "--json",
+                "pay_ABC123",
+            ],
+        )
+        .await,
+    );
+    assert!(next["clarification"].is_null());
+    let body = server.requests().last().unwrap().body.to_string();
+    assert!(body.contains("Which one should be refunded"), "{body}");
+
+    let stats = json_of(&memex(data, &url, &["stats", "--json"]).await);
+    assert_eq!(stats["clarifications"], 1, "{stats}");
+    assert!(
+        (stats["clarification_rate"].as_f64().unwrap() - 0.5).abs() < 1e-9,
+        "{stats}"
+    );
+    let audit = json_of(&memex(data, &url, &["audit", "--session", session, "--json"]).await);
+    assert!(
+        !audit.to_string().contains("initiate_refund"),
+        "the refund beside the question never reached the gate: {audit}"
+    );
+}

@@ -153,6 +153,50 @@ pub struct EscalationRef {
     pub ticket_id: String,
 }
 
+/// A question the agent asked the merchant instead of guessing (the built-in
+/// [`ASK_USER_TOOL`]); the merchant's reply is the next turn.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Clarification {
+    /// The question, as the model wrote it.
+    pub question: String,
+}
+
+/// The built-in tool a model calls to ask the merchant one clarifying question. It is never
+/// executed and never reaches the gate: the turn ends with [`TurnReport::clarification`].
+pub const ASK_USER_TOOL: &str = "ask_user";
+
+/// Longest clarifying question kept (characters).
+const MAX_QUESTION_CHARS: usize = 500;
+
+/// The definition of [`ASK_USER_TOOL`] the model sees.
+fn ask_user_definition() -> ToolDefinition {
+    ToolDefinition::function(
+        ASK_USER_TOOL,
+        "Ask the merchant ONE short clarifying question instead of guessing, when the request \
+         is ambiguous: several payments or refunds could match, an id does not look like a \
+         valid one, or the message is unclear. The turn ends and the merchant's reply comes \
+         next. Do not use it to confirm an irreversible action (those are held for a human \
+         automatically) or when the memory or a lookup can settle the question.",
+        json!({
+            "type": "object",
+            "properties": {"question": {"type": "string", "minLength": 1, "maxLength": 500,
+                                        "description": "The question to the merchant."}},
+            "required": ["question"],
+            "additionalProperties": false,
+        }),
+    )
+}
+
+/// The question of an `ask_user` call, when its arguments carry a non-blank one.
+fn clarifying_question(raw_args: &str) -> Option<String> {
+    let v: Value = serde_json::from_str(raw_args).ok()?;
+    let q = v.get("question")?.as_str()?.trim();
+    if q.is_empty() {
+        return None;
+    }
+    Some(q.chars().take(MAX_QUESTION_CHARS).collect())
+}
+
 /// The outcome of one turn, in the shape `memex ask --json` prints.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct TurnReport {
@@ -170,6 +214,9 @@ pub struct TurnReport {
     pub pending_action: Option<PendingRef>,
     /// The escalation ticket, when the turn escalated.
     pub escalation: Option<EscalationRef>,
+    /// The question asked instead of acting, when the turn ended with one (at most one per
+    /// user turn; never a tool call).
+    pub clarification: Option<Clarification>,
     /// The memory the turn used.
     pub memory: MemoryContext,
 }
@@ -245,6 +292,7 @@ struct TurnState {
 
 enum Stop {
     Answer(String),
+    Clarify(String),
     Pending(PendingRef, String),
     Escalate(String),
 }
@@ -396,6 +444,7 @@ impl Agent {
             message,
             buffer,
             Vec::new(),
+            true,
             progress,
         )
         .await
@@ -475,6 +524,7 @@ impl Agent {
                     tool_calls: vec![report],
                     pending_action: None,
                     escalation: None,
+                    clarification: None,
                     memory: MemoryContext::default(),
                 });
             }
@@ -518,6 +568,7 @@ impl Agent {
             &note,
             buffer,
             vec![report],
+            false,
             progress,
         )
         .await
@@ -534,6 +585,7 @@ impl Agent {
         query: &str,
         mut buffer: ConversationBuffer,
         prior_calls: Vec<ToolCallReport>,
+        may_clarify: bool,
         progress: &dyn Progress,
     ) -> Result<TurnReport, AgentError> {
         let mut st = TurnState {
@@ -553,11 +605,17 @@ impl Agent {
             progress.memory_ready(&serde_json::to_value(&st.memory).unwrap_or(Value::Null));
         }
         let sections = prompt::memory_sections(&st.memory);
-        let tool_defs: Vec<ToolDefinition> = self
+        let mut tool_defs: Vec<ToolDefinition> = self
             .tools()
             .tools()
             .map(|t| ToolDefinition::function(t.name(), t.description(), t.parameters().clone()))
             .collect();
+        // A user turn may end with one clarifying question (not an operator's continuation, and
+        // not when a registered tool already has the name).
+        let may_clarify = may_clarify && self.tools().get(ASK_USER_TOOL).is_none();
+        if may_clarify {
+            tool_defs.push(ask_user_definition());
+        }
 
         let mut stop = None;
         for _round in 0..self.config.max_llm_rounds {
@@ -588,6 +646,26 @@ impl Agent {
                     tool_calls: response.tool_calls.clone(),
                 })
                 .await?;
+            // A clarifying question ends the turn before any call of the same reply runs.
+            let question = response
+                .tool_calls
+                .iter()
+                .filter(|c| may_clarify && c.name() == ASK_USER_TOOL)
+                .find_map(|c| clarifying_question(&c.function.arguments));
+            if let Some(q) = question {
+                for call in &response.tool_calls {
+                    let told = if call.name() == ASK_USER_TOOL {
+                        json!({"status": "asked", "message": "the question was shown to the merchant; wait for the reply"})
+                    } else {
+                        json!({"error": "not_executed", "message": "not run: the turn asked the merchant a question first"})
+                    };
+                    buffer
+                        .append(Message::tool(call.id.clone(), told.to_string()))
+                        .await?;
+                }
+                stop = Some(Stop::Clarify(q));
+                break;
+            }
             let mut outcome = None;
             for call in &response.tool_calls {
                 if progress.wants_stream() {
@@ -624,8 +702,16 @@ impl Agent {
                 self.config.max_llm_rounds
             ))
         });
+        let mut clarification = None;
         let (answer, pending, escalation, outcome) = match stop {
             Stop::Answer(a) => (a, None, None, "answer"),
+            Stop::Clarify(q) => {
+                buffer.append(Message::assistant(q.clone())).await?;
+                clarification = Some(Clarification {
+                    question: q.clone(),
+                });
+                (q, None, None, "clarification")
+            }
             Stop::Pending(p, a) => {
                 buffer.append(Message::assistant(a.clone())).await?;
                 (a, Some(p), None, "pending_action")
@@ -655,6 +741,7 @@ impl Agent {
             tool_calls: st.calls,
             pending_action: pending,
             escalation,
+            clarification,
             memory: st.memory,
         })
     }

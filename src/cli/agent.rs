@@ -153,6 +153,12 @@ fn print_report(g: &GlobalArgs, r: &TurnReport, new_session: bool) -> anyhow::Re
     if let Some(e) = &r.escalation {
         println!("\nescalated: ticket {}", e.ticket_id);
     }
+    if r.clarification.is_some() {
+        println!(
+            "\n(a question for you: reply with --session {} to continue)",
+            r.session
+        );
+    }
     Ok(())
 }
 
@@ -379,7 +385,7 @@ pub fn stats(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string(&s)?);
     } else {
         println!(
-            "sessions {}  turns {}  success rate {:.1}%\ntool calls {}  tool failure rate {:.1}%  loop detections {}  blocked irreversible {}  escalations {}\nLLM tokens {}  turn latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
+            "sessions {}  turns {}  success rate {:.1}%\ntool calls {}  tool failure rate {:.1}%  loop detections {}  blocked irreversible {}  escalations {}  clarifications {} ({:.1}%)\nLLM tokens {}  turn latency p50 {:.0} ms  p95 {:.0} ms  p99 {:.0} ms",
             s.sessions,
             s.turns,
             s.success_rate * 100.0,
@@ -388,6 +394,8 @@ pub fn stats(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             s.loop_detections,
             s.blocked_irreversible,
             s.escalations,
+            s.clarifications,
+            s.clarification_rate * 100.0,
             s.llm_tokens,
             s.latency_ms.p50,
             s.latency_ms.p95,

@@ -226,6 +226,10 @@ async fn ask(
         match r {
             Ok(report) => {
                 turn_svc.count_tools(&report);
+                if let Some(c) = &report.clarification {
+                    // A distinct outcome: the agent asks instead of acting.
+                    let _ = tx.send(event("clarification", &json!({"question": c.question})));
+                }
                 if !live.sent_delta.load(std::sync::atomic::Ordering::Relaxed)
                     && !report.answer.is_empty()
                 {

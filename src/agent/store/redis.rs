@@ -492,6 +492,14 @@ impl AgentStateBackend for RedisAgentState {
             "answer" | "pending_action" => {
                 p.cmd("HINCRBY").arg(&stats).arg("ok_turns").arg(1).ignore();
             }
+            "clarification" => {
+                p.cmd("HINCRBY").arg(&stats).arg("ok_turns").arg(1).ignore();
+                p.cmd("HINCRBY")
+                    .arg(&stats)
+                    .arg("clarifications")
+                    .arg(1)
+                    .ignore();
+            }
             "escalation" => {
                 p.cmd("HINCRBY")
                     .arg(&stats)
@@ -819,6 +827,8 @@ impl AgentStateBackend for RedisAgentState {
             loop_detections: get("loop_detections"),
             blocked_irreversible: get("blocked_irreversible"),
             escalations: get("escalations"),
+            clarifications: get("clarifications"),
+            clarification_rate: ratio(get("clarifications"), turns),
             llm_tokens: get("llm_tokens"),
             latency_ms: Percentiles {
                 p50: pct(0.50)?,

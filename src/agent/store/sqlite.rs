@@ -706,8 +706,9 @@ impl AgentStateBackend for SqliteAgentState {
         let sessions = one("SELECT COUNT(*) FROM sessions")?;
         let turns = one("SELECT COUNT(*) FROM turns")?;
         let ok_turns =
-            one("SELECT COUNT(*) FROM turns WHERE outcome IN ('answer','pending_action')")?;
+            one("SELECT COUNT(*) FROM turns WHERE outcome IN ('answer','pending_action','clarification')")?;
         let escalations = one("SELECT COUNT(*) FROM turns WHERE outcome = 'escalation'")?;
+        let clarifications = one("SELECT COUNT(*) FROM turns WHERE outcome = 'clarification'")?;
         let tool_calls = one("SELECT COUNT(*) FROM audit")?;
         let failures = one("SELECT COUNT(*) FROM audit WHERE status = 'error'")?;
         let loops = one("SELECT COUNT(*) FROM audit WHERE status = 'loop_detected'")?;
@@ -738,6 +739,8 @@ impl AgentStateBackend for SqliteAgentState {
             loop_detections: loops,
             blocked_irreversible: blocked,
             escalations,
+            clarifications,
+            clarification_rate: ratio(clarifications, turns),
             llm_tokens: tokens,
             latency_ms: Percentiles {
                 p50: pct(0.50),

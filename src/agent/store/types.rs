@@ -131,7 +131,8 @@ pub struct Stats {
     pub sessions: u64,
     /// User turns run (including approve/reject continuations).
     pub turns: u64,
-    /// Share of turns that ended with an answer or a pending action (not an error).
+    /// Share of turns that ended with an answer, a pending action or a clarifying question
+    /// (not an error).
     pub success_rate: f64,
     /// Tool calls recorded in the audit log.
     pub tool_calls: u64,
@@ -143,6 +144,10 @@ pub struct Stats {
     pub blocked_irreversible: u64,
     /// Turns that ended in an escalation.
     pub escalations: u64,
+    /// Turns that ended with a clarifying question to the merchant.
+    pub clarifications: u64,
+    /// Share of turns that ended with a clarifying question.
+    pub clarification_rate: f64,
     /// Prompt + completion tokens.
     pub llm_tokens: u64,
     /// Turn latency percentiles in milliseconds.
