@@ -7,6 +7,8 @@ mod cli;
 mod fake_openai;
 #[path = "support/model.rs"]
 mod model;
+#[path = "support/redis.rs"]
+mod redis_support;
 
 use std::path::Path;
 use std::process::Output;
@@ -363,4 +365,56 @@ async fn an_ambiguous_message_gets_one_clarifying_question_not_a_tool_call() {
         !audit.to_string().contains("initiate_refund"),
         "the refund beside the question never reached the gate: {audit}"
     );
+}
+
+/// The shared tool cache (`--shared-tool-cache`) on a Redis state, through separate `memex`
+/// processes (as separate workers): a second session's `get_transaction` for the same id is a
+/// cache hit that never reaches the payments database; another merchant's identical call does
+/// not hit it; an approved refund of the merchant clears it, so the next read runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_tool_cache_spans_sessions_and_workers_and_a_refund_clears_it() {
+    let redis = redis_support::RedisServer::spawn();
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let run = |args: &[&str]| {
+        let mut cmd = cli::command(data, &url, args);
+        cmd.env("MEMEX_STATE_URL", redis.url())
+            .env("MEMEX_SHARED_TOOL_CACHE", "true")
+            .env("MEMEX_TOOL_CACHE_TTL", "get_transaction=600");
+        let out = cmd.output().expect("memex runs");
+        json_of(&out)
+    };
+    run(&["init", "--demo", "--json"]);
+    let lookup = |merchant: &'static str, txn: &'static str| {
+        server
+            .push(Reply::tool_calls(&[(
+                "call_1",
+                "get_transaction",
+                &format!(r#"{{"transaction_id":"{txn}"}}"#),
+            )]))
+            .push(Reply::text("Looked it up."));
+        let r = run(&["ask", "--merchant", merchant, "--json", "where is my payment?"]);
+        r["tool_calls"][0]["status"].as_str().unwrap().to_string()
+    };
+    assert_eq!(lookup("MID001", "pay_ABC123"), "ok", "the first read runs");
+    assert_eq!(lookup("MID001", "pay_ABC123"), "cached", "another session, another process: a hit");
+    // Another merchant asking the same never sees MID001's cached result.
+    let other = lookup("MID002", "pay_ABC123");
+    assert_ne!(other, "cached", "never shared between merchants");
+
+    // A refund of MID001, approved: its cached reads are gone.
+    server.push(Reply::tool_calls(&[(
+        "call_r",
+        "initiate_refund",
+        r#"{"transaction_id": "pay_ABC123", "amount": 100, "reason": "customer cancelled"}"#,
+    )]));
+    let held = run(&["ask", "--merchant", "MID001", "--json", "refund 100 of pay_ABC123"]);
+    let session = held["session"].as_str().unwrap().to_string();
+    let action = held["pending_action"]["id"].as_str().unwrap().to_string();
+    server.push(Reply::text("Refunded."));
+    run(&["approve", "--session", &session, &action, "--json"]);
+    assert_eq!(lookup("MID001", "pay_ABC123"), "ok", "the refund cleared the cached read");
+    assert_eq!(lookup("MID001", "pay_ABC123"), "cached");
 }

@@ -30,6 +30,7 @@ use super::error::AgentError;
 use super::guards::{call_key, redact, TokenBucket};
 use super::report::{Progress, ToolCallReport};
 use super::runner::RunnerLocks;
+use super::shared_cache::SharedToolCache;
 use super::store::{ActionStatus, AgentStore, AuditEntry, PendingAction};
 use crate::merchant::MerchantId;
 use crate::tools::{Tool, ToolContext, ToolError, ToolRegistry};
@@ -347,6 +348,10 @@ pub struct CallGate {
     buckets: Arc<Mutex<HashMap<String, TokenBucket>>>,
     action_policy: CallPolicy,
     metrics: Arc<GateMetrics>,
+    /// The cross-session cache of read-only results, when turned on.
+    shared: Option<Arc<dyn SharedToolCache>>,
+    /// Time to live in the shared cache by tool (others: the session cache's TTL).
+    shared_ttls: Arc<HashMap<String, Duration>>,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -378,6 +383,30 @@ impl CallGate {
             buckets: Arc::new(Mutex::new(HashMap::new())),
             action_policy,
             metrics: Arc::new(GateMetrics::default()),
+            shared: None,
+            shared_ttls: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// The same gate with read-only results also cached across sessions, per merchant, in
+    /// `cache` (`None`: per session only), each tool's for its TTL in `ttls` (others: the
+    /// session cache's). Any write or executed irreversible call of a merchant clears its
+    /// entries.
+    pub fn with_shared_cache(
+        mut self,
+        cache: Option<Arc<dyn SharedToolCache>>,
+        ttls: HashMap<String, Duration>,
+    ) -> Self {
+        self.shared = cache;
+        self.shared_ttls = Arc::new(ttls);
+        self
+    }
+
+    /// Forgets cached results after a write of `merchant` in `session`.
+    fn invalidate_after_write(&self, merchant: &MerchantId, session: &str) {
+        self.invalidate_cache(session);
+        if let Some(shared) = &self.shared {
+            shared.invalidate(merchant);
         }
     }
 
@@ -394,6 +423,8 @@ impl CallGate {
             buckets: Arc::clone(&self.buckets),
             action_policy: self.action_policy.clone(),
             metrics: Arc::clone(&self.metrics),
+            shared: self.shared.clone(),
+            shared_ttls: Arc::clone(&self.shared_ttls),
         }
     }
 
@@ -495,9 +526,20 @@ impl CallGate {
             guard.record(key, &outcome.result());
             return self.finish(req, settled(outcome, args)).await;
         }
-        // 5. Cache.
+        // 5. Cache: the merchant's shared one when on, else this session's.
         if tool.read_only() {
-            if let Some(hit) = self.caches.get(req.session, &key) {
+            let hit = match &self.shared {
+                Some(shared) => {
+                    let merchant = req.merchant.clone();
+                    let (shared, k) = (Arc::clone(shared), key.clone());
+                    crate::offload::blocking(move || shared.get(&merchant, &k))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => self.caches.get(req.session, &key),
+            };
+            if let Some(hit) = hit {
                 guard.record(key, &hit);
                 return self
                     .finish(req, settled(CallOutcome::Cached(hit), args))
@@ -522,8 +564,24 @@ impl CallGate {
             CallOutcome::Ok(value) => {
                 if tool.read_only() {
                     self.caches.put(req.session, key.clone(), value.clone());
+                    if let Some(shared) = &self.shared {
+                        let ttl = self
+                            .shared_ttls
+                            .get(req.tool)
+                            .copied()
+                            .unwrap_or(self.caches.bounds.ttl);
+                        let (shared, merchant) = (Arc::clone(shared), req.merchant.clone());
+                        let (k, v) = (key.clone(), value.clone());
+                        let _ = crate::offload::blocking(move || shared.put(&merchant, &k, &v, ttl))
+                            .await;
+                    }
                 } else {
-                    self.invalidate_cache(req.session);
+                    let (this_merchant, session) = (req.merchant.clone(), req.session.to_string());
+                    if let Some(shared) = self.shared.clone() {
+                        let _ = crate::offload::blocking(move || shared.invalidate(&this_merchant))
+                            .await;
+                    }
+                    self.invalidate_cache(&session);
                 }
                 guard.record(key, value);
             }
@@ -740,7 +798,7 @@ impl CallGate {
         };
         self.store
             .transition(&action.id, &[ActionStatus::Approved], to, Some(&stored))?;
-        self.invalidate_cache(&action.session);
+        self.invalidate_after_write(&merchant, &action.session);
         self.metrics.record(&result.outcome, result.attempts);
         drop(owner);
         Ok(ApprovedRun {

@@ -16,6 +16,7 @@ pub mod guards;
 pub mod prompt;
 mod report;
 pub mod runner;
+pub mod shared_cache;
 pub mod store;
 
 use std::collections::HashMap;
@@ -80,6 +81,12 @@ pub struct AgentConfig {
     /// Longest wait for another turn of the same session to finish before answering
     /// [`AgentError::SessionBusy`] (turns of one session run one at a time).
     pub session_wait: Duration,
+    /// Share read-only tool results across sessions, per merchant (in this process, or on the
+    /// Redis of a Redis state so workers share them); see [`shared_cache`].
+    pub shared_tool_cache: bool,
+    /// Time to live of a tool's results in the shared cache, by tool name (others:
+    /// [`AgentConfig::cache_ttl`]).
+    pub tool_cache_ttls: HashMap<String, Duration>,
 }
 
 impl AgentConfig {
@@ -98,6 +105,24 @@ impl AgentConfig {
     /// action policy), auditing into `store`: what [`Agent::new`] builds, and what a surface
     /// without an agent (`memex mcp`) builds the same way.
     pub fn call_gate(&self, tools: ToolRegistry, store: Arc<AgentStore>) -> CallGate {
+        let shared: Option<Arc<dyn shared_cache::SharedToolCache>> = if self.shared_tool_cache {
+            let longest = self
+                .tool_cache_ttls
+                .values()
+                .copied()
+                .chain([self.cache_ttl])
+                .max()
+                .unwrap_or(self.cache_ttl);
+            Some(match store.redis_pool() {
+                Some(pool) => Arc::new(shared_cache::RedisToolCache::new(pool)),
+                None => Arc::new(shared_cache::InProcessToolCache::new(
+                    self.cache_max_sessions.saturating_mul(self.cache_max_entries),
+                    longest,
+                )),
+            })
+        } else {
+            None
+        };
         CallGate::new(
             tools,
             store,
@@ -109,6 +134,7 @@ impl AgentConfig {
             self.tool_rate,
             self.action_policy.clone(),
         )
+        .with_shared_cache(shared, self.tool_cache_ttls.clone())
     }
 }
 
@@ -131,6 +157,8 @@ impl Default for AgentConfig {
             cache_max_entries: 256,
             conversation: ConversationConfig::default(),
             session_wait: Duration::from_secs(120),
+            shared_tool_cache: false,
+            tool_cache_ttls: HashMap::new(),
         }
     }
 }

@@ -142,8 +142,13 @@ impl AgentStore {
         self.redis.as_ref().map(|p| p.round_trips())
     }
 
-    /// Runner ownership on this store's state: OS lock files beside a SQLite store, leases on
-    /// Redis.
+    /// The Redis pool of a Redis state (`None` on SQLite), shared with what sits beside the
+    /// store (the shared tool cache).
+    pub fn redis_pool(&self) -> Option<Arc<crate::state::redis::RedisPool>> {
+        self.redis.clone()
+    }
+
+    /// Runner ownership on this store's state (file locks for SQLite, leases for Redis).
     pub fn runner_locks(&self) -> Arc<dyn RunnerLocks> {
         self.locks.clone()
     }

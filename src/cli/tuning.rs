@@ -42,6 +42,18 @@ pub struct TuningArgs {
     #[arg(long, global = true, env = "MEMEX_CACHE_TTL", value_name = "SECS",
           default_value_t = 300, value_parser = bounded(1, 86_400))]
     pub cache_ttl: usize,
+    /// Share read-only tool results across sessions, per merchant (never between merchants):
+    /// in this process, or on the Redis of `--state redis://…` so every worker shares them.
+    /// Any write or executed refund of the merchant clears its cached reads.
+    #[arg(long, global = true, env = "MEMEX_SHARED_TOOL_CACHE", value_name = "BOOL",
+          num_args = 0..=1, default_missing_value = "true",
+          value_parser = clap::builder::BoolishValueParser::new(), default_value = "false")]
+    pub shared_tool_cache: bool,
+    /// Seconds each tool's results live in the shared cache, as TOOL=SECS pairs separated by
+    /// commas (e.g. `get_transaction=60,get_merchant_account=30`); other tools: --cache-ttl.
+    #[arg(long, global = true, env = "MEMEX_TOOL_CACHE_TTL", value_name = "TOOL=SECS,...",
+          value_parser = tool_ttls)]
+    pub tool_cache_ttl: Option<ToolTtls>,
     /// Calls per second each tool may take in one process (1 to 100000).
     #[arg(long, global = true, env = "MEMEX_TOOL_RATE", value_name = "PER_SEC",
           default_value_t = 5, value_parser = bounded(1, 100_000))]
@@ -93,6 +105,37 @@ pub struct TuningArgs {
     pub hnsw_ef_search: usize,
 }
 
+/// Per-tool TTLs of the shared tool cache (`--tool-cache-ttl`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolTtls(pub std::collections::HashMap<String, Duration>);
+
+/// Parses `TOOL=SECS,TOOL=SECS` (1 to 86400 seconds each).
+fn tool_ttls(s: &str) -> Result<ToolTtls, String> {
+    let mut out = std::collections::HashMap::new();
+    for pair in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (tool, secs) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not TOOL=SECS"))?;
+        let tool = tool.trim();
+        if tool.is_empty()
+            || tool.len() > 64
+            || !tool
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!("{tool:?} is not a tool name"));
+        }
+        let secs: u64 = secs
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n| (1..=86_400).contains(n))
+            .ok_or_else(|| format!("the TTL of {tool} must be 1 to 86400 seconds"))?;
+        out.insert(tool.to_string(), Duration::from_secs(secs));
+    }
+    Ok(ToolTtls(out))
+}
+
 impl TuningArgs {
     /// The agent's settings: the library's defaults with every tuning flag applied.
     pub fn agent_config(&self) -> AgentConfig {
@@ -106,6 +149,12 @@ impl TuningArgs {
             tool_rate: (self.tool_burst as f64, self.tool_rate as f64),
             tool_attempts: u32::try_from(self.tool_attempts).unwrap_or(10),
             tool_timeout: Duration::from_secs(self.tool_timeout as u64),
+            shared_tool_cache: self.shared_tool_cache,
+            tool_cache_ttls: self
+                .tool_cache_ttl
+                .as_ref()
+                .map(|t| t.0.clone())
+                .unwrap_or_default(),
             ..AgentConfig::default()
         };
         c.conversation.token_budget = self.conversation_budget;
