@@ -449,14 +449,21 @@ pub fn scrub(path: &Path) -> Result<Scrubbed, SqliteError> {
     let conn = opts.open(path)?;
     let err = |e| SqliteError::from_rusqlite(path, opts.timeout(), e);
     conn.execute_batch("VACUUM").map_err(err)?;
-    let (busy, _log, _done): (i64, i64, i64) = conn
-        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
-        .map_err(err)?;
-    Ok(Scrubbed {
-        wal_truncated: busy == 0,
-    })
+    // A reader of another process can hold the log for a moment: retry for up to 3 s.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (busy, _log, _done): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(err)?;
+        if busy == 0 || std::time::Instant::now() >= deadline {
+            return Ok(Scrubbed {
+                wal_truncated: busy == 0,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// Runs `schema` (a batch of `CREATE … IF NOT EXISTS` and the like) in one `BEGIN IMMEDIATE`

@@ -395,11 +395,21 @@ async fn the_shared_tool_cache_spans_sessions_and_workers_and_a_refund_clears_it
                 &format!(r#"{{"transaction_id":"{txn}"}}"#),
             )]))
             .push(Reply::text("Looked it up."));
-        let r = run(&["ask", "--merchant", merchant, "--json", "where is my payment?"]);
+        let r = run(&[
+            "ask",
+            "--merchant",
+            merchant,
+            "--json",
+            "where is my payment?",
+        ]);
         r["tool_calls"][0]["status"].as_str().unwrap().to_string()
     };
     assert_eq!(lookup("MID001", "pay_ABC123"), "ok", "the first read runs");
-    assert_eq!(lookup("MID001", "pay_ABC123"), "cached", "another session, another process: a hit");
+    assert_eq!(
+        lookup("MID001", "pay_ABC123"),
+        "cached",
+        "another session, another process: a hit"
+    );
     // Another merchant asking the same never sees MID001's cached result.
     let other = lookup("MID002", "pay_ABC123");
     assert_ne!(other, "cached", "never shared between merchants");
@@ -410,11 +420,21 @@ async fn the_shared_tool_cache_spans_sessions_and_workers_and_a_refund_clears_it
         "initiate_refund",
         r#"{"transaction_id": "pay_ABC123", "amount": 100, "reason": "customer cancelled"}"#,
     )]));
-    let held = run(&["ask", "--merchant", "MID001", "--json", "refund 100 of pay_ABC123"]);
+    let held = run(&[
+        "ask",
+        "--merchant",
+        "MID001",
+        "--json",
+        "refund 100 of pay_ABC123",
+    ]);
     let session = held["session"].as_str().unwrap().to_string();
     let action = held["pending_action"]["id"].as_str().unwrap().to_string();
     server.push(Reply::text("Refunded."));
     run(&["approve", "--session", &session, &action, "--json"]);
-    assert_eq!(lookup("MID001", "pay_ABC123"), "ok", "the refund cleared the cached read");
+    assert_eq!(
+        lookup("MID001", "pay_ABC123"),
+        "ok",
+        "the refund cleared the cached read"
+    );
     assert_eq!(lookup("MID001", "pay_ABC123"), "cached");
 }

@@ -497,6 +497,43 @@ fn runner_leases(fx: Fx) {
     drop(x);
 }
 
+/// Forgetting a session redacts every one of its actions, also two made for the same call id
+/// (MCP clients of one merchant reuse JSON-RPC ids), and rejects the pending ones so none can
+/// run with the forgotten words; another merchant's action is untouched.
+fn forget_redacts_every_action_of_a_session(fx: Fx) {
+    let m = mid("MID001");
+    fx.a.begin_session("s", &m).unwrap();
+    let secret = json!({"reason": "zqx private words"});
+    let first =
+        fx.a.create_action("s", &m, 1, "mcp:1", "refund", &secret)
+            .unwrap();
+    let second =
+        fx.b.create_action("s", &m, 1, "mcp:1", "refund", &secret)
+            .unwrap();
+    let other = mid("MID002");
+    fx.a.begin_session("t", &other).unwrap();
+    let theirs =
+        fx.a.create_action("t", &other, 1, "mcp:1", "refund", &secret)
+            .unwrap();
+    let r = fx.b.redact_sessions(&m, &["s".to_string()]).unwrap();
+    assert_eq!(r.actions, 2, "{r:?}");
+    for id in [&first, &second] {
+        let a = fx.a.action_by_id(id).unwrap().unwrap();
+        assert_eq!(a.args, json!("[forgotten]"));
+        assert_eq!(a.status, ActionStatus::Rejected, "{id}");
+    }
+    let kept = fx.a.action_by_id(&theirs).unwrap().unwrap();
+    assert_eq!(kept.args, secret);
+    assert_eq!(kept.status, ActionStatus::Pending);
+    // Safe to repeat.
+    assert_eq!(
+        fx.a.redact_sessions(&m, &["s".to_string()])
+            .unwrap()
+            .actions,
+        0
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod sqlite_backend {
@@ -516,6 +553,7 @@ conformance!(
     transition_atomic,
     stats_counters,
     forget_per_merchant,
+    forget_redacts_every_action_of_a_session,
     session_locks,
     keys_shared,
     runner_leases,

@@ -572,8 +572,9 @@ impl CallGate {
                             .unwrap_or(self.caches.bounds.ttl);
                         let (shared, merchant) = (Arc::clone(shared), req.merchant.clone());
                         let (k, v) = (key.clone(), value.clone());
-                        let _ = crate::offload::blocking(move || shared.put(&merchant, &k, &v, ttl))
-                            .await;
+                        let _ =
+                            crate::offload::blocking(move || shared.put(&merchant, &k, &v, ttl))
+                                .await;
                     }
                 } else {
                     let (this_merchant, session) = (req.merchant.clone(), req.session.to_string());

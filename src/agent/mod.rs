@@ -116,7 +116,8 @@ impl AgentConfig {
             Some(match store.redis_pool() {
                 Some(pool) => Arc::new(shared_cache::RedisToolCache::new(pool)),
                 None => Arc::new(shared_cache::InProcessToolCache::new(
-                    self.cache_max_sessions.saturating_mul(self.cache_max_entries),
+                    self.cache_max_sessions
+                        .saturating_mul(self.cache_max_entries),
                     longest,
                 )),
             })

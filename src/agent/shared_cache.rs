@@ -56,8 +56,17 @@ impl InProcessToolCache {
     }
 
     fn full_key(&self, merchant: &MerchantId, key: &str) -> Option<String> {
-        let generation = *self.generations.lock().ok()?.get(merchant.as_str()).unwrap_or(&0);
-        Some(format!("{}\u{1f}{generation}\u{1f}{}", merchant.as_str(), digest(key)))
+        let generation = *self
+            .generations
+            .lock()
+            .ok()?
+            .get(merchant.as_str())
+            .unwrap_or(&0);
+        Some(format!(
+            "{}\u{1f}{generation}\u{1f}{}",
+            merchant.as_str(),
+            digest(key)
+        ))
     }
 }
 
@@ -69,7 +78,8 @@ impl SharedToolCache for InProcessToolCache {
 
     fn put(&self, merchant: &MerchantId, key: &str, value: &Value, ttl: Duration) {
         if let Some(k) = self.full_key(merchant, key) {
-            self.entries.insert(k, (Instant::now() + ttl, value.clone()));
+            self.entries
+                .insert(k, (Instant::now() + ttl, value.clone()));
         }
     }
 
@@ -104,7 +114,11 @@ impl RedisToolCache {
     }
 
     fn entry_key(merchant: &MerchantId, generation: u64, key: &str) -> String {
-        format!("{PREFIX}tc:{}:{generation}:{}", merchant.as_str(), digest(key))
+        format!(
+            "{PREFIX}tc:{}:{generation}:{}",
+            merchant.as_str(),
+            digest(key)
+        )
     }
 }
 
@@ -161,11 +175,23 @@ mod tests {
             MerchantId::parse("MA").unwrap(),
             MerchantId::parse("MB").unwrap(),
         );
-        c.put(&a, "get_transaction\u{1f}{}", &json!({"id": 1}), Duration::from_secs(60));
+        c.put(
+            &a,
+            "get_transaction\u{1f}{}",
+            &json!({"id": 1}),
+            Duration::from_secs(60),
+        );
         assert_eq!(c.get(&a, "get_transaction\u{1f}{}"), Some(json!({"id": 1})));
-        assert_eq!(c.get(&b, "get_transaction\u{1f}{}"), None, "never across merchants");
+        assert_eq!(
+            c.get(&b, "get_transaction\u{1f}{}"),
+            None,
+            "never across merchants"
+        );
         c.invalidate(&b);
-        assert!(c.get(&a, "get_transaction\u{1f}{}").is_some(), "B's write leaves A alone");
+        assert!(
+            c.get(&a, "get_transaction\u{1f}{}").is_some(),
+            "B's write leaves A alone"
+        );
         c.invalidate(&a);
         assert_eq!(c.get(&a, "get_transaction\u{1f}{}"), None);
         c.put(&a, "k", &json!(2), Duration::from_millis(1));

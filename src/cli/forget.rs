@@ -106,9 +106,11 @@ struct Forgotten {
     skipped: Vec<Skipped>,
     /// SQLite files rebuilt so no deleted text stays in them.
     scrubbed: Vec<String>,
-    /// Files whose write-ahead log another process still reads (emptied by a later
-    /// checkpoint).
+    /// Files whose write-ahead log another process kept in use (old pages stay in it until
+    /// that process lets a checkpoint finish).
     wal_kept: Vec<String>,
+    /// Stores that failed (the rest were still cleared).
+    failed: Vec<String>,
 }
 
 /// Runs `memex forget`.
@@ -149,8 +151,11 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
                 if memex::conversation::validate_session_id(s).is_err() {
                     done.skipped.push(Skipped {
                         session: display_id(s),
-                        reason: "not a valid session id, so no conversation was stored for it;                                  its audit rows, actions and plans were still redacted"
-                            .into(),
+                        reason: concat!(
+                            "not a valid session id, so no conversation was stored for it; ",
+                            "its audit rows, actions and plans were still redacted"
+                        )
+                        .into(),
                     });
                     continue;
                 }
@@ -168,28 +173,48 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
                     Ok(false) => {}
                     Err(e) => done.skipped.push(Skipped {
                         session: display_id(s),
-                        reason: format!("its conversation could not be deleted: {}", short_reason(&e)),
+                        reason: format!(
+                            "its conversation could not be deleted: {}",
+                            short_reason(&e)
+                        ),
                     }),
                 }
             }
         }
         // 2. The audit log, turn records and actions keep their rows; their text is redacted
         //    (a pending action is rejected). 3. Plans: task, steps and results redacted.
+        //    A store that fails is reported and the others still run; the command then exits
+        //    non-zero, and a re-run finishes the job.
         if let Some(agent) = &agent {
-            done.redacted = agent.redact_sessions(&merchant, &sessions)?;
+            match agent.redact_sessions(&merchant, &sessions) {
+                Ok(r) => done.redacted = r,
+                Err(e) => done
+                    .failed
+                    .push(format!("the agent state (audit, turns, actions): {e}")),
+            }
             let plans = memex::planner::store::PlanStore::open_state(&state)
-                .context("cannot open the plan store")?;
-            done.plans = plans
-                .forget(merchant.as_str(), &sessions)
-                .context("cannot forget the merchant's plans")?;
+                .map_err(anyhow::Error::from)
+                .and_then(|p| Ok(p.forget(merchant.as_str(), &sessions)?));
+            match plans {
+                Ok(n) => done.plans = n,
+                Err(e) => done.failed.push(format!("the plans: {}", short_reason(&e))),
+            }
         }
         // 4. Episodes.
-        let store = episodic::open(g.episodic.as_deref(), &data_dir).await?;
-        done.episodes = match before {
-            Some(t) => store.forget_before(&merchant, t).await?,
-            None => store.forget(&merchant).await?,
-        };
-        drop(store);
+        let episodes: anyhow::Result<u64> = async {
+            let store = episodic::open(g.episodic.as_deref(), &data_dir).await?;
+            Ok(match before {
+                Some(t) => store.forget_before(&merchant, t).await?,
+                None => store.forget(&merchant).await?,
+            })
+        }
+        .await;
+        match episodes {
+            Ok(n) => done.episodes = n,
+            Err(e) => done
+                .failed
+                .push(format!("the episodes: {}", short_reason(&e))),
+        }
         anyhow::Ok(done)
     })?;
     // 5. No recoverable copy in the SQLite files (the Redis side: see the README on AOF).
@@ -211,14 +236,19 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
         }
     }
     for f in files.into_iter().filter(|f| f.is_file()) {
-        let scrubbed = memex::sqlite::scrub(&f).with_context(|| {
-            format!("cannot rebuild {} to erase the forgotten text", f.display())
-        })?;
         let name = f.display().to_string();
-        if !scrubbed.wal_truncated {
-            done.wal_kept.push(name.clone());
+        match memex::sqlite::scrub(&f) {
+            Ok(scrubbed) => {
+                if !scrubbed.wal_truncated {
+                    done.wal_kept.push(name.clone());
+                }
+                done.scrubbed.push(name);
+            }
+            Err(e) => done.failed.push(format!(
+                "rebuilding {name} to erase the forgotten text (it needs free space about the \
+                 file's size): {e}"
+            )),
         }
-        done.scrubbed.push(name);
     }
     let before_s = before.map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true));
     if g.json {
@@ -237,6 +267,7 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
                 "skipped": done.skipped,
                 "scrubbed_files": done.scrubbed,
                 "wal_in_use": done.wal_kept,
+                "failed": done.failed,
             })
         );
     } else {
@@ -257,9 +288,16 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
         }
         for f in &done.wal_kept {
             println!(
-                "note: another process is reading {f}; its write-ahead log is emptied at its next checkpoint"
+                "note: another process is reading {f}: old pages stay in its write-ahead log until \
+                 that process lets a checkpoint finish; run forget again once it has stopped"
             );
         }
+    }
+    if !done.failed.is_empty() {
+        anyhow::bail!(
+            "forget did not finish: {} (everything else was cleared; run it again)",
+            done.failed.join("; ")
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -111,7 +111,8 @@ impl MemexMcp {
     fn scoped(
         &self,
         ctx: &RequestContext<RoleServer>,
-    ) -> Result<(MerchantId, Arc<SessionState>), ErrorData> {
+        opening: bool,
+    ) -> Result<(MerchantId, Arc<SessionState>, bool), ErrorData> {
         let merchant = match &self.scope {
             Scope::Fixed(m) => m.clone(),
             Scope::PerRequest => ctx
@@ -123,8 +124,14 @@ impl MemexMcp {
                     ErrorData::invalid_request("this request carries no valid key", None)
                 })?,
         };
+        // Session-less: an HTTP request that names no MCP session (whatever revision its
+        // `_meta` selects); its handler lives for this request only.
         let sessionless = matches!(self.scope, Scope::PerRequest)
-            && ctx.protocol_version().is_some_and(|v| !v.has_initialize());
+            && !opening
+            && ctx
+                .extensions
+                .get::<http::request::Parts>()
+                .is_some_and(|p| !p.headers.contains_key("mcp-session-id"));
         let state = if sessionless {
             self.stateless.get_with(merchant.as_str().to_string(), || {
                 Arc::new(SessionState::new())
@@ -155,21 +162,29 @@ impl MemexMcp {
             }
         }
         drop(bound);
-        Ok((merchant, state))
+        Ok((merchant, state, sessionless))
     }
 
     /// Runs one call through the gate (validation, merchant scope, this connection's loop guard,
     /// the approval gate, the shared cache and rate limits, timeout and retries, audit rows,
     /// metrics) and turns its outcome into an MCP tool result.
+    ///
+    /// `in_session`: the call belongs to an MCP session (stdio, or a handshake-era HTTP
+    /// session), whose repeated writes the loop guard and the idempotency key collapse. A
+    /// session-less request stands alone: it gets neither (the same ticket filed next week is a
+    /// new ticket), but every other guard.
     async fn run(
         &self,
         merchant: &MerchantId,
         state: &SessionState,
+        in_session: bool,
         call_id: &str,
         name: &str,
         args: &Value,
     ) -> Result<CallToolResult, ErrorData> {
         let read_only = self.gate.tools().get(name).is_some_and(|t| t.read_only());
+        let alone = moka::sync::Cache::new(0);
+        let seen = if in_session { &state.writes } else { &alone };
         let raw = args.to_string();
         let req = CallRequest {
             merchant,
@@ -180,18 +195,20 @@ impl MemexMcp {
             raw_args: &raw,
             // A write repeated on this connection is the same write: the tool sees the same key
             // (a payments ticket is created once), whatever the loop guard's window.
-            idempotency_key: (!read_only).then(|| idempotency_key(&state.session, name, args)),
+            idempotency_key: (in_session && !read_only)
+                .then(|| idempotency_key(&state.session, name, args)),
             policy: &self.policy,
         };
-        let mut guard = ConnectionGuard {
-            seen: &state.writes,
-            read_only,
-        };
+        let mut guard = ConnectionGuard { seen, read_only };
         let done = self
             .gate
             .call(&req, &mut guard, &NoHook, &Silent)
             .await
-            .map_err(|e| ErrorData::internal_error(format!("the call failed: {e}"), None))?;
+            .map_err(|e| {
+                // The detail (a store's host, a path) is for the log, not for the client.
+                tracing::error!(session = %state.session, tool = name, error = %e, "an MCP call failed");
+                ErrorData::internal_error("the call could not be completed; try again later", None)
+            })?;
         Ok(match done.outcome {
             CallOutcome::Ok(v) | CallOutcome::Cached(v) => CallToolResult::structured(v),
             CallOutcome::PendingApproval { action_id } => CallToolResult::structured(json!({
@@ -398,7 +415,7 @@ impl ServerHandler for MemexMcp {
         ctx: RequestContext<RoleServer>,
     ) -> Result<InitializeResult, ErrorData> {
         // The session belongs to the merchant of the request that opened it.
-        self.scoped(&ctx)?;
+        self.scoped(&ctx, true)?;
         ctx.peer.set_peer_info(request.clone());
         self.negotiate_initialize(&request)
     }
@@ -408,7 +425,7 @@ impl ServerHandler for MemexMcp {
         _request: Option<PaginatedRequestParams>,
         ctx: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
-        self.scoped(&ctx)?;
+        self.scoped(&ctx, false)?;
         Ok(ListToolsResult::with_all_items(
             self.gate
                 .tools()
@@ -425,7 +442,7 @@ impl ServerHandler for MemexMcp {
         request: CallToolRequestParams,
         ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
-        let (merchant, state) = self.scoped(&ctx)?;
+        let (merchant, state, sessionless) = self.scoped(&ctx, false)?;
         let name = request.name.as_ref();
         let args = Value::Object(request.arguments.clone().unwrap_or_default());
         if self.gate.tools().get(name).is_none() {
@@ -439,8 +456,10 @@ impl ServerHandler for MemexMcp {
             )
             .into());
         }
+        // Call ids are unique (JSON-RPC ids repeat across clients of one merchant's state).
+        let call_id = format!("mcp:{}:{}", uuid::Uuid::new_v4().simple(), ctx.id);
         Ok(self
-            .run(&merchant, &state, &format!("mcp:{}", ctx.id), name, &args)
+            .run(&merchant, &state, !sessionless, &call_id, name, &args)
             .await?
             .into())
     }

@@ -12,6 +12,7 @@
 //! | `audit:SESSION` | list | one JSON audit row per tool call, in order |
 //! | `act:ID` | hash | one action: session, merchant, tool, args, status, result, executor, … |
 //! | `actcall:SESSION` | hash | tool-call id → the first action created for it |
+//! | `actsess:SESSION` | set | every action id of the session (for `forget`) |
 //! | `actall`, `actst:STATUS` | sorted sets | action ids by creation sequence (`actseq`) |
 //! | `slock:SESSION` | string | the holder of the session's turn lock |
 //! | `stats` | hash | counters kept at write time for `memex stats` |
@@ -97,10 +98,11 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 return redis.call('HINCRBY', KEYS[1], 'turns', 1)
 "#;
 
-// KEYS: act:ID, actcall:SESSION, actall, actseq, actst:pending
+// KEYS: act:ID, actcall:SESSION, actall, actseq, actst:pending, actsess:SESSION
 // ARGV: id, session, merchant, turn, call_id, tool, args, created_at
 const CREATE_ACTION_LUA: &str = r#"
 local seq = redis.call('INCR', KEYS[4])
+redis.call('SADD', KEYS[6], ARGV[1])
 redis.call('HSET', KEYS[1], 'id', ARGV[1], 'session', ARGV[2], 'merchant', ARGV[3],
   'turn', ARGV[4], 'call_id', ARGV[5], 'tool', ARGV[6], 'args', ARGV[7], 'status', 'pending',
   'created_at', ARGV[8], 'seq', seq)
@@ -367,9 +369,17 @@ impl AgentStateBackend for RedisAgentState {
                 row.context = forgotten_context();
                 serde_json::to_string(&row).ok()
             })?;
-            let ids: Vec<String> = self
+            // Every action of the session (`actsess`), and those of stores written before that
+            // set existed (`actcall` keeps the first action of each call id).
+            let mut ids: Vec<String> = self
+                .pool
+                .run(|c| redis::cmd("SMEMBERS").arg(key("actsess", session)).query(c))?;
+            let by_call: Vec<String> = self
                 .pool
                 .run(|c| redis::cmd("HVALS").arg(key("actcall", session)).query(c))?;
+            ids.extend(by_call);
+            ids.sort();
+            ids.dedup();
             let redacted = forgotten_value().to_string();
             let (prefix, at) = (key("actst", ""), now());
             for id in ids {
@@ -598,6 +608,7 @@ impl AgentStateBackend for RedisAgentState {
             format!("{PREFIX}actall"),
             format!("{PREFIX}actseq"),
             key("actst", ActionStatus::Pending.as_str()),
+            key("actsess", session),
         ];
         // The id is fresh per call, so a retried script after a lost reply writes one action.
         let mut created = false;
