@@ -998,9 +998,17 @@ async fn slow_headers_are_cut_off_and_a_stalled_body_gets_408() {
     );
     let host = server.base.trim_start_matches("http://").to_string();
 
-    // Slowloris: 20 connections that send half a head and then nothing.
+    // Slowloris: 20 connections that send half a head and then nothing, and 10 that send
+    // nothing at all (before any byte, hyper has not chosen a protocol to time).
     let started = std::time::Instant::now();
     let mut slow = Vec::new();
+    for _ in 0..10 {
+        slow.push(
+            tokio::net::TcpStream::connect(&host)
+                .await
+                .expect("connect"),
+        );
+    }
     for _ in 0..20 {
         let mut tcp = tokio::net::TcpStream::connect(&host)
             .await

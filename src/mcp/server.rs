@@ -156,7 +156,8 @@ impl MemexMcp {
                     .store()
                     .begin_session(&state.session, &merchant)
                     .map_err(|e| {
-                        ErrorData::internal_error(format!("cannot start the session: {e}"), None)
+                        tracing::error!(session = %state.session, error = %e, "cannot start an MCP session");
+                        ErrorData::internal_error("cannot start the session; try again later", None)
                     })?;
                 *bound = Some(merchant.clone());
             }

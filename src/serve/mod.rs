@@ -272,7 +272,13 @@ async fn serve_until(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    // HTTP/2 has no header timeout: pings find a peer that went silent.
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let first_byte_wait = options.header_read_timeout;
     // Connections hold a receiver of `signal` (dropped: shut down gracefully) and one of
     // `closed` (all dropped: every connection has ended).
     let (signal_tx, signal_rx) = tokio::sync::watch::channel(());
@@ -305,6 +311,16 @@ async fn serve_until(
         let mut signal = signal_rx.clone();
         let closed = closed_rx.clone();
         tokio::spawn(async move {
+            // A client that sends nothing at all is dropped after the header timeout (hyper's
+            // own timeout starts only once it has read enough to choose the protocol).
+            let mut probe = [0u8; 1];
+            match tokio::time::timeout(first_byte_wait, tcp.peek(&mut probe)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => {
+                    drop(closed);
+                    return;
+                }
+            }
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
             let mut conn = std::pin::pin!(conn);
             let mut draining = false;
