@@ -31,6 +31,7 @@ pub mod offload;
 pub mod paths;
 pub mod planner;
 pub mod serve;
+pub mod sources;
 pub mod sqlite;
 pub mod state;
 #[cfg(feature = "test-util")]

@@ -352,6 +352,8 @@ pub struct CallGate {
     shared: Option<Arc<dyn SharedToolCache>>,
     /// Time to live in the shared cache by tool (others: the session cache's TTL).
     shared_ttls: Arc<HashMap<String, Duration>>,
+    /// A read-only tool → the read-only tool called when it still fails after its retries.
+    fallbacks: Arc<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -385,7 +387,15 @@ impl CallGate {
             metrics: Arc::new(GateMetrics::default()),
             shared: None,
             shared_ttls: Arc::new(HashMap::new()),
+            fallbacks: Arc::new(HashMap::new()),
         }
+    }
+
+    /// The same gate with `fallbacks` (tool → fallback tool). Only read-only tools fall back,
+    /// and only to read-only tools; `sources::check_fallbacks` refuses other tables at start.
+    pub fn with_fallbacks(mut self, fallbacks: HashMap<String, String>) -> Self {
+        self.fallbacks = Arc::new(fallbacks);
+        self
     }
 
     /// The same gate with read-only results also cached across sessions, per merchant, in
@@ -425,6 +435,7 @@ impl CallGate {
             metrics: Arc::clone(&self.metrics),
             shared: self.shared.clone(),
             shared_ttls: Arc::clone(&self.shared_ttls),
+            fallbacks: Arc::clone(&self.fallbacks),
         }
     }
 
@@ -478,8 +489,17 @@ impl CallGate {
             attempts: 0,
             latency_ms: 0.0,
         };
-        // 1. Parse and validate.
-        let args = match self.tools.validate(req.tool, req.raw_args) {
+        // 1. Parse and validate; a merchant argument the model supplied to a tool that binds
+        // it is removed first (the schema it saw has no such argument) and noted.
+        let merchant_arg = self
+            .tools
+            .get(req.tool)
+            .and_then(|t| t.merchant_arg().map(str::to_string));
+        let (raw, model_merchant) = match &merchant_arg {
+            Some(arg) => strip_argument(req.raw_args, arg),
+            None => (req.raw_args.to_string(), None),
+        };
+        let args = match self.tools.validate(req.tool, &raw) {
             Ok(a) => a,
             Err(e) => {
                 let outcome = if e.kind() == "unknown_tool" {
@@ -499,7 +519,9 @@ impl CallGate {
                 .finish(req, settled(CallOutcome::UnknownTool(e), args))
                 .await;
         };
-        // 2. Merchant scope.
+        // 2. Merchant scope: the tool's own merchant argument is the session's merchant.
+        let args = bind_merchant(args, merchant_arg.as_deref(), req.merchant);
+        let shown = note_override(&args, merchant_arg.as_deref(), model_merchant, req.merchant);
         let mut ctx = ToolContext::new(req.merchant.clone(), req.session);
         if let (false, Some(key)) = (tool.read_only(), &req.idempotency_key) {
             ctx = ctx.with_idempotency_key(key.clone());
@@ -508,7 +530,7 @@ impl CallGate {
         let key = call_key(req.tool, &args);
         if let Some(told) = guard.earlier(&key, tool.read_only()) {
             return self
-                .finish(req, settled(CallOutcome::LoopDetected(told), args))
+                .finish(req, settled(CallOutcome::LoopDetected(told), shown))
                 .await;
         }
         // 4. Approval gate.
@@ -524,7 +546,7 @@ impl CallGate {
             .await??;
             let outcome = CallOutcome::PendingApproval { action_id };
             guard.record(key, &outcome.result());
-            return self.finish(req, settled(outcome, args)).await;
+            return self.finish(req, settled(outcome, shown)).await;
         }
         // 5. Cache: the merchant's shared one when on, else this session's.
         if tool.read_only() {
@@ -542,7 +564,7 @@ impl CallGate {
             if let Some(hit) = hit {
                 guard.record(key, &hit);
                 return self
-                    .finish(req, settled(CallOutcome::Cached(hit), args))
+                    .finish(req, settled(CallOutcome::Cached(hit), shown))
                     .await;
             }
         }
@@ -553,13 +575,22 @@ impl CallGate {
         {
             let told = json!({"error": "rate_limited", "message": format!("{} is being called too often; wait before calling it again", req.tool)});
             return self
-                .finish(req, settled(CallOutcome::RateLimited(told), args))
+                .finish(req, settled(CallOutcome::RateLimited(told), shown))
                 .await;
         }
         // 7–8. The call under the policy, each attempt audited.
         let result = self
-            .attempt(req, tool.as_ref(), &args, &ctx, hook, progress)
+            .attempt(req, tool.as_ref(), &args, &shown, &ctx, hook, progress)
             .await?;
+        // 9. Graceful degradation: a read-only tool that still failed tries its fallback.
+        if tool.read_only() && !result.outcome.succeeded() && self.fallbacks.contains_key(req.tool)
+        {
+            if let Some(degraded) = self.fall_back(req, &args, &result, hook, progress).await? {
+                guard.record(key, &degraded.outcome.result());
+                self.metrics.record(&degraded.outcome, degraded.attempts);
+                return Ok(degraded);
+            }
+        }
         match &result.outcome {
             CallOutcome::Ok(value) => {
                 if tool.read_only() {
@@ -605,14 +636,94 @@ impl CallGate {
         Ok(r)
     }
 
-    /// The attempt loop: each attempt told to `hook`, cut at the timeout, audited; a result
-    /// object carrying `"error"` is a failure; transient and internal failures are retried
-    /// with doubling backoff up to the policy's attempts.
+    /// Calls the fallbacks of `req.tool` in turn (same arguments, each bound to the merchant
+    /// its own way, each attempt audited under its own name and the same call id) until one
+    /// succeeds: its result goes back marked as a fallback's. `None` when none did (or none
+    /// could take the arguments): the original failure stands.
+    async fn fall_back(
+        &self,
+        req: &CallRequest<'_>,
+        args: &Value,
+        failed: &GateResult,
+        hook: &dyn AttemptHook,
+        progress: &dyn Progress,
+    ) -> Result<Option<GateResult>, AgentError> {
+        let first_error = failed.outcome.error_text().unwrap_or_default();
+        let mut from = req.tool.to_string();
+        let mut attempts = failed.attempts;
+        let mut latency_ms = failed.latency_ms;
+        let primary_arg = self
+            .tools
+            .get(req.tool)
+            .and_then(|t| t.merchant_arg().map(str::to_string));
+        for _ in 0..self.fallbacks.len() {
+            let Some(next) = self.fallbacks.get(&from).cloned() else {
+                break;
+            };
+            let Some(fb) = self.tools.get(&next) else {
+                break;
+            };
+            if !fb.read_only() {
+                break;
+            }
+            let mut plain = args.clone();
+            if let (Some(arg), Some(obj)) = (&primary_arg, plain.as_object_mut()) {
+                obj.remove(arg);
+            }
+            let fb_arg = fb.merchant_arg().map(str::to_string);
+            let (raw, _) = match &fb_arg {
+                Some(arg) => strip_argument(&plain.to_string(), arg),
+                None => (plain.to_string(), None),
+            };
+            let Ok(valid) = self.tools.validate(&next, &raw) else {
+                break;
+            };
+            let valid = bind_merchant(valid, fb_arg.as_deref(), req.merchant);
+            if !self.acquire_token(&next, req.policy.rate_limit_wait).await {
+                break;
+            }
+            let sub = CallRequest {
+                tool: &next,
+                ..req.clone()
+            };
+            let ctx = ToolContext::new(req.merchant.clone(), req.session);
+            let r = self
+                .attempt(&sub, fb.as_ref(), &valid, &valid, &ctx, hook, progress)
+                .await?;
+            attempts += r.attempts;
+            latency_ms += r.latency_ms;
+            if let CallOutcome::Ok(value) = r.outcome {
+                return Ok(Some(GateResult {
+                    outcome: CallOutcome::Ok(json!({
+                        "fallback": {
+                            "for": req.tool,
+                            "tool": next,
+                            "because": first_error,
+                            "note": format!("{} failed; this is the result of its fallback {next}, which may be less complete or less fresh", req.tool),
+                        },
+                        "result": value,
+                    })),
+                    args: failed.args.clone(),
+                    attempts,
+                    latency_ms,
+                }));
+            }
+            from = next;
+        }
+        Ok(None)
+    }
+
+    /// The attempt loop: each attempt told to `hook`, cut at the timeout, audited (with
+    /// `shown`, the arguments as the audit records them); a result object carrying `"error"`
+    /// is a failure; transient and internal failures are retried with doubling backoff up to
+    /// the policy's attempts.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt(
         &self,
         req: &CallRequest<'_>,
         tool: &dyn Tool,
         args: &Value,
+        shown: &Value,
         ctx: &ToolContext,
         hook: &dyn AttemptHook,
         progress: &dyn Progress,
@@ -645,7 +756,7 @@ impl CallGate {
                     Ok(v) => CallOutcome::Ok(v),
                     Err(e) => CallOutcome::Failed(e),
                 },
-                args: args.clone(),
+                args: shown.clone(),
                 attempts: tries,
                 latency_ms,
             };
@@ -789,8 +900,16 @@ impl CallGate {
             Some(tool) => {
                 let ctx = ToolContext::new(merchant.clone(), action.session.clone())
                     .with_idempotency_key(&action.id);
-                self.attempt(&req, tool.as_ref(), &action.args, &ctx, hook, progress)
-                    .await?
+                self.attempt(
+                    &req,
+                    tool.as_ref(),
+                    &action.args,
+                    &action.args,
+                    &ctx,
+                    hook,
+                    progress,
+                )
+                .await?
             }
         };
         let (to, stored) = match &result.outcome {
@@ -858,6 +977,48 @@ pub struct ApprovedRun {
     pub ran_now: bool,
 }
 
+/// `raw` without the argument `arg` (re-serialised), and the value the model gave it, when
+/// `raw` is a JSON object that has it; else `raw` unchanged.
+fn strip_argument(raw: &str, arg: &str) -> (String, Option<Value>) {
+    match serde_json::from_str::<Value>(raw) {
+        Ok(Value::Object(mut obj)) => match obj.remove(arg) {
+            Some(given) => (Value::Object(obj).to_string(), Some(given)),
+            None => (raw.to_string(), None),
+        },
+        _ => (raw.to_string(), None),
+    }
+}
+
+/// `args` with the tool's merchant argument set to the session's merchant.
+fn bind_merchant(mut args: Value, arg: Option<&str>, merchant: &MerchantId) -> Value {
+    if let (Some(arg), Some(obj)) = (arg, args.as_object_mut()) {
+        obj.insert(
+            arg.to_string(),
+            Value::String(merchant.as_str().to_string()),
+        );
+    }
+    args
+}
+
+/// The arguments as reports and the audit show them: the call's, plus
+/// `"$merchant_override": {"argument", "model", "used"}` when the model supplied the merchant
+/// argument itself (memex used the session's merchant instead).
+fn note_override(
+    args: &Value,
+    arg: Option<&str>,
+    model: Option<Value>,
+    merchant: &MerchantId,
+) -> Value {
+    let mut shown = args.clone();
+    if let (Some(arg), Some(model), Some(obj)) = (arg, model, shown.as_object_mut()) {
+        obj.insert(
+            "$merchant_override".into(),
+            json!({"argument": arg, "model": model, "used": merchant.as_str()}),
+        );
+    }
+    shown
+}
+
 /// The arguments as given: parsed JSON, else the raw text.
 pub fn parse_args(raw: &str) -> Value {
     serde_json::from_str(raw).unwrap_or_else(|_| Value::String(raw.to_string()))
@@ -878,6 +1039,7 @@ pub fn from_result(v: &Value) -> ToolError {
         "invalid_args" => ToolError::InvalidArgs(message),
         _ if retryable || kind == "transient" => ToolError::Transient(message),
         "internal" => ToolError::Internal(message),
+        "unavailable" => ToolError::Unavailable(message),
         _ => ToolError::Refused(message),
     }
 }

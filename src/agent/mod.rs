@@ -87,6 +87,10 @@ pub struct AgentConfig {
     /// Time to live of a tool's results in the shared cache, by tool name (others:
     /// [`AgentConfig::cache_ttl`]).
     pub tool_cache_ttls: HashMap<String, Duration>,
+    /// `[tools.fallbacks]`: a read-only tool → the read-only tool called with the same
+    /// arguments when it still fails after its retries (checked when the registry is built,
+    /// `sources::check_fallbacks`).
+    pub tool_fallbacks: HashMap<String, String>,
 }
 
 impl AgentConfig {
@@ -136,6 +140,7 @@ impl AgentConfig {
             self.action_policy.clone(),
         )
         .with_shared_cache(shared, self.tool_cache_ttls.clone())
+        .with_fallbacks(self.tool_fallbacks.clone())
     }
 }
 
@@ -160,6 +165,7 @@ impl Default for AgentConfig {
             session_wait: Duration::from_secs(120),
             shared_tool_cache: false,
             tool_cache_ttls: HashMap::new(),
+            tool_fallbacks: HashMap::new(),
         }
     }
 }

@@ -8,7 +8,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use super::kb_bench;
 use super::{
     agent, config, embed, episodes, errors, eval, forget, kb, kb_read, keys, mcp, model, pipe,
-    plan, serve, GlobalArgs,
+    plan, serve, tools, GlobalArgs,
 };
 
 /// memex: local-first memory and retrieval for AI agents.
@@ -81,6 +81,10 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// Serve memory and the domain's tools to an MCP client for one merchant (stdio, or --http ADDR).
     Mcp(mcp::McpArgs),
+    /// The tools the agent gets (built in, and from the MCP servers and OpenAPI services under
+    /// [tools] in memex.toml): `tools list [--json]`.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
     /// The config file: `config show` prints every effective setting and its source.
     #[command(subcommand)]
     Config(config::ConfigCommand),
@@ -89,10 +93,11 @@ pub enum Command {
 /// Entry point used by `main`.
 pub fn main() -> ExitCode {
     // The config file's values become the flags' defaults: flag > env > file > default.
-    let (cli, effective) = match config::parse::<Cli>() {
+    let (mut cli, effective) = match config::parse::<Cli>() {
         Ok(parsed) => parsed,
         Err(code) => return code,
     };
+    cli.global.tool_sources = effective.file.tools.clone();
     init_logging();
     let json = cli.global.json;
     let outcome = run(cli, &effective);
@@ -136,6 +141,7 @@ fn run(cli: Cli, effective: &config::Effective) -> anyhow::Result<ExitCode> {
         Command::Plan(a) => plan::plan(g, a),
         Command::Session(c) => agent::session(g, c),
         Command::Mcp(a) => mcp::run(g, a),
+        Command::Tools(c) => tools::run(g, c),
         Command::Completions { shell } => {
             // clap_complete panics on a failed write ("failed to write completion file"), which
             // is not the panic `pipe` silences: render into memory, then write with `?` so a

@@ -8,13 +8,18 @@ use std::sync::Arc;
 use anyhow::Context;
 use memex::agent::{Agent, AgentConfig, AgentStore, Progress};
 use memex::conversation::{ConversationStore, RedisConversationStore, SqliteConversationStore};
-use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
+use memex::domain::payments::{
+    payments_tools, KbSearch, KnowledgeError, KnowledgeHit, KnowledgeSearch, PaymentsDb,
+    PaymentsDomain,
+};
 use memex::embed::Embedder;
 use memex::episodic::EpisodicStore;
 use memex::kb::KnowledgeBase;
 use memex::llm::{LlmConfig, OpenAiCompatible};
 use memex::merchant::MerchantId;
 use memex::planner::{Planner, PlannerConfig};
+use memex::sources::Reachability;
+use memex::tools::{Tool, ToolRegistry};
 
 use super::GlobalArgs;
 
@@ -93,15 +98,13 @@ pub(super) async fn agent_over(
     mut config: AgentConfig,
 ) -> anyhow::Result<Agent> {
     config.llm_rate = g.llm_bucket();
+    config.tool_fallbacks = fallbacks(g);
     let data_dir = g.data_dir();
     let conversations = conversation_store(g, &data_dir).await?;
-    let payments =
-        Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
-    let tools = payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb))))
-        .context("cannot register the tools")?;
+    let tools = tools(g, Some(&kb), Reachability::BestEffort).await?;
     let model = Arc::new(OpenAiCompatible::new(llm_config(g)?).context("bad LLM configuration")?);
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    Ok(Agent::new(
+    let agent = Agent::new(
         model,
         tools,
         embedder,
@@ -110,8 +113,56 @@ pub(super) async fn agent_over(
         conversations,
         store,
         config,
-    )
-    .with_domain(Arc::new(PaymentsDomain)))
+    );
+    Ok(match g.domain.as_str() {
+        "none" => agent,
+        _ => agent.with_domain(Arc::new(PaymentsDomain)),
+    })
+}
+
+/// The tools of every surface, registered in one place: the built-in ones of `--domain`
+/// (`payments`: the demo's five; `none`: `search_knowledge_base` only) and the MCP servers
+/// and OpenAPI services under `[tools]` in memex.toml. A name defined twice, a bad
+/// declaration or a fallback memex cannot honour stops here; with
+/// [`Reachability::BestEffort`] a source that is down is left out with a warning on stderr.
+pub(super) async fn tools(
+    g: &GlobalArgs,
+    kb: Option<&Arc<KnowledgeBase>>,
+    reach: Reachability,
+) -> anyhow::Result<ToolRegistry> {
+    let builtin: Vec<Arc<dyn Tool>> = match g.domain.as_str() {
+        "none" => vec![Arc::new(memex::mcp::memory_tools::KbSearchTool::new(
+            kb.cloned(),
+        ))],
+        _ => {
+            let search: Arc<dyn KnowledgeSearch> = match kb {
+                Some(kb) => Arc::new(KbSearch(Arc::clone(kb))),
+                None => Arc::new(NotSearched),
+            };
+            let payments = Arc::new(
+                PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?,
+            );
+            payments_tools(payments, search)
+        }
+    };
+    let declared = &g.tool_sources;
+    let assembled =
+        memex::sources::assemble(builtin, &declared.config, &declared.base, reach).await?;
+    for down in &assembled.unavailable {
+        tracing::warn!(target: "memex::sources", "{down}");
+        eprintln!("warning: {down}; going on without its tools");
+    }
+    Ok(assembled.registry)
+}
+
+/// `[tools.fallbacks]` of memex.toml.
+pub(super) fn fallbacks(g: &GlobalArgs) -> std::collections::HashMap<String, String> {
+    g.tool_sources
+        .config
+        .fallbacks
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 /// Builds the planner over the agent the global flags describe.
@@ -129,5 +180,16 @@ pub(super) struct StderrProgress;
 impl Progress for StderrProgress {
     fn tool_started(&self, line: &str) {
         eprintln!("{line}");
+    }
+}
+
+/// The knowledge search behind the payments domain's `search_knowledge_base` when no
+/// knowledge base is opened (`memex tools list` only describes the tools, and runs none).
+struct NotSearched;
+impl KnowledgeSearch for NotSearched {
+    fn search(&self, _query: &str, _k: usize) -> Result<Vec<KnowledgeHit>, KnowledgeError> {
+        Err(KnowledgeError::from(
+            "the knowledge base is not open in this command",
+        ))
     }
 }

@@ -111,6 +111,8 @@ pub struct FileLayer {
     pub loaded: bool,
     /// Dotted keys the file set (`device`, `serve.bind`).
     pub keys: std::collections::BTreeSet<String>,
+    /// The file's `[tools]` table (tool sources and fallbacks), with its folder.
+    pub tools: memex::sources::Declared,
 }
 
 /// The parsed command line and what `config show` needs to explain it.
@@ -172,6 +174,14 @@ pub fn load(
         source,
         loaded: false,
         keys: Default::default(),
+        tools: memex::sources::Declared {
+            config: Default::default(),
+            base: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from(".")),
+        },
     };
     // Only a regular file (a link to one is fine), never more than the cap: a FIFO would
     // block every command and a link to /dev/zero would never end.
@@ -187,11 +197,30 @@ pub fn load(
         path: path.clone(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidData, "it is not UTF-8 text"),
     })?;
-    let table: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
+    let mut table: toml::Table = text.parse().map_err(|e| ConfigError::Parse {
         path: path.clone(),
         source: Box::new(e),
     })?;
     file.loaded = true;
+    // `[tools]` declares tool sources for every command; it is not a subcommand's table.
+    if let Some(tools) = table.remove("tools") {
+        let toml::Value::Table(tools) = tools else {
+            return Err(ConfigError::Invalid {
+                path: path.clone(),
+                key: "tools".into(),
+                why: "expected a table ([tools], [[tools.mcp]], [[tools.openapi]], [tools.fallbacks])".into(),
+            });
+        };
+        file.tools.config =
+            toml::Value::Table(tools)
+                .try_into()
+                .map_err(|e: toml::de::Error| ConfigError::Invalid {
+                    path: path.clone(),
+                    key: "tools".into(),
+                    why: e.message().to_string(),
+                })?;
+        file.keys.insert("tools".into());
+    }
     let ctx = Ctx {
         path: &path,
         in_data_dir: source == PathSource::DataDir,

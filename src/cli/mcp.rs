@@ -9,7 +9,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Args;
 use memex::agent::AgentStore;
-use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb};
 use memex::embed::Embedder;
 use memex::mcp::McpDeps;
 
@@ -52,12 +51,18 @@ async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
     )
     .await
     .context("cannot open the episodic store")?;
-    let payments =
-        Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
-    let domain = payments_tools(payments, Arc::new(KbSearch(Arc::clone(&kb))));
+    // The same registry as the agent's: `--domain` and the sources under [tools].
+    let domain: Vec<Arc<dyn memex::tools::Tool>> =
+        super::compose::tools(g, Some(&kb), memex::sources::Reachability::BestEffort)
+            .await?
+            .tools()
+            .cloned()
+            .collect();
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    // The same guards as the agent's calls: `--tool-rate`, cache, timeouts, retries, audit.
-    let config = g.tuning.agent_config();
+    // The same guards as the agent's calls: `--tool-rate`, cache, timeouts, retries, audit,
+    // fallbacks.
+    let mut config = g.tuning.agent_config();
+    config.tool_fallbacks = super::compose::fallbacks(g);
     Ok(McpDeps::with_gate(
         embedder,
         Some(kb),

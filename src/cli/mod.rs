@@ -27,6 +27,7 @@ mod model;
 pub mod pipe;
 mod plan;
 mod serve;
+mod tools;
 mod tuning;
 
 pub use app::main;
@@ -104,6 +105,16 @@ pub struct GlobalArgs {
     /// host may share one file). Default: payments.db in the data dir.
     #[arg(long, global = true, env = "MEMEX_PAYMENTS_DB", value_name = "PATH")]
     pub payments_db: Option<PathBuf>,
+    /// The built-in business domain: payments (the demo's tools, rules and escalation) or
+    /// none (only the memory tools and the sources declared under [tools] in memex.toml).
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_DOMAIN",
+        default_value = "payments",
+        value_parser = PossibleValuesParser::new(["payments", "none"])
+    )]
+    pub domain: String,
     /// OpenAI-compatible API base URL (default Groq's), e.g. http://127.0.0.1:11434/v1 for
     /// a local Ollama.
     #[arg(long, global = true, env = "MEMEX_LLM_BASE_URL", value_name = "URL")]
@@ -139,6 +150,9 @@ pub struct GlobalArgs {
     /// Agent limits, rate limits, cache, conversation budget, chunking, HNSW, prompt k.
     #[command(flatten)]
     pub tuning: tuning::TuningArgs,
+    /// The config file's `[tools]` table (set after parsing, not a flag).
+    #[arg(skip)]
+    pub tool_sources: memex::sources::Declared,
 }
 
 impl GlobalArgs {

@@ -8,7 +8,6 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use memex::agent::AgentStore;
-use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb};
 use memex::embed::queue::{EmbedQueue, QueueOptions};
 use memex::embed::Embedder;
 use memex::kb::follow::Follower;
@@ -208,7 +207,7 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
             stop.clone(),
         );
     }
-    let mcp = mcp_service(g, &state, addr, stop.clone())?;
+    let mcp = mcp_service(g, &state, addr, stop.clone()).await?;
     let limit = state.options.body_limit;
     let app = memex::serve::router_with(Arc::clone(&state), |r| {
         memex::serve::mount_limited(r, "/mcp", mcp, limit)
@@ -307,18 +306,26 @@ fn spawn_kb_watcher(
 /// server's batching embedder and stores. The bearer key (checked by the auth layer before this
 /// service runs) decides the merchant; an admin key has no merchant and is refused (403, by
 /// `memex::serve::mount_limited`).
-fn mcp_service(
+async fn mcp_service(
     g: &GlobalArgs,
     state: &AppState,
     bound: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<memex::mcp::http::McpHttpService> {
-    let payments =
-        Arc::new(PaymentsDb::open(&g.payments_db()).context("cannot open the payments database")?);
-    let domain = payments_tools(payments, Arc::new(KbSearch(Arc::clone(&state.kb))));
+    // The agent's registry when there is an agent, else the same assembly (`--domain` and the
+    // sources under [tools]).
+    let domain: Vec<Arc<dyn memex::tools::Tool>> = match &state.agent {
+        Some(s) => s.agent().gate().tools().tools().cloned().collect(),
+        None => super::compose::tools(g, Some(&state.kb), memex::sources::Reachability::BestEffort)
+            .await?
+            .tools()
+            .cloned()
+            .collect(),
+    };
     let store = Arc::clone(&state.agent_store);
     // One gate: with an agent, MCP calls share its rate limits, cache and metrics.
-    let config = g.tuning.agent_config();
+    let mut config = g.tuning.agent_config();
+    config.tool_fallbacks = super::compose::fallbacks(g);
     let policy = config.call_policy();
     let agent = state.agent.as_ref().map(|s| Arc::clone(s.agent()));
     let deps = memex::mcp::McpDeps::with_gate(

@@ -31,11 +31,16 @@ pub enum ToolError {
     /// An unexpected failure inside the tool (corrupt data, an I/O error).
     #[error("{0}")]
     Internal(String),
+    /// The service behind the tool failed (down, timed out, answered garbage or a server
+    /// error) on a call that is not retried: a write, which may have reached the service, or
+    /// a read that already used its retries. Retrying now is the caller's decision.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ToolError {
-    /// The machine-readable kind: `not_found`, `invalid_args`, `refused`, `transient` or
-    /// `internal`.
+    /// The machine-readable kind: `not_found`, `invalid_args`, `refused`, `transient`,
+    /// `internal` or `unavailable`.
     pub fn kind(&self) -> &'static str {
         match self {
             ToolError::NotFound(_) => "not_found",
@@ -43,6 +48,7 @@ impl ToolError {
             ToolError::Refused(_) => "refused",
             ToolError::Transient(_) => "transient",
             ToolError::Internal(_) => "internal",
+            ToolError::Unavailable(_) => "unavailable",
         }
     }
 
@@ -53,7 +59,8 @@ impl ToolError {
             | ToolError::InvalidArgs(m)
             | ToolError::Refused(m)
             | ToolError::Transient(m)
-            | ToolError::Internal(m) => m,
+            | ToolError::Internal(m)
+            | ToolError::Unavailable(m) => m,
         }
     }
 

@@ -64,6 +64,34 @@ impl ToolContext {
     }
 }
 
+/// Where a tool comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolOrigin {
+    /// `builtin`, `mcp` or `openapi`.
+    pub kind: &'static str,
+    /// The source's name in the config (`orders`), or the built-in group (`memex`).
+    pub source: String,
+}
+
+impl ToolOrigin {
+    /// A tool compiled into memex.
+    pub fn builtin() -> Self {
+        ToolOrigin {
+            kind: "builtin",
+            source: "memex".into(),
+        }
+    }
+
+    /// How a sentence names the source: `the MCP server "orders"`, `memex's built-in tools`.
+    pub fn describe(&self) -> String {
+        match self.kind {
+            "mcp" => format!("the MCP server \"{}\"", self.source),
+            "openapi" => format!("the OpenAPI service \"{}\"", self.source),
+            _ => "memex's built-in tools".to_string(),
+        }
+    }
+}
+
 /// An operation the model can ask the agent to perform.
 ///
 /// Implementations validate nothing that the parameter schema already guarantees (the
@@ -94,6 +122,21 @@ pub trait Tool: Send + Sync {
     /// The JSON schema of a successful result: an object schema (MCP's `outputSchema`; every
     /// result the tool returns must validate against it). `None`: any JSON object.
     fn output_schema(&self) -> Option<Value> {
+        None
+    }
+
+    /// Where the tool comes from (built in, an MCP server, an OpenAPI service), for
+    /// `memex tools list` and error messages. The default: built in.
+    fn origin(&self) -> ToolOrigin {
+        ToolOrigin::builtin()
+    }
+
+    /// The argument that carries the merchant on the tool's own side, when the tool binds it
+    /// itself from [`ToolContext::merchant`]: the schema the model sees ([`Tool::parameters`])
+    /// does not have it, and a value the model supplies anyway is removed before validation
+    /// and recorded as overridden. `None` (the default): the tool takes the merchant from the
+    /// context only.
+    fn merchant_arg(&self) -> Option<&str> {
         None
     }
 
