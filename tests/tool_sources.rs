@@ -904,3 +904,180 @@ async fn broken_declarations_are_refused_at_start_with_one_sentence() {
     }
     assert_eq!(server.request_count(), 0, "nothing reached the model");
 }
+
+#[path = "support/serve.rs"]
+mod serve_support;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_mcp_offer_the_same_outside_tools_and_any_worker_approves_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let shop_log = dir.path().join("shop.jsonl");
+    let orders_log = dir.path().join("orders.jsonl");
+    let port = free_port();
+    let _api = start(
+        &[
+            repo("examples/shop/shop_api.py").to_str().unwrap(),
+            "--port",
+            &port.to_string(),
+            "--log-level",
+            "warning",
+        ],
+        &[("SHOP_CALL_LOG", &shop_log)],
+        &format!("http://127.0.0.1:{port}/openapi.json"),
+    );
+    let config = shop_config(dir.path(), port);
+    let cfg = config.to_str().unwrap();
+    let llm = FakeOpenAi::start().await;
+    let url = llm.base_url();
+    let (_, merchant_key) = serve_support::create_key(&data, &["--merchant", "shop_alpha"]);
+    let (_, admin_key) = serve_support::create_key(&data, &["--admin"]);
+    let server = serve_support::Server::start_with_env(
+        &data,
+        Some(&url),
+        &["--config", cfg],
+        &[("TEST_ORDERS_LOG", orders_log.to_str().unwrap())],
+    );
+    let a = serve_support::client(&merchant_key);
+    let adm = serve_support::client(&admin_key);
+
+    // The HTTP ask route: an irreversible outside tool is held, with the session's merchant.
+    llm.push(Reply::tool_calls(&[(
+        "h1",
+        "refund_order",
+        r#"{"order_id": "ord_1002", "amount_cents": 700, "reason": "late", "merchant_id": "shop_beta"}"#,
+    )]));
+    let r: Value = a
+        .post(server.url("/v1/merchants/shop_alpha/ask"))
+        .json(&json!({"message": "refund 7 EUR on ord_1002"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["tool_calls"][0]["status"], "pending_approval", "{r}");
+    assert_eq!(
+        r["tool_calls"][0]["args"]["$merchant_override"]["model"], "shop_beta",
+        "{r}"
+    );
+    let action = r["pending_action"]["id"].as_str().unwrap().to_string();
+    let session = r["session"].as_str().unwrap().to_string();
+
+    // Another worker (the CLI, its own process over the same state) approves it: it runs once.
+    llm.push(Reply::text("Refunded 7 EUR."));
+    let out = memex(
+        &data,
+        &config,
+        &url,
+        &["approve", "--session", &session, &action, "--json"],
+        &[("TEST_ORDERS_LOG", orders_log.to_str().unwrap())],
+    )
+    .await;
+    let d = json_of(&out);
+    assert_eq!(d["tool_calls"][0]["status"], "ok", "{d}");
+    let resp = adm
+        .post(server.url(&format!("/v1/actions/{action}/approve")))
+        .send()
+        .await
+        .unwrap();
+    // Approving again is answered from the stored result (or refused); it runs nothing.
+    assert!(
+        matches!(resp.status().as_u16(), 200 | 409),
+        "{}",
+        resp.status()
+    );
+    let refunds: Vec<Value> = log_lines(&shop_log)
+        .into_iter()
+        .filter(|l| l["op"] == "refund_order")
+        .collect();
+    assert_eq!(refunds.len(), 1, "{refunds:?}");
+    assert_eq!(refunds[0]["merchant_id"], "shop_alpha");
+
+    // The MCP route of the same server: the outside tools are offered (merchant hidden), and
+    // a read through it reaches the service with the key's merchant.
+    let out = Command::new(python())
+        .arg(repo("tests/py/mcp_client.py"))
+        .args(["--url", &server.url("/mcp"), "--bearer", &merchant_key])
+        .args(["--calls", r#"[{"tool": "lookup_order", "args": {"order_id": "ord_1002", "merchant_id": "shop_beta"}}]"#])
+        .output()
+        .unwrap();
+    let seen: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    let tools = seen["tools"].as_array().unwrap_or_else(|| panic!("{seen}"));
+    let lookup = tools
+        .iter()
+        .find(|t| t["name"] == "lookup_order")
+        .unwrap_or_else(|| panic!("{seen}"));
+    assert!(
+        lookup["inputSchema"]["properties"]
+            .get("merchant_id")
+            .is_none(),
+        "{lookup}"
+    );
+    assert!(tools.iter().any(|t| t["name"] == "track_shipment"));
+    let result = &seen["results"][0];
+    assert_eq!(result["is_error"], false, "{seen}");
+    let last = log_lines(&shop_log).into_iter().last().unwrap();
+    assert_eq!(last["op"], "lookup_order");
+    assert_eq!(last["merchant_id"], "shop_alpha");
+    assert!(result.to_string().contains("refunded_cents"), "{result}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relative_paths_in_a_config_start_from_its_folder_and_stdio_servers_get_no_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let sub = dir.path().join("conf");
+    std::fs::create_dir_all(sub.join("bin")).unwrap();
+    let env_dump = dir.path().join("env.txt");
+    // A relative program (run from the config's folder) that records its environment, then
+    // becomes the MCP server.
+    let script = sub.join("bin/server.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nenv > \"{}\"\nexec \"{}\" \"{}\" mcp\n",
+            env_dump.display(),
+            python().display(),
+            repo("tests/py/faulty_tools.py").display()
+        ),
+    )
+    .unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::write(
+        sub.join("memex.toml"),
+        "domain = \"none\"\n[[tools.mcp]]\nname = \"rel\"\ncommand = [\"./bin/server.sh\"]\nenv = { GIVEN = \"yes\" }\n",
+    )
+    .unwrap();
+    let server = FakeOpenAi::start().await;
+    let mut cmd = cli::command(
+        &dir.path().join("data"),
+        &server.base_url(),
+        &["--config", "conf/memex.toml", "tools", "list", "--json"],
+    );
+    cmd.current_dir(dir.path());
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    let listed = json_of(&out);
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["name"] == "plain_text"),
+        "{listed}"
+    );
+    let env = std::fs::read_to_string(&env_dump).unwrap();
+    assert!(env.contains("GIVEN=yes"), "{env}");
+    assert!(
+        !env.contains(cli::TEST_KEY),
+        "memex's API key reached the server: {env}"
+    );
+    assert!(!env.contains("MEMEX_"), "{env}");
+}

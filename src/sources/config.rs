@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::SourceError;
+use super::error::SourceError;
 
 /// Everything under `[tools]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -137,14 +137,16 @@ pub fn expand_env(source: &str, key: &str, value: &str) -> Result<String, Source
     Ok(out)
 }
 
-/// `path` resolved against `base` (the config file's folder) when it is relative.
+/// `path` resolved against `base` (the config file's folder) when it is relative; always
+/// absolute (a child process started in another folder must still find it).
 pub fn resolve_path(base: &Path, path: &str) -> PathBuf {
     let p = Path::new(path);
-    if p.is_absolute() {
+    let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
         base.join(p)
-    }
+    };
+    std::path::absolute(&joined).unwrap_or(joined)
 }
 
 #[cfg(test)]

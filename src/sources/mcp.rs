@@ -19,7 +19,8 @@ use tokio::io::AsyncBufReadExt;
 
 use super::bind::{bind_schema, fill_merchant};
 use super::config::{expand_env, resolve_path, McpSourceConfig, DEFAULT_TIMEOUT_MS};
-use super::{clip, result_object, SourceError};
+use super::error::SourceError;
+use super::result::{clip, result_object};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOrigin};
 
 /// Longest wait for a server to start and list its tools.
@@ -98,7 +99,7 @@ impl McpConnection {
                     program,
                     args: args.to_vec(),
                     env,
-                    dir: base.to_path_buf(),
+                    dir: std::path::absolute(base).unwrap_or_else(|_| base.to_path_buf()),
                 }
             }
             (None, Some(url)) => {

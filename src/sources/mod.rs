@@ -6,8 +6,10 @@
 
 pub mod bind;
 pub mod config;
+mod error;
 mod mcp;
 mod openapi;
+mod result;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -18,60 +20,7 @@ use serde_json::{json, Value};
 use crate::tools::{RegistryError, Tool, ToolOrigin, ToolRegistry};
 
 pub use config::{McpSourceConfig, OpenApiSourceConfig, ToolsConfig};
-
-/// Why a tool source cannot be used. Every message names the source.
-#[derive(Debug, thiserror::Error)]
-pub enum SourceError {
-    /// The declaration is wrong (memex stops at start).
-    #[error("tool source \"{source_name}\": {message}")]
-    Config {
-        /// The source.
-        source_name: String,
-        /// What is wrong.
-        message: String,
-    },
-    /// A `${VAR}` in `headers` or `env` names an unset variable.
-    #[error("tool source \"{source_name}\": `{key}` uses ${{{var}}}, which is not set")]
-    UnsetVariable {
-        /// The source.
-        source_name: String,
-        /// Where it is used.
-        key: String,
-        /// The variable.
-        var: String,
-    },
-    /// The source could not be reached or did not answer usefully.
-    #[error("the {kind} \"{source_name}\" is unavailable: {message}")]
-    Unreachable {
-        /// The source.
-        source_name: String,
-        /// `MCP server` or `OpenAPI service`.
-        kind: &'static str,
-        /// What happened.
-        message: String,
-    },
-    /// Two tools share a name, or a fallback is not allowed.
-    #[error("{0}")]
-    Registry(String),
-}
-
-impl SourceError {
-    /// Whether the source is down (as opposed to declared wrong): `ask`, `chat` and `plan`
-    /// go on without its tools.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, SourceError::Unreachable { .. })
-    }
-
-    /// The message without the leading source name (for tool errors).
-    pub fn detail(&self) -> String {
-        match self {
-            SourceError::Unreachable { message, .. } | SourceError::Config { message, .. } => {
-                message.clone()
-            }
-            other => other.to_string(),
-        }
-    }
-}
+pub use error::SourceError;
 
 /// The `[tools]` table of a config file and the folder its relative paths start from.
 #[derive(Debug, Clone, Default)]
@@ -229,29 +178,6 @@ pub fn check_fallbacks(
         }
     }
     Ok(())
-}
-
-/// `s` cut to `max` characters (with `…`).
-pub(crate) fn clip(s: &str, max: usize) -> String {
-    match s.char_indices().nth(max) {
-        Some((i, _)) => format!("{}…", &s[..i]),
-        None => s.to_string(),
-    }
-}
-
-/// A source's answer as the object the model sees: objects as they are, anything else under
-/// `result`; an answer too large for the prompt is refused.
-pub(crate) fn result_object(value: Value) -> Result<Value, String> {
-    let size = serde_json::to_vec(&value).map(|v| v.len()).unwrap_or(0);
-    if size > 256 * 1024 {
-        return Err(format!(
-            "the result is {size} bytes; memex hands the model at most 256 KiB"
-        ));
-    }
-    Ok(match value {
-        Value::Object(_) => value,
-        other => json!({ "result": other }),
-    })
 }
 
 /// One line of `memex tools list --json`: name, source, kind, policy, parameters.

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use serde_json::{json, Map, Value};
 
 use super::config::{expand_env, resolve_path, OpenApiSourceConfig, DEFAULT_TIMEOUT_MS};
-use super::{clip, result_object, SourceError};
+use super::error::SourceError;
+use super::result::{clip, result_object};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOrigin};
 
 /// Largest OpenAPI document read (8 MiB).
