@@ -133,15 +133,10 @@ async fn main() {
     let merchant = MerchantId::parse("m_bench").expect("merchant");
 
     let http = reqwest::Client::new();
+    let mut child = tokio::process::Command::new(&python);
+    child.arg(root.join("tests/py/faulty_tools.py")).arg("mcp");
     let mcp_direct = ()
-        .serve(
-            rmcp::transport::TokioChildProcess::new(
-                tokio::process::Command::new(&python)
-                    .arg(root.join("tests/py/faulty_tools.py"))
-                    .arg("mcp"),
-            )
-            .expect("spawn"),
-        )
+        .serve(rmcp::transport::TokioChildProcess::new(child).expect("spawn"))
         .await
         .expect("mcp client");
 
