@@ -135,10 +135,10 @@ async fn main() {
     let http = reqwest::Client::new();
     let mut child = tokio::process::Command::new(&python);
     child.arg(root.join("tests/py/faulty_tools.py")).arg("mcp");
-    let mcp_direct = ()
-        .serve(rmcp::transport::TokioChildProcess::new(child).expect("spawn"))
-        .await
-        .expect("mcp client");
+    let mcp_direct =
+        ().serve(rmcp::transport::TokioChildProcess::new(child).expect("spawn"))
+            .await
+            .expect("mcp client");
 
     let via_gate = |tool: &'static str, raw: String| {
         let gate = &gate;

@@ -254,6 +254,43 @@ pub struct TurnReport {
     pub clarification: Option<Clarification>,
     /// The memory the turn used.
     pub memory: MemoryContext,
+    /// Which model produced what in this turn, with its calls, tokens and time: the main
+    /// model (`role` `tools`, or `tools_and_answer` without an answer model) and the answer
+    /// model (`answer`) when one is configured.
+    pub models: Vec<ModelUse>,
+}
+
+/// One model's share of a turn.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ModelUse {
+    /// The model's name as sent to the API.
+    pub model: String,
+    /// `tools` (chose the tool calls), `answer` (wrote the final answer) or
+    /// `tools_and_answer`.
+    pub role: String,
+    /// Completed calls.
+    pub calls: u32,
+    /// Prompt tokens, as the API reported them.
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the API reported them.
+    pub completion_tokens: u64,
+    /// Time in the model's calls, milliseconds.
+    pub latency_ms: f64,
+}
+
+impl ModelUse {
+    fn add(&mut self, usage: &crate::llm::Usage, elapsed: Duration) {
+        self.calls += 1;
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.latency_ms += elapsed.as_secs_f64() * 1e3;
+    }
+}
+
+/// The optional second model that writes only a turn's final answer.
+struct AnswerModel {
+    model: Arc<dyn ChatModel>,
+    name: String,
 }
 
 /// The agent over its memories, tools and model.
@@ -268,6 +305,10 @@ pub struct Agent {
     store: Arc<AgentStore>,
     config: AgentConfig,
     llm_bucket: Mutex<TokenBucket>,
+    /// The main model's name (for reports).
+    model_name: String,
+    /// Writes the final answer when set; the main model then only chooses tools.
+    answer_model: Option<AnswerModel>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -323,6 +364,10 @@ struct TurnState {
     seen: HashMap<String, Value>,
     usage: Usage,
     memory: MemoryContext,
+    /// The main model's share.
+    main_use: ModelUse,
+    /// The answer model's share.
+    answer_use: Option<ModelUse>,
 }
 
 enum Stop {
@@ -358,6 +403,8 @@ impl Agent {
             store,
             config,
             llm_bucket: Mutex::new(llm_bucket),
+            model_name: "main".to_string(),
+            answer_model: None,
         }
     }
 
@@ -365,6 +412,24 @@ impl Agent {
     /// neutral rules and cannot escalate.
     pub fn with_domain(mut self, domain: Arc<dyn Domain>) -> Self {
         self.domain = domain;
+        self
+    }
+
+    /// The same agent reporting its main model as `name` in [`TurnReport::models`].
+    pub fn with_model_name(mut self, name: impl Into<String>) -> Self {
+        self.model_name = name.into();
+        self
+    }
+
+    /// The same agent with a second model, `name`, that writes each turn's final answer
+    /// (streamed when the caller streams), given the conversation, memory and tool results,
+    /// and never offered tools. The main model then only chooses tools: its closing text is
+    /// replaced by the answer model's.
+    pub fn with_answer_model(mut self, model: Arc<dyn ChatModel>, name: impl Into<String>) -> Self {
+        self.answer_model = Some(AnswerModel {
+            model,
+            name: name.into(),
+        });
         self
     }
 
@@ -561,6 +626,7 @@ impl Agent {
                     escalation: None,
                     clarification: None,
                     memory: MemoryContext::default(),
+                    models: Vec::new(),
                 });
             }
             let how = if run.result.outcome.succeeded() {
@@ -633,6 +699,17 @@ impl Agent {
             seen: HashMap::new(),
             usage: Usage::default(),
             memory: MemoryContext::default(),
+            main_use: ModelUse {
+                model: self.model_name.clone(),
+                role: if self.answer_model.is_some() {
+                    "tools"
+                } else {
+                    "tools_and_answer"
+                }
+                .into(),
+                ..ModelUse::default()
+            },
+            answer_use: None,
         };
         st.memory = self.recall(merchant, query).await?;
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
@@ -660,8 +737,14 @@ impl Agent {
                 _ => messages.insert(0, Message::system(sections.clone())),
             }
             self.pace_llm().await;
-            let request = ChatRequest::new(messages).with_tools(tool_defs.clone());
-            let response = match self.call_model(request, progress).await {
+            let request = ChatRequest::new(messages.clone()).with_tools(tool_defs.clone());
+            // With an answer model, the main model's text is never shown: it is not streamed.
+            let stream_main = self.answer_model.is_none();
+            let t0 = Instant::now();
+            let response = match self
+                .call_model(&*self.model, request, progress, stream_main)
+                .await
+            {
                 Ok(r) => r,
                 Err(e) => {
                     self.finish(&st, "error").await?;
@@ -669,8 +752,36 @@ impl Agent {
                 }
             };
             st.usage += response.usage;
+            st.main_use.add(&response.usage, t0.elapsed());
             if response.tool_calls.is_empty() {
-                let answer = response.content.clone().unwrap_or_default();
+                let answer = match &self.answer_model {
+                    None => response.content.clone().unwrap_or_default(),
+                    Some(am) => {
+                        // The answer model writes the reply from the same conversation, memory
+                        // and tool results, without tools.
+                        self.pace_llm().await;
+                        let t1 = Instant::now();
+                        let written = match self
+                            .call_model(&*am.model, ChatRequest::new(messages), progress, true)
+                            .await
+                        {
+                            Ok(r) => r,
+                            Err(e) => {
+                                self.finish(&st, "error").await?;
+                                return Err(AgentError::Llm(e));
+                            }
+                        };
+                        st.usage += written.usage;
+                        let mut used = ModelUse {
+                            model: am.name.clone(),
+                            role: "answer".into(),
+                            ..ModelUse::default()
+                        };
+                        used.add(&written.usage, t1.elapsed());
+                        st.answer_use = Some(used);
+                        written.content.unwrap_or_default()
+                    }
+                };
                 buffer.append(Message::assistant(answer.clone())).await?;
                 stop = Some(Stop::Answer(answer));
                 break;
@@ -768,6 +879,8 @@ impl Agent {
         };
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
         self.finish(&st, outcome).await?;
+        let mut models = vec![st.main_use];
+        models.extend(st.answer_use);
         Ok(TurnReport {
             session: session.to_string(),
             merchant: merchant.as_str().to_string(),
@@ -778,19 +891,22 @@ impl Agent {
             escalation,
             clarification,
             memory: st.memory,
+            models,
         })
     }
 
-    /// One model call; streamed to `progress` when it asks for that.
+    /// One call of `model`; streamed to `progress` when it asks for that and `stream` allows.
     async fn call_model(
         &self,
+        model: &dyn ChatModel,
         request: ChatRequest,
         progress: &dyn Progress,
+        stream: bool,
     ) -> Result<crate::llm::ChatResponse, crate::llm::LlmError> {
-        if !progress.wants_stream() {
-            return self.model.chat(request).await;
+        if !(stream && progress.wants_stream()) {
+            return model.chat(request).await;
         }
-        let events = self.model.stream(request).await?;
+        let events = model.stream(request).await?;
         crate::llm::collect_stream_with(events, |delta| progress.text_delta(delta)).await
     }
 

@@ -102,7 +102,20 @@ pub(super) async fn agent_over(
     let data_dir = g.data_dir();
     let conversations = conversation_store(g, &data_dir).await?;
     let tools = tools(g, Some(&kb), Reachability::BestEffort).await?;
-    let model = Arc::new(OpenAiCompatible::new(llm_config(g)?).context("bad LLM configuration")?);
+    let llm = llm_config(g)?;
+    let model_name = llm.model.clone();
+    let answer = match g.llm_answer_model.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            let mut cfg = llm.clone().with_model(name.to_string());
+            if let Some(u) = &g.llm_answer_base_url {
+                cfg = cfg.with_base_url(u.clone());
+            }
+            let client = OpenAiCompatible::new(cfg).context("bad answer-model configuration")?;
+            Some((Arc::new(client), name.to_string()))
+        }
+        _ => None,
+    };
+    let model = Arc::new(OpenAiCompatible::new(llm).context("bad LLM configuration")?);
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
     let agent = Agent::new(
         model,
@@ -114,6 +127,11 @@ pub(super) async fn agent_over(
         store,
         config,
     );
+    let agent = agent.with_model_name(model_name);
+    let agent = match answer {
+        Some((model, name)) => agent.with_answer_model(model, name),
+        None => agent,
+    };
     Ok(match g.domain.as_str() {
         "none" => agent,
         _ => agent.with_domain(Arc::new(PaymentsDomain)),

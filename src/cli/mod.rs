@@ -122,6 +122,23 @@ pub struct GlobalArgs {
     /// Model name (default llama-3.3-70b-versatile).
     #[arg(long, global = true, env = "MEMEX_LLM_MODEL")]
     pub llm_model: Option<String>,
+    /// A second, stronger model that writes only each turn's final answer (streamed), while
+    /// --llm-model chooses the tools; unset: --llm-model does both.
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_LLM_ANSWER_MODEL",
+        value_name = "MODEL"
+    )]
+    pub llm_answer_model: Option<String>,
+    /// Base URL of the answer model's API (default: the same as --llm-base-url; same API key).
+    #[arg(
+        long,
+        global = true,
+        env = "MEMEX_LLM_ANSWER_BASE_URL",
+        value_name = "URL"
+    )]
+    pub llm_answer_base_url: Option<String>,
     /// API key (else GROQ_API_KEY, else OPENAI_API_KEY).
     #[arg(long, global = true, env = "MEMEX_LLM_API_KEY", hide_env_values = true)]
     pub llm_api_key: Option<String>,
