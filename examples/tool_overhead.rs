@@ -126,8 +126,10 @@ async fn main() {
         AgentStore::open_state(&memex::state::StateUrl::Sqlite(dir.path().join("agent.db")))
             .expect("store"),
     );
-    let mut agent_config = AgentConfig::default();
-    agent_config.tool_rate = (1e12, 1e12);
+    let agent_config = AgentConfig {
+        tool_rate: (1e12, 1e12),
+        ..AgentConfig::default()
+    };
     let policy = agent_config.call_policy();
     let gate = agent_config.call_gate(assembled.registry, store);
     let merchant = MerchantId::parse("m_bench").expect("merchant");

@@ -154,17 +154,20 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
     let shop_log = dir.path().join("shop.jsonl");
     let orders_log = dir.path().join("orders.jsonl");
     let port = free_port();
-    let _api = start(
-        &[
-            repo("examples/shop/shop_api.py").to_str().unwrap(),
-            "--port",
-            &port.to_string(),
-            "--log-level",
-            "warning",
-        ],
-        &[("SHOP_CALL_LOG", &shop_log)],
-        &format!("http://127.0.0.1:{port}/openapi.json"),
-    );
+    let shop_api = || {
+        start(
+            &[
+                repo("examples/shop/shop_api.py").to_str().unwrap(),
+                "--port",
+                &port.to_string(),
+                "--log-level",
+                "warning",
+            ],
+            &[("SHOP_CALL_LOG", &shop_log)],
+            &format!("http://127.0.0.1:{port}/openapi.json"),
+        )
+    };
+    let mut api = shop_api();
     let config = shop_config(dir.path(), port);
     let server = FakeOpenAi::start().await;
     let url = server.base_url();
@@ -296,7 +299,7 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
         .push(Reply::tool_calls(&[(
             "c2",
             "lookup_order",
-            r#"{"order_id": "ord_2001"}"#,
+            r#"{"order_id": "ord_1005"}"#,
         )]))
         .push(Reply::text("I cannot find that order."));
     let r = json_of(
@@ -304,7 +307,7 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
             &data,
             &config,
             &url,
-            &["ask", "--merchant", "shop_alpha", "--json", "ord_2001?"],
+            &["ask", "--merchant", "shop_alpha", "--json", "ord_1005?"],
             &orders_env,
         )
         .await,
@@ -379,6 +382,24 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
             .all(|l| l["op"] != "refund_order"),
         "nothing ran before approval"
     );
+    // The service is down when the operator approves: nothing runs, nothing is failed, and
+    // the action can be approved again once the service is back.
+    drop(api);
+    let out = memex(
+        &data,
+        &config,
+        &url,
+        &["approve", "--session", &session, &action, "--json"],
+        &orders_env,
+    )
+    .await;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("approve it again"),
+        "{}",
+        stderr(&out)
+    );
+    api = shop_api();
     server.push(Reply::text("The refund is done."));
     let d = json_of(
         &memex(
@@ -400,7 +421,11 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
         &orders_env,
     )
     .await;
-    let _ = again; // already decided: whatever it says, nothing runs again
+    let again = String::from_utf8_lossy(&again.stdout).to_string() + &stderr(&again);
+    assert!(
+        again.contains("already"),
+        "approving again runs nothing: {again}"
+    );
     let refunds: Vec<Value> = log_lines(&shop_log)
         .into_iter()
         .filter(|l| l["op"] == "refund_order")
@@ -492,6 +517,7 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
         .collect();
     assert_eq!(notes.len(), 1);
     assert_eq!(notes[0]["merchant_id"], "shop_alpha");
+    drop(api);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -500,8 +526,6 @@ async fn an_mcp_server_over_http_with_a_bearer_token_from_the_environment() {
     let data = dir.path().join("data");
     let orders_log = dir.path().join("orders.jsonl");
     let port = free_port();
-    let token = dir.path().join("token");
-    let _ = token;
     let mut cmd_env: Vec<(&str, &Path)> = vec![("ORDERS_CALL_LOG", &orders_log)];
     let secret = Path::new("tok-s3cret-42");
     cmd_env.push(("ORDERS_TOKEN", secret));
@@ -575,7 +599,7 @@ reversible = ["cancel_order"]
         .push(Reply::tool_calls(&[(
             "c1",
             "cancel_order",
-            r#"{"order_id": "ord_2001", "reason": "dup", "merchant_id": "shop_alpha"}"#,
+            r#"{"order_id": "ord_1005", "reason": "dup", "merchant_id": "shop_alpha"}"#,
         )]))
         .push(Reply::text("Cancelled."));
     let out = memex(
@@ -587,7 +611,7 @@ reversible = ["cancel_order"]
             "--merchant",
             "shop_beta",
             "--json",
-            "cancel ord_2001",
+            "cancel ord_1005",
         ],
         &env,
     )
@@ -595,11 +619,20 @@ reversible = ["cancel_order"]
     let r = json_of(&out);
     assert!(!String::from_utf8_lossy(&out.stdout).contains("tok-s3cret-42"));
     assert!(!stderr(&out).contains("tok-s3cret-42"));
-    let status = r["tool_calls"][0]["status"].clone();
+    let call = &r["tool_calls"][0];
+    assert_eq!(call["status"], "ok", "a reversible write runs at once: {r}");
+    assert_eq!(call["result"]["status"], "cancelled", "{r}");
+    assert_eq!(
+        call["args"]["$merchant_override"]["model"], "shop_alpha",
+        "{r}"
+    );
+    assert_eq!(
+        call["args"]["$merchant_override"]["used"], "shop_beta",
+        "{r}"
+    );
     let lines = log_lines(&orders_log);
     assert_eq!(lines.len(), 1, "{r} {lines:?}");
     assert_eq!(lines[0]["args"]["merchant_id"], "shop_beta");
-    assert!(status == "ok" || status == "error", "{r}");
 }
 
 /// The fault-injection servers of `tests/py/faulty_tools.py`, declared with short timeouts.
@@ -688,6 +721,7 @@ async fn a_source_that_times_out_answers_garbage_or_is_down_never_stops_the_turn
             ("t4", "explode_write", r#"{"text": "x"}"#),
             ("t5", "fails", r#"{"text": "boom"}"#),
             ("t6", "plain_text", r#"{"text": "hello"}"#),
+            ("t7", "slow_write", r#"{"seconds": 4}"#),
         ]))
         .push(Reply::text(
             "Some of the tools failed; here is what I found.",
@@ -738,6 +772,13 @@ async fn a_source_that_times_out_answers_garbage_or_is_down_never_stops_the_turn
         "the 503 was retried: {}",
         by_id("t3")
     );
+    assert_eq!(by_id("t7")["status"], "error");
+    assert_eq!(
+        by_id("t7")["result"]["error"],
+        "unavailable",
+        "a write that timed out: {}",
+        by_id("t7")
+    );
     assert_eq!(by_id("t4")["status"], "error");
     assert_eq!(
         by_id("t4")["result"]["error"],
@@ -767,6 +808,11 @@ async fn a_source_that_times_out_answers_garbage_or_is_down_never_stops_the_turn
         2,
         "{lines:?}"
     );
+    assert_eq!(
+        lines.iter().filter(|l| l["op"] == "slow_write").count(),
+        1,
+        "a write that timed out is not retried: {lines:?}"
+    );
     // The audit has the failed attempts and the fallback's row.
     let session = r["session"].as_str().unwrap();
     let audit = json_of(
@@ -784,13 +830,47 @@ async fn a_source_that_times_out_answers_garbage_or_is_down_never_stops_the_turn
         rows.iter()
             .filter(|a| a["tool"] == "slow_echo" && a["status"] == "error")
             .count()
-            >= 1
+            >= 2,
+        "the read was retried before its fallback: {audit}"
     );
     assert!(
         rows.iter()
             .any(|a| a["tool"] == "plain_text" && a["call_id"] == "t1" && a["status"] == "ok"),
         "{audit}"
     );
+
+    // The gate's own time limit (--tool-timeout) on an outside write: not retried either.
+    server
+        .push(Reply::tool_calls(&[(
+            "w1",
+            "slow_write",
+            r#"{"seconds": 3}"#,
+        )]))
+        .push(Reply::text("The write did not finish."));
+    let r = json_of(
+        &memex(
+            &data,
+            &config,
+            &url,
+            &[
+                "ask",
+                "--merchant",
+                "m1",
+                "--json",
+                "--tool-timeout",
+                "1",
+                "write",
+            ],
+            &[],
+        )
+        .await,
+    );
+    assert_eq!(r["tool_calls"][0]["result"]["error"], "unavailable", "{r}");
+    let writes = log_lines(&log)
+        .iter()
+        .filter(|l| l["op"] == "slow_write")
+        .count();
+    assert_eq!(writes, 2, "one call per turn, never retried");
 
     // A source that is not running: ask goes on without its tools and says so; tools list
     // fails naming it.
@@ -1079,5 +1159,16 @@ async fn relative_paths_in_a_config_start_from_its_folder_and_stdio_servers_get_
         !env.contains(cli::TEST_KEY),
         "memex's API key reached the server: {env}"
     );
-    assert!(!env.contains("MEMEX_"), "{env}");
+    // Exactly PATH, HOME and what `env` names, plus what the shell sets itself.
+    let names: Vec<&str> = env
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k))
+        .collect();
+    for name in &names {
+        assert!(
+            ["PATH", "HOME", "GIVEN", "PWD", "OLDPWD", "SHLVL", "_"].contains(name),
+            "the server got {name}: {env}"
+        );
+    }
+    assert!(names.contains(&"PATH"));
 }

@@ -112,4 +112,15 @@ pub enum AgentError {
     /// Bad input to the agent (session id, message).
     #[error("{0}")]
     Invalid(String),
+    /// An approved action's tool is not registered while some tool sources are down: it was
+    /// neither run nor failed, and can be approved again once its source is back.
+    #[error("tool {tool} of action {action} is not available now (unreachable tool sources: {sources}); the action was not run and stays as it was: approve it again when the source is back")]
+    ToolUnavailable {
+        /// The action.
+        action: String,
+        /// The tool (quoted).
+        tool: String,
+        /// The sources that were down.
+        sources: String,
+    },
 }

@@ -354,6 +354,9 @@ pub struct CallGate {
     shared_ttls: Arc<HashMap<String, Duration>>,
     /// A read-only tool → the read-only tool called when it still fails after its retries.
     fallbacks: Arc<HashMap<String, String>>,
+    /// Tool sources that could not be reached when the registry was built: an approved
+    /// action whose tool is missing may be one of theirs, so it is left for later.
+    unavailable: Arc<Vec<String>>,
 }
 
 impl std::fmt::Debug for CallGate {
@@ -388,7 +391,16 @@ impl CallGate {
             shared: None,
             shared_ttls: Arc::new(HashMap::new()),
             fallbacks: Arc::new(HashMap::new()),
+            unavailable: Arc::new(Vec::new()),
         }
+    }
+
+    /// The same gate knowing that the tool sources `sources` were down when its registry was
+    /// built: an approved action whose tool is not registered is then left as it is (to be
+    /// approved again) instead of failed.
+    pub fn with_unavailable_sources(mut self, sources: Vec<String>) -> Self {
+        self.unavailable = Arc::new(sources);
+        self
     }
 
     /// The same gate with `fallbacks` (tool → fallback tool). Only read-only tools fall back,
@@ -436,6 +448,7 @@ impl CallGate {
             shared: self.shared.clone(),
             shared_ttls: Arc::clone(&self.shared_ttls),
             fallbacks: Arc::clone(&self.fallbacks),
+            unavailable: Arc::clone(&self.unavailable),
         }
     }
 
@@ -583,8 +596,15 @@ impl CallGate {
             .attempt(req, tool.as_ref(), &args, &shown, &ctx, hook, progress)
             .await?;
         // 9. Graceful degradation: a read-only tool that still failed tries its fallback.
-        if tool.read_only() && !result.outcome.succeeded() && self.fallbacks.contains_key(req.tool)
-        {
+        // Only when the source failed (down, timed out, broken): a definite answer such as
+        // `not_found` or `refused` is not replaced by a fallback's.
+        let source_failed = matches!(
+            result.outcome,
+            CallOutcome::Failed(
+                ToolError::Transient(_) | ToolError::Unavailable(_) | ToolError::Internal(_)
+            )
+        );
+        if tool.read_only() && source_failed && self.fallbacks.contains_key(req.tool) {
             if let Some(degraded) = self.fall_back(req, &args, &result, hook, progress).await? {
                 guard.record(key, &degraded.outcome.result());
                 self.metrics.record(&degraded.outcome, degraded.attempts);
@@ -729,6 +749,9 @@ impl CallGate {
         progress: &dyn Progress,
     ) -> Result<GateResult, AgentError> {
         let max = req.policy.max_attempts.max(1);
+        // A write to an outside service that failed in transit may have happened: it is never
+        // retried, and a timeout is reported as `unavailable`, not as transient.
+        let outside_write = !tool.read_only() && tool.origin().kind != "builtin";
         let mut tries = 0u32;
         let mut total_ms = 0.0;
         loop {
@@ -739,6 +762,11 @@ impl CallGate {
             let limit = req.policy.timeout;
             let outcome = match tokio::time::timeout(limit, tool.call(args.clone(), ctx)).await {
                 Ok(r) => r,
+                Err(_) if outside_write => Err(ToolError::Unavailable(format!(
+                    "{} did not answer within {:.1} s; the call was not retried (it may have reached the service)",
+                    req.tool,
+                    limit.as_secs_f64()
+                ))),
                 Err(_) => Err(ToolError::Transient(format!(
                     "{} did not answer within {:.1} s",
                     req.tool,
@@ -769,7 +797,7 @@ impl CallGate {
             .await?;
             if let CallOutcome::Failed(e) = &result.outcome {
                 let transient = matches!(e, ToolError::Transient(_) | ToolError::Internal(_));
-                if transient && tries < max {
+                if transient && tries < max && !outside_write {
                     let backoff = req.policy.backoff * 2u32.saturating_pow(tries - 1);
                     tokio::time::sleep(backoff).await;
                     continue;
@@ -847,6 +875,13 @@ impl CallGate {
                 });
             }
             ActionStatus::Pending | ActionStatus::Approved => {}
+        }
+        if self.tools.get(&action.tool).is_none() && !self.unavailable.is_empty() {
+            return Err(AgentError::ToolUnavailable {
+                action: action.id.clone(),
+                tool: crate::tools::quote_for_display(&action.tool),
+                sources: self.unavailable.join(", "),
+            });
         }
         let busy = || AgentError::AlreadyDecided {
             action: action.id.clone(),

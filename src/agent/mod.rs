@@ -91,6 +91,9 @@ pub struct AgentConfig {
     /// arguments when it still fails after its retries (checked when the registry is built,
     /// `sources::check_fallbacks`).
     pub tool_fallbacks: HashMap<String, String>,
+    /// Tool sources that were down when the registry was built (see
+    /// [`CallGate::with_unavailable_sources`]).
+    pub unavailable_sources: Vec<String>,
 }
 
 impl AgentConfig {
@@ -141,6 +144,7 @@ impl AgentConfig {
         )
         .with_shared_cache(shared, self.tool_cache_ttls.clone())
         .with_fallbacks(self.tool_fallbacks.clone())
+        .with_unavailable_sources(self.unavailable_sources.clone())
     }
 }
 
@@ -166,6 +170,7 @@ impl Default for AgentConfig {
             shared_tool_cache: false,
             tool_cache_ttls: HashMap::new(),
             tool_fallbacks: HashMap::new(),
+            unavailable_sources: Vec::new(),
         }
     }
 }

@@ -18,8 +18,8 @@ use memex::kb::KnowledgeBase;
 use memex::llm::{LlmConfig, OpenAiCompatible};
 use memex::merchant::MerchantId;
 use memex::planner::{Planner, PlannerConfig};
-use memex::sources::Reachability;
-use memex::tools::{Tool, ToolRegistry};
+use memex::sources::{Assembled, Reachability};
+use memex::tools::Tool;
 
 use super::GlobalArgs;
 
@@ -101,7 +101,9 @@ pub(super) async fn agent_over(
     config.tool_fallbacks = fallbacks(g);
     let data_dir = g.data_dir();
     let conversations = conversation_store(g, &data_dir).await?;
-    let tools = tools(g, Some(&kb), Reachability::BestEffort).await?;
+    let assembled = tools(g, Some(&kb), Reachability::BestEffort).await?;
+    config.unavailable_sources = unavailable_names(&assembled);
+    let tools = assembled.registry;
     let llm = llm_config(g)?;
     let model_name = llm.model.clone();
     let answer = match g.llm_answer_model.as_deref().map(str::trim) {
@@ -147,7 +149,7 @@ pub(super) async fn tools(
     g: &GlobalArgs,
     kb: Option<&Arc<KnowledgeBase>>,
     reach: Reachability,
-) -> anyhow::Result<ToolRegistry> {
+) -> anyhow::Result<Assembled> {
     let builtin: Vec<Arc<dyn Tool>> = match g.domain.as_str() {
         "none" => vec![Arc::new(memex::mcp::memory_tools::KbSearchTool::new(
             kb.cloned(),
@@ -170,7 +172,16 @@ pub(super) async fn tools(
         tracing::warn!(target: "memex::sources", "{down}");
         eprintln!("warning: {down}; going on without its tools");
     }
-    Ok(assembled.registry)
+    Ok(assembled)
+}
+
+/// The names of the sources [`tools`] found down.
+pub(super) fn unavailable_names(assembled: &Assembled) -> Vec<String> {
+    assembled
+        .unavailable
+        .iter()
+        .map(|e| e.source_name().to_string())
+        .collect()
 }
 
 /// `[tools.fallbacks]` of memex.toml.

@@ -52,17 +52,15 @@ async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
     .await
     .context("cannot open the episodic store")?;
     // The same registry as the agent's: `--domain` and the sources under [tools].
-    let domain: Vec<Arc<dyn memex::tools::Tool>> =
-        super::compose::tools(g, Some(&kb), memex::sources::Reachability::BestEffort)
-            .await?
-            .tools()
-            .cloned()
-            .collect();
+    let assembled =
+        super::compose::tools(g, Some(&kb), memex::sources::Reachability::BestEffort).await?;
+    let domain: Vec<Arc<dyn memex::tools::Tool>> = assembled.registry.tools().cloned().collect();
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
     // The same guards as the agent's calls: `--tool-rate`, cache, timeouts, retries, audit,
     // fallbacks.
     let mut config = g.tuning.agent_config();
     config.tool_fallbacks = super::compose::fallbacks(g);
+    config.unavailable_sources = super::compose::unavailable_names(&assembled);
     Ok(McpDeps::with_gate(
         embedder,
         Some(kb),

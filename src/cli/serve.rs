@@ -314,18 +314,25 @@ async fn mcp_service(
 ) -> anyhow::Result<memex::mcp::http::McpHttpService> {
     // The agent's registry when there is an agent, else the same assembly (`--domain` and the
     // sources under [tools]).
-    let domain: Vec<Arc<dyn memex::tools::Tool>> = match &state.agent {
-        Some(s) => s.agent().gate().tools().tools().cloned().collect(),
-        None => super::compose::tools(g, Some(&state.kb), memex::sources::Reachability::BestEffort)
-            .await?
-            .tools()
-            .cloned()
-            .collect(),
+    let (domain, unavailable): (Vec<Arc<dyn memex::tools::Tool>>, Vec<String>) = match &state.agent
+    {
+        Some(s) => (
+            s.agent().gate().tools().tools().cloned().collect(),
+            Vec::new(),
+        ),
+        None => {
+            let assembled =
+                super::compose::tools(g, Some(&state.kb), memex::sources::Reachability::BestEffort)
+                    .await?;
+            let down = super::compose::unavailable_names(&assembled);
+            (assembled.registry.tools().cloned().collect(), down)
+        }
     };
     let store = Arc::clone(&state.agent_store);
     // One gate: with an agent, MCP calls share its rate limits, cache and metrics.
     let mut config = g.tuning.agent_config();
     config.tool_fallbacks = super::compose::fallbacks(g);
+    config.unavailable_sources = unavailable;
     let policy = config.call_policy();
     let agent = state.agent.as_ref().map(|s| Arc::clone(s.agent()));
     let deps = memex::mcp::McpDeps::with_gate(

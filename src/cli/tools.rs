@@ -28,12 +28,13 @@ pub fn run(g: &GlobalArgs, c: ToolsCommand) -> anyhow::Result<ExitCode> {
 
 fn list(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
     let rt = super::compose::runtime()?;
-    let registry = rt.block_on(async {
+    let assembled = rt.block_on(async {
         // Describing the tools needs no model or index: nothing is searched.
         super::compose::tools(g, None, Reachability::Required).await
     })?;
     let fallbacks = super::compose::fallbacks(g);
-    let rows: Vec<serde_json::Value> = registry
+    let rows: Vec<serde_json::Value> = assembled
+        .registry
         .tools()
         .map(|t| {
             let mut row = memex::sources::describe(t.as_ref());

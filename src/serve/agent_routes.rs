@@ -65,6 +65,11 @@ fn agent_error(e: AgentError) -> ApiError {
             ApiError::new(StatusCode::CONFLICT, "session_busy", e.to_string())
         }
         AgentError::Invalid(m) => ApiError::bad_request(m.clone()),
+        AgentError::ToolUnavailable { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "tool_unavailable",
+            e.to_string(),
+        ),
         _ => ApiError::internal(&e),
     }
 }

@@ -49,6 +49,18 @@ pub fn fill_merchant(args: &mut Map<String, Value>, merchant_arg: Option<&str>, 
     }
 }
 
+/// Whether `name` is a property name anywhere inside `schema` (nested objects, arrays).
+pub fn names_property(schema: &Value, name: &str) -> bool {
+    match schema {
+        Value::Object(obj) => obj.iter().any(|(k, v)| {
+            (k == "properties" && v.as_object().is_some_and(|p| p.contains_key(name)))
+                || names_property(v, name)
+        }),
+        Value::Array(a) => a.iter().any(|v| names_property(v, name)),
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,16 @@ impl SourceError {
         matches!(self, SourceError::Unreachable { .. })
     }
 
+    /// The source the error is about (empty for a registry-wide problem).
+    pub fn source_name(&self) -> &str {
+        match self {
+            SourceError::Config { source_name, .. }
+            | SourceError::UnsetVariable { source_name, .. }
+            | SourceError::Unreachable { source_name, .. } => source_name,
+            SourceError::Registry(_) => "",
+        }
+    }
+
     /// The message without the leading source name (for tool errors).
     pub fn detail(&self) -> String {
         match self {

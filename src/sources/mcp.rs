@@ -17,10 +17,10 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Map, Value};
 use tokio::io::AsyncBufReadExt;
 
-use super::bind::{bind_schema, fill_merchant};
+use super::bind::{bind_schema, fill_merchant, names_property};
 use super::config::{expand_env, resolve_path, McpSourceConfig, DEFAULT_TIMEOUT_MS};
 use super::error::SourceError;
-use super::result::{clip, result_object};
+use super::result::{clip, result_object, shown_url};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOrigin};
 
 /// Longest wait for a server to start and list its tools.
@@ -161,7 +161,11 @@ impl McpConnection {
                 dir,
             } => {
                 let mut cmd = tokio::process::Command::new(program);
-                cmd.args(args).current_dir(dir).env_clear();
+                // Killed with memex, even when the runtime stops before rmcp's own cleanup runs.
+                cmd.args(args)
+                    .current_dir(dir)
+                    .env_clear()
+                    .kill_on_drop(true);
                 cmd.envs(env.iter().map(|(k, v)| (k, v)));
                 let (transport, stderr) = TokioChildProcess::builder(cmd)
                     .stderr(Stdio::piped())
@@ -217,9 +221,10 @@ impl McpConnection {
                 let transport = StreamableHttpClientTransport::from_config(config);
                 match tokio::time::timeout(CONNECT_TIMEOUT, ().serve(transport)).await {
                     Ok(Ok(client)) => Ok(client),
-                    Ok(Err(e)) => Err(self.unreachable(format!("{url}: {e}"))),
+                    Ok(Err(e)) => Err(self.unreachable(format!("{}: {e}", shown_url(url)))),
                     Err(_) => Err(self.unreachable(format!(
-                        "{url} did not answer within {} s",
+                        "{} did not answer within {} s",
+                        shown_url(url),
                         CONNECT_TIMEOUT.as_secs()
                     ))),
                 }
@@ -231,7 +236,9 @@ impl McpConnection {
     async fn client(&self) -> Result<Arc<Client>, SourceError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
-            if !c.is_closed() {
+            // A child that exited or an HTTP session that ended closes the transport without
+            // cancelling the service: check both.
+            if !c.is_closed() && !c.peer().is_transport_closed() {
                 return Ok(Arc::clone(c));
             }
         }
@@ -299,6 +306,14 @@ pub async fn open(cfg: &McpSourceConfig, base: &Path) -> Result<Vec<Arc<dyn Tool
         let schema = Value::Object((*t.input_schema).clone());
         let (parameters, merchant_arg) = bind_schema(schema, cfg.merchant_arg.as_deref())
             .map_err(|m| config_err(format!("tool {name}: {m}")))?;
+        if let (Some(arg), None) = (cfg.merchant_arg.as_deref(), &merchant_arg) {
+            if names_property(&parameters, arg) {
+                return Err(config_err(format!(
+                    "tool {name} carries {arg} inside another argument; memex binds the merchant only as a top-level argument, so it cannot keep the model from choosing it"
+                )));
+            }
+            tracing::warn!(target: "memex::sources", source = %cfg.name, "tool {name} has no {arg}: it is offered without a merchant binding");
+        }
         let description = t
             .description
             .as_deref()
@@ -392,7 +407,11 @@ impl Tool for McpTool {
         fill_merchant(&mut args, self.merchant_arg.as_deref(), &ctx.merchant);
         let client = match self.conn.client().await {
             Ok(c) => c,
-            Err(e) => return Err(self.down(e.detail())),
+            Err(e) => {
+                // The detail (the server's own stderr) stays in memex's log, away from the model.
+                tracing::warn!(target: "memex::sources", "{e}");
+                return Err(self.down("the server could not be started or reached"));
+            }
         };
         let mut params = CallToolRequestParams::new(self.name.clone());
         params.arguments = Some(args);

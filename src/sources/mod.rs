@@ -189,6 +189,7 @@ pub fn describe(tool: &dyn Tool) -> Value {
         "kind": origin.kind,
         "policy": policy(tool),
         "parameters": tool.parameters(),
+        "merchant_arg": tool.merchant_arg(),
         "description": tool.description(),
     })
 }

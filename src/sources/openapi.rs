@@ -13,7 +13,7 @@ use serde_json::{json, Map, Value};
 
 use super::config::{expand_env, resolve_path, OpenApiSourceConfig, DEFAULT_TIMEOUT_MS};
 use super::error::SourceError;
-use super::result::{clip, result_object};
+use super::result::{clip, result_object, shown_url};
 use crate::tools::{Tool, ToolContext, ToolError, ToolOrigin};
 
 /// Largest OpenAPI document read (8 MiB).
@@ -109,29 +109,36 @@ pub async fn open(
         };
         headers.push((name, value));
     }
+    // No redirects: a 3xx would carry the source's headers (and a write's body) elsewhere.
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| config_err(format!("cannot build the HTTP client: {e}")))?;
     let text = if cfg.spec.starts_with("http://") || cfg.spec.starts_with("https://") {
-        let resp = client
-            .get(&cfg.spec)
-            .timeout(SPEC_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| unreachable(format!("cannot fetch {}: {}", cfg.spec, error_chain(&e))))?;
+        let mut req = client.get(&cfg.spec).timeout(SPEC_TIMEOUT);
+        for (k, v) in &headers {
+            req = req.header(k.clone(), v.clone());
+        }
+        let resp = req.send().await.map_err(|e| {
+            unreachable(format!(
+                "cannot fetch {}: {}",
+                shown_url(&cfg.spec),
+                error_chain(&e.without_url())
+            ))
+        })?;
         if !resp.status().is_success() {
             return Err(unreachable(format!(
                 "{} answered HTTP {}",
-                cfg.spec,
+                shown_url(&cfg.spec),
                 resp.status()
             )));
         }
         let bytes = read_body(resp, MAX_SPEC_BYTES as usize)
             .await
-            .map_err(|e| unreachable(format!("{}: {e}", cfg.spec)))?;
+            .map_err(|e| unreachable(format!("{}: {e}", shown_url(&cfg.spec))))?;
         String::from_utf8(bytes)
-            .map_err(|_| unreachable(format!("{} is not UTF-8 text", cfg.spec)))?
+            .map_err(|_| unreachable(format!("{} is not UTF-8 text", shown_url(&cfg.spec))))?
     } else {
         let path = resolve_path(base, &cfg.spec);
         let bytes = crate::fsutil::read_capped(&path, MAX_SPEC_BYTES, crate::fsutil::Links::Follow)
@@ -142,14 +149,14 @@ pub async fn open(
     let doc: Value = serde_json::from_str(&text).map_err(|e| {
         unreachable(format!(
             "the document at {} is not JSON ({e}); memex reads OpenAPI 3.x documents in JSON",
-            cfg.spec
+            shown_url(&cfg.spec)
         ))
     })?;
     let version = doc.get("openapi").and_then(Value::as_str).unwrap_or("");
     if !version.starts_with("3.") {
         return Err(unreachable(format!(
             "the document at {} is not an OpenAPI 3.x document (no \"openapi\": \"3.…\")",
-            cfg.spec
+            shown_url(&cfg.spec)
         )));
     }
     let base_url = match &cfg.base_url {
@@ -163,6 +170,11 @@ pub async fn open(
                 config_err("set `base_url`: the document names no absolute server URL".into())
             })?,
     };
+    if base_url.contains(['?', '#']) {
+        return Err(config_err(
+            "`base_url` may not have a query or a fragment".into(),
+        ));
+    }
     if !(base_url.starts_with("http://") || base_url.starts_with("https://")) {
         return Err(config_err(format!(
             "`base_url` must start with http:// or https://, found {}",
@@ -203,19 +215,50 @@ pub async fn open(
         let read_only = op.method == "get" || op.method == "head";
         let irreversible = cfg.irreversible.contains(&op.id);
         let mut parameters = op.schema;
+        let mut locations = op.locations;
+        // Headers memex sets itself are never the model's: the configured ones, the approval's
+        // Idempotency-Key, Authorization.
+        let reserved: Vec<String> = cfg
+            .headers
+            .keys()
+            .map(|k| k.to_ascii_lowercase())
+            .chain(["idempotency-key".to_string(), "authorization".to_string()])
+            .collect();
+        let hidden: Vec<String> = locations
+            .iter()
+            .filter(|(n, l)| **l == Location::Header && reserved.contains(&n.to_ascii_lowercase()))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &hidden {
+            locations.remove(name);
+            drop_property(&mut parameters, name);
+        }
         let mut merchant_arg = None;
         if let Some(arg) = cfg.merchant_arg.as_deref() {
-            if op.locations.contains_key(arg) {
-                if let Some(props) = parameters
-                    .get_mut("properties")
-                    .and_then(Value::as_object_mut)
-                {
-                    props.remove(arg);
+            // A header's name is matched without regard to case, as HTTP does.
+            let found = locations
+                .iter()
+                .find(|(n, l)| {
+                    n.as_str() == arg || (**l == Location::Header && n.eq_ignore_ascii_case(arg))
+                })
+                .map(|(n, _)| n.clone());
+            match found {
+                Some(name) => {
+                    drop_property(&mut parameters, &name);
+                    merchant_arg = Some(name);
                 }
-                if let Some(Value::Array(req)) = parameters.get_mut("required") {
-                    req.retain(|r| r.as_str() != Some(arg));
+                None if super::bind::names_property(&parameters, arg) => {
+                    return Err(config_err(format!(
+                        "operation {} carries {arg} inside another field; memex binds the merchant only as a parameter or a top-level body field, so it cannot keep the model from choosing it",
+                        op.id
+                    )));
                 }
-                merchant_arg = Some(arg.to_string());
+                None => tracing::warn!(
+                    target: "memex::sources",
+                    source = %cfg.name,
+                    "operation {} has no {arg}: it is offered without a merchant binding",
+                    op.id
+                ),
             }
         }
         tools.push(Arc::new(OpenApiTool {
@@ -225,7 +268,7 @@ pub async fn open(
             parameters,
             method: op.method,
             path: op.path,
-            locations: op.locations,
+            locations,
             merchant_arg,
             read_only: read_only && !irreversible,
             irreversible,
@@ -250,7 +293,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// At most `cap` bytes of a response body.
 async fn read_body(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error_chain(&e))? {
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| error_chain(&e.without_url()))?
+    {
         if out.len() + chunk.len() > cap {
             return Err(format!("the response is larger than {} KiB", cap / 1024));
         }
@@ -280,6 +327,10 @@ fn operations(doc: &Value, source: &str) -> Result<Vec<Operation>, SourceError> 
         return Ok(out);
     };
     for (path, item) in paths {
+        if !path.starts_with('/') {
+            tracing::warn!(target: "memex::sources", source, "the path {path:?} does not start with /; its operations are not offered");
+            continue;
+        }
         let item = resolve(doc, item, 0);
         let shared_params: Vec<Value> = item
             .get("parameters")
@@ -329,7 +380,7 @@ fn operations(doc: &Value, source: &str) -> Result<Vec<Operation>, SourceError> 
                 }
                 let mut schema = p
                     .get("schema")
-                    .map(|s| inline(doc, s, 0))
+                    .map(|s| inline(doc, s))
                     .unwrap_or_else(|| json!({"type": "string"}));
                 if let (Some(d), Some(obj)) = (p.get("description"), schema.as_object_mut()) {
                     obj.entry("description").or_insert(d.clone());
@@ -351,7 +402,7 @@ fn operations(doc: &Value, source: &str) -> Result<Vec<Operation>, SourceError> 
                 });
                 let body_required = body.get("required") == Some(&Value::Bool(true));
                 if let Some(schema) = schema {
-                    let schema = inline(doc, schema, 0);
+                    let schema = merge_all_of(inline(doc, schema));
                     let fields = schema.get("properties").and_then(Value::as_object);
                     match fields {
                         Some(fields)
@@ -434,18 +485,38 @@ fn resolve(doc: &Value, v: &Value, depth: usize) -> Value {
     }
 }
 
+/// Most schema nodes one parameter schema may inline (a spec whose references fan out would
+/// otherwise grow exponentially); past it, the rest is `{}` (any value).
+const MAX_INLINE_NODES: usize = 4_000;
+
 /// A schema with every `$ref` inlined and OpenAPI-only keywords turned into JSON Schema
-/// (`nullable: true` adds `"null"` to the type; unknown `format`s are dropped).
-fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
-    if depth > MAX_REF_DEPTH {
+/// (`nullable: true` adds `"null"` to the type; unknown `format`s are dropped). A reference
+/// already being expanded (a cycle) becomes `{}`, and so does everything past
+/// [`MAX_INLINE_NODES`].
+fn inline(doc: &Value, schema: &Value) -> Value {
+    let mut budget = MAX_INLINE_NODES;
+    inline_in(doc, schema, &mut Vec::new(), &mut budget)
+}
+
+fn inline_in(doc: &Value, schema: &Value, stack: &mut Vec<String>, budget: &mut usize) -> Value {
+    if *budget == 0 || stack.len() > MAX_REF_DEPTH {
         return json!({});
     }
+    *budget -= 1;
     match schema {
         Value::Object(obj) => {
             if let Some(r) = obj.get("$ref").and_then(Value::as_str) {
+                if stack.iter().any(|s| s == r) {
+                    return json!({});
+                }
                 let target = r.strip_prefix('#').and_then(|p| doc.pointer(p));
                 return match target {
-                    Some(t) => inline(doc, t, depth + 1),
+                    Some(t) => {
+                        stack.push(r.to_string());
+                        let v = inline_in(doc, t, stack, budget);
+                        stack.pop();
+                        v
+                    }
                     None => json!({}),
                 };
             }
@@ -461,7 +532,7 @@ fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
                     "properties" | "patternProperties" | "$defs" | "definitions" => match v {
                         Value::Object(m) => Value::Object(
                             m.iter()
-                                .map(|(n, s)| (n.clone(), inline(doc, s, depth + 1)))
+                                .map(|(n, s)| (n.clone(), inline_in(doc, s, stack, budget)))
                                 .collect(),
                         ),
                         other => other.clone(),
@@ -473,11 +544,11 @@ fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
                     | "if"
                     | "then"
                     | "else"
-                    | "propertyNames" => inline(doc, v, depth + 1),
+                    | "propertyNames" => inline_in(doc, v, stack, budget),
                     "allOf" | "anyOf" | "oneOf" | "prefixItems" => match v {
-                        Value::Array(a) => {
-                            Value::Array(a.iter().map(|s| inline(doc, s, depth + 1)).collect())
-                        }
+                        Value::Array(a) => Value::Array(
+                            a.iter().map(|s| inline_in(doc, s, stack, budget)).collect(),
+                        ),
                         other => other.clone(),
                     },
                     _ => v.clone(),
@@ -492,6 +563,39 @@ fn inline(doc: &Value, schema: &Value, depth: usize) -> Value {
             Value::Object(out)
         }
         other => other.clone(),
+    }
+}
+
+/// A body schema written as `allOf` of object schemas, merged into one object schema (the
+/// usual way generators compose a request body), so its fields can be flattened.
+fn merge_all_of(schema: Value) -> Value {
+    let Some(parts) = schema.get("allOf").and_then(Value::as_array) else {
+        return schema;
+    };
+    if schema.get("properties").is_some() {
+        return schema;
+    }
+    let mut props = Map::new();
+    let mut required = Vec::new();
+    for part in parts {
+        let Some(p) = part.get("properties").and_then(Value::as_object) else {
+            return schema;
+        };
+        props.extend(p.clone());
+        if let Some(r) = part.get("required").and_then(Value::as_array) {
+            required.extend(r.iter().cloned());
+        }
+    }
+    json!({"type": "object", "properties": props, "required": required})
+}
+
+/// `schema` without the property `name` (and without it in `required`).
+fn drop_property(schema: &mut Value, name: &str) {
+    if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+        props.remove(name);
+    }
+    if let Some(Value::Array(req)) = schema.get_mut("required") {
+        req.retain(|r| r.as_str() != Some(name));
     }
 }
 
@@ -605,7 +709,13 @@ impl Tool for OpenApiTool {
         for (name, value) in args {
             match self.locations.get(&name) {
                 Some(Location::Path) => {
-                    path = path.replace(&format!("{{{name}}}"), &encode_segment(&as_text(&value)));
+                    let text = as_text(&value);
+                    if text.is_empty() || text == "." || text == ".." {
+                        return Err(ToolError::InvalidArgs(format!(
+                            "{name} must be a non-empty value other than . and .."
+                        )));
+                    }
+                    path = path.replace(&format!("{{{name}}}"), &encode_segment(&text));
                 }
                 Some(Location::Query) => match value {
                     Value::Array(items) => {
@@ -636,17 +746,22 @@ impl Tool for OpenApiTool {
             .request(method, &url)
             .timeout(self.shared.timeout)
             .header(reqwest::header::ACCEPT, "application/json");
-        for (k, v) in &self.shared.headers {
-            req = req.header(k.clone(), v.clone());
-        }
         for (k, v) in headers {
             req = req.header(k, v);
         }
+        // memex's own headers last, replacing any the model's parameters set.
+        let mut own = reqwest::header::HeaderMap::new();
+        for (k, v) in &self.shared.headers {
+            own.insert(k.clone(), v.clone());
+        }
         if let Some(key) = &ctx.idempotency_key {
             if !self.read_only {
-                req = req.header("Idempotency-Key", key.as_str());
+                if let Ok(v) = reqwest::header::HeaderValue::from_str(key) {
+                    own.insert("idempotency-key", v);
+                }
             }
         }
+        req = req.headers(own);
         if !query.is_empty() {
             req = req.query(&query);
         }
@@ -663,13 +778,18 @@ impl Tool for OpenApiTool {
                     self.shared.timeout.as_secs_f64()
                 )))
             }
-            Err(e) => return Err(self.failed(clip(&error_chain(&e), 300))),
+            Err(e) => return Err(self.failed(clip(&error_chain(&e.without_url()), 300))),
         };
         let status = resp.status();
         let bytes = read_body(resp, MAX_BODY_BYTES)
             .await
             .map_err(|e| self.failed(e))?;
         let text = String::from_utf8_lossy(&bytes);
+        if status.is_redirection() {
+            return Err(self.failed(format!(
+                "HTTP {status}: memex does not follow redirects (set base_url to where the service is)"
+            )));
+        }
         if status.is_server_error() {
             return Err(self.failed(format!("HTTP {status}: {}", clip(text.trim(), 500))));
         }
@@ -749,7 +869,7 @@ mod tests {
     #[test]
     fn cyclic_refs_end() {
         let doc = json!({"components": {"schemas": {"N": {"type": "object", "properties": {"next": {"$ref": "#/components/schemas/N"}}}}}});
-        let s = inline(&doc, &json!({"$ref": "#/components/schemas/N"}), 0);
+        let s = inline(&doc, &json!({"$ref": "#/components/schemas/N"}));
         assert!(s.to_string().len() < 100_000);
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
     }

@@ -89,6 +89,15 @@ def build_api():
         log_line({"op": "explode_write", "args": body.model_dump()})
         return JSONResponse({"detail": "internal error: the write exploded"}, status_code=500)
 
+    class SlowWriteRequest(BaseModel):
+        seconds: float = Field(description="How long to sleep before answering.")
+
+    @app.post("/slow_write", operation_id="slow_write", summary="A write that answers only after a pause")
+    async def slow_write(body: SlowWriteRequest) -> dict[str, Any]:
+        log_line({"op": "slow_write", "args": body.model_dump()})
+        await asyncio.sleep(max(0.0, body.seconds))
+        return {"ok": True}
+
     return app
 
 
