@@ -1,5 +1,6 @@
 //! Ingestion stays linear in input size: the reproductions of issue 11 §5 as ratio checks
-//! (4× the input takes at most 6× the time, best of several runs, no absolute times), with the
+//! (4× the input takes at most 8× the time — quadratic work would take 16× — best of several
+//! runs, no absolute times), with the
 //! real tokenizer counting tokens, and the same inputs ingested through the real binary.
 
 #[path = "support/model.rs"]
@@ -31,8 +32,10 @@ fn time(kind: FileKind, text: &str, reps: usize) -> Duration {
     t.elapsed()
 }
 
-/// Asserts that loading `make(4n)` takes at most 6× loading `make(n)`: best of 7 interleaved
-/// timings each, so that load from other processes affects both sizes alike.
+/// Asserts that loading `make(4n)` takes at most 8× loading `make(n)` (linear is 4×, plus the
+/// larger input's cache misses: a 1.6 MB input leaves the L2 cache, and 6.02× was seen on a
+/// 2-core CI machine; quadratic would be 16×): best of 7 interleaved timings each, so that load
+/// from other processes affects both sizes alike.
 fn assert_linear(
     what: &str,
     kind: FileKind,
@@ -58,7 +61,7 @@ fn assert_linear(
         large.len(),
         t4 / reps as u32
     );
-    assert!(ratio <= 6.0, "{what}: 4x input took {ratio:.1}x the time");
+    assert!(ratio <= 8.0, "{what}: 4x input took {ratio:.1}x the time");
 }
 
 fn pre_spaces(n: usize) -> String {
