@@ -873,4 +873,90 @@ mod tests {
         assert!(s.to_string().len() < 100_000);
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
     }
+
+    #[test]
+    fn references_that_fan_out_stay_bounded() {
+        let doc = json!({"components": {"schemas": {"N": {"type": "object", "properties": {
+            "a": {"$ref": "#/components/schemas/N"},
+            "b": {"$ref": "#/components/schemas/N"},
+            "c": {"type": "array", "items": {"$ref": "#/components/schemas/N"}},
+            "d": {"$ref": "#/components/schemas/M"}
+        }}, "M": {"type": "object", "properties": {"n": {"$ref": "#/components/schemas/N"}, "m": {"$ref": "#/components/schemas/N"}}}}}});
+        let s = inline(&doc, &json!({"$ref": "#/components/schemas/N"}));
+        assert!(s.to_string().len() < 200_000, "{}", s.to_string().len());
+    }
+
+    fn spec_file(doc: &Value) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("spec.json"), doc.to_string()).unwrap();
+        dir
+    }
+
+    fn source(merchant_arg: &str) -> OpenApiSourceConfig {
+        OpenApiSourceConfig {
+            name: "svc".into(),
+            spec: "spec.json".into(),
+            base_url: Some("http://127.0.0.1:9".into()),
+            operations: None,
+            merchant_arg: Some(merchant_arg.into()),
+            irreversible: vec![],
+            headers: Default::default(),
+            timeout_ms: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_merchant_is_bound_without_regard_to_case_and_memex_headers_are_hidden() {
+        let doc = json!({"openapi": "3.0.0", "paths": {"/orders/{id}": {"post": {
+            "operationId": "op",
+            "parameters": [
+                {"name": "id", "in": "path", "required": true, "schema": {"type": "string"}},
+                {"name": "X-Merchant-Id", "in": "header", "required": true, "schema": {"type": "string"}},
+                {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string"}}
+            ]
+        }}}});
+        let dir = spec_file(&doc);
+        let tools = open(&source("x-merchant-id"), dir.path()).await.unwrap();
+        let t = &tools[0];
+        assert_eq!(t.merchant_arg(), Some("X-Merchant-Id"));
+        let props = t.parameters()["properties"].as_object().unwrap();
+        assert_eq!(props.keys().collect::<Vec<_>>(), vec!["id"], "{props:?}");
+        assert_eq!(t.parameters()["required"], json!(["id"]));
+    }
+
+    #[tokio::test]
+    async fn a_merchant_only_found_nested_is_refused() {
+        let doc = json!({"openapi": "3.1.0", "paths": {"/orders": {"post": {
+            "operationId": "create",
+            "requestBody": {"content": {"application/json": {"schema": {"type": "object", "properties": {
+                "order": {"type": "object", "properties": {"merchant_id": {"type": "string"}}}
+            }}}}}
+        }}}});
+        let dir = spec_file(&doc);
+        let err = open(&source("merchant_id"), dir.path())
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("create") && err.contains("inside another field"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn path_parameters_cannot_climb_out_of_their_segment() {
+        let doc = json!({"openapi": "3.0.0", "paths": {"/orders/{id}/refund": {"post": {
+            "operationId": "refund",
+            "parameters": [{"name": "id", "in": "path", "required": true, "schema": {"type": "string"}}]
+        }}}});
+        let dir = spec_file(&doc);
+        let tools = open(&source("merchant_id"), dir.path()).await.unwrap();
+        let ctx = ToolContext::new(crate::merchant::MerchantId::parse("m1").unwrap(), "s")
+            .with_idempotency_key("k");
+        for bad in ["..", ".", ""] {
+            let err = tools[0].call(json!({"id": bad}), &ctx).await.unwrap_err();
+            assert_eq!(err.kind(), "invalid_args", "{bad:?}: {err}");
+        }
+    }
 }
