@@ -315,6 +315,26 @@ async fn the_agent_acts_through_mcp_and_openapi_tools_declared_in_the_config() {
     assert_eq!(r["tool_calls"][0]["status"], "error", "{r}");
     assert_eq!(r["tool_calls"][0]["result"]["error"], "not_found");
 
+    // A path parameter cannot climb out of its segment (`..` would reach another endpoint).
+    server
+        .push(Reply::tool_calls(&[(
+            "c2b",
+            "lookup_order",
+            r#"{"order_id": ".."}"#,
+        )]))
+        .push(Reply::text("That is not an order id."));
+    let r = json_of(
+        &memex(
+            &data,
+            &config,
+            &url,
+            &["ask", "--merchant", "shop_alpha", "--json", "order .."],
+            &orders_env,
+        )
+        .await,
+    );
+    assert_eq!(r["tool_calls"][0]["result"]["error"], "invalid_args", "{r}");
+
     // A read through the MCP server (stdio, started by memex).
     server
         .push(Reply::tool_calls(&[(
