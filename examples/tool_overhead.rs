@@ -157,6 +157,7 @@ async fn main() {
                 raw_args: &raw,
                 idempotency_key: None,
                 policy,
+                model: None,
             };
             let t = Instant::now();
             let r = gate

@@ -208,6 +208,7 @@ async fn ten_thousand_sessions_keep_the_result_cache_bounded() {
             raw_args: &raw,
             idempotency_key: None,
             policy: &policy,
+            model: None,
         };
         let r = gate
             .call(&req, &mut NoLoopGuard, &NoHook, &Silent)
@@ -236,6 +237,7 @@ async fn ten_thousand_sessions_keep_the_result_cache_bounded() {
         raw_args: &raw,
         idempotency_key: None,
         policy: &policy,
+        model: None,
     };
     let r = gate
         .call(&req, &mut NoLoopGuard, &NoHook, &Silent)

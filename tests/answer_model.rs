@@ -52,6 +52,7 @@ async fn the_answer_model_writes_the_answer_once_and_never_sees_tools() {
         "pay_ABC123 settles on T+2 (from the answer model)."
     );
     assert_eq!(r["tool_calls"][0]["status"], "ok");
+    let first_session = r["session"].as_str().unwrap().to_string();
     let reqs: Vec<_> = server.requests().into_iter().skip(before).collect();
     let chat: Vec<_> = reqs
         .iter()
@@ -111,4 +112,53 @@ async fn the_answer_model_writes_the_answer_once_and_never_sees_tools() {
         .iter()
         .skip(before)
         .all(|q| q.body["model"] != "big-model"));
+
+    // The audit names the model that chose each call; `memex stats` has each model's share.
+    let audit = json_of(
+        &memex(
+            data,
+            &url,
+            &["audit", "--session", &first_session, "--json"],
+        )
+        .await,
+    );
+    assert_eq!(audit[0]["tool"], "get_transaction");
+    assert_eq!(audit[0]["model"], "fake-model", "{audit}");
+    let text = memex(data, &url, &["audit", "--session", &first_session]).await;
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("chosen by fake-model"),
+        "{text:?}"
+    );
+    let stats = json_of(&memex(data, &url, &["stats", "--json"]).await);
+    let per_model = stats["models"].as_array().unwrap();
+    let find = |model: &str, role: &str| {
+        per_model
+            .iter()
+            .find(|m| m["model"] == model && m["role"] == role)
+            .unwrap_or_else(|| panic!("no {model}/{role} in {stats}"))
+            .clone()
+    };
+    let tools = find("fake-model", "tools");
+    assert_eq!(tools["turns"], 1);
+    assert_eq!(tools["calls"], 2);
+    assert_eq!(
+        tools["prompt_tokens"], 24,
+        "the fake reports 12 + 5 per call"
+    );
+    assert_eq!(tools["completion_tokens"], 10);
+    let answer = find("big-model", "answer");
+    assert_eq!(
+        (answer["turns"].clone(), answer["calls"].clone()),
+        (1.into(), 1.into())
+    );
+    assert_eq!(answer["prompt_tokens"], 12);
+    assert!(answer["latency_ms"].as_f64().unwrap() > 0.0, "{answer}");
+    let both = find("fake-model", "tools_and_answer");
+    assert_eq!(both["calls"], 1);
+    assert_eq!(per_model.len(), 3, "{stats}");
+    let text = memex(data, &url, &["stats"]).await;
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("model big-model (answer)"),
+        "{text:?}"
+    );
 }

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use memex::agent::{ActionStatus, AgentError, AgentStore, AuditEntry, TurnRecord};
+use memex::agent::{ActionStatus, AgentError, AgentStore, AuditEntry, ModelUse, TurnRecord};
 use memex::merchant::MerchantId;
 use memex::serve::keys::KeyStore;
 use memex::state::StateUrl;
@@ -73,6 +73,7 @@ fn entry(session: &str, merchant: &str, turn: u32, i: usize, status: &str) -> Au
         status: status.into(),
         latency_ms: i as f64,
         at: "2026-01-01T00:00:00.000Z".into(),
+        model: (i % 2 == 0).then(|| "small-model".to_string()),
     }
 }
 
@@ -83,6 +84,27 @@ fn turn(outcome: &str, latency_ms: f64) -> TurnRecord {
         prompt_tokens: 10,
         completion_tokens: 5,
         context: json!({"kb": ["doc"], "latency": latency_ms}),
+        kind: "message".into(),
+        message: format!("a message ending in {outcome}"),
+        answer: format!("an answer ending in {outcome}"),
+        models: vec![
+            ModelUse {
+                model: "small-model".into(),
+                role: "tools".into(),
+                calls: 2,
+                prompt_tokens: 6,
+                completion_tokens: 2,
+                latency_ms: latency_ms / 4.0,
+            },
+            ModelUse {
+                model: "big:model|v2".into(),
+                role: "answer".into(),
+                calls: 1,
+                prompt_tokens: 4,
+                completion_tokens: 3,
+                latency_ms: latency_ms / 2.0,
+            },
+        ],
     }
 }
 
@@ -358,7 +380,75 @@ fn stats_counters(fx: Fx) {
     assert_eq!(s.latency_ms.p50, 50.0);
     assert_eq!(s.latency_ms.p95, 100.0);
     assert_eq!(s.latency_ms.p99, 100.0);
+    // Each model's share over the ten turns (a name with `:` and `|` survives).
+    assert_eq!(s.models.len(), 2, "{:?}", s.models);
+    let small = s.models.iter().find(|m| m.model == "small-model").unwrap();
+    assert_eq!(
+        (small.role.as_str(), small.turns, small.calls),
+        ("tools", 10, 20)
+    );
+    assert_eq!((small.prompt_tokens, small.completion_tokens), (60, 20));
+    assert!((small.latency_ms - 137.5).abs() < 1e-6, "{small:?}");
+    assert!((small.mean_call_ms - 6.875).abs() < 1e-6, "{small:?}");
+    let big = s.models.iter().find(|m| m.model == "big:model|v2").unwrap();
+    assert_eq!(
+        (big.role.as_str(), big.turns, big.calls),
+        ("answer", 10, 10)
+    );
+    assert_eq!((big.prompt_tokens, big.completion_tokens), (40, 30));
+    assert_eq!(s.models[0].model, "small-model", "most tokens first");
     assert_eq!(fx.a.stats().unwrap(), s);
+}
+
+fn turn_records_and_sessions(fx: Fx) {
+    let (ma, mb) = (mid("MID001"), mid("MID002"));
+    let t0 = chrono::Utc::now() - chrono::Duration::seconds(1);
+    fx.a.begin_session("a1", &ma).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    fx.b.begin_session("b1", &mb).unwrap();
+    std::thread::sleep(Duration::from_millis(5));
+    fx.a.begin_session("a2", &ma).unwrap();
+    fx.b.record_turn("a1", &ma, 1, &turn("clarification", 3.0))
+        .unwrap();
+    fx.a.record_turn("a1", &ma, 2, &turn("answer", 4.0))
+        .unwrap();
+    let turns = fx.b.turn_records("a1").unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0].turn, 1);
+    assert_eq!(turns[0].kind, "message");
+    assert_eq!(turns[0].message, "a message ending in clarification");
+    assert_eq!(turns[1].answer, "an answer ending in answer");
+    assert_eq!(turns[1].outcome, "answer");
+    assert_eq!(turns[1].models, turn("answer", 4.0).models);
+    assert_eq!(turns[1].context["latency"], json!(4.0));
+    assert_eq!(
+        (turns[1].prompt_tokens, turns[1].completion_tokens),
+        (10, 5)
+    );
+    assert!(fx.a.turn_records("nobody").unwrap().is_empty());
+
+    let all: Vec<String> =
+        fx.a.sessions(None, None)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id)
+            .collect();
+    assert_eq!(all, ["a1", "b1", "a2"]);
+    let of_a = fx.b.sessions(Some(&ma), Some(t0)).unwrap();
+    assert_eq!(
+        of_a.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2"]
+    );
+    assert!(of_a
+        .iter()
+        .all(|s| s.merchant == "MID001" && !s.created_at.is_empty()));
+    let later = chrono::Utc::now() + chrono::Duration::seconds(60);
+    assert!(fx.a.sessions(None, Some(later)).unwrap().is_empty());
+    assert!(fx
+        .a
+        .sessions(Some(&mid("MID404")), None)
+        .unwrap()
+        .is_empty());
 }
 
 fn forget_per_merchant(fx: Fx) {
@@ -418,6 +508,16 @@ fn forget_per_merchant(fx: Fx) {
         fx.a.turn_contexts("b1").unwrap()[0],
         json!({"forgotten": true})
     );
+    // The turns' message and answer go with the context.
+    for s in &hostile {
+        let t = &fx.b.turn_records(s).unwrap()[0];
+        assert_eq!(
+            (t.message.as_str(), t.answer.as_str()),
+            ("[forgotten]", "[forgotten]")
+        );
+        assert_eq!(t.outcome, "answer");
+    }
+    assert_ne!(fx.a.turn_records("b1").unwrap()[0].message, "[forgotten]");
     // Safe to repeat: nothing changes the second time.
     let again = fx.b.redact_sessions(&ma, &ask).unwrap();
     assert_eq!(again, memex::agent::Redacted::default());
@@ -552,6 +652,7 @@ conformance!(
     claim_exactly_once,
     transition_atomic,
     stats_counters,
+    turn_records_and_sessions,
     forget_per_merchant,
     forget_redacts_every_action_of_a_session,
     session_locks,

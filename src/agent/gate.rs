@@ -188,6 +188,9 @@ pub struct CallRequest<'a> {
     pub idempotency_key: Option<String>,
     /// Attempts, timeout, backoff, rate-limit wait.
     pub policy: &'a CallPolicy,
+    /// The model that chose the call, for the audit (`None` for memex's own calls, a human's
+    /// approval, a plan step, an MCP client).
+    pub model: Option<&'a str>,
 }
 
 /// The caller's memory of calls already made (a turn's calls, a plan's steps).
@@ -650,6 +653,7 @@ impl CallGate {
             req.session,
             req.turn,
             &r.report(req.call_id, req.tool),
+            req.model,
         )
         .await?;
         self.metrics.record(&r.outcome, 0);
@@ -793,6 +797,7 @@ impl CallGate {
                 req.session,
                 req.turn,
                 &result.report(req.call_id, req.tool),
+                req.model,
             )
             .await?;
             if let CallOutcome::Failed(e) = &result.outcome {
@@ -910,6 +915,7 @@ impl CallGate {
             raw_args: "",
             idempotency_key: Some(action.id.clone()),
             policy: &self.action_policy,
+            model: None,
         };
         let result = match self.tools.get(&action.tool) {
             None => {
@@ -928,6 +934,7 @@ impl CallGate {
                     &action.session,
                     turn,
                     &r.report(&action.id, &action.tool),
+                    None,
                 )
                 .await?;
                 r
@@ -969,26 +976,35 @@ impl CallGate {
         session: &str,
         turn: u32,
         r: &ToolCallReport,
+        model: Option<&str>,
     ) -> Result<(), AgentError> {
-        let entry = audit_entry(merchant, session, turn, r);
+        let entry = audit_entry(merchant, session, turn, r, model);
         let store = Arc::clone(&self.store);
         crate::offload::blocking(move || store.audit(&entry)).await?
     }
 
-    /// Writes one audit row (secrets redacted).
+    /// Writes one audit row (secrets redacted); `model` chose the call, if a model did.
     pub fn audit(
         &self,
         merchant: &MerchantId,
         session: &str,
         turn: u32,
         r: &ToolCallReport,
+        model: Option<&str>,
     ) -> Result<(), AgentError> {
-        self.store.audit(&audit_entry(merchant, session, turn, r))
+        self.store
+            .audit(&audit_entry(merchant, session, turn, r, model))
     }
 }
 
 /// The audit row of `r` (secrets redacted).
-fn audit_entry(merchant: &MerchantId, session: &str, turn: u32, r: &ToolCallReport) -> AuditEntry {
+fn audit_entry(
+    merchant: &MerchantId,
+    session: &str,
+    turn: u32,
+    r: &ToolCallReport,
+    model: Option<&str>,
+) -> AuditEntry {
     AuditEntry {
         session: session.to_string(),
         merchant: merchant.as_str().to_string(),
@@ -1000,6 +1016,7 @@ fn audit_entry(merchant: &MerchantId, session: &str, turn: u32, r: &ToolCallRepo
         status: r.status.clone(),
         latency_ms: r.latency_ms,
         at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        model: model.map(str::to_string),
     }
 }
 

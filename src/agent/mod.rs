@@ -34,8 +34,11 @@ pub use gate::{
 };
 use guards::TokenBucket;
 use prompt::{EpisodeContext, KbContext, MemoryContext};
-pub use report::{Progress, Silent, ToolCallReport};
-pub use store::{ActionStatus, AgentStore, AuditEntry, PendingAction, Redacted, Stats, TurnRecord};
+pub use report::{ModelUse, Progress, Silent, ToolCallReport};
+pub use store::{
+    ActionStatus, AgentStore, AuditEntry, ModelStats, PendingAction, Redacted, SessionInfo, Stats,
+    StoredTurn, TurnRecord,
+};
 
 use crate::conversation::{ConversationBuffer, ConversationConfig, ConversationStore};
 use crate::embed::Embedder;
@@ -265,31 +268,16 @@ pub struct TurnReport {
     pub models: Vec<ModelUse>,
 }
 
-/// One model's share of a turn.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
-pub struct ModelUse {
-    /// The model's name as sent to the API.
-    pub model: String,
-    /// `tools` (chose the tool calls), `answer` (wrote the final answer) or
-    /// `tools_and_answer`.
-    pub role: String,
-    /// Completed calls.
-    pub calls: u32,
-    /// Prompt tokens, as the API reported them.
-    pub prompt_tokens: u64,
-    /// Completion tokens, as the API reported them.
-    pub completion_tokens: u64,
-    /// Time in the model's calls, milliseconds.
-    pub latency_ms: f64,
-}
-
-impl ModelUse {
-    fn add(&mut self, usage: &crate::llm::Usage, elapsed: Duration) {
-        self.calls += 1;
-        self.prompt_tokens += usage.prompt_tokens;
-        self.completion_tokens += usage.completion_tokens;
-        self.latency_ms += elapsed.as_secs_f64() * 1e3;
-    }
+/// Memory recorded earlier, given to a turn instead of what the memories would recall now
+/// (`memex eval agent` replays a stored session with the memory it saw).
+pub trait RecordedMemory: Send + Sync {
+    /// The memory for a turn of `session` that starts with `message`; `None` recalls as usual.
+    fn memory_for(
+        &self,
+        merchant: &MerchantId,
+        session: &str,
+        message: &str,
+    ) -> Option<MemoryContext>;
 }
 
 /// The optional second model that writes only a turn's final answer.
@@ -314,6 +302,8 @@ pub struct Agent {
     model_name: String,
     /// Writes the final answer when set; the main model then only chooses tools.
     answer_model: Option<AnswerModel>,
+    /// Recorded memory used instead of recalling (replays only).
+    recorded_memory: Option<Arc<dyn RecordedMemory>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -373,6 +363,10 @@ struct TurnState {
     main_use: ModelUse,
     /// The answer model's share.
     answer_use: Option<ModelUse>,
+    /// What started the turn (`message`, `approve`, `reject`).
+    kind: &'static str,
+    /// The merchant's message or the operator's note.
+    message: String,
 }
 
 enum Stop {
@@ -410,7 +404,15 @@ impl Agent {
             llm_bucket: Mutex::new(llm_bucket),
             model_name: "main".to_string(),
             answer_model: None,
+            recorded_memory: None,
         }
+    }
+
+    /// The same agent taking each turn's memory from `memory` where it has one, instead of
+    /// recalling it (for replays of recorded sessions).
+    pub fn with_recorded_memory(mut self, memory: Arc<dyn RecordedMemory>) -> Self {
+        self.recorded_memory = Some(memory);
+        self
     }
 
     /// The same agent serving `domain` (its rules and escalation). Without one the agent has
@@ -549,7 +551,7 @@ impl Agent {
             message,
             buffer,
             Vec::new(),
-            true,
+            "message",
             progress,
         )
         .await
@@ -658,7 +660,7 @@ impl Agent {
             }
             report.status = "rejected".into();
             report.result = json!({"status": "rejected", "message": "a human operator rejected this action; it was not executed"});
-            self.gate.audit(&merchant, session, turn, &report)?;
+            self.gate.audit(&merchant, session, turn, &report, None)?;
             format!(
                 "[operator] A human operator REJECTED action {} ({} with {}). It was NOT \
                  executed. Tell the merchant and offer alternatives.",
@@ -674,7 +676,7 @@ impl Agent {
             &note,
             buffer,
             vec![report],
-            false,
+            if approve { "approve" } else { "reject" },
             progress,
         )
         .await
@@ -691,9 +693,12 @@ impl Agent {
         query: &str,
         mut buffer: ConversationBuffer,
         prior_calls: Vec<ToolCallReport>,
-        may_clarify: bool,
+        kind: &'static str,
         progress: &dyn Progress,
     ) -> Result<TurnReport, AgentError> {
+        // Only a merchant's message may end with a clarifying question (not an operator's
+        // continuation).
+        let may_clarify = kind == "message";
         let mut st = TurnState {
             merchant: merchant.clone(),
             session: session.to_string(),
@@ -715,8 +720,17 @@ impl Agent {
                 ..ModelUse::default()
             },
             answer_use: None,
+            kind,
+            message: query.to_string(),
         };
-        st.memory = self.recall(merchant, query).await?;
+        let recorded = self
+            .recorded_memory
+            .as_ref()
+            .and_then(|r| r.memory_for(merchant, session, query));
+        st.memory = match recorded {
+            Some(m) => m,
+            None => self.recall(merchant, query).await?,
+        };
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
         if progress.wants_stream() {
             progress.memory_ready(&serde_json::to_value(&st.memory).unwrap_or(Value::Null));
@@ -727,8 +741,8 @@ impl Agent {
             .tools()
             .map(|t| ToolDefinition::function(t.name(), t.description(), t.parameters().clone()))
             .collect();
-        // A user turn may end with one clarifying question (not an operator's continuation, and
-        // not when a registered tool already has the name).
+        // A user turn may end with one clarifying question (not when a registered tool already
+        // has the name).
         let may_clarify = may_clarify && self.tools().get(ASK_USER_TOOL).is_none();
         if may_clarify {
             tool_defs.push(ask_user_definition());
@@ -752,7 +766,7 @@ impl Agent {
             {
                 Ok(r) => r,
                 Err(e) => {
-                    self.finish(&st, "error").await?;
+                    self.finish(&st, "error", "").await?;
                     return Err(AgentError::Llm(e));
                 }
             };
@@ -772,7 +786,7 @@ impl Agent {
                         {
                             Ok(r) => r,
                             Err(e) => {
-                                self.finish(&st, "error").await?;
+                                self.finish(&st, "error", "").await?;
                                 return Err(AgentError::Llm(e));
                             }
                         };
@@ -883,7 +897,7 @@ impl Agent {
             }
         };
         st.memory.summary = Some(buffer.summary().to_string()).filter(|s| !s.is_empty());
-        self.finish(&st, outcome).await?;
+        self.finish(&st, outcome, &answer).await?;
         let mut models = vec![st.main_use];
         models.extend(st.answer_use);
         Ok(TurnReport {
@@ -916,13 +930,19 @@ impl Agent {
     }
 
     /// Records the finished turn (on the blocking pool).
-    async fn finish(&self, st: &TurnState, outcome: &str) -> Result<(), AgentError> {
+    async fn finish(&self, st: &TurnState, outcome: &str, answer: &str) -> Result<(), AgentError> {
+        let mut models = vec![st.main_use.clone()];
+        models.extend(st.answer_use.clone());
         let record = TurnRecord {
             outcome: outcome.to_string(),
+            kind: st.kind.to_string(),
+            message: st.message.clone(),
+            answer: answer.to_string(),
+            models,
             latency_ms: st.started.elapsed().as_secs_f64() * 1e3,
             prompt_tokens: st.usage.prompt_tokens,
             completion_tokens: st.usage.completion_tokens,
-            context: serde_json::to_value(&st.memory).unwrap_or(Value::Null),
+            context: prompt::record_json(&st.memory),
         };
         let (session, merchant, turn) = (st.session.clone(), st.merchant.clone(), st.turn);
         self.blocking(move |store| store.record_turn(&session, &merchant, turn, &record))
@@ -1052,8 +1072,13 @@ impl Agent {
                 result: json!({"error": "tool_call_limit", "message": reason}),
                 latency_ms: 0.0,
             };
-            self.gate
-                .audit(&st.merchant, &st.session, st.turn, &report)?;
+            self.gate.audit(
+                &st.merchant,
+                &st.session,
+                st.turn,
+                &report,
+                Some(&self.model_name),
+            )?;
             return Ok((report, Some(Stop::Escalate(reason))));
         }
         st.executed += 1;
@@ -1067,6 +1092,7 @@ impl Agent {
             raw_args: &call.function.arguments,
             idempotency_key: None,
             policy: &policy,
+            model: Some(&self.model_name),
         };
         let result = self
             .gate
@@ -1135,6 +1161,7 @@ impl Agent {
             raw_args: &raw,
             idempotency_key: None,
             policy: &policy,
+            model: None,
         };
         let result = self
             .gate

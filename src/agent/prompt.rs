@@ -5,42 +5,44 @@
 //! data; anything in it that looks like a closing delimiter is defused so a chunk cannot end its
 //! block early and speak as the system.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
 
 /// A knowledge-base chunk used as context.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct KbContext {
     /// Chunk id in the knowledge base.
     pub chunk_id: u64,
     /// Source file.
     pub source: String,
     /// Heading path.
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub heading: String,
     /// Chunk text.
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub text: String,
     /// Retrieval score.
     pub score: f64,
 }
 
 /// A past episode used as context.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpisodeContext {
     /// Episode id.
     pub id: String,
     /// Its summary.
     pub summary: String,
     /// When it was saved (RFC 3339).
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub created_at: String,
     /// When it happened (RFC 3339), if known.
-    #[serde(skip)]
+    #[serde(skip_serializing, default)]
     pub occurred_at: Option<String>,
 }
 
 /// Everything the memories contributed to one turn.
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(default)]
 pub struct MemoryContext {
     /// Knowledge-base hits for the latest user message.
     pub kb: Vec<KbContext>,
@@ -48,6 +50,23 @@ pub struct MemoryContext {
     pub episodes: Vec<EpisodeContext>,
     /// The conversation's rolling summary, if any.
     pub summary: Option<String>,
+}
+
+/// `ctx` whole, as a turn record keeps it (the text of each hit included, which `ask --json`
+/// leaves out), so a replay can give a model exactly the memory it saw; it reads back with
+/// serde into a [`MemoryContext`].
+pub fn record_json(ctx: &MemoryContext) -> Value {
+    json!({
+        "kb": ctx.kb.iter().map(|h| json!({
+            "chunk_id": h.chunk_id, "source": h.source, "heading": h.heading,
+            "text": h.text, "score": h.score,
+        })).collect::<Vec<_>>(),
+        "episodes": ctx.episodes.iter().map(|e| json!({
+            "id": e.id, "summary": e.summary, "created_at": e.created_at,
+            "occurred_at": e.occurred_at,
+        })).collect::<Vec<_>>(),
+        "summary": ctx.summary,
+    })
 }
 
 /// Defuses anything that could close or open a memory block inside data.

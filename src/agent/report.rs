@@ -1,7 +1,9 @@
 //! What a tool call reports and how a turn shows progress: shared by the loop (`mod.rs`) and
 //! the gate (`gate.rs`), kept apart so that neither file imports the other.
 
-use serde::Serialize;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// One tool call as reported by `ask`/`approve`/`reject`.
@@ -45,3 +47,31 @@ pub trait Progress: Send + Sync {
 #[derive(Debug, Default)]
 pub struct Silent;
 impl Progress for Silent {}
+
+/// One model's share of a turn.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct ModelUse {
+    /// The model's name as sent to the API.
+    pub model: String,
+    /// `tools` (chose the tool calls), `answer` (wrote the final answer) or
+    /// `tools_and_answer`.
+    pub role: String,
+    /// Completed calls.
+    pub calls: u32,
+    /// Prompt tokens, as the API reported them.
+    pub prompt_tokens: u64,
+    /// Completion tokens, as the API reported them.
+    pub completion_tokens: u64,
+    /// Time in the model's calls, milliseconds.
+    pub latency_ms: f64,
+}
+
+impl ModelUse {
+    /// Counts one completed call of `usage` that took `elapsed`.
+    pub(crate) fn add(&mut self, usage: &crate::llm::Usage, elapsed: Duration) {
+        self.calls += 1;
+        self.prompt_tokens += usage.prompt_tokens;
+        self.completion_tokens += usage.completion_tokens;
+        self.latency_ms += elapsed.as_secs_f64() * 1e3;
+    }
+}

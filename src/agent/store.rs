@@ -23,8 +23,8 @@ use crate::merchant::MerchantId;
 use crate::state::StateUrl;
 
 pub use types::{
-    ActionStatus, AgentStateBackend, AuditEntry, PendingAction, Percentiles, Redacted, Stats,
-    TurnRecord,
+    ActionStatus, AgentStateBackend, AuditEntry, ModelStats, PendingAction, Percentiles, Redacted,
+    SessionInfo, Stats, StoredTurn, TurnRecord,
 };
 
 /// The agent's store: a facade over the backend its [`StateUrl`] names.
@@ -206,6 +206,21 @@ impl AgentStore {
     /// The memory context recorded for each turn of `session`, oldest first.
     pub fn turn_contexts(&self, session: &str) -> Result<Vec<Value>, AgentError> {
         self.backend.turn_contexts(session)
+    }
+
+    /// Every session (of `merchant` only, when given) created at or after `since`, oldest
+    /// first (for `memex eval export`).
+    pub fn sessions(
+        &self,
+        merchant: Option<&MerchantId>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<SessionInfo>, AgentError> {
+        self.backend.sessions(merchant, since)
+    }
+
+    /// The finished turns of `session` as stored, oldest first.
+    pub fn turn_records(&self, session: &str) -> Result<Vec<StoredTurn>, AgentError> {
+        self.backend.turn_records(session)
     }
 
     /// Appends one audit entry (durable once this returns).

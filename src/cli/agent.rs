@@ -365,8 +365,13 @@ pub fn audit(g: &GlobalArgs, a: AuditArgs) -> anyhow::Result<ExitCode> {
         println!("no tool calls recorded for session {}", a.session);
     } else {
         for e in log {
+            let by = e
+                .model
+                .as_deref()
+                .map(|m| format!(" [chosen by {m}]"))
+                .unwrap_or_default();
             println!(
-                "{} turn {} {} {} {} ({:.1} ms) -> {}",
+                "{} turn {} {} {} {} ({:.1} ms){by} -> {}",
                 e.at, e.turn, e.tool, e.args, e.status, e.latency_ms, e.result
             );
         }
@@ -401,6 +406,18 @@ pub fn stats(g: &GlobalArgs) -> anyhow::Result<ExitCode> {
             s.latency_ms.p95,
             s.latency_ms.p99
         );
+        for m in &s.models {
+            println!(
+                "model {} ({})  turns {}  calls {}  tokens {} prompt + {} completion  {:.0} ms per call",
+                m.model,
+                m.role,
+                m.turns,
+                m.calls,
+                m.prompt_tokens,
+                m.completion_tokens,
+                m.mean_call_ms
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

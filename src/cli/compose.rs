@@ -15,7 +15,7 @@ use memex::domain::payments::{
 use memex::embed::Embedder;
 use memex::episodic::EpisodicStore;
 use memex::kb::KnowledgeBase;
-use memex::llm::{LlmConfig, OpenAiCompatible};
+use memex::llm::{ChatModel, LlmConfig, OpenAiCompatible};
 use memex::merchant::MerchantId;
 use memex::planner::{Planner, PlannerConfig};
 use memex::sources::{Assembled, Reachability};
@@ -104,23 +104,10 @@ pub(super) async fn agent_over(
     let assembled = tools(g, Some(&kb), Reachability::BestEffort).await?;
     config.unavailable_sources = unavailable_names(&assembled);
     let tools = assembled.registry;
-    let llm = llm_config(g)?;
-    let model_name = llm.model.clone();
-    let answer = match g.llm_answer_model.as_deref().map(str::trim) {
-        Some(name) if !name.is_empty() => {
-            let mut cfg = llm.clone().with_model(name.to_string());
-            if let Some(u) = &g.llm_answer_base_url {
-                cfg = cfg.with_base_url(u.clone());
-            }
-            let client = OpenAiCompatible::new(cfg).context("bad answer-model configuration")?;
-            Some((Arc::new(client), name.to_string()))
-        }
-        _ => None,
-    };
-    let model = Arc::new(OpenAiCompatible::new(llm).context("bad LLM configuration")?);
+    let models = models(g)?;
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
     let agent = Agent::new(
-        model,
+        Arc::clone(&models.main),
         tools,
         embedder,
         Some(kb),
@@ -129,15 +116,119 @@ pub(super) async fn agent_over(
         store,
         config,
     );
-    let agent = agent.with_model_name(model_name);
-    let agent = match answer {
+    Ok(finish_agent(g, agent, models))
+}
+
+/// The chat models the global flags name: the main one and the optional answer model.
+pub(super) struct Models {
+    main: Arc<dyn ChatModel>,
+    main_name: String,
+    answer: Option<(Arc<dyn ChatModel>, String)>,
+}
+
+/// The main model (`--llm-*`) and the answer model (`--llm-answer-model`, on the same base
+/// URL unless `--llm-answer-base-url` names another).
+pub(super) fn models(g: &GlobalArgs) -> anyhow::Result<Models> {
+    let llm = llm_config(g)?;
+    let main_name = llm.model.clone();
+    let answer = match g.llm_answer_model.as_deref().map(str::trim) {
+        Some(name) if !name.is_empty() => {
+            let mut cfg = llm.clone().with_model(name.to_string());
+            if let Some(u) = &g.llm_answer_base_url {
+                cfg = cfg.with_base_url(u.clone());
+            }
+            let client = OpenAiCompatible::new(cfg).context("bad answer-model configuration")?;
+            Some((Arc::new(client) as Arc<dyn ChatModel>, name.to_string()))
+        }
+        _ => None,
+    };
+    let main = Arc::new(OpenAiCompatible::new(llm).context("bad LLM configuration")?);
+    Ok(Models {
+        main,
+        main_name,
+        answer,
+    })
+}
+
+/// `agent` with its models' names, the answer model and the domain of `--domain`.
+fn finish_agent(g: &GlobalArgs, agent: Agent, models: Models) -> Agent {
+    let agent = agent.with_model_name(models.main_name);
+    let agent = match models.answer {
         Some((model, name)) => agent.with_answer_model(model, name),
         None => agent,
     };
-    Ok(match g.domain.as_str() {
+    match g.domain.as_str() {
         "none" => agent,
         _ => agent.with_domain(Arc::new(PaymentsDomain)),
-    })
+    }
+}
+
+/// The agent `memex eval agent` replays cases on: the configured models, rules, guards and tool
+/// definitions, every tool answering from `recordings` (none runs), each turn's memory from
+/// `memory`, and every store a scratch one in `scratch` (nothing is written to the real state).
+pub(super) async fn replay_agent(
+    g: &GlobalArgs,
+    scratch: &std::path::Path,
+    recordings: Arc<memex::eval::replay::Recordings>,
+    memory: Arc<dyn memex::agent::RecordedMemory>,
+) -> anyhow::Result<Agent> {
+    let mut config = g.tuning.agent_config();
+    config.llm_rate = g.llm_bucket();
+    config.tool_fallbacks = fallbacks(g);
+    let assembled = tools(g, None, Reachability::BestEffort).await?;
+    config.unavailable_sources = unavailable_names(&assembled);
+    let mut registry = memex::tools::ToolRegistry::new();
+    for tool in assembled.registry.tools() {
+        registry
+            .register(Arc::new(memex::eval::replay::RecordedTool::new(
+                Arc::clone(tool),
+                Arc::clone(&recordings),
+            )))
+            .context("cannot register a recorded tool")?;
+    }
+    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
+    let episodes = memex::episodic::open(None, scratch)
+        .await
+        .context("cannot open a scratch episodic store")?;
+    let conversations: Arc<dyn ConversationStore> = Arc::new(
+        SqliteConversationStore::open_in(scratch)
+            .context("cannot open a scratch conversation store")?,
+    );
+    let store = Arc::new(AgentStore::open_in(scratch)?);
+    let models = models(g)?;
+    let agent = Agent::new(
+        Arc::clone(&models.main),
+        registry,
+        embedder,
+        None,
+        episodes,
+        conversations,
+        store,
+        config,
+    )
+    .with_recorded_memory(memory);
+    Ok(finish_agent(g, agent, models))
+}
+
+/// The tool whose successful call opens a ticket in `--domain` (none for `none`).
+pub(super) fn ticket_tools(g: &GlobalArgs) -> Vec<String> {
+    match g.domain.as_str() {
+        "none" => Vec::new(),
+        _ => {
+            let Ok(merchant) = MerchantId::parse("probe") else {
+                return Vec::new();
+            };
+            let probe = memex::agent::EscalationCase {
+                session: "",
+                merchant: &merchant,
+                reason: "",
+                tools_tried: Vec::new(),
+            };
+            memex::agent::Domain::escalation(&PaymentsDomain, &probe)
+                .map(|c| vec![c.tool])
+                .unwrap_or_default()
+        }
+    }
 }
 
 /// The tools of every surface, registered in one place: the built-in ones of `--domain`

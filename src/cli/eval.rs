@@ -1,4 +1,6 @@
-//! `memex eval locomo FILE...`: LoCoMo turn-level retrieval recall of episodic memory.
+//! `memex eval locomo FILE...`: LoCoMo turn-level retrieval recall of episodic memory;
+//! `memex eval export` and `memex eval agent` (stored sessions as test cases) are in
+//! `eval_cases.rs`.
 //!
 //! A benchmark, not a test: it imports each conversation as its own merchant into a scratch
 //! SQLite database (or the store named by `--episodic`, under fresh merchant ids that are
@@ -20,6 +22,10 @@ use super::GlobalArgs;
 pub enum EvalCommand {
     /// Turn-level recall@k on LoCoMo conversation files (categories 1–4).
     Locomo(LocomoArgs),
+    /// Write stored sessions as test cases, one JSON object per line, to stdout.
+    Export(super::eval_cases::ExportArgs),
+    /// Replay a cases file against the configured model, tools answering from the recording.
+    Agent(super::eval_cases::ReplayArgs),
 }
 
 /// Arguments of `memex eval locomo`.
@@ -83,6 +89,8 @@ pub fn run(g: &GlobalArgs, c: EvalCommand) -> anyhow::Result<ExitCode> {
         .context("cannot start the async runtime")?;
     match c {
         EvalCommand::Locomo(a) => rt.block_on(locomo_cmd(g, a))?,
+        EvalCommand::Export(a) => return super::eval_cases::export(g, a),
+        EvalCommand::Agent(a) => return rt.block_on(super::eval_cases::replay(g, a)),
     }
     Ok(ExitCode::SUCCESS)
 }

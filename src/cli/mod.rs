@@ -16,6 +16,7 @@ mod embed;
 mod episodes;
 mod errors;
 mod eval;
+mod eval_cases;
 mod forget;
 mod kb;
 #[cfg(feature = "bench")]

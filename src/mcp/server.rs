@@ -199,6 +199,7 @@ impl MemexMcp {
             idempotency_key: (in_session && !read_only)
                 .then(|| idempotency_key(&state.session, name, args)),
             policy: &self.policy,
+            model: None,
         };
         let mut guard = ConnectionGuard { seen, read_only };
         let done = self

@@ -405,7 +405,7 @@ impl Executor<'_> {
         if !already {
             self.agent
                 .gate()
-                .audit(&ctx.merchant, &ctx.session, ctx.turn, &report)?;
+                .audit(&ctx.merchant, &ctx.session, ctx.turn, &report, None)?;
         }
         Ok(())
     }
@@ -502,6 +502,7 @@ impl Executor<'_> {
             // A step that is run again after a crash must not act twice.
             idempotency_key: Some(call_id.clone()),
             policy: &policy,
+            model: None,
         };
         let hook = StepAttempts {
             store: self.store,

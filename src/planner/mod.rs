@@ -485,10 +485,13 @@ impl Planner {
             // The plan stays `running` (resumable); the error is what the caller needs to see.
             let record = TurnRecord {
                 outcome: "error".into(),
+                kind: "plan".into(),
+                message: row.task.clone(),
                 latency_ms: started.elapsed().as_secs_f64() * 1e3,
                 prompt_tokens: usage.prompt_tokens,
                 completion_tokens: usage.completion_tokens,
                 context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+                ..TurnRecord::default()
             };
             let (session, m) = (row.session.clone(), merchant.clone());
             let _ = blocking::agent(self.agent.store(), move |store| {
@@ -516,16 +519,21 @@ impl Planner {
             (PlanStatus::Completed, Some(a), "answer")
         };
         let id = plan_id.to_string();
+        let answer_text = answer.clone().unwrap_or_default();
         blocking::plans(&self.store, move |store| {
             store.set_status(&id, status, answer.as_deref())
         })
         .await?;
         let record = TurnRecord {
             outcome: outcome.to_string(),
+            kind: "plan".into(),
+            message: row.task.clone(),
+            answer: answer_text,
             latency_ms: started.elapsed().as_secs_f64() * 1e3,
             prompt_tokens: usage.prompt_tokens,
             completion_tokens: usage.completion_tokens,
             context: serde_json::json!({"plan_id": plan_id, "memory": memory}),
+            ..TurnRecord::default()
         };
         let (session, m) = (row.session.clone(), merchant.clone());
         blocking::agent(self.agent.store(), move |store| {

@@ -16,6 +16,7 @@
 //! | `actall`, `actst:STATUS` | sorted sets | action ids by creation sequence (`actseq`) |
 //! | `slock:SESSION` | string | the holder of the session's turn lock |
 //! | `stats` | hash | counters kept at write time for `memex stats` |
+//! | `mstats` | hash | per model: `METRIC|ROLE|MODEL` → calls, tokens, time (the name last) |
 //! | `lat` | sorted set | turn latencies (percentiles by rank, no scan) |
 //!
 //! Atomicity: session creation, turn counting, action creation, claims, transitions and locks
@@ -33,10 +34,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::types::{
-    ActionStatus, AgentStateBackend, AuditEntry, PendingAction, Percentiles, Redacted, Stats,
-    TurnRecord,
+    ActionStatus, AgentStateBackend, AuditEntry, ModelStats, PendingAction, Percentiles, Redacted,
+    SessionInfo, Stats, StoredTurn, TurnRecord,
 };
 use crate::agent::error::AgentError;
+use crate::agent::report::ModelUse;
 use crate::merchant::MerchantId;
 use crate::state::redis::{RedisPool, PREFIX};
 
@@ -180,6 +182,19 @@ struct TurnRow {
     prompt_tokens: u64,
     completion_tokens: u64,
     context: Value,
+    #[serde(default = "message_kind")]
+    kind: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    answer: String,
+    #[serde(default)]
+    models: Vec<ModelUse>,
+}
+
+/// The kind of a turn stored before turns had one.
+fn message_kind() -> String {
+    "message".into()
 }
 
 /// One audit row as stored in `audit:SESSION`.
@@ -195,6 +210,8 @@ struct AuditRow {
     status: String,
     latency_ms: f64,
     at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
 }
 
 fn key(kind: &str, id: &str) -> String {
@@ -204,6 +221,9 @@ fn key(kind: &str, id: &str) -> String {
 fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
+
+/// What a forgotten turn's message and answer read.
+const FORGOTTEN: &str = "[forgotten]";
 
 fn forgotten_value() -> Value {
     Value::String("[forgotten]".into())
@@ -363,10 +383,16 @@ impl AgentStateBackend for RedisAgentState {
             })?;
             out.turns += self.rewrite_list(&key("turns", session), &|raw: &str| {
                 let mut row: TurnRow = serde_json::from_str(raw).ok()?;
-                if row.merchant != m || row.context == forgotten_context() {
+                if row.merchant != m
+                    || (row.context == forgotten_context()
+                        && row.message == FORGOTTEN
+                        && row.answer == FORGOTTEN)
+                {
                     return None;
                 }
                 row.context = forgotten_context();
+                row.message = FORGOTTEN.into();
+                row.answer = FORGOTTEN.into();
                 serde_json::to_string(&row).ok()
             })?;
             // Every action of the session (`actsess`), and those of stores written before that
@@ -470,6 +496,10 @@ impl AgentStateBackend for RedisAgentState {
             prompt_tokens: rec.prompt_tokens,
             completion_tokens: rec.completion_tokens,
             context: rec.context.clone(),
+            kind: rec.kind.clone(),
+            message: rec.message.clone(),
+            answer: rec.answer.clone(),
+            models: rec.models.clone(),
         })
         .map_err(|e| AgentError::Corrupt {
             what: "a turn record".into(),
@@ -498,6 +528,27 @@ impl AgentStateBackend for RedisAgentState {
             .arg(rec.latency_ms)
             .arg(&lat_member)
             .ignore();
+        let mstats = format!("{PREFIX}mstats");
+        for m in &rec.models {
+            let field = |metric: &str| format!("{metric}|{}|{}", m.role, m.model);
+            for (metric, n) in [
+                ("turns", 1),
+                ("calls", u64::from(m.calls)),
+                ("prompt", m.prompt_tokens),
+                ("completion", m.completion_tokens),
+            ] {
+                p.cmd("HINCRBY")
+                    .arg(&mstats)
+                    .arg(field(metric))
+                    .arg(n)
+                    .ignore();
+            }
+            p.cmd("HINCRBYFLOAT")
+                .arg(&mstats)
+                .arg(field("latency"))
+                .arg(m.latency_ms)
+                .ignore();
+        }
         match rec.outcome.as_str() {
             "answer" | "pending_action" => {
                 p.cmd("HINCRBY").arg(&stats).arg("ok_turns").arg(1).ignore();
@@ -524,6 +575,93 @@ impl AgentStateBackend for RedisAgentState {
         Ok(())
     }
 
+    fn sessions(
+        &self,
+        merchant: Option<&MerchantId>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<SessionInfo>, AgentError> {
+        // The merchants: the one given, or every `msess:` set (SCAN, never KEYS).
+        let merchants: Vec<String> = match merchant {
+            Some(m) => vec![m.as_str().to_string()],
+            None => {
+                let prefix = key("msess", "");
+                // The prefix holds no glob character; a merchant id after it may hold any.
+                let pattern = format!("{prefix}*");
+                let mut found = Vec::new();
+                let mut cursor: u64 = 0;
+                loop {
+                    let (next, keys): (u64, Vec<String>) = self.pool.run(|c| {
+                        redis::cmd("SCAN")
+                            .arg(cursor)
+                            .arg("MATCH")
+                            .arg(&pattern)
+                            .arg("COUNT")
+                            .arg(500)
+                            .query(c)
+                    })?;
+                    found.extend(
+                        keys.into_iter()
+                            .filter_map(|k| k.strip_prefix(prefix.as_str()).map(str::to_string)),
+                    );
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+                found.sort();
+                found.dedup();
+                found
+            }
+        };
+        let min = since.map_or("-inf".to_string(), |t| t.timestamp_millis().to_string());
+        let mut out = Vec::new();
+        for m in merchants {
+            let ids: Vec<String> = self.pool.run(|c| {
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(key("msess", &m))
+                    .arg(&min)
+                    .arg("+inf")
+                    .query(c)
+            })?;
+            for chunk in ids.chunks(200) {
+                let mut p = redis::pipe();
+                for id in chunk {
+                    p.cmd("HGET").arg(key("sess", id)).arg("created_at");
+                }
+                let created: Vec<Option<String>> = self.pool.run(|c| p.query(c))?;
+                for (id, at) in chunk.iter().zip(created) {
+                    out.push(SessionInfo {
+                        id: id.clone(),
+                        merchant: m.clone(),
+                        created_at: at.unwrap_or_default(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.created_at, &a.id).cmp(&(&b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    fn turn_records(&self, session: &str) -> Result<Vec<StoredTurn>, AgentError> {
+        let rows: Vec<TurnRow> = self.list(&key("turns", session), "a turn record")?;
+        Ok(rows
+            .into_iter()
+            .map(|r| StoredTurn {
+                turn: r.turn,
+                at: r.at,
+                kind: r.kind,
+                message: r.message,
+                answer: r.answer,
+                outcome: r.outcome,
+                latency_ms: r.latency_ms,
+                prompt_tokens: r.prompt_tokens,
+                completion_tokens: r.completion_tokens,
+                models: r.models,
+                context: r.context,
+            })
+            .collect())
+    }
+
     fn turn_contexts(&self, session: &str) -> Result<Vec<Value>, AgentError> {
         let rows: Vec<TurnRow> = self.list(&key("turns", session), "a turn record")?;
         Ok(rows.into_iter().map(|r| r.context).collect())
@@ -541,6 +679,7 @@ impl AgentStateBackend for RedisAgentState {
             status: e.status.clone(),
             latency_ms: e.latency_ms,
             at: e.at.clone(),
+            model: e.model.clone(),
         })
         .map_err(|err| AgentError::Corrupt {
             what: "an audit row".into(),
@@ -586,6 +725,7 @@ impl AgentStateBackend for RedisAgentState {
                 status: r.status,
                 latency_ms: r.latency_ms,
                 at: r.at,
+                model: r.model,
             })
             .collect())
     }
@@ -827,6 +967,47 @@ impl AgentStateBackend for RedisAgentState {
             Ok(v.first().map_or(0.0, |(_, s)| *s))
         };
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        let per_model: HashMap<String, String> = self.pool.run(|c| {
+            redis::cmd("HGETALL")
+                .arg(format!("{PREFIX}mstats"))
+                .query(c)
+        })?;
+        let mut models: HashMap<(String, String), ModelStats> = HashMap::new();
+        for (field, value) in per_model {
+            let mut parts = field.splitn(3, '|');
+            let (Some(metric), Some(role), Some(model)) =
+                (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let e = models
+                .entry((model.to_string(), role.to_string()))
+                .or_insert_with(|| ModelStats {
+                    model: model.to_string(),
+                    role: role.to_string(),
+                    ..ModelStats::default()
+                });
+            let n = || value.parse::<i64>().unwrap_or(0).max(0) as u64;
+            match metric {
+                "turns" => e.turns = n(),
+                "calls" => e.calls = n(),
+                "prompt" => e.prompt_tokens = n(),
+                "completion" => e.completion_tokens = n(),
+                "latency" => e.latency_ms = value.parse::<f64>().unwrap_or(0.0),
+                _ => {}
+            }
+        }
+        let models = models
+            .into_values()
+            .map(|mut m| {
+                m.mean_call_ms = if m.calls == 0 {
+                    0.0
+                } else {
+                    m.latency_ms / m.calls as f64
+                };
+                m
+            })
+            .collect();
         let turns = get("turns");
         let tool_calls = get("tool_calls");
         Ok(Stats {
@@ -846,6 +1027,7 @@ impl AgentStateBackend for RedisAgentState {
                 p95: pct(0.95)?,
                 p99: pct(0.99)?,
             },
+            models: super::types::sorted_models(models),
         })
     }
 

@@ -8,8 +8,8 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde_json::Value;
 
 use super::types::{
-    ActionStatus, AgentStateBackend, AuditEntry, PendingAction, Percentiles, Redacted, Stats,
-    TurnRecord,
+    ActionStatus, AgentStateBackend, AuditEntry, ModelStats, PendingAction, Percentiles, Redacted,
+    SessionInfo, Stats, StoredTurn, TurnRecord,
 };
 use crate::agent::error::AgentError;
 use crate::merchant::MerchantId;
@@ -170,6 +170,28 @@ impl SqliteAgentState {
             )
             .map_err(db_err)?;
         }
+        // Stores made before `memex eval export` and per-model stats get the columns (turns
+        // recorded before them read as message turns with no text and no model figures).
+        for (table, column, decl) in [
+            ("turns", "kind", "TEXT NOT NULL DEFAULT 'message'"),
+            ("turns", "message", "TEXT NOT NULL DEFAULT ''"),
+            ("turns", "answer", "TEXT NOT NULL DEFAULT ''"),
+            ("turns", "models", "TEXT NOT NULL DEFAULT '[]'"),
+            ("audit", "model", "TEXT"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+                    params![column],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map_err(db_err)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))
+                    .map_err(db_err)?;
+            }
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -290,9 +312,11 @@ impl AgentStateBackend for SqliteAgentState {
                 .map_err(db_err)? as u64;
             out.turns += tx
                 .execute(
-                    "UPDATE turns SET context = '{\"forgotten\":true}'
+                    "UPDATE turns SET context = '{\"forgotten\":true}',
+                       message = '[forgotten]', answer = '[forgotten]'
                      WHERE session_id = ?1 AND merchant_id = ?2
-                       AND context != '{\"forgotten\":true}'",
+                       AND (context != '{\"forgotten\":true}' OR message != '[forgotten]'
+                            OR answer != '[forgotten]')",
                     params![session, merchant.as_str()],
                 )
                 .map_err(db_err)? as u64;
@@ -386,8 +410,8 @@ impl AgentStateBackend for SqliteAgentState {
         self.conn()?
             .execute(
                 "INSERT INTO turns(session_id, merchant_id, turn, at, outcome, latency_ms,
-                   prompt_tokens, completion_tokens, context)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                   prompt_tokens, completion_tokens, context, kind, message, answer, models)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     session,
                     merchant.as_str(),
@@ -397,7 +421,11 @@ impl AgentStateBackend for SqliteAgentState {
                     rec.latency_ms,
                     rec.prompt_tokens as i64,
                     rec.completion_tokens as i64,
-                    rec.context.to_string()
+                    rec.context.to_string(),
+                    rec.kind,
+                    rec.message,
+                    rec.answer,
+                    serde_json::to_string(&rec.models).unwrap_or_else(|_| "[]".into())
                 ],
             )
             .map_err(db_err)?;
@@ -420,12 +448,90 @@ impl AgentStateBackend for SqliteAgentState {
         .collect()
     }
 
+    fn sessions(
+        &self,
+        merchant: Option<&MerchantId>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<SessionInfo>, AgentError> {
+        // `created_at` is RFC 3339 in UTC with milliseconds, so text order is time order.
+        let from = since
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+            .unwrap_or_default();
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, merchant_id, created_at FROM sessions
+                 WHERE created_at >= ?1 AND (?2 IS NULL OR merchant_id = ?2)
+                 ORDER BY created_at, id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![from, merchant.map(|m| m.as_str())], |r| {
+                Ok(SessionInfo {
+                    id: r.get(0)?,
+                    merchant: r.get(1)?,
+                    created_at: r.get(2)?,
+                })
+            })
+            .map_err(db_err)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(db_err)
+    }
+
+    fn turn_records(&self, session: &str) -> Result<Vec<StoredTurn>, AgentError> {
+        let conn = self.conn()?;
+        let mut stmt = conn
+            .prepare(
+                "SELECT turn, at, kind, message, answer, outcome, latency_ms, prompt_tokens,
+                        completion_tokens, models, context
+                 FROM turns WHERE session_id = ?1 ORDER BY id",
+            )
+            .map_err(db_err)?;
+        let rows = stmt
+            .query_map(params![session], |r| {
+                Ok((
+                    r.get::<_, u32>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, String>(4)?,
+                    r.get::<_, String>(5)?,
+                    r.get::<_, f64>(6)?,
+                    r.get::<_, i64>(7)?,
+                    r.get::<_, i64>(8)?,
+                    r.get::<_, String>(9)?,
+                    r.get::<_, String>(10)?,
+                ))
+            })
+            .map_err(db_err)?;
+        rows.map(|row| {
+            let (turn, at, kind, message, answer, outcome, latency_ms, pt, ct, models, context) =
+                row.map_err(db_err)?;
+            Ok(StoredTurn {
+                turn,
+                at,
+                kind,
+                message,
+                answer,
+                outcome,
+                latency_ms,
+                prompt_tokens: pt.max(0) as u64,
+                completion_tokens: ct.max(0) as u64,
+                models: serde_json::from_str(&models)
+                    .map_err(|e| corrupt("a turn's model figures", e))?,
+                context: serde_json::from_str(&context)
+                    .map_err(|e| corrupt("a turn's memory context", e))?,
+            })
+        })
+        .collect()
+    }
+
     /// Appends one audit entry.
     fn audit(&self, e: &AuditEntry) -> Result<(), AgentError> {
         self.conn()?
             .execute(
                 "INSERT INTO audit(session_id, merchant_id, turn, call_id, tool, args, result,
-                   status, latency_ms, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                   status, latency_ms, at, model)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 params![
                     e.session,
                     e.merchant,
@@ -436,7 +542,8 @@ impl AgentStateBackend for SqliteAgentState {
                     e.result.to_string(),
                     e.status,
                     e.latency_ms,
-                    e.at
+                    e.at,
+                    e.model
                 ],
             )
             .map_err(db_err)?;
@@ -449,7 +556,7 @@ impl AgentStateBackend for SqliteAgentState {
         let mut stmt = conn
             .prepare(
                 "SELECT session_id, merchant_id, turn, call_id, tool, args, result, status,
-                        latency_ms, at FROM audit WHERE session_id = ?1 ORDER BY id",
+                        latency_ms, at, model FROM audit WHERE session_id = ?1 ORDER BY id",
             )
             .map_err(db_err)?;
         let rows = stmt
@@ -465,12 +572,24 @@ impl AgentStateBackend for SqliteAgentState {
                     r.get::<_, String>(7)?,
                     r.get::<_, f64>(8)?,
                     r.get::<_, String>(9)?,
+                    r.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(db_err)?;
         rows.map(|row| {
-            let (session, merchant, turn, call_id, tool, args, result, status, latency_ms, at) =
-                row.map_err(db_err)?;
+            let (
+                session,
+                merchant,
+                turn,
+                call_id,
+                tool,
+                args,
+                result,
+                status,
+                latency_ms,
+                at,
+                model,
+            ) = row.map_err(db_err)?;
             Ok(AuditEntry {
                 session,
                 merchant,
@@ -482,6 +601,7 @@ impl AgentStateBackend for SqliteAgentState {
                 status,
                 latency_ms,
                 at,
+                model,
             })
         })
         .collect()
@@ -730,7 +850,46 @@ impl AgentStateBackend for SqliteAgentState {
             lat[idx]
         };
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        // Per model and role, summed in SQLite over each turn's `models` array.
+        let mut stmt = conn
+            .prepare(
+                "SELECT json_extract(m.value, '$.model'), json_extract(m.value, '$.role'),
+                        COUNT(*), SUM(json_extract(m.value, '$.calls')),
+                        SUM(json_extract(m.value, '$.prompt_tokens')),
+                        SUM(json_extract(m.value, '$.completion_tokens')),
+                        SUM(json_extract(m.value, '$.latency_ms'))
+                 FROM turns, json_each(turns.models) AS m
+                 WHERE json_valid(turns.models)
+                 GROUP BY 1, 2",
+            )
+            .map_err(db_err)?;
+        let models: Vec<ModelStats> = stmt
+            .query_map([], |r| {
+                let n = |i: usize| -> rusqlite::Result<u64> {
+                    Ok(r.get::<_, Option<i64>>(i)?.unwrap_or(0).max(0) as u64)
+                };
+                let calls = n(3)?;
+                let latency_ms = r.get::<_, Option<f64>>(6)?.unwrap_or(0.0);
+                Ok(ModelStats {
+                    model: r.get::<_, Option<String>>(0)?.unwrap_or_default(),
+                    role: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    turns: n(2)?,
+                    calls,
+                    prompt_tokens: n(4)?,
+                    completion_tokens: n(5)?,
+                    latency_ms,
+                    mean_call_ms: if calls == 0 {
+                        0.0
+                    } else {
+                        latency_ms / calls as f64
+                    },
+                })
+            })
+            .map_err(db_err)?
+            .collect::<Result<_, _>>()
+            .map_err(db_err)?;
         Ok(Stats {
+            models: super::types::sorted_models(models),
             sessions,
             turns,
             success_rate: ratio(ok_turns, turns),

@@ -1,10 +1,11 @@
 //! The agent store's records and the backend seam, shared by the facade ([`super::AgentStore`])
 //! and its backends (`sqlite.rs`, `redis.rs`), so that no backend names the facade.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::agent::error::AgentError;
+use crate::agent::report::ModelUse;
 use crate::merchant::MerchantId;
 
 /// What [`super::AgentStore::redact_sessions`] changed.
@@ -42,6 +43,9 @@ pub struct AuditEntry {
     pub latency_ms: f64,
     /// When it happened (RFC 3339).
     pub at: String,
+    /// The model that chose the call (`null` for calls memex or a human made: an escalation,
+    /// an approval, a plan step, an MCP client's call).
+    pub model: Option<String>,
 }
 
 /// Status of an irreversible action awaiting or past a human decision.
@@ -109,11 +113,20 @@ pub struct PendingAction {
     pub call_id: String,
 }
 
-/// What one finished turn leaves behind for `memex stats`.
+/// What one finished turn leaves behind for `memex stats` and `memex eval export`.
 #[derive(Debug, Clone, Default)]
 pub struct TurnRecord {
-    /// `answer`, `pending_action`, `escalation` or `error`.
+    /// `answer`, `pending_action`, `escalation`, `clarification` or `error`.
     pub outcome: String,
+    /// What started the turn: `message` (the merchant wrote), `approve` or `reject` (an
+    /// operator decided a pending action).
+    pub kind: String,
+    /// The merchant's message, or the operator's note for a decision.
+    pub message: String,
+    /// What the agent answered (empty when the turn failed).
+    pub answer: String,
+    /// Which model produced what, with its calls, tokens and time.
+    pub models: Vec<ModelUse>,
     /// Wall time of the turn in milliseconds.
     pub latency_ms: f64,
     /// Prompt tokens over the turn's LLM calls.
@@ -122,6 +135,76 @@ pub struct TurnRecord {
     pub completion_tokens: u64,
     /// The memory context used, as JSON.
     pub context: Value,
+}
+
+/// A finished turn as stored, for `memex eval export`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StoredTurn {
+    /// Turn number within the session (1-based).
+    pub turn: u32,
+    /// When it finished (RFC 3339).
+    pub at: String,
+    /// See [`TurnRecord::kind`] (`message` for turns stored before it existed).
+    pub kind: String,
+    /// See [`TurnRecord::message`] (empty for turns stored before it existed).
+    pub message: String,
+    /// See [`TurnRecord::answer`].
+    pub answer: String,
+    /// See [`TurnRecord::outcome`].
+    pub outcome: String,
+    /// Wall time of the turn in milliseconds.
+    pub latency_ms: f64,
+    /// Prompt tokens over the turn's LLM calls.
+    pub prompt_tokens: u64,
+    /// Completion tokens over the turn's LLM calls.
+    pub completion_tokens: u64,
+    /// See [`TurnRecord::models`].
+    pub models: Vec<ModelUse>,
+    /// The memory context the turn used.
+    pub context: Value,
+}
+
+/// A session as listed for `memex eval export`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SessionInfo {
+    /// Session id.
+    pub id: String,
+    /// Its merchant.
+    pub merchant: String,
+    /// When it was created (RFC 3339).
+    pub created_at: String,
+}
+
+/// One model's totals over every recorded turn, for `memex stats`.
+#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+pub struct ModelStats {
+    /// The model's name as sent to the API.
+    pub model: String,
+    /// What it did: `tools`, `answer` or `tools_and_answer` (see [`ModelUse::role`]).
+    pub role: String,
+    /// Turns it took part in.
+    pub turns: u64,
+    /// Its completed calls.
+    pub calls: u64,
+    /// Prompt tokens.
+    pub prompt_tokens: u64,
+    /// Completion tokens.
+    pub completion_tokens: u64,
+    /// Time in its calls, milliseconds, in all.
+    pub latency_ms: f64,
+    /// Mean time of one call, milliseconds.
+    pub mean_call_ms: f64,
+}
+
+/// `models` with the most tokens first (then by name and role, so the order is stable).
+pub(crate) fn sorted_models(mut models: Vec<ModelStats>) -> Vec<ModelStats> {
+    models.sort_by(|a, b| {
+        (b.prompt_tokens + b.completion_tokens)
+            .cmp(&(a.prompt_tokens + a.completion_tokens))
+            .then_with(|| a.model.cmp(&b.model))
+            .then_with(|| a.role.cmp(&b.role))
+    });
+    models
 }
 
 /// Aggregates for `memex stats` (all zero for a data directory with no store yet).
@@ -152,6 +235,8 @@ pub struct Stats {
     pub llm_tokens: u64,
     /// Turn latency percentiles in milliseconds.
     pub latency_ms: Percentiles,
+    /// Each model's calls, tokens and time, by model and role (most tokens first).
+    pub models: Vec<ModelStats>,
 }
 
 /// p50/p95/p99.
@@ -195,6 +280,14 @@ pub trait AgentStateBackend: Send + Sync {
     ) -> Result<(), AgentError>;
     /// See [`super::AgentStore::turn_contexts`].
     fn turn_contexts(&self, session: &str) -> Result<Vec<Value>, AgentError>;
+    /// See [`super::AgentStore::sessions`].
+    fn sessions(
+        &self,
+        merchant: Option<&MerchantId>,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Result<Vec<SessionInfo>, AgentError>;
+    /// See [`super::AgentStore::turn_records`].
+    fn turn_records(&self, session: &str) -> Result<Vec<StoredTurn>, AgentError>;
     /// See [`super::AgentStore::audit`].
     fn audit(&self, e: &AuditEntry) -> Result<(), AgentError>;
     /// See [`super::AgentStore::audit_log`].
