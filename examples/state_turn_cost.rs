@@ -9,7 +9,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use memex::agent::{AgentStore, AuditEntry, TurnRecord};
+use memex::agent::{AgentStore, AuditEntry, ModelUse, TurnRecord};
 use memex::merchant::MerchantId;
 use serde_json::json;
 
@@ -44,6 +44,7 @@ fn turn(store: &AgentStore, session: &str, m: &MerchantId, tools: usize) {
                 status: "ok".into(),
                 latency_ms: 0.4,
                 at: "2026-01-01T00:00:00.000Z".into(),
+                model: Some("fake-model".into()),
             })
             .expect("audit");
     }
@@ -58,6 +59,17 @@ fn turn(store: &AgentStore, session: &str, m: &MerchantId, tools: usize) {
                 prompt_tokens: 900,
                 completion_tokens: 40,
                 context: json!({"kb": ["chunk 1", "chunk 2"], "episodes": [], "summary": ""}),
+                kind: "message".into(),
+                message: "Where is the settlement for pay_ABC123?".into(),
+                answer: "It settles on T+2.".into(),
+                models: vec![ModelUse {
+                    model: "fake-model".into(),
+                    role: "tools_and_answer".into(),
+                    calls: 2,
+                    prompt_tokens: 900,
+                    completion_tokens: 40,
+                    latency_ms: 10.0,
+                }],
             },
         )
         .expect("record");

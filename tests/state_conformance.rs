@@ -73,7 +73,7 @@ fn entry(session: &str, merchant: &str, turn: u32, i: usize, status: &str) -> Au
         status: status.into(),
         latency_ms: i as f64,
         at: "2026-01-01T00:00:00.000Z".into(),
-        model: (i % 2 == 0).then(|| "small-model".to_string()),
+        model: i.is_multiple_of(2).then(|| "small-model".to_string()),
     }
 }
 

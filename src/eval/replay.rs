@@ -80,7 +80,7 @@ impl Recordings {
         let pick = calls
             .iter()
             .position(|r| !r.used && same(r))
-            .or_else(|| calls.iter().position(|r| same(r)))
+            .or_else(|| calls.iter().position(same))
             .or_else(|| {
                 (!read_only)
                     .then(|| calls.iter().position(|r| !r.used && r.tool == tool))
