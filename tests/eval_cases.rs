@@ -312,6 +312,13 @@ async fn export_then_replay_reproduces_tools_and_outcomes_and_reports_a_changed_
     assert!(text.contains("DIFF ses_where"), "{text}");
     assert!(text.contains("different 1"), "{text}");
 
+    // A forgotten merchant's sessions are no longer cases.
+    json_of(&memex(data, &url, &["forget", "--merchant", "MID002", "--json"]).await);
+    let after = lines(&memex(data, &url, &["eval", "export"]).await);
+    assert_eq!(after.len(), 3);
+    assert!(after.iter().all(|c| c["merchant_id"] != "MID002"));
+    assert!(!after.iter().any(|c| c.to_string().contains("refund 1000")));
+
     // A file that is not cases is refused, naming the line.
     std::fs::write(&file, "{\"case\": 1}\n").unwrap();
     let out = memex(data, &url, &["eval", "agent", file.to_str().unwrap()]).await;

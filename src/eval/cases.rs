@@ -117,7 +117,8 @@ pub enum CaseError {
 }
 
 /// Writes every session `filter` selects to `write`, one case at a time (never the whole
-/// store in memory); returns how many were written. Sessions with no finished turn are skipped.
+/// store in memory); returns how many were written. Sessions with no finished turn are skipped,
+/// and so are turns `memex forget` redacted.
 pub fn export(
     store: &AgentStore,
     filter: &ExportFilter,
@@ -125,7 +126,12 @@ pub fn export(
 ) -> Result<usize, CaseError> {
     let mut written = 0;
     for s in store.sessions(filter.merchant.as_ref(), filter.since)? {
-        let turns = store.turn_records(&s.id)?;
+        // A forgotten turn (`memex forget`) is no test case: its words are gone.
+        let turns: Vec<StoredTurn> = store
+            .turn_records(&s.id)?
+            .into_iter()
+            .filter(|t| t.context != serde_json::json!({"forgotten": true}))
+            .collect();
         if turns.is_empty() {
             continue;
         }

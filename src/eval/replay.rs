@@ -281,7 +281,8 @@ pub struct CaseResult {
     pub tools_set: bool,
     /// Every turn's outcome matched.
     pub outcome_match: bool,
-    /// Replayed turns (merchant messages; operator decisions and plans are not replayed).
+    /// Replayed turns (merchant messages; operator decisions, plans and turns recorded before
+    /// messages were kept are not replayed).
     pub turns: Vec<TurnComparison>,
 }
 
@@ -343,7 +344,12 @@ pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
     let mut latencies = Vec::new();
     for case in cases {
         let mut turns = Vec::new();
-        for t in case.turns.iter().filter(|t| t.kind == "message") {
+        // Turns recorded before messages were kept have none to replay.
+        let replayable = case
+            .turns
+            .iter()
+            .filter(|t| t.kind == "message" && !t.message.trim().is_empty());
+        for t in replayable {
             let merchant_arg = |tool: &str| {
                 agent
                     .tools()

@@ -858,8 +858,9 @@ impl AgentStateBackend for SqliteAgentState {
                         SUM(json_extract(m.value, '$.prompt_tokens')),
                         SUM(json_extract(m.value, '$.completion_tokens')),
                         SUM(json_extract(m.value, '$.latency_ms'))
-                 FROM turns, json_each(turns.models) AS m
-                 WHERE json_valid(turns.models)
+                 FROM turns,
+                      json_each(CASE WHEN json_valid(turns.models) THEN turns.models
+                                     ELSE '[]' END) AS m
                  GROUP BY 1, 2",
             )
             .map_err(db_err)?;
