@@ -42,12 +42,20 @@ fn script(server: &FakeOpenAi, changed: bool) {
         r#"{"question":"Which payment should be refunded?"}"#,
     )]));
     server.push(Reply::text("Thanks: pay_ABC123 it is."));
-    // Case 3: a refund, held for a human.
-    server.push(Reply::tool_calls(&[(
-        "r1",
-        "initiate_refund",
-        r#"{"transaction_id":"pay_ABC123","amount":1000,"reason":"merchant asked"}"#,
-    )]));
+    // Case 3: a refund, held for a human; the lookup in the same reply is never run (the turn
+    // stops at the held action, and the audit has no row for it).
+    server.push(Reply::tool_calls(&[
+        (
+            "r1",
+            "initiate_refund",
+            r#"{"transaction_id":"pay_ABC123","amount":1000,"reason":"merchant asked"}"#,
+        ),
+        (
+            "r2",
+            "get_transaction",
+            r#"{"transaction_id":"pay_ABC123"}"#,
+        ),
+    ]));
     // Case 4: nine calls in one reply: seven repeats are loops, the ninth passes the cap of
     // eight and the turn escalates with a ticket.
     let calls: Vec<(String, &str, &str)> = (0..9)
@@ -152,6 +160,11 @@ async fn export_then_replay_reproduces_tools_and_outcomes_and_reports_a_changed_
     assert_eq!(cases[1]["turns"].as_array().unwrap().len(), 2);
     assert_eq!(cases[1]["tags"], serde_json::json!(["clarified"]));
     assert_eq!(cases[2]["outcome"], "pending_action");
+    assert_eq!(
+        cases[2]["turns"][0]["tool_calls"].as_array().unwrap().len(),
+        1,
+        "only the held refund reached the audit"
+    );
     assert_eq!(cases[3]["outcome"], "escalation");
     assert_eq!(
         cases[3]["tags"],
@@ -327,4 +340,87 @@ async fn export_then_replay_reproduces_tools_and_outcomes_and_reports_a_changed_
         String::from_utf8_lossy(&out.stderr).contains("line 1"),
         "{out:?}"
     );
+}
+
+/// A store written by an older release (no message, answer, model columns), read by commands
+/// that open it read-only: `stats`, `audit` and `eval export` work with the defaults, and a
+/// replay skips the turn that has no message; a writer then adds the columns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_agent_store_is_read_with_defaults_then_migrated() {
+    let server = FakeOpenAi::start().await;
+    let url = server.base_url();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path();
+    let db = data.join("agent.db");
+    {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE sessions(
+                id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, created_at TEXT NOT NULL,
+                turns INTEGER NOT NULL DEFAULT 0, ended_at TEXT, episode_id TEXT);
+             CREATE TABLE turns(
+                id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+                turn INTEGER NOT NULL, at TEXT NOT NULL, outcome TEXT NOT NULL,
+                latency_ms REAL NOT NULL, prompt_tokens INTEGER NOT NULL,
+                completion_tokens INTEGER NOT NULL, context TEXT NOT NULL);
+             CREATE TABLE audit(
+                id INTEGER PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
+                turn INTEGER NOT NULL, call_id TEXT NOT NULL, tool TEXT NOT NULL,
+                args TEXT NOT NULL, result TEXT NOT NULL, status TEXT NOT NULL,
+                latency_ms REAL NOT NULL, at TEXT NOT NULL);
+             INSERT INTO sessions VALUES ('ses_old', 'MID001', '2026-01-01T00:00:00.000Z', 1,
+                                          NULL, NULL);
+             INSERT INTO turns(session_id, merchant_id, turn, at, outcome, latency_ms,
+                               prompt_tokens, completion_tokens, context)
+                  VALUES ('ses_old', 'MID001', 1, '2026-01-01T00:00:01.000Z', 'answer', 12.0,
+                          30, 7, '{\"kb\":[],\"episodes\":[],\"summary\":null}');
+             INSERT INTO audit(session_id, merchant_id, turn, call_id, tool, args, result,
+                               status, latency_ms, at)
+                  VALUES ('ses_old', 'MID001', 1, 'c1', 'get_transaction',
+                          '{\"transaction_id\":\"pay_ABC123\"}', '{\"status\":\"settled\"}',
+                          'ok', 1.5, '2026-01-01T00:00:01.000Z');",
+        )
+        .unwrap();
+    }
+    let stats = json_of(&memex(data, &url, &["stats", "--json"]).await);
+    assert_eq!(stats["turns"], 1);
+    assert_eq!(stats["llm_tokens"], 37);
+    assert_eq!(stats["models"], serde_json::json!([]));
+    let audit = json_of(&memex(data, &url, &["audit", "--session", "ses_old", "--json"]).await);
+    assert_eq!(audit[0]["tool"], "get_transaction");
+    assert!(audit[0]["model"].is_null(), "{audit}");
+    let cases = lines(&memex(data, &url, &["eval", "export"]).await);
+    assert_eq!(cases.len(), 1);
+    assert_eq!(cases[0]["turns"][0]["kind"], "message");
+    assert_eq!(cases[0]["turns"][0]["message"], "");
+    assert_eq!(cases[0]["turns"][0]["tool_calls"][0]["status"], "ok");
+    let file = data.join("old.jsonl");
+    std::fs::write(&file, format!("{}\n", cases[0])).unwrap();
+    let report = json_of(
+        &memex(
+            data,
+            &url,
+            &["eval", "agent", file.to_str().unwrap(), "--json"],
+        )
+        .await,
+    );
+    assert_eq!(report["summary"]["skipped"], 1, "{report}");
+    assert_eq!(report["summary"]["cases"], 0);
+    assert!(
+        server.requests().is_empty(),
+        "nothing to replay, no model call"
+    );
+
+    // A writer adds the columns; what was there reads the same.
+    let store = memex::agent::AgentStore::open(&db).unwrap();
+    let turns = store.turn_records("ses_old").unwrap();
+    assert_eq!(
+        (turns[0].kind.as_str(), turns[0].outcome.as_str()),
+        ("message", "answer")
+    );
+    assert!(turns[0].models.is_empty());
+    assert_eq!(store.audit_log("ses_old").unwrap()[0].model, None);
+    drop(store);
+    let stats_after = json_of(&memex(data, &url, &["stats", "--json"]).await);
+    assert_eq!(stats, stats_after);
 }

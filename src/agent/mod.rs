@@ -641,10 +641,15 @@ impl Agent {
             } else {
                 "It was run but FAILED"
             };
+            // Secrets stay out of the note: it reaches the model, the conversation and the
+            // turn record (the audit redacts them too).
             format!(
                 "[operator] A human operator APPROVED action {} ({} with {}). {how}; \
                  result: {}",
-                action.id, action.tool, action.args, report.result
+                action.id,
+                action.tool,
+                guards::redact(&action.args),
+                guards::redact(&report.result)
             )
         } else {
             if !self.store.transition(
@@ -664,7 +669,9 @@ impl Agent {
             format!(
                 "[operator] A human operator REJECTED action {} ({} with {}). It was NOT \
                  executed. Tell the merchant and offer alternatives.",
-                action.id, action.tool, action.args
+                action.id,
+                action.tool,
+                guards::redact(&action.args)
             )
         };
         let mut buffer = self.open_buffer(&merchant, session).await?;
@@ -1103,7 +1110,9 @@ impl Agent {
             CallOutcome::PendingApproval { action_id } => {
                 let answer = format!(
                     "This needs a human's approval before it can run: {} with {}. Action id: {}.",
-                    name, result.args, action_id
+                    name,
+                    guards::redact(&result.args),
+                    action_id
                 );
                 let pending = PendingRef {
                     id: action_id.clone(),

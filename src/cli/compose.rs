@@ -175,6 +175,8 @@ pub(super) async fn replay_agent(
     let mut config = g.tuning.agent_config();
     config.llm_rate = g.llm_bucket();
     config.tool_fallbacks = fallbacks(g);
+    // A cache across sessions would hand one case another case's recorded result.
+    config.shared_tool_cache = false;
     let assembled = tools(g, None, Reachability::BestEffort).await?;
     config.unavailable_sources = unavailable_names(&assembled);
     let mut registry = memex::tools::ToolRegistry::new();

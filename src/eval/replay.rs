@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::cases::Case;
 use crate::agent::prompt::MemoryContext;
-use crate::agent::{Agent, RecordedMemory, Silent, TurnReport};
+use crate::agent::{Agent, AuditEntry, RecordedMemory, Silent, TurnReport};
 use crate::merchant::MerchantId;
 use crate::tools::{canonical_json, Tool, ToolContext, ToolError, ToolOrigin};
 
@@ -45,7 +45,9 @@ impl Recordings {
         for case in cases {
             let calls = by_session.entry(case.session.clone()).or_default();
             for call in case.turns.iter().flat_map(|t| &t.tool_calls) {
-                if matches!(call.status.as_str(), "ok" | "cached" | "error") {
+                if matches!(call.status.as_str(), "ok" | "cached")
+                    || (call.status == "error" && from_a_tool(&call.result))
+                {
                     calls.push(Recorded {
                         tool: call.tool.clone(),
                         args: call.args.clone(),
@@ -92,10 +94,20 @@ impl Recordings {
     }
 }
 
-/// `args` as compared across a recording and a replay: canonical JSON without memex's
-/// merchant override note and without the merchant argument memex binds itself.
+/// Whether an error result came from a tool (one of [`ToolError`]'s kinds), not from the gate
+/// (`tool_call_limit`, `not_executed`, …).
+fn from_a_tool(result: &Value) -> bool {
+    matches!(
+        result.get("error").and_then(Value::as_str),
+        Some("not_found" | "invalid_args" | "refused" | "transient" | "internal" | "unavailable")
+    )
+}
+
+/// `args` as compared across a recording and a replay: canonical JSON of the arguments as the
+/// audit keeps them (secrets redacted), without memex's merchant override note and without the
+/// merchant argument memex binds itself.
 pub fn normalized(args: &Value, merchant_arg: Option<&str>) -> String {
-    let mut a = args.clone();
+    let mut a = crate::agent::guards::redact(args);
     if let Some(map) = a.as_object_mut() {
         map.remove(MERCHANT_OVERRIDE);
         if let Some(m) = merchant_arg {
@@ -302,6 +314,9 @@ pub struct Latency {
 pub struct Summary {
     /// Cases replayed.
     pub cases: usize,
+    /// Cases with no turn to replay (only operator decisions or plans, or recorded before
+    /// messages were kept): left out of every other figure.
+    pub skipped: usize,
     /// Turns replayed.
     pub turns: usize,
     /// Cases that matched in every turn.
@@ -342,6 +357,7 @@ pub struct ReplayReport {
 pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
     let mut report = ReplayReport::default();
     let mut latencies = Vec::new();
+    let mut skipped = 0;
     for case in cases {
         let mut turns = Vec::new();
         // Turns recorded before messages were kept have none to replay.
@@ -377,6 +393,11 @@ pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
                 latency_ms: t.latency_ms,
                 error: None,
             };
+            // What the scratch audit holds already: a turn that fails leaves its calls there.
+            let audited = agent
+                .store()
+                .audit_log(&case.session)
+                .map_or(0, |log| log.len());
             let started = Instant::now();
             let result = match MerchantId::parse(&case.merchant_id) {
                 Ok(m) => agent
@@ -389,15 +410,22 @@ pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
             latencies.push(latency_ms);
             let replayed = match result {
                 Ok(r) => side_of(&r, latency_ms, &shown),
-                Err(error) => TurnSide {
-                    tools: Vec::new(),
-                    calls: Vec::new(),
-                    outcome: "error".into(),
-                    loops: 0,
-                    answer: String::new(),
-                    latency_ms,
-                    error: Some(error),
-                },
+                Err(error) => {
+                    let made: Vec<AuditEntry> = agent
+                        .store()
+                        .audit_log(&case.session)
+                        .map(|log| log.into_iter().skip(audited).collect())
+                        .unwrap_or_default();
+                    TurnSide {
+                        tools: made.iter().map(|c| c.tool.clone()).collect(),
+                        calls: made.iter().map(|c| shown(&c.tool, &c.args)).collect(),
+                        outcome: "error".into(),
+                        loops: made.iter().filter(|c| c.status == "loop_detected").count(),
+                        answer: String::new(),
+                        latency_ms,
+                        error: Some(error),
+                    }
+                }
             };
             let set = |s: &TurnSide| s.tools.iter().cloned().collect::<BTreeSet<_>>();
             turns.push(TurnComparison {
@@ -409,6 +437,10 @@ pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
                 recorded,
                 replayed,
             });
+        }
+        if turns.is_empty() {
+            skipped += 1;
+            continue;
         }
         let all = |f: fn(&TurnComparison) -> bool| turns.iter().all(f);
         let (tools_exact, tools_set, outcome_match) = (
@@ -428,10 +460,19 @@ pub async fn replay(agent: &Agent, cases: &[Case]) -> ReplayReport {
         });
     }
     report.summary = summarise(&report.cases, latencies);
+    report.summary.skipped = skipped;
     report
 }
 
+/// The replayed side of a turn from its report. Calls the turn stopped before running (after a
+/// held action or an escalation in the same reply) are left out: the audit the recording
+/// comes from never had them.
 fn side_of(r: &TurnReport, latency_ms: f64, shown: &dyn Fn(&str, &Value) -> Value) -> TurnSide {
+    let ran: Vec<_> = r
+        .tool_calls
+        .iter()
+        .filter(|c| c.result.get("error").and_then(Value::as_str) != Some("not_executed"))
+        .collect();
     let outcome = if r.clarification.is_some() {
         "clarification"
     } else if r.escalation.is_some() {
@@ -442,18 +483,10 @@ fn side_of(r: &TurnReport, latency_ms: f64, shown: &dyn Fn(&str, &Value) -> Valu
         "answer"
     };
     TurnSide {
-        tools: r.tool_calls.iter().map(|c| c.tool.clone()).collect(),
-        calls: r
-            .tool_calls
-            .iter()
-            .map(|c| shown(&c.tool, &c.args))
-            .collect(),
+        tools: ran.iter().map(|c| c.tool.clone()).collect(),
+        calls: ran.iter().map(|c| shown(&c.tool, &c.args)).collect(),
         outcome: outcome.into(),
-        loops: r
-            .tool_calls
-            .iter()
-            .filter(|c| c.status == "loop_detected")
-            .count(),
+        loops: ran.iter().filter(|c| c.status == "loop_detected").count(),
         answer: r.answer.clone(),
         latency_ms,
         error: None,
@@ -480,6 +513,7 @@ fn summarise(cases: &[CaseResult], mut latencies: Vec<f64>) -> Summary {
     let same_cases = cases.iter().filter(|c| c.same).count();
     Summary {
         cases: cases.len(),
+        skipped: 0,
         turns: turns.len(),
         same_cases,
         differences: cases.len() - same_cases,
@@ -512,5 +546,16 @@ mod tests {
             normalized(&b, Some("merchant_id"))
         );
         assert_ne!(normalized(&b, None), normalized(&a, None));
+        // The audit keeps secrets redacted; a replay's live arguments compare equal to them.
+        let live = json!({"id": "pay_1", "otp_code": "123456"});
+        let audited = json!({"id": "pay_1", "otp_code": "[redacted]"});
+        assert_eq!(normalized(&live, None), normalized(&audited, None));
+    }
+
+    #[test]
+    fn gate_errors_are_not_recorded_results() {
+        assert!(from_a_tool(&json!({"error": "not_found", "message": "x"})));
+        assert!(!from_a_tool(&json!({"error": "tool_call_limit"})));
+        assert!(!from_a_tool(&json!({"error": "not_executed"})));
     }
 }

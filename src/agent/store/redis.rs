@@ -629,12 +629,15 @@ impl AgentStateBackend for RedisAgentState {
                     p.cmd("HGET").arg(key("sess", id)).arg("created_at");
                 }
                 let created: Vec<Option<String>> = self.pool.run(|c| p.query(c))?;
+                // A session whose hash is gone (an index entry left behind) is no session.
                 for (id, at) in chunk.iter().zip(created) {
-                    out.push(SessionInfo {
-                        id: id.clone(),
-                        merchant: m.clone(),
-                        created_at: at.unwrap_or_default(),
-                    });
+                    if let Some(created_at) = at {
+                        out.push(SessionInfo {
+                            id: id.clone(),
+                            merchant: m.clone(),
+                            created_at,
+                        });
+                    }
                 }
             }
         }

@@ -18,6 +18,30 @@ use crate::merchant::MerchantId;
 pub struct SqliteAgentState {
     conn: Mutex<Connection>,
     path: PathBuf,
+    /// Whether `turns` has `kind`, `message`, `answer`, `models` and `audit` has `model`: always
+    /// after [`SqliteAgentState::open`] (which adds them); a store from an older release opened
+    /// read-only may lack them, and is then read with their defaults.
+    newer: bool,
+}
+
+/// The columns later releases added, as `(table, column, declaration)`.
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
+    ("turns", "kind", "TEXT NOT NULL DEFAULT 'message'"),
+    ("turns", "message", "TEXT NOT NULL DEFAULT ''"),
+    ("turns", "answer", "TEXT NOT NULL DEFAULT ''"),
+    ("turns", "models", "TEXT NOT NULL DEFAULT '[]'"),
+    ("audit", "model", "TEXT"),
+];
+
+/// Whether `table` has `column`.
+fn has_column(conn: &Connection, table: &str, column: &str) -> Result<bool, AgentError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info(?1) WHERE name = ?2",
+        params![table, column],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+    .map_err(db_err)
 }
 
 /// Whether this process may create files in `dir`.
@@ -102,9 +126,14 @@ impl SqliteAgentState {
                 })
             }
         };
+        let mut newer = true;
+        for (table, column, _) in ADDED_COLUMNS {
+            newer &= has_column(&conn, table, column)?;
+        }
         Ok(Some(Self {
             conn: Mutex::new(conn),
             path,
+            newer,
         }))
     }
 
@@ -171,30 +200,26 @@ impl SqliteAgentState {
             .map_err(db_err)?;
         }
         // Stores made before `memex eval export` and per-model stats get the columns (turns
-        // recorded before them read as message turns with no text and no model figures).
-        for (table, column, decl) in [
-            ("turns", "kind", "TEXT NOT NULL DEFAULT 'message'"),
-            ("turns", "message", "TEXT NOT NULL DEFAULT ''"),
-            ("turns", "answer", "TEXT NOT NULL DEFAULT ''"),
-            ("turns", "models", "TEXT NOT NULL DEFAULT '[]'"),
-            ("audit", "model", "TEXT"),
-        ] {
-            let has: bool = conn
-                .query_row(
-                    &format!("SELECT COUNT(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
-                    params![column],
-                    |r| r.get::<_, i64>(0),
-                )
-                .map_err(db_err)?
-                > 0;
-            if !has {
+        // recorded before them read as message turns with no text and no model figures). Two
+        // processes may race to add one: the loser's "duplicate column" is success.
+        for (table, column, decl) in ADDED_COLUMNS {
+            if has_column(&conn, table, column)? {
+                continue;
+            }
+            if let Err(e) =
                 conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {decl};"))
-                    .map_err(db_err)?;
+            {
+                if !(e.to_string().contains("duplicate column")
+                    && has_column(&conn, table, column)?)
+                {
+                    return Err(db_err(e));
+                }
             }
         }
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
+            newer: true,
         })
     }
 
@@ -480,11 +505,15 @@ impl AgentStateBackend for SqliteAgentState {
     fn turn_records(&self, session: &str) -> Result<Vec<StoredTurn>, AgentError> {
         let conn = self.conn()?;
         let mut stmt = conn
-            .prepare(
+            .prepare(if self.newer {
                 "SELECT turn, at, kind, message, answer, outcome, latency_ms, prompt_tokens,
                         completion_tokens, models, context
-                 FROM turns WHERE session_id = ?1 ORDER BY id",
-            )
+                 FROM turns WHERE session_id = ?1 ORDER BY id"
+            } else {
+                "SELECT turn, at, 'message', '', '', outcome, latency_ms, prompt_tokens,
+                        completion_tokens, '[]', context
+                 FROM turns WHERE session_id = ?1 ORDER BY id"
+            })
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![session], |r| {
@@ -554,10 +583,13 @@ impl AgentStateBackend for SqliteAgentState {
     fn audit_log(&self, session: &str) -> Result<Vec<AuditEntry>, AgentError> {
         let conn = self.conn()?;
         let mut stmt = conn
-            .prepare(
+            .prepare(if self.newer {
                 "SELECT session_id, merchant_id, turn, call_id, tool, args, result, status,
-                        latency_ms, at, model FROM audit WHERE session_id = ?1 ORDER BY id",
-            )
+                        latency_ms, at, model FROM audit WHERE session_id = ?1 ORDER BY id"
+            } else {
+                "SELECT session_id, merchant_id, turn, call_id, tool, args, result, status,
+                        latency_ms, at, NULL FROM audit WHERE session_id = ?1 ORDER BY id"
+            })
             .map_err(db_err)?;
         let rows = stmt
             .query_map(params![session], |r| {
@@ -850,19 +882,25 @@ impl AgentStateBackend for SqliteAgentState {
             lat[idx]
         };
         let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        // Per model and role, summed in SQLite over each turn's `models` array.
+        // Per model and role, summed in SQLite over each turn's `models` array (a value that
+        // is not an array of objects counts as none).
         let mut stmt = conn
-            .prepare(
+            .prepare(if self.newer {
                 "SELECT json_extract(m.value, '$.model'), json_extract(m.value, '$.role'),
                         COUNT(*), SUM(json_extract(m.value, '$.calls')),
                         SUM(json_extract(m.value, '$.prompt_tokens')),
                         SUM(json_extract(m.value, '$.completion_tokens')),
                         SUM(json_extract(m.value, '$.latency_ms'))
                  FROM turns,
-                      json_each(CASE WHEN json_valid(turns.models) THEN turns.models
+                      json_each(CASE WHEN json_valid(turns.models)
+                                     THEN CASE WHEN json_type(turns.models) = 'array'
+                                               THEN turns.models ELSE '[]' END
                                      ELSE '[]' END) AS m
-                 GROUP BY 1, 2",
-            )
+                 WHERE json_type(m.value) = 'object'
+                 GROUP BY 1, 2"
+            } else {
+                "SELECT NULL, NULL, 0, 0, 0, 0, 0 WHERE 0"
+            })
             .map_err(db_err)?;
         let models: Vec<ModelStats> = stmt
             .query_map([], |r| {
