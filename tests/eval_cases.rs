@@ -72,6 +72,13 @@ fn script(server: &FakeOpenAi, changed: bool) {
     server.push(Reply::tool_calls(&refs));
 }
 
+/// `memex eval agent FILE --json` with the model scripted as recorded (or `changed`).
+async fn replay(server: &FakeOpenAi, data: &Path, file: &Path, changed: bool) -> Value {
+    script(server, changed);
+    let file = file.to_str().unwrap();
+    json_of(&memex(data, &server.base_url(), &["eval", "agent", file, "--json"]).await)
+}
+
 async fn ask(data: &Path, url: &str, merchant: &str, session: &str, msg: &str) -> Value {
     json_of(
         &memex(
@@ -213,14 +220,7 @@ async fn export_then_replay_reproduces_tools_and_outcomes_and_reports_a_changed_
 
     // Replay with the same script: the same tools, arguments and outcomes.
     let before = server.requests().len();
-    script(&server, false);
-    let out = memex(
-        data,
-        &url,
-        &["eval", "agent", file.to_str().unwrap(), "--json"],
-    )
-    .await;
-    let report = json_of(&out);
+    let report = replay(&server, data, &file, false).await;
     let s = &report["summary"];
     assert_eq!(s["cases"], 4, "{report}");
     assert_eq!(s["turns"], 5, "{report}");
@@ -272,14 +272,7 @@ async fn export_then_replay_reproduces_tools_and_outcomes_and_reports_a_changed_
 
     // A changed model (here: a script that looks up the account) is reported as a difference.
     let before = server.requests().len();
-    script(&server, true);
-    let out = memex(
-        data,
-        &url,
-        &["eval", "agent", file.to_str().unwrap(), "--json"],
-    )
-    .await;
-    let report = json_of(&out);
+    let report = replay(&server, data, &file, true).await;
     assert_eq!(report["summary"]["differences"], 1, "{report}");
     let first = &report["cases"][0];
     assert_eq!(first["case"], "ses_where");
