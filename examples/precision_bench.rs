@@ -10,8 +10,10 @@
 //! cold start (spawning `memex embed` until its first vector, median of 5) and the bytes of
 //! weights one pass streams; plus the measured memory bandwidth (reading a 1 GiB buffer on all
 //! threads), f32 gemm peak (the `gemm` crate at the encoder's FFN shape, all threads) and the
-//! CPU's arithmetic peaks (f32 FMA on its widest vectors, `vpdpbusd` where it has VNNI). `--only NAME` (f32, f16,
-//! int8, int8_avx2) runs one of them, for profiling.
+//! CPU's arithmetic peaks (f32 FMA on 256- and 512-bit vectors, `vpdpbusd` where it has VNNI,
+//! the AVX2 int8 step). Where the CPU has the AVX-512 tier, every precision also runs forced to
+//! the AVX2 tier (`f32_avx2`, `f16_avx2`, `int8_avx2`). `--only NAME` runs one of them, for
+//! profiling.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -107,9 +109,10 @@ fn gemm_peak(threads: usize) -> f64 {
 }
 
 /// The CPU's arithmetic peaks, measured on the pool's threads with register-only loops (no
-/// memory traffic): f32 FMA GFLOP/s on 256-bit (AVX2) and 512-bit (AVX-512F) vectors and
-/// `vpdpbusd` G multiply-adds/s (AVX-512 VNNI). `None` where the CPU lacks the instructions.
-fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 3] {
+/// memory traffic): f32 FMA GFLOP/s on 256-bit (AVX2) and 512-bit (AVX-512F) vectors,
+/// `vpdpbusd` G multiply-adds/s (AVX-512 VNNI) and the AVX2 int8 step's G multiply-adds/s.
+/// `None` where the CPU lacks the instructions.
+fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 4] {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::*;
@@ -161,6 +164,33 @@ fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 3] {
             acc.iter().map(|&v| _mm512_reduce_add_epi32(v) as f32).sum()
         }
 
+        /// The AVX2 int8 step without VNNI: `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd`
+        /// per 32 multiply-adds, as the packed kernel issues it. Each of twelve chains feeds its
+        /// own sum back into its next sign step, so no step can be folded into another, and twelve
+        /// chains cover the step's latency (about eight cycles) on two multiply pipes.
+        #[target_feature(enable = "avx2")]
+        unsafe fn maddubs256() -> f32 {
+            let (w, a, ones) = (
+                _mm256_set1_epi8(3),
+                _mm256_set1_epi8(2),
+                _mm256_set1_epi16(1),
+            );
+            let mut acc: [__m256i; 12] = std::array::from_fn(|c| _mm256_set1_epi32(c as i32 + 1));
+            for _ in 0..ITERS {
+                for v in acc.iter_mut() {
+                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(w, *v));
+                    *v = _mm256_add_epi32(*v, _mm256_madd_epi16(p, ones));
+                }
+            }
+            let mut lanes = [0i32; 8];
+            acc.iter()
+                .map(|&v| {
+                    _mm256_storeu_si256(lanes.as_mut_ptr() as *mut __m256i, v);
+                    lanes.iter().map(|&l| l as f32).sum::<f32>()
+                })
+                .sum()
+        }
+
         /// Best of 30 short bursts of `f` run on every pool thread at once (the encoder's passes
         /// are bursts too); `per_call` operations each.
         fn rate(pool: &rayon::ThreadPool, per_call: f64, f: fn() -> f32) -> f64 {
@@ -195,22 +225,41 @@ fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 3] {
         } else {
             None
         };
-        [fma256, fma512, vnni]
+        let maddubs = if is_x86_feature_detected!("avx2") {
+            // SAFETY: AVX2 detected just above.
+            Some(rate(pool, (12 * ITERS) as f64 * 32.0, || unsafe {
+                maddubs256()
+            }))
+        } else {
+            None
+        };
+        [fma256, fma512, vnni, maddubs]
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         let _ = pool;
-        [None; 3]
+        [None; 4]
     }
 }
 
-fn cold_start_ms(precision: Precision, threads: usize) -> f64 {
+fn cold_start_ms(precision: Precision, kernel: KernelChoice, threads: usize) -> f64 {
+    let kernel = match kernel {
+        KernelChoice::Avx2 => "avx2",
+        KernelChoice::Scalar => "scalar",
+        _ => "auto",
+    };
     let exe = root().join("target/release/memex");
     let mut times: Vec<f64> = (0..5)
         .map(|_| {
             let t0 = Instant::now();
             let out = Command::new(&exe)
-                .args(["--precision", precision.as_str(), "--threads"])
+                .args([
+                    "--precision",
+                    precision.as_str(),
+                    "--kernel",
+                    kernel,
+                    "--threads",
+                ])
                 .arg(threads.to_string())
                 .arg("--model-dir")
                 .arg(model_dir())
@@ -252,6 +301,8 @@ fn main() {
         (Precision::Int8, KernelChoice::Auto, "int8"),
     ];
     if Kernel::resolve(KernelChoice::Auto) != Kernel::resolve(KernelChoice::Avx2) {
+        runs.push((Precision::F32, KernelChoice::Avx2, "f32_avx2"));
+        runs.push((Precision::F16, KernelChoice::Avx2, "f16_avx2"));
         runs.push((Precision::Int8, KernelChoice::Avx2, "int8_avx2"));
     }
     let args: Vec<String> = std::env::args().collect();
@@ -305,7 +356,7 @@ fn main() {
                 "query_ms": {"p50": percentile(&lat, 0.5), "p99": percentile(&lat, 0.99)},
                 "batch32": {"texts_per_s": refs.len() as f64 / best, "tokens_per_s": tokens as f64 / best},
                 "weight_bytes_per_pass": emb.weight_bytes_per_pass(),
-                "cold_start_ms": cold_start_ms(precision, threads),
+                "cold_start_ms": cold_start_ms(precision, kernel, threads),
             }),
         );
         eprintln!("{name}: {}", results[name]);
@@ -320,6 +371,7 @@ fn main() {
         "fma256_f32_gflop_per_s": peaks[0],
         "fma512_f32_gflop_per_s": peaks[1],
         "vnni_gmac_per_s": peaks[2],
+        "maddubs_gmac_per_s": peaks[3],
         "precisions": results,
     });
     println!("{out}");

@@ -401,12 +401,12 @@ fn model_info_says_what_runs() {
             _ => "scalar",
         }
     );
-    // The default f16 projections: the 512-bit panels wherever the AVX-512 tier runs.
+    // The default f16 projections: the panels on either SIMD tier, 512-bit where it runs.
     assert_eq!(
         info["projections"],
         match (simd, vnni) {
             (true, true) => "avx512f panels",
-            (true, false) => "avx2 row-dot up to 32 rows, gemm above",
+            (true, false) => "avx2 panels",
             _ => "portable",
         }
     );
@@ -423,6 +423,10 @@ fn model_info_says_what_runs() {
     assert_eq!(
         lines(&out)[0]["kernel"],
         if simd { "avx2+fma+f16c" } else { "scalar" }
+    );
+    assert_eq!(
+        lines(&out)[0]["projections"],
+        if simd { "avx2 panels" } else { "portable" }
     );
 
     // The environment variables pick precision and kernel; the text form names them too.

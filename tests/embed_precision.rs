@@ -159,7 +159,8 @@ fn batch_equals_one_by_one_per_precision() {
 fn forced_scalar_kernel_agrees_with_simd_per_precision() {
     let refs = references();
     let texts = texts(&refs);
-    // Every SIMD kernel this CPU has: AVX2, and AVX-512 VNNI (int8 only) where present.
+    // Every SIMD tier this CPU has: AVX2 (the packed int8 kernel included), and the AVX-512
+    // tier (panels for f32/f16, VNNI for int8) where present.
     let mut choices = vec![KernelChoice::Avx2];
     if Kernel::resolve(KernelChoice::Auto) != Kernel::resolve(KernelChoice::Avx2) {
         choices.push(KernelChoice::Auto);
@@ -189,5 +190,34 @@ fn forced_scalar_kernel_agrees_with_simd_per_precision() {
                 "{precision}: scalar vs {choice:?} cosine {c} on {t:?}"
             );
         }
+    }
+}
+
+/// The AVX2 and AVX-512 tiers run the same panel kernel on 256- and 512-bit registers, with the
+/// same fused multiply-adds in the same order, and the same attention, GELU and LayerNorm: for
+/// `f32` and `f16` a text gets the same bits on either tier, alone or in a batch.
+#[test]
+fn avx2_and_avx512_tiers_give_the_same_bits() {
+    if Kernel::resolve(KernelChoice::Auto) == Kernel::resolve(KernelChoice::Avx2) {
+        println!("this CPU has no AVX-512 tier: nothing to compare");
+        return;
+    }
+    let refs = references();
+    let texts = texts(&refs);
+    for precision in [Precision::F32, Precision::F16] {
+        let avx2 = load(precision, KernelChoice::Avx2, |_| {});
+        let wide = load(precision, KernelChoice::Auto, |_| {});
+        assert_eq!(avx2.kernel(), Some(Kernel::Avx2F16c));
+        assert_eq!(wide.kernel(), Some(Kernel::Avx512Vnni));
+        assert_eq!(
+            avx2.embed(&texts).unwrap(),
+            wide.embed(&texts).unwrap(),
+            "{precision}: the tiers differ"
+        );
+        let first = *texts.first().expect("reference texts");
+        assert_eq!(
+            avx2.embed_one(first).unwrap(),
+            wide.embed_one(first).unwrap()
+        );
     }
 }

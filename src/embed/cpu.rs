@@ -4,9 +4,9 @@
 //! work on padding. On CPU the encoder therefore runs here, on plain `f32` buffers:
 //!
 //! * all sequences of a batch are packed row after row (`T` rows, no padding anywhere);
-//! * every projection is one `gemm` call whose destination is pre-filled with the bias
-//!   (`dst = dst + x·Wᵀ`), so bias adds cost no extra pass; Q, K and V are one fused projection
-//!   with the attention scale folded into Q;
+//! * every projection is one kernel call (`dense.rs`) that adds the bias as it stores, so bias
+//!   adds cost no extra pass; Q, K and V are one fused projection with the attention scale
+//!   folded into Q;
 //! * attention runs per (sequence, head) on strided views of the QKV rows, in parallel, so it never
 //!   sees another sequence's tokens and needs no mask;
 //! * residual add + LayerNorm and bias + GELU are single fused passes, parallel over rows.

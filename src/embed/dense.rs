@@ -3,25 +3,28 @@
 //! A projection is `out (rows, n_out) = x (rows, n_in) · Wᵀ + b` with `W` stored `(out, in)` as in
 //! the checkpoint. Four kernels apply it:
 //!
-//! * on CPUs with the AVX-512 tier ([`Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI), **every
-//!   `f32` and `f16` pass** runs the panel kernel in `panels.rs` (weights packed in 32-channel
-//!   panels, 512-bit outer products, no horizontal sums), and **every int8 pass** the packed
-//!   `vpdpbusd` kernel in `vnni.rs` (same activation blocks and integer sums as the AVX2 int8
-//!   kernel below);
-//! * the **row-dot kernels** in `rowdot.rs` (AVX2 or portable: few rows, and every int8 pass
-//!   without VNNI): each weight row is read once, sequentially, and dotted with a tile of token
-//!   rows that stays in cache; [`row_dot_linear`] here splits the output channels across threads;
-//! * **gemm** (AVX2, more rows, `f32` and `f16`): the `gemm` crate's packed kernel. `f16` weights
-//!   are kept a second time in the `(in, out)` layout gemm reads without repacking, and widened
-//!   into a per-thread `f32` scratch (≤ 2.4 MB) right before the same gemm call as the `f32`
-//!   path: one sequential pass over the matrix (≈ 0.1 ms) per pass of 33–768 tokens, under 1 %
-//!   of that pass's arithmetic.
+//! * on both SIMD tiers, **every `f32` and `f16` pass** runs the panel kernel in `panels.rs`
+//!   (weights packed in 32-channel panels, outer products, no horizontal sums): on 512-bit
+//!   registers on the AVX-512 tier ([`Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI), on 256-bit
+//!   ones on the AVX2 tier, with the same bits;
+//! * on the AVX-512 tier, **every int8 pass** runs the packed `vpdpbusd` kernel in `vnni.rs`;
+//! * on the AVX2 tier, **every int8 pass** whose shape packs (channels a multiple of 16) runs the
+//!   packed `maddubs` kernel in `maddubs.rs` (eight channels per register; the same activation
+//!   blocks and integer sums as the VNNI kernel);
+//! * the **row-dot kernels** in `rowdot.rs` (portable, and int8 shapes neither packed kernel
+//!   takes): each weight row is read once, sequentially, and dotted with a tile of token rows
+//!   that stays in cache; [`row_dot_linear`] here splits the output channels across threads.
+//!
+//! The `gemm` crate ran the AVX2 tier's bulk `f32`/`f16` passes until the 256-bit panels
+//! replaced it (BENCHMARKS.md §1b, run 8); the benchmark examples still measure its rate as a
+//! reference peak.
 
 use rayon::prelude::*;
 
 use super::f32buf::F32Buf;
+use super::maddubs::{self, PackedI8};
 use super::outptr::OutPtr;
-use super::panels::{self, Panels};
+use super::panels::{self, PanelTier, Panels};
 use super::precision::{Kernel, Precision};
 use super::quant::{quantize_acts, quantize_row, Aux, BLOCK as I8_BLOCK};
 use super::rowdot::{
@@ -31,23 +34,30 @@ use super::vnni::{self, VnniWeights};
 
 /// The stored weight of one projection.
 pub(super) enum Weights {
-    /// The checkpoint's `f32`: `rows` `(out, in)` in place for the row-dot kernel, `cols` the
-    /// `(in, out)` transpose that gemm reads without repacking.
-    F32 { rows: F32Buf, cols: Vec<f32> },
-    /// IEEE half bits: `rows` `(out, in)` for the row-dot kernel, `cols` `(in, out)` for gemm.
-    F16 { rows: Vec<u16>, cols: Vec<u16> },
-    /// `f32` weights in 32-channel panels for the 512-bit kernel (`panels.rs`), on the AVX-512
-    /// tier, which then runs every pass.
+    /// The checkpoint's `f32` `(out, in)`, in place, for the portable row-dot kernel.
+    F32 { rows: F32Buf },
+    /// IEEE half bits `(out, in)` for the portable row-dot kernel.
+    F16 { rows: Vec<u16> },
+    /// `f32` weights in 32-channel panels for the panel kernel (`panels.rs`), on a SIMD tier,
+    /// which then runs every pass.
     PanelsF32(Panels<f32>),
-    /// IEEE half bits in 32-channel panels for the 512-bit kernel, on the AVX-512 tier.
+    /// IEEE half bits in 32-channel panels for the panel kernel, on a SIMD tier.
     PanelsF16(Panels<u16>),
     /// Symmetric per-output-channel `i8` in `[-127, 127]`, `(out, in)`, and each channel's scale;
-    /// `vnni` the same matrix packed for the AVX-512 VNNI kernel when that kernel runs.
+    /// `packed` the same matrix laid out for the tier's packed kernel where the shape allows.
     Int8 {
         rows: Vec<i8>,
         scales: Vec<f32>,
-        vnni: Option<VnniWeights>,
+        packed: Option<PackedInt8>,
     },
+}
+
+/// An int8 matrix packed for one tier's outer-product kernel.
+pub(super) enum PackedInt8 {
+    /// `vpdpbusd` layout (`vnni.rs`), on the AVX-512 tier.
+    Vnni(VnniWeights),
+    /// `maddubs` layout (`maddubs.rs`), on the AVX2 tier.
+    Avx2(PackedI8),
 }
 
 /// One dense projection.
@@ -69,41 +79,47 @@ impl Dense {
         precision: Precision,
         kernel: Kernel,
     ) -> Dense {
-        // The AVX-512 kernels' tier packs `f32` and `f16` weights for the panel kernel only: it
-        // runs every pass of any size, so neither the row-dot layout nor gemm's is kept.
-        let panels = kernel.vnni() && super::precision::cpu_has_avx512_vnni();
-        let w = match precision {
-            Precision::F32 if panels => Weights::PanelsF32(Panels::pack(&rows, n_out, n_in)),
-            Precision::F16 if panels => Weights::PanelsF16(Panels::pack(&rows, n_out, n_in)),
-            Precision::F32 => Weights::F32 {
-                cols: transpose(&rows, n_out, n_in),
-                rows,
+        // The SIMD tiers pack `f32` and `f16` weights for the panel kernel only: it runs every
+        // pass of any size, so neither the row-dot layout nor gemm's is kept.
+        let tier = match kernel {
+            Kernel::Avx512Vnni if super::precision::cpu_has_avx512_vnni() => {
+                Some(PanelTier::Avx512)
+            }
+            Kernel::Avx512Vnni | Kernel::Avx2F16c => Some(PanelTier::Avx2),
+            Kernel::Scalar => None,
+        };
+        let w = match (precision, tier) {
+            (Precision::F32, Some(t)) => Weights::PanelsF32(Panels::pack(&rows, n_out, n_in, t)),
+            (Precision::F16, Some(t)) => Weights::PanelsF16(Panels::pack(&rows, n_out, n_in, t)),
+            (precision, _) => match precision {
+                Precision::F32 => Weights::F32 { rows },
+                Precision::F16 => Weights::F16 {
+                    rows: rows
+                        .iter()
+                        .map(|v| half::f16::from_f32(*v).to_bits())
+                        .collect(),
+                },
+                Precision::Int8 => {
+                    let mut q = vec![0i8; n_out * n_in];
+                    let scales = rows
+                        .chunks_exact(n_in)
+                        .zip(q.chunks_exact_mut(n_in))
+                        .map(|(src, dst)| quantize_row(src, dst))
+                        .collect();
+                    let packed = match kernel {
+                        Kernel::Avx512Vnni => {
+                            VnniWeights::pack(&q, n_out, n_in).map(PackedInt8::Vnni)
+                        }
+                        Kernel::Avx2F16c => PackedI8::pack(&q, n_out, n_in).map(PackedInt8::Avx2),
+                        Kernel::Scalar => None,
+                    };
+                    Weights::Int8 {
+                        rows: q,
+                        scales,
+                        packed,
+                    }
+                }
             },
-            Precision::F16 => {
-                let half = |v: &f32| half::f16::from_f32(*v).to_bits();
-                Weights::F16 {
-                    cols: transpose(&rows, n_out, n_in).iter().map(half).collect(),
-                    rows: rows.iter().map(half).collect(),
-                }
-            }
-            Precision::Int8 => {
-                let mut q = vec![0i8; n_out * n_in];
-                let scales = rows
-                    .chunks_exact(n_in)
-                    .zip(q.chunks_exact_mut(n_in))
-                    .map(|(src, dst)| quantize_row(src, dst))
-                    .collect();
-                let vnni = if kernel.vnni() {
-                    VnniWeights::pack(&q, n_out, n_in)
-                } else {
-                    None
-                };
-                Weights::Int8 {
-                    rows: q,
-                    scales,
-                    vnni,
-                }
-            }
         };
         Dense { w, b, n_in, n_out }
     }
@@ -119,25 +135,6 @@ impl Dense {
     }
 }
 
-/// Transposes a row-major `(rows, cols)` matrix, in cache-sized tiles.
-pub(super) fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const TILE: usize = 32;
-    let mut out = vec![0f32; rows * cols];
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    out[c * rows + r] = m[r * cols + c];
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Passes of at most this many tokens use the row-dot kernel instead of gemm.
-const SMALL_PASS_ROWS: usize = 32;
-
 /// `out = x · Wᵀ + b` for `rows` token rows.
 ///
 /// `parallel` splits the work over the rayon pool; callers that already run several batches side
@@ -150,124 +147,20 @@ pub(super) fn linear(
     parallel: bool,
     kernel: Kernel,
 ) {
-    let use_gemm = kernel.simd() && rows > SMALL_PASS_ROWS;
     match &layer.w {
         Weights::PanelsF32(p) => panels::linear(x, rows, p, &layer.b, out, parallel),
         Weights::PanelsF16(p) => panels::linear(x, rows, p, &layer.b, out, parallel),
-        Weights::F32 { cols, .. } if use_gemm => gemm_bias(x, rows, layer, cols, out, parallel),
-        Weights::F16 { cols, .. } if use_gemm => gemm_f16(x, rows, layer, cols, out, parallel),
         Weights::Int8 {
-            vnni: Some(w),
+            packed: Some(PackedInt8::Vnni(w)),
             scales,
             ..
         } if kernel.vnni() && vnni_linear(x, rows, layer, w, scales, out, parallel) => {}
+        Weights::Int8 {
+            packed: Some(PackedInt8::Avx2(w)),
+            scales,
+            ..
+        } if kernel.simd() && maddubs_linear(x, rows, layer, w, scales, out, parallel) => {}
         _ => row_dot_linear(x, rows, layer, out, parallel, kernel),
-    }
-}
-
-fn gemm_parallelism(parallel: bool) -> gemm::Parallelism {
-    let threads = rayon::current_num_threads();
-    if parallel && threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
-/// Fills every output row with the bias, so gemm accumulates onto it.
-fn fill_bias(out: &mut [f32], rows: usize, layer: &Dense, parallel: bool) {
-    let out = &mut out[..rows * layer.n_out];
-    if parallel {
-        out.par_chunks_mut(layer.n_out)
-            .for_each(|row| row.copy_from_slice(&layer.b[..]));
-    } else {
-        out.chunks_exact_mut(layer.n_out)
-            .for_each(|row| row.copy_from_slice(&layer.b[..]));
-    }
-}
-
-/// gemm with `W` stored `(in, out)`.
-fn gemm_bias(x: &[f32], rows: usize, layer: &Dense, w: &[f32], out: &mut [f32], parallel: bool) {
-    let (k, n) = (layer.n_in, layer.n_out);
-    assert!(x.len() >= rows * k && w.len() >= k * n && out.len() >= rows * n);
-    fill_bias(out, rows, layer, parallel);
-    // SAFETY: `x` holds rows*k floats, `w` k*n, `out` rows*n (asserted above), all row-major.
-    unsafe {
-        gemm::gemm(
-            rows,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            1,
-            n as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm_parallelism(parallel),
-        );
-    }
-}
-
-/// gemm over f16 weights: the `(in, out)` copy is widened to `f32` in a per-thread scratch
-/// (at most 2.4 MB for this model) right before the same gemm call as the `f32` path makes.
-fn gemm_f16(x: &[f32], rows: usize, layer: &Dense, cols: &[u16], out: &mut [f32], parallel: bool) {
-    thread_local! {
-        static WIDE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-    }
-    // The scratch is taken out of the slot for the call, not borrowed across it: while this
-    // thread waits inside a rayon operation it may run another batch's job, which reaches this
-    // function again on the same thread and then simply finds the slot empty.
-    let mut wide = WIDE.with(|cell| cell.take());
-    let len = layer.n_in * layer.n_out;
-    wide.resize(len, 0.0);
-    widen_f16(&cols[..len], &mut wide[..], true);
-    gemm_bias(x, rows, layer, &wide, out, parallel);
-    WIDE.with(|cell| {
-        let mut slot = cell.borrow_mut();
-        if slot.capacity() < wide.capacity() {
-            *slot = wide;
-        }
-    });
-}
-
-/// Widens IEEE half bits to `f32` (F16C when `simd`).
-fn widen_f16(src: &[u16], dst: &mut [f32], simd: bool) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if simd && super::precision::cpu_has_avx2_fma_f16c() {
-            // SAFETY: the CPU has F16C and AVX, checked just above.
-            unsafe { widen_f16_f16c(src, dst) };
-            return;
-        }
-    }
-    let _ = simd;
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = half::f16::from_bits(s).to_f32();
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,f16c")]
-unsafe fn widen_f16_f16c(src: &[u16], dst: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let n = src.len().min(dst.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let h = _mm_loadu_si128(src.as_ptr().add(i) as *const __m128i);
-        _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_cvtph_ps(h));
-        i += 8;
-    }
-    for j in i..n {
-        dst[j] = half::f16::from_bits(src[j]).to_f32();
     }
 }
 
@@ -304,6 +197,41 @@ fn vnni_linear(
     let job = |first: usize| {
         let count = COLS_PER_JOB.min(n - first);
         vnni::channels(&acts, rows, k, n, w, sw, b, &dest, first, count)
+    };
+    if parallel {
+        (0..n).into_par_iter().step_by(COLS_PER_JOB).all(job)
+    } else {
+        (0..n).step_by(COLS_PER_JOB).all(job)
+    }
+}
+
+/// `out = x · Wᵀ + b` on the packed AVX2 int8 kernel, channel jobs in parallel; `false`
+/// (nothing written) when the kernel cannot take this shape or CPU.
+#[allow(clippy::too_many_arguments)]
+fn maddubs_linear(
+    x: &[f32],
+    rows: usize,
+    layer: &Dense,
+    w: &PackedI8,
+    sw: &[f32],
+    out: &mut [f32],
+    parallel: bool,
+) -> bool {
+    let (k, n) = (layer.n_in, layer.n_out);
+    if !super::precision::cpu_has_avx2_fma_f16c() || x.len() < rows * k || out.len() < rows * n {
+        return false;
+    }
+    let qr = quantize_acts(x, rows, k, Aux::Abs, true, parallel);
+    let acts = maddubs::Acts {
+        q: &qr.q,
+        abs: &qr.aux,
+        scales: &qr.scales,
+    };
+    let dest = OutPtr(out.as_mut_ptr());
+    let b = &layer.b[..];
+    let job = |first: usize| {
+        let count = COLS_PER_JOB.min(n - first);
+        maddubs::channels(&acts, rows, k, n, w, sw, b, &dest, first, count)
     };
     if parallel {
         (0..n).into_par_iter().step_by(COLS_PER_JOB).all(job)
@@ -578,8 +506,13 @@ mod tests {
                 .into_iter()
                 .map(|kernel| {
                     let (_, d) = layer(k, n, Precision::Int8, kernel);
-                    if let Weights::Int8 { vnni, .. } = &d.w {
-                        assert_eq!(vnni.is_some(), kernel.vnni(), "{kernel}");
+                    if let Weights::Int8 { packed, .. } = &d.w {
+                        let tier = match packed {
+                            Some(PackedInt8::Vnni(_)) => Kernel::Avx512Vnni,
+                            Some(PackedInt8::Avx2(_)) => Kernel::Avx2F16c,
+                            None => Kernel::Scalar,
+                        };
+                        assert_eq!(tier, kernel, "the tier's packed layout");
                     }
                     let mut got = vec![0f32; rows * n];
                     linear(&x, rows, &d, &mut got, rows > 10, kernel);

@@ -11,6 +11,7 @@ mod dense;
 mod error;
 mod f32buf;
 pub mod fetch;
+mod maddubs;
 mod mathf;
 mod minilm;
 mod outptr;

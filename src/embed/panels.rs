@@ -12,9 +12,13 @@
 //! output, no scatter.
 //!
 //! On the AVX-512 kernel tier ([`super::Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI; the kernel
-//! itself needs only AVX-512F) this replaces both the AVX2 row-dot kernel and gemm for these two
+//! itself needs only AVX-512F) this replaces both the row-dot kernel and gemm for these two
 //! precisions: 512-bit FMAs do twice the work per instruction of the 256-bit ones the `gemm`
-//! crate issues on stable Rust (BENCHMARKS.md §1b, run 7).
+//! crate issues on stable Rust (BENCHMARKS.md §1b, run 7). On the AVX2 tier the same panels run
+//! on 256-bit registers, each panel in two halves of sixteen channels and micro-tiles of up to
+//! six rows, with the same fused multiply-adds in the same order, so both tiers give the same
+//! bits; there it replaces the row-dot kernel, whose horizontal sums held a query to about half
+//! the FMA peak (BENCHMARKS.md §1b, run 8).
 
 use rayon::prelude::*;
 
@@ -25,6 +29,9 @@ const PANEL: usize = 32;
 /// Token rows per micro-tile: 2 × 12 accumulators, two weight registers and a broadcast fit the
 /// 32 vector registers.
 const MAX_ROWS: usize = 12;
+/// Token rows per micro-tile on 256-bit registers: 2 × 6 accumulators, two weight registers and
+/// a broadcast fit AVX2's sixteen.
+const MAX_ROWS_AVX2: usize = 6;
 /// Weight bytes one job keeps hot in L2 while its row tiles pass.
 const JOB_WEIGHT_BYTES: usize = 384 * 1024;
 
@@ -63,18 +70,41 @@ impl PanelElem for u16 {
     }
 }
 
+/// Which vector width applies the panels: the same packing, the same sums in the same order,
+/// so both give the same bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PanelTier {
+    /// 512-bit registers, micro-tiles of up to twelve rows (AVX-512F).
+    Avx512,
+    /// 256-bit registers, each panel in two halves of sixteen channels, micro-tiles of up to six
+    /// rows (AVX2 + FMA + F16C).
+    Avx2,
+}
+
+impl PanelTier {
+    /// Token rows per micro-tile.
+    fn max_rows(self) -> usize {
+        match self {
+            PanelTier::Avx512 => MAX_ROWS,
+            PanelTier::Avx2 => MAX_ROWS_AVX2,
+        }
+    }
+}
+
 /// A `(n, k)` projection weight packed in panels of 32 channels.
 pub(super) struct Panels<E> {
     /// `[n.div_ceil(32)][k][32]`, channels past `n` zero.
     data: Vec<E>,
     n: usize,
     k: usize,
+    tier: PanelTier,
 }
 
 impl<E: PanelElem> Panels<E> {
     /// Packs the row-major `(n, k)` matrix `rows` (the checkpoint's `(out, in)` layout), rounding
-    /// each weight to `E`. The loader has checked the tensor's shape, so `rows` holds `n · k`.
-    pub(super) fn pack(rows: &[f32], n: usize, k: usize) -> Panels<E> {
+    /// each weight to `E`, for the kernel of `tier`. The loader has checked the tensor's shape,
+    /// so `rows` holds `n · k`.
+    pub(super) fn pack(rows: &[f32], n: usize, k: usize, tier: PanelTier) -> Panels<E> {
         assert!(
             n.checked_mul(k).is_some_and(|nk| rows.len() >= nk),
             "a ({n}, {k}) weight needs {n}·{k} values"
@@ -92,7 +122,7 @@ impl<E: PanelElem> Panels<E> {
                 }
             }
         }
-        Panels { data, n, k }
+        Panels { data, n, k, tier }
     }
 
     fn panels(&self) -> usize {
@@ -129,6 +159,7 @@ pub(super) fn linear<E: PanelElem>(
         w.panels(),
         k * PANEL * std::mem::size_of::<E>(),
         threads,
+        w.tier.max_rows(),
     );
     let dest = OutPtr(out.as_mut_ptr());
     let job = |j: usize| {
@@ -160,7 +191,7 @@ struct Plan {
 }
 
 impl Plan {
-    fn new(rows: usize, panels: usize, panel_bytes: usize, threads: usize) -> Plan {
+    fn new(rows: usize, panels: usize, panel_bytes: usize, threads: usize, tile: usize) -> Plan {
         debug_assert!(rows > 0 && panels > 0, "an empty pass has no plan");
         let by_cache = (JOB_WEIGHT_BYTES / panel_bytes.max(1)).max(1);
         if threads <= 1 {
@@ -175,20 +206,17 @@ impl Plan {
         }
         // Enough jobs that work stealing evens out the threads: a few per thread for a short
         // pass (a query's weights are read once, so split the channels), more for a long one.
-        let want = if rows <= 2 * MAX_ROWS {
+        let want = if rows <= 2 * tile {
             4 * threads
         } else {
             16 * threads
         };
         let group = by_cache.min(panels.div_ceil(want)).max(1);
         let groups = panels.div_ceil(group);
-        let row_chunks = want.div_ceil(groups).min(rows.div_ceil(MAX_ROWS)).max(1);
+        let row_chunks = want.div_ceil(groups).min(rows.div_ceil(tile)).max(1);
         // Whole micro-tiles per chunk, so chunking never changes how rows are tiled more than
         // necessary (the results do not depend on it either way).
-        let chunk_rows = rows
-            .div_ceil(row_chunks)
-            .next_multiple_of(MAX_ROWS)
-            .min(rows);
+        let chunk_rows = rows.div_ceil(row_chunks).next_multiple_of(tile).min(rows);
         Plan {
             group,
             groups,
@@ -198,7 +226,7 @@ impl Plan {
     }
 }
 
-/// Rows `t0..t1` against panels `p0..p1`, on AVX-512F when the CPU has it.
+/// Rows `t0..t1` against panels `p0..p1`, on the panels' tier when the CPU has it.
 ///
 /// # Safety
 /// The caller owns those rows × channels of the `(rows, n)` buffer behind `out`; `x` holds
@@ -216,8 +244,12 @@ unsafe fn run<E: PanelElem>(
 ) {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        if w.tier == PanelTier::Avx512 && is_x86_feature_detected!("avx512f") {
             x86::run(x, t0, t1, w, p0, p1, bias, out);
+            return;
+        }
+        if super::precision::cpu_has_avx2_fma_f16c() {
+            x86::run_avx2(x, t0, t1, w, p0, p1, bias, out);
             return;
         }
     }
@@ -225,8 +257,9 @@ unsafe fn run<E: PanelElem>(
 }
 
 /// The same sums without SIMD, in the same order (input order, then the bias) but with a separate
-/// multiply and add, so not bit-identical to the fused kernel: for CPUs without AVX-512F. The
-/// packing is only chosen where the CPU has it, so this runs only if that ever changes.
+/// multiply and add, so not bit-identical to the fused kernels: for CPUs without them. The
+/// packing is only chosen where the CPU has AVX2 at least, so this runs only if that ever
+/// changes.
 ///
 /// # Safety
 /// As [`run`].
@@ -262,7 +295,7 @@ unsafe fn portable<E: PanelElem>(
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{OutPtr, PanelElem, Panels, MAX_ROWS, PANEL};
+    use super::{OutPtr, PanelElem, Panels, MAX_ROWS, MAX_ROWS_AVX2, PANEL};
 
     /// `R` token rows from `t` against one panel: `2R` accumulators.
     #[inline(always)]
@@ -379,6 +412,147 @@ mod x86 {
         }
     }
 
+    /// `R` token rows from `t` against sixteen channels of one panel (its half `h`, channels
+    /// from `c0`), on 256-bit registers: `2R` accumulators, each summed in input order with the
+    /// same fused multiply-adds as [`tile`], so each output has the same bits.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile_avx2<const R: usize, const F16: bool>(
+        xp: *const f32,
+        t: usize,
+        k: usize,
+        n: usize,
+        panel: *const u8,
+        h: usize,
+        c0: usize,
+        bias: [__m256; 2],
+        masks: [__m256i; 2],
+        out: &OutPtr,
+        pf: *const u8,
+    ) {
+        let size = if F16 { 2 } else { 4 };
+        let r: [*const f32; R] = std::array::from_fn(|q| xp.add((t + q) * k));
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        let half = panel.add(h * 16 * size);
+        for i in 0..k {
+            let wp = half.add(i * PANEL * size);
+            if !pf.is_null() {
+                let ahead = pf.wrapping_add(i * PANEL * size) as *const i8;
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                if !F16 {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+                }
+            }
+            let (w0, w1) = if F16 {
+                (
+                    _mm256_cvtph_ps(_mm_loadu_si128(wp as *const __m128i)),
+                    _mm256_cvtph_ps(_mm_loadu_si128(wp.add(16) as *const __m128i)),
+                )
+            } else {
+                (
+                    _mm256_loadu_ps(wp as *const f32),
+                    _mm256_loadu_ps(wp.add(32) as *const f32),
+                )
+            };
+            for q in 0..R {
+                let xv = _mm256_broadcast_ss(&*r[q].add(i));
+                a0[q] = _mm256_fmadd_ps(xv, w0, a0[q]);
+                a1[q] = _mm256_fmadd_ps(xv, w1, a1[q]);
+            }
+        }
+        for q in 0..R {
+            let o = out.at((t + q) * n + c0);
+            _mm256_maskstore_ps(o, masks[0], _mm256_add_ps(a0[q], bias[0]));
+            _mm256_maskstore_ps(o.wrapping_add(8), masks[1], _mm256_add_ps(a1[q], bias[1]));
+        }
+    }
+
+    /// [`run`] on 256-bit registers: micro-tiles of at most six rows sized evenly (20 rows run
+    /// as 5 + 5 + 5 + 5), each panel in two halves of sixteen channels.
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C; as [`super::run`] otherwise.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn run_avx2<E: PanelElem>(
+        x: &[f32],
+        t0: usize,
+        t1: usize,
+        w: &Panels<E>,
+        p0: usize,
+        p1: usize,
+        bias: &[f32],
+        out: &OutPtr,
+    ) {
+        let f16 = E::HALF;
+        let (k, n) = (w.k, w.n);
+        let xp = x.as_ptr();
+        let base = w.data.as_ptr() as *const u8;
+        let panel_bytes = k * PANEL * std::mem::size_of::<E>();
+        let rows = t1 - t0;
+        let tiles = rows.div_ceil(MAX_ROWS_AVX2);
+        let mut t = t0;
+        for s in 0..tiles {
+            let r = (t1 - t) / (tiles - s);
+            for p in p0..p1 {
+                let panel = base.add(p * panel_bytes);
+                for h in 0..2 {
+                    let c0 = p * PANEL + h * 16;
+                    if c0 >= n {
+                        break;
+                    }
+                    let live = n - c0;
+                    let masks = [lane_mask8(live), lane_mask8(live.saturating_sub(8))];
+                    let bias = [
+                        _mm256_maskload_ps(bias.as_ptr().add(c0), masks[0]),
+                        // Masked off (nothing read) where these lanes have no live channel.
+                        _mm256_maskload_ps(bias.as_ptr().wrapping_add(c0 + 8), masks[1]),
+                    ];
+                    // The first micro-tile brings the next panel in while its first half reads
+                    // its own, as the 512-bit kernel does.
+                    let pf = if s == 0 && h == 0 {
+                        panel.wrapping_add(panel_bytes)
+                    } else {
+                        std::ptr::null()
+                    };
+                    macro_rules! go {
+                        ($($n:literal)*) => {
+                            match r {
+                                $($n => if f16 {
+                                    tile_avx2::<$n, true>(
+                                        xp, t, k, n, panel, h, c0, bias, masks, out, pf,
+                                    )
+                                } else {
+                                    tile_avx2::<$n, false>(
+                                        xp, t, k, n, panel, h, c0, bias, masks, out, pf,
+                                    )
+                                },)*
+                                _ => {}
+                            }
+                        };
+                    }
+                    go!(1 2 3 4 5 6);
+                    debug_assert!((1..=MAX_ROWS_AVX2).contains(&r), "a micro-tile of {r} rows");
+                }
+            }
+            t += r;
+        }
+    }
+
+    /// The first `live` of eight lanes (all when `live ≥ 8`), as `maskload`/`maskstore` read it.
+    ///
+    /// # Safety
+    /// The CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    unsafe fn lane_mask8(live: usize) -> __m256i {
+        let l = live.min(8) as i32;
+        _mm256_cmpgt_epi32(
+            _mm256_set1_epi32(l),
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        )
+    }
+
     /// The first `live` of sixteen lanes (all when `live ≥ 16`).
     fn lane_mask(live: usize) -> __mmask16 {
         if live >= 16 {
@@ -420,10 +594,20 @@ mod tests {
         out
     }
 
-    fn check<E: PanelElem>(n: usize, k: usize) {
+    /// The tiers this CPU runs: AVX2 always (the tests run on x86-64 CI machines with AVX2 or
+    /// fall back to the portable loop), AVX-512 where present.
+    fn tiers() -> Vec<PanelTier> {
+        let mut tiers = vec![PanelTier::Avx2];
+        if crate::embed::cpu_has_avx512_vnni() {
+            tiers.push(PanelTier::Avx512);
+        }
+        tiers
+    }
+
+    fn check<E: PanelElem>(n: usize, k: usize, tier: PanelTier) {
         let w = matrix(n, k);
         let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.01 - 0.3).collect();
-        let p = Panels::<E>::pack(&w, n, k);
+        let p = Panels::<E>::pack(&w, n, k, tier);
         for rows in [1, 2, 5, 11, 12, 13, 20, 25, 40, 131] {
             let x = acts(rows, k);
             let want = reference::<E>(&x, rows, &w, &b, k);
@@ -481,8 +665,45 @@ mod tests {
             (48, 17),
             (1, 1),
         ] {
-            check::<f32>(n, k);
-            check::<u16>(n, k);
+            for tier in tiers() {
+                check::<f32>(n, k, tier);
+                check::<u16>(n, k, tier);
+            }
+        }
+    }
+
+    /// The 256-bit and 512-bit kernels add the same products in the same order: same bits.
+    #[test]
+    fn both_tiers_give_the_same_bits() {
+        if !crate::embed::cpu_has_avx512_vnni() || !crate::embed::cpu_has_avx2_fma_f16c() {
+            return;
+        }
+        for (n, k, rows) in [
+            (99, 70, 23),
+            (384, 384, 20),
+            (40, 3_100, 7),
+            (1_536, 384, 33),
+        ] {
+            let w = matrix(n, k);
+            let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.02).collect();
+            let x = acts(rows, k);
+            let run = |tier| {
+                let mut out = vec![f32::NAN; rows * n];
+                linear(
+                    &x,
+                    rows,
+                    &Panels::<u16>::pack(&w, n, k, tier),
+                    &b,
+                    &mut out,
+                    true,
+                );
+                out
+            };
+            assert_eq!(
+                run(PanelTier::Avx2),
+                run(PanelTier::Avx512),
+                "n {n} k {k} rows {rows}"
+            );
         }
     }
 
@@ -492,8 +713,11 @@ mod tests {
         for threads in [1, 2, 3, 8] {
             for panels in [1, 2, 5, 12, 48] {
                 for panel_bytes in [1_024, 24_576, 98_304, 400_000] {
-                    for rows in [1, 7, 20, 24, 25, 131, 1_568] {
-                        let plan = Plan::new(rows, panels, panel_bytes, threads);
+                    for (rows, tile) in [1, 7, 20, 24, 25, 131, 1_568]
+                        .into_iter()
+                        .flat_map(|r| [(r, MAX_ROWS), (r, MAX_ROWS_AVX2)])
+                    {
+                        let plan = Plan::new(rows, panels, panel_bytes, threads, tile);
                         let mut seen = vec![0u8; rows * panels];
                         for j in 0..plan.groups * plan.row_chunks {
                             let (g, c) = (j / plan.row_chunks, j % plan.row_chunks);
@@ -505,7 +729,7 @@ mod tests {
                                 }
                             }
                         }
-                        let shape = (threads, panels, panel_bytes, rows);
+                        let shape = (threads, panels, panel_bytes, rows, tile);
                         assert!(seen.iter().all(|&v| v == 1), "{shape:?}");
                         assert!(
                             plan.group == 1 || plan.group * panel_bytes <= JOB_WEIGHT_BYTES,
@@ -517,30 +741,33 @@ mod tests {
         }
     }
 
-    /// The portable loop (CPUs without AVX-512F) agrees with the SIMD kernel.
+    /// The portable loop (CPUs without AVX2) agrees with the SIMD kernels.
     #[test]
     fn portable_panels_agree() {
         let (n, k, rows) = (99, 70, 23);
         let w = matrix(n, k);
         let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.02).collect();
         let x = acts(rows, k);
-        for half in [false, true] {
+        for (half, tier) in [false, true]
+            .into_iter()
+            .flat_map(|h| tiers().into_iter().map(move |t| (h, t)))
+        {
             let mut simd = vec![f32::NAN; rows * n];
             let mut plain = vec![f32::NAN; rows * n];
             let dest = OutPtr(plain.as_mut_ptr());
             if half {
-                let p = Panels::<u16>::pack(&w, n, k);
+                let p = Panels::<u16>::pack(&w, n, k, tier);
                 linear(&x, rows, &p, &b, &mut simd, false);
                 // SAFETY: the whole output is this call's; `x` and `b` cover the shape.
                 unsafe { portable(&x, 0, rows, &p, 0, p.panels(), &b, &dest) };
             } else {
-                let p = Panels::<f32>::pack(&w, n, k);
+                let p = Panels::<f32>::pack(&w, n, k, tier);
                 linear(&x, rows, &p, &b, &mut simd, false);
                 // SAFETY: as above.
                 unsafe { portable(&x, 0, rows, &p, 0, p.panels(), &b, &dest) };
             }
             for (g, e) in simd.iter().zip(&plain) {
-                assert!((g - e).abs() <= 1e-4, "half {half}: {g} vs {e}");
+                assert!((g - e).abs() <= 1e-4, "half {half} {tier:?}: {g} vs {e}");
             }
         }
     }

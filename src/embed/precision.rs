@@ -117,8 +117,8 @@ impl Kernel {
         match (self, precision) {
             (Kernel::Avx512Vnni, Precision::Int8) => "avx512-vnni packed int8",
             (Kernel::Avx512Vnni, _) => "avx512f panels",
-            (Kernel::Avx2F16c, Precision::Int8) => "avx2 int8 row-dot",
-            (Kernel::Avx2F16c, _) => "avx2 row-dot up to 32 rows, gemm above",
+            (Kernel::Avx2F16c, Precision::Int8) => "avx2 packed int8 (maddubs)",
+            (Kernel::Avx2F16c, _) => "avx2 panels",
             (Kernel::Scalar, _) => "portable",
         }
     }
