@@ -167,7 +167,7 @@ fn arithmetic_peaks(pool: &rayon::ThreadPool) -> [Option<f64>; 4] {
         /// The AVX2 int8 step without VNNI: `vpsignb` + `vpmaddubsw` + `vpmaddwd` + `vpaddd`
         /// per 32 multiply-adds, as the packed kernel issues it. Each of twelve chains feeds its
         /// own sum back into its next sign step, so no step can be folded into another, and twelve
-        /// chains cover the step's latency (about eight cycles) on two multiply pipes.
+        /// chains cover the step's latency (8–12 cycles, by CPU) on two multiply pipes.
         #[target_feature(enable = "avx2")]
         unsafe fn maddubs256() -> f32 {
             let (w, a, ones) = (
@@ -246,7 +246,7 @@ fn cold_start_ms(precision: Precision, kernel: KernelChoice, threads: usize) -> 
     let kernel = match kernel {
         KernelChoice::Avx2 => "avx2",
         KernelChoice::Scalar => "scalar",
-        _ => "auto",
+        KernelChoice::Auto => "auto",
     };
     let exe = root().join("target/release/memex");
     let mut times: Vec<f64> = (0..5)

@@ -63,7 +63,7 @@ pub struct GlobalArgs {
         value_parser = PossibleValuesParser::new(["f16", "f32", "int8"])
     )]
     pub precision: String,
-    /// CPU kernels of the embedder: auto (the fastest the CPU has: AVX-512 VNNI for int8,
+    /// CPU kernels of the embedder: auto (the fastest tier the CPU has: AVX-512 with VNNI, else
     /// AVX2+FMA+F16C), avx2 (never AVX-512), or scalar.
     #[arg(
         long,

@@ -12,7 +12,8 @@
 //! * residual add + LayerNorm and bias + GELU are single fused passes, parallel over rows.
 //!
 //! The projections' weights are held in the [`Precision`] asked for (`dense.rs`: `f16` by
-//! default, `f32` mapped in place from the safetensors file, or `int8`); embeddings, LayerNorm
+//! default, `f32` packed into panels on the SIMD tiers and mapped in place from the safetensors
+//! file on the portable one, or `int8`); embeddings, LayerNorm
 //! parameters and biases are always the checkpoint's `f32`, mapped in place. Every kernel has an
 //! AVX2 build and a portable one; which runs is decided once, at load ([`Kernel`]). The candle
 //! encoder in `bert.rs` stays the path for GPUs.

@@ -7,10 +7,11 @@
 //!   (weights packed in 32-channel panels, outer products, no horizontal sums): on 512-bit
 //!   registers on the AVX-512 tier ([`Kernel::Avx512Vnni`]: AVX-512F, VL and VNNI), on 256-bit
 //!   ones on the AVX2 tier, with the same bits;
-//! * on the AVX-512 tier, **every int8 pass** runs the packed `vpdpbusd` kernel in `vnni.rs`;
-//! * on the AVX2 tier, **every int8 pass** whose shape packs (channels a multiple of 16) runs the
-//!   packed `maddubs` kernel in `maddubs.rs` (eight channels per register; the same activation
-//!   blocks and integer sums as the VNNI kernel);
+//! * on the AVX-512 tier, **every int8 pass** whose shape packs (channels a multiple of 32,
+//!   inputs of 32) runs the packed `vpdpbusd` kernel in `vnni.rs`;
+//! * on the AVX2 tier, **every int8 pass** whose shape packs (channels a multiple of 16, inputs
+//!   of 32) runs the packed `maddubs` kernel in `maddubs.rs` (eight channels per register; the
+//!   same activation blocks and integer sums as the VNNI kernel);
 //! * the **row-dot kernels** in `rowdot.rs` (portable, and int8 shapes neither packed kernel
 //!   takes): each weight row is read once, sequentially, and dotted with a tile of token rows
 //!   that stays in cache; [`row_dot_linear`] here splits the output channels across threads.
@@ -196,7 +197,9 @@ fn vnni_linear(
     let b = &layer.b[..];
     let job = |first: usize| {
         let count = COLS_PER_JOB.min(n - first);
-        vnni::channels(&acts, rows, k, n, w, sw, b, &dest, first, count)
+        // SAFETY: `out` holds `rows · n` values (checked above) and each job owns the channels
+        // `first..first + count`: the jobs' channel ranges do not overlap.
+        unsafe { vnni::channels(&acts, rows, k, n, w, sw, b, &dest, first, count) }
     };
     if parallel {
         (0..n).into_par_iter().step_by(COLS_PER_JOB).all(job)
@@ -231,7 +234,9 @@ fn maddubs_linear(
     let b = &layer.b[..];
     let job = |first: usize| {
         let count = COLS_PER_JOB.min(n - first);
-        maddubs::channels(&acts, rows, k, n, w, sw, b, &dest, first, count)
+        // SAFETY: `out` holds `rows · n` values (checked above) and each job owns the channels
+        // `first..first + count`: the jobs' channel ranges do not overlap.
+        unsafe { maddubs::channels(&acts, rows, k, n, w, sw, b, &dest, first, count) }
     };
     if parallel {
         (0..n).into_par_iter().step_by(COLS_PER_JOB).all(job)
@@ -459,12 +464,14 @@ mod tests {
     /// rounding, int8 to its quantization step.
     #[test]
     fn kernels_agree_with_a_plain_product() {
-        // 99 channels: jobs of 64 and 35, so paired channels and a lone last one (and no VNNI
-        // packing); 160 channels: VNNI jobs of 64, 64 and 32. Row counts cover every tile size
-        // of the paired and VNNI kernels (1 to 6 rows), several row tiles, and the gemm path.
+        // 99 channels: jobs of 64 and 35, so the portable kernels' paired channels and a lone
+        // last one (and no int8 packing, so AVX2 int8 row-dot); 160 channels: packed int8 jobs of
+        // 64, 64 and 32; 80 channels: a maddubs job of 16 (VNNI declines and falls back). Row
+        // counts give the row-dot, panel and packed kernels short, uneven and full micro-tiles
+        // and several row tiles.
         for (precision, n) in [Precision::F32, Precision::F16, Precision::Int8]
             .into_iter()
-            .flat_map(|p| [(p, 160), (p, 99)])
+            .flat_map(|p| [(p, 160), (p, 99), (p, 80)])
         {
             let k = 96;
             for rows in [1, 2, 3, 5, 7, 9, 20, 32, 33, 70, 131] {

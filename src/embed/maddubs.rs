@@ -21,8 +21,10 @@ const LANES: usize = 8;
 const BLOCK: usize = 32;
 /// Channels per tile: two registers of eight.
 const TILE_COLS: usize = 2 * LANES;
-/// Token rows per step of a tile: 2 × 4 `i32` accumulators, two weight registers and the
-/// broadcasts fit AVX2's sixteen registers.
+/// Token rows per step of a tile: 2 × 4 `i32` accumulators, two weight registers, the ones and
+/// the two broadcasts fill AVX2's sixteen registers; the 2 × 4 `f32` accumulators, touched once
+/// per block of 32 inputs, live on the stack (a measured choice: the kernel runs at the measured
+/// rate of its instruction step, BENCHMARKS.md §1b run 8).
 const MAX_ROWS: usize = 4;
 /// Token rows whose activations stay in L2 while a job's weights stream past them.
 const ROW_TILE: usize = 64;
@@ -66,8 +68,12 @@ pub(super) struct Acts<'a> {
 
 /// `out (rows, n) = x · Wᵀ + b` over the channels `first..first + count` (a multiple of 16);
 /// `false` when the CPU lacks the instructions or a length is off (the caller falls back).
+///
+/// # Safety
+/// `out` points at a buffer of at least `rows · n` values, and no one else writes its channels
+/// `first..first + count` during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn channels(
+pub(super) unsafe fn channels(
     x: &Acts,
     rows: usize,
     k: usize,
@@ -96,8 +102,7 @@ pub(super) fn channels(
             && bias.len() >= n
         {
             // SAFETY: AVX2 and FMA were detected just above; every length the kernel reads is
-            // checked above, and the caller owns the output channels `first..first + count` of
-            // the `rows · n` buffer behind `out`.
+            // checked above; the output is as this function's contract requires.
             unsafe { x86::channels(x, rows, k, n, w, sw, bias, out, first, count) };
             return true;
         }
@@ -205,6 +210,7 @@ mod x86 {
                         2 => tile::<2>(xq, xa, sx, t, k, n, wt, sw, bias, out, j),
                         _ => tile::<1>(xq, xa, sx, t, k, n, wt, sw, bias, out, j),
                     }
+                    debug_assert!((1..=MAX_ROWS).contains(&r), "a step of {r} rows");
                     t += r;
                 }
             }

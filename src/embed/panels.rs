@@ -1,5 +1,6 @@
-//! The `f32` and `f16` projections on AVX-512F: weights packed in panels of 32 output channels,
-//! applied as outer products, so no dot product ever needs a horizontal sum.
+//! The `f32` and `f16` projections on both SIMD tiers: weights packed in panels of 32 output
+//! channels, applied as outer products, so no dot product ever needs a horizontal sum. What
+//! follows describes the 512-bit kernel; the 256-bit one is the same in halves (below).
 //!
 //! A panel holds, for each input `i`, the weights of its 32 channels side by side
 //! (`[panel][i][32]`, the last panel padded with zero channels). One step of the kernel loads
@@ -434,7 +435,8 @@ mod x86 {
         let r: [*const f32; R] = std::array::from_fn(|q| xp.add((t + q) * k));
         let mut a0 = [_mm256_setzero_ps(); R];
         let mut a1 = [_mm256_setzero_ps(); R];
-        let half = panel.add(h * 16 * size);
+        // `wrapping_add`: with no inputs (`k == 0`) the panel is empty and nothing is read.
+        let half = panel.wrapping_add(h * 16 * size);
         for i in 0..k {
             let wp = half.add(i * PANEL * size);
             if !pf.is_null() {
@@ -687,22 +689,28 @@ mod tests {
             let w = matrix(n, k);
             let b: Vec<f32> = (0..n).map(|c| c as f32 * 0.02).collect();
             let x = acts(rows, k);
-            let run = |tier| {
+            let half = |tier| {
                 let mut out = vec![f32::NAN; rows * n];
-                linear(
-                    &x,
-                    rows,
-                    &Panels::<u16>::pack(&w, n, k, tier),
-                    &b,
-                    &mut out,
-                    true,
-                );
+                let p = Panels::<u16>::pack(&w, n, k, tier);
+                linear(&x, rows, &p, &b, &mut out, true);
                 out
             };
+            let full = |tier| {
+                let mut out = vec![f32::NAN; rows * n];
+                let p = Panels::<f32>::pack(&w, n, k, tier);
+                linear(&x, rows, &p, &b, &mut out, true);
+                out
+            };
+            let shape = (n, k, rows);
             assert_eq!(
-                run(PanelTier::Avx2),
-                run(PanelTier::Avx512),
-                "n {n} k {k} rows {rows}"
+                half(PanelTier::Avx2),
+                half(PanelTier::Avx512),
+                "f16 {shape:?}"
+            );
+            assert_eq!(
+                full(PanelTier::Avx2),
+                full(PanelTier::Avx512),
+                "f32 {shape:?}"
             );
         }
     }

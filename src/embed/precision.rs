@@ -8,7 +8,8 @@ use super::EmbedError;
 /// projections change (embeddings, LayerNorm and biases stay `f32`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
-    /// The checkpoint's own `f32` weights, used in place: the exact path.
+    /// The checkpoint's own `f32` weights (used in place on the portable kernels, packed into
+    /// panels on the SIMD tiers): the exact path.
     F32,
     /// Weights rounded once to IEEE half precision and widened to `f32` inside the kernels
     /// (the default: half the bytes per pass, cosine ≥ 0.9999 to the `f32` path).
@@ -128,8 +129,8 @@ impl Kernel {
         matches!(self, Kernel::Avx512Vnni | Kernel::Avx2F16c)
     }
 
-    /// Whether the AVX-512 tier is in use: `f32`/`f16` projections on the panel kernel and int8
-    /// ones on AVX-512 VNNI.
+    /// Whether the AVX-512 tier is in use: `f32`/`f16` projections on the 512-bit panels and
+    /// int8 ones on AVX-512 VNNI.
     pub(crate) fn vnni(self) -> bool {
         self == Kernel::Avx512Vnni
     }

@@ -76,8 +76,12 @@ impl Acts<'_> {
 
 /// `out (rows, n) = x · Wᵀ + b` over the channels `first..first + count` (a multiple of 32);
 /// `false` when the CPU lacks the instructions or a length is off (the caller falls back).
+///
+/// # Safety
+/// `out` points at a buffer of at least `rows · n` values, and no one else writes its channels
+/// `first..first + count` during the call.
 #[allow(clippy::too_many_arguments)]
-pub(super) fn channels(
+pub(super) unsafe fn channels(
     x: &Acts,
     rows: usize,
     k: usize,
@@ -106,8 +110,7 @@ pub(super) fn channels(
             && bias.len() >= n
         {
             // SAFETY: AVX-512F and VNNI were detected just above; every length the kernel
-            // reads is checked above, and the caller owns the output channels
-            // `first..first + count` of the `rows · n` buffer behind `out`.
+            // reads is checked above; the output is as this function's contract requires.
             unsafe { x86::channels(x, rows, k, n, w, sw, bias, out, first, count) };
             return true;
         }
