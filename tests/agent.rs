@@ -1,10 +1,7 @@
 //! The agent loop with a scripted model over the real memories and the payments tools: one test
 //! per guard, the approval gate, memory in every request, and the seed's cases end to end.
 
-#[path = "support/demo.rs"]
-mod demo;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::demo;
 
 use std::path::PathBuf;
 use std::sync::Arc;

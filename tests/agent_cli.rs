@@ -1,14 +1,9 @@
 //! The agent through the real binary against a fake OpenAI-compatible server on loopback:
 //! `init --demo`, `ask`, `approve`, `audit`, `stats`, the JSON contract and exit codes.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::cli;
+use crate::support::fake_openai;
+use crate::support::redis as redis_support;
 
 use std::path::Path;
 use std::process::Output;

@@ -2,10 +2,7 @@
 //! desk: two small tools, its own rules and escalation) runs agent turns end to end, proving the
 //! core is domain-free; and the per-session result cache stays bounded over 10,000 sessions.
 
-#[path = "support/demo.rs"]
-mod demo;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::demo;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -3,10 +3,7 @@
 //! is the one guarded path, so the paths must not drift apart. Decisions go through the library
 //! operation `memex::approvals::decide`, as the CLI and the server do.
 
-#[path = "support/demo.rs"]
-mod demo;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::demo;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -2,12 +2,8 @@
 //! model writes only the final answer, once per turn and never with tools; `ask --json` reports
 //! each model's share. Through the real binary against the fake OpenAI-compatible server.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use cli::{json_of, memex};
 use fake_openai::{FakeOpenAi, Reply};

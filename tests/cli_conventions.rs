@@ -2,8 +2,7 @@
 //! codes, shell completions, closed choices and environment variables in `--help`, the
 //! immediate no-LLM message, and `--index` over every vector index backend.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -24,7 +23,7 @@ const CLEARED: [&str; 9] = [
 ];
 
 fn memex(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
+    let mut cmd = crate::support::bin::bare();
     for v in CLEARED {
         cmd.env_remove(v);
     }

@@ -2,8 +2,7 @@
 //! data directory), the precedence flag > env > file > default on real commands and in
 //! `memex config show`, redaction of secrets, and clear errors naming the file and key.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -37,7 +36,7 @@ const SECRET: &str = "sk-file-secret-456";
 
 /// `memex --data-dir DATA ARGS`, run in DATA's parent with a clean environment.
 fn memex(data: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
+    let mut cmd = crate::support::bin::bare();
     for v in CLEARED {
         cmd.env_remove(v);
     }
@@ -246,7 +245,7 @@ fn config_path_from_flag_then_env_then_data_dir() {
         format!("data_dir = {:?}\n", elsewhere.display().to_string()),
     )
     .expect("write");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
+    let mut cmd = crate::support::bin::bare();
     for v in CLEARED {
         cmd.env_remove(v);
     }

@@ -1,10 +1,8 @@
 //! The conversation buffer: budget, compression rules, persistence in a real SQLite file,
 //! failure and crash behaviour, fact retention.
 
-#[path = "support/conv.rs"]
-mod conv;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
+use crate::support::conv;
+use crate::support::fake_openai;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,9 +1,7 @@
 //! The conversation buffer on the Redis store (a real `redis-server`, started by the test).
 
-#[path = "support/conv.rs"]
-mod conv;
-#[path = "support/redis_conv.rs"]
-mod redis_conv;
+use crate::support::conv;
+use crate::support::redis as redis_support;
 
 use std::sync::Arc;
 
@@ -27,9 +25,9 @@ fn config() -> ConversationConfig {
     }
 }
 
-async fn store(redis: &redis_conv::TestRedis, prefix: &str) -> Arc<RedisConversationStore> {
+async fn store(redis: &redis_support::RedisServer, prefix: &str) -> Arc<RedisConversationStore> {
     Arc::new(
-        RedisConversationStore::connect(&redis.url, prefix)
+        RedisConversationStore::connect(&redis.url(), prefix)
             .await
             .expect("connect to Redis"),
     )
@@ -37,8 +35,8 @@ async fn store(redis: &redis_conv::TestRedis, prefix: &str) -> Arc<RedisConversa
 
 #[tokio::test]
 async fn compresses_and_resumes_after_restart() {
-    let redis = redis_conv::start();
-    let prefix = redis_conv::prefix();
+    let redis = redis_support::RedisServer::start();
+    let prefix = redis_support::prefix();
     let model = faithful();
     let (messages, watermark, compressions);
     {
@@ -85,8 +83,8 @@ async fn compresses_and_resumes_after_restart() {
 
 #[tokio::test]
 async fn equal_messages_are_distinct_and_nothing_is_lost_on_failure() {
-    let redis = redis_conv::start();
-    let prefix = redis_conv::prefix();
+    let redis = redis_support::RedisServer::start();
+    let prefix = redis_support::prefix();
     let model = Arc::new(ScriptedModel::new());
     model.push_error(LlmError::BadResponse("garbage".into()));
     let mut buf = ConversationBuffer::open(
@@ -121,8 +119,8 @@ async fn equal_messages_are_distinct_and_nothing_is_lost_on_failure() {
 
 #[tokio::test]
 async fn commit_is_checked_against_the_stored_watermark() {
-    let redis = redis_conv::start();
-    let prefix = redis_conv::prefix();
+    let redis = redis_support::RedisServer::start();
+    let prefix = redis_support::prefix();
     let s = store(&redis, &prefix).await;
     for seq in 1..=5 {
         s.append(SESSION, seq, &Message::user(format!("m{seq}")))
@@ -219,12 +217,12 @@ async fn retention_on(s: &dyn ConversationStore) -> chrono::DateTime<chrono::Utc
 
 #[tokio::test]
 async fn retention_prunes_idle_sessions_on_redis_and_keeps_untimed_ones() {
-    let redis = redis_conv::start();
-    let prefix = redis_conv::prefix();
+    let redis = redis_support::RedisServer::start();
+    let prefix = redis_support::prefix();
     let s = store(&redis, &prefix).await;
     retention_on(&*s).await;
     // A session written before append times were kept: only its keys, no time.
-    let client = redis::Client::open(redis.url.as_str()).unwrap();
+    let client = redis::Client::open(redis.url().as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let legacy = serde_json::to_string(&Message::user("legacy turn")).unwrap();
     let _: i64 = redis::cmd("ZADD")

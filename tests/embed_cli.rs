@@ -1,17 +1,11 @@
 //! `memex embed` and `memex model` through the real binary: output shape, bad input, bad models.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::bin::bare as memex;
+use crate::support::model;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-
-fn memex() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON").env("MEMEX_LOG", "warn");
-    cmd
-}
 
 fn run_with_stdin(mut cmd: Command, stdin: &[u8]) -> Output {
     let mut child = cmd

@@ -2,8 +2,7 @@
 //! int8 into two knowledge bases, searched with every labelled query, and each knowledge base
 //! refusing an embedder of the other precision.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use std::collections::HashSet;
 use std::path::PathBuf;

@@ -1,7 +1,6 @@
 //! The embedder against sentence-transformers' own vectors, and its determinism rules.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use model::cosine;

@@ -2,8 +2,7 @@
 //! sentence-transformers in every batching, int8 against f32, batch against one-by-one per
 //! precision, and the forced scalar kernel against the SIMD one.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use memex::embed::{Embedder, EmbedderOptions, Kernel, KernelChoice, MiniLmEmbedder, Precision};
 use model::cosine;

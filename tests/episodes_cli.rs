@@ -1,25 +1,11 @@
 //! `memex episodes` through the real binary, with the real model, on SQLite and Redis.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::bin::memex;
+use crate::support::redis as redis_support;
 
-use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
-
-/// The binary with a clean environment, the real model and `data_dir`.
-fn memex(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .env("MEMEX_DATA_DIR", data_dir);
-    cmd
-}
 
 fn ok(out: Output) -> String {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");

@@ -2,26 +2,14 @@
 //! SQLite and Redis: bad lines, stdin, re-runs after an interrupted import, `occurred_at`
 //! ordering, query order, and read-only commands that create nothing.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::bin::memex;
+use crate::support::redis as redis_support;
 
 use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-
-fn memex(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .env("MEMEX_DATA_DIR", data_dir);
-    cmd
-}
 
 fn ok(out: Output) -> String {
     let stdout = String::from_utf8(out.stdout).expect("stdout is UTF-8");

@@ -2,8 +2,7 @@
 //! real SQLite file and a real Redis (our own `redis-server` on a free loopback port, or
 //! `$REDIS_URL`).
 
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::redis as redis_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,8 +1,7 @@
 //! Faults: Redis killed mid-run and brought back, Redis absent, a locked SQLite file, a
 //! read-only SQLite file, unusable paths and URLs.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::redis as redis_support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,12 +3,8 @@
 //! `memex eval agent` replays them against the configured model with the tools answering from
 //! the recording. Through the real binary against the fake OpenAI-compatible server.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::path::Path;
 

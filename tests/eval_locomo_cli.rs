@@ -3,8 +3,7 @@
 //! recall is recomputed here from the fixture and the retrieved turn ids, independently of the
 //! evaluator's own scoring.
 
-#[path = "support/model.rs"]
-mod model;
+use crate::support::model;
 
 use std::collections::HashSet;
 use std::process::Command;

@@ -3,12 +3,8 @@
 //! deleted, its audit rows and turn records keep their rows with the text redacted, its
 //! episodes go; another merchant is untouched, and a re-run is safe.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::path::Path;
 

@@ -2,27 +2,13 @@
 //! merchant's episodes go (optionally only those before a date), re-running is safe, and the
 //! other merchant is untouched.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::bin::memex;
+use crate::support::redis as redis_support;
 
 use std::io::Write;
-use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::{json, Value};
-
-fn memex(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env_remove("MEMEX_EPISODIC_URL")
-        .env_remove("MEMEX_EPISODES_RETENTION_DAYS")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .env("MEMEX_DATA_DIR", data_dir);
-    cmd
-}
 
 fn json_out(out: Output) -> Value {
     assert!(

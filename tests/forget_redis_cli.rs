@@ -3,16 +3,10 @@
 //! summaries (Redis) and episodes (Redis) are gone, its audit rows redacted, another merchant
 //! untouched — also when earlier runs were SIGKILLed mid-way and the command was re-run.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::cli;
+use crate::support::fake_openai;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

@@ -1,12 +1,8 @@
 //! Regression tests for the defects break-testing found outside the knowledge base (issue 11),
 //! all through the real binary against the fake OpenAI-compatible server on loopback.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::path::Path;
 use std::process::Output;

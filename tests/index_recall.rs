@@ -2,10 +2,7 @@
 //! real(-derived) MiniLM vectors: recall against exact search, removal, additions, replacement,
 //! persistence, compaction, corrupt files and bad vectors.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::kb as support;
 
 use memex::index::{recall, AnyIndex, FlatIndex, HnswParams, IndexKind, VectorIndex};
 use memex::testkit::dataset::{queries, PERTURBATION_SIGMA};

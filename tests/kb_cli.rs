@@ -1,24 +1,12 @@
 //! `memex ingest` / `memex search` / `memex reindex` through the real binary: JSON shapes, a
 //! killed ingestion, searching while another process ingests, a damaged index file.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::bin::memex;
+use crate::support::kb as support;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn memex(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .arg("--data-dir")
-        .arg(data);
-    cmd
-}
 
 fn run(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("memex runs");

@@ -1,24 +1,12 @@
 //! Damaged knowledge bases through the real binary: a NaN vector written into a real kb.db,
 //! a read-only data directory, a missing one.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::bin::memex;
+use crate::support::kb as support;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn memex(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .arg("--data-dir")
-        .arg(data);
-    cmd
-}
+use std::process::Output;
 
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()

@@ -1,10 +1,7 @@
 //! The knowledge base through its library API with the real embedder: retrieval quality on
 //! data/kb, idempotency, change and prune, skipped files, corrupt index files, hostile queries.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::kb as support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -3,10 +3,8 @@
 //! runs, no absolute times), with the
 //! real tokenizer counting tokens, and the same inputs ingested through the real binary.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::kb as support;
+use crate::support::model;
 
 use std::process::Command;
 use std::time::{Duration, Instant};

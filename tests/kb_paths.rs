@@ -1,25 +1,14 @@
 //! The ingest path rules through the real binary: symbolic links, unreadable paths under
 //! `--prune` (as an unprivileged user), FIFOs, `-k` bounds and escaped file names.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/kb.rs"]
-mod support;
+use crate::support::bin::memex;
+use crate::support::kb as support;
+use crate::support::model;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
-
-fn memex(data: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    cmd.env_remove("MEMEX_JSON")
-        .env("MEMEX_LOG", "warn")
-        .env("MEMEX_MODEL_DIR", model::model_dir())
-        .arg("--data-dir")
-        .arg(data);
-    cmd
-}
 
 fn output(cmd: &mut Command) -> Output {
     cmd.output().expect("memex runs")

@@ -1,11 +1,7 @@
 //! The OpenAI-compatible client against a real HTTP server on loopback.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::time::{Duration, Instant};
 

@@ -5,14 +5,10 @@
 //! episodes saved and recalled, merchant isolation, an irreversible tool that only creates a
 //! pending action which `memex approve` executes exactly once, and tool errors for bad calls.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::cli;
+use crate::support::fake_openai;
+use crate::support::model;
+use crate::support::serve;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;

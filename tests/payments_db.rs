@@ -1,8 +1,7 @@
 //! The payments database on a real SQLite file: seeding, the demo fixtures, merchant scoping
 //! and the invariants the schema enforces.
 
-#[path = "support/payments.rs"]
-mod payments_support;
+use crate::support::payments as payments_support;
 
 use memex::domain::payments::{
     NewTicket, PaymentsDb, PaymentsError, RefundRequest, SeedReport, TicketPriority, TicketType,

@@ -2,8 +2,7 @@
 //! `ToolContext`), on a real SQLite file: merchant scoping, refund rules, idempotency across
 //! retries, concurrent callers and restarts, tickets and knowledge search.
 
-#[path = "support/payments.rs"]
-mod payments_support;
+use crate::support::payments as payments_support;
 
 use std::sync::Arc;
 use std::time::Duration;

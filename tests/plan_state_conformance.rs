@@ -3,8 +3,7 @@
 //! Every case gets two store instances on the same backend — two "workers" — and checks that
 //! what one writes the other reads, and that concurrent writers lose nothing.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::redis as redis_support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};

@@ -2,10 +2,7 @@
 //! the seed's dispute task, validation and re-planning, skips, concurrency, references, the
 //! approval gate across restarts, crash recovery and the agent's guards on plan steps.
 
-#[path = "support/demo.rs"]
-mod demo;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::demo;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

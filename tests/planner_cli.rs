@@ -2,12 +2,8 @@
 //! the JSON contract, `--dry-run` then `plan resume`, `plan show`, a paused plan continued by
 //! `memex approve`, an invalid plan refused, and a process killed mid-plan resumed.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::path::Path;
 use std::process::Stdio;

@@ -4,14 +4,9 @@
 //! OpenAI-compatible server: a refund held on worker A and approved concurrently on B and C
 //! runs exactly once; a session that alternates workers turn by turn keeps its memory.
 
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::fake_openai;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::path::{Path, PathBuf};
 

@@ -4,12 +4,8 @@
 //! episode is then present exactly once, through a surviving worker and through the Redis
 //! backend directly, and each merchant's listing holds only its own episodes.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

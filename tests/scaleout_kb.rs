@@ -7,12 +7,8 @@
 //!
 //! Keys are per data directory on this branch: each worker gets its own admin key.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::redis;
+use crate::support::serve;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

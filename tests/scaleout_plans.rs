@@ -15,14 +15,9 @@
 //!   store, key store and runner leases (helper "state"'s part of issue 14). Until that is
 //!   merged their `#[tokio::test]` attributes are commented out: uncomment them when it is.
 
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::fake_openai;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,12 +3,8 @@
 //! approval matrix, audit and actions, plans, and 64 concurrent clients mixing searches,
 //! episode writes and asks.
 
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::fake_openai;
+use crate::support::serve;
 
 use fake_openai::{FakeOpenAi, Reply};
 use serde_json::{json, Value};

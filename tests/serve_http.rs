@@ -2,12 +2,8 @@
 //! the auth matrix, every non-agent route, shapes equal to the CLI's `--json`, limits, the
 //! batching queue's 503, SIGTERM under load, and the OpenAI Python SDK.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::time::Duration;
 

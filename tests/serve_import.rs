@@ -4,12 +4,8 @@
 //! CLI import of the same lines stores nothing twice), a bad line named with the lines before
 //! it kept, merchant scoping (another merchant's key → 404), 413 and 415; on SQLite and Redis.
 
-#[path = "support/model.rs"]
-mod model;
-#[path = "support/redis.rs"]
-mod redis_support;
-#[path = "support/serve.rs"]
-mod serve;
+use crate::support::redis as redis_support;
+use crate::support::serve;
 
 use std::io::Write;
 use std::process::Command;

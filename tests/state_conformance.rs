@@ -2,8 +2,7 @@
 //! file and a real Redis (our own `redis-server` on a free loopback port). Every fixture opens
 //! TWO store instances on the same state, standing for two `memex serve` workers.
 
-#[path = "support/redis.rs"]
-mod redis_support;
+use crate::support::redis as redis_support;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Barrier};

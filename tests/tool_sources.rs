@@ -4,12 +4,8 @@
 //! binary with a scripted fake model. Checks what the servers themselves saw (their call
 //! logs): the merchant memex bound, and irreversible calls run exactly once after approval.
 
-#[path = "support/cli.rs"]
-mod cli;
-#[path = "support/fake_openai.rs"]
-mod fake_openai;
-#[path = "support/model.rs"]
-mod model;
+use crate::support::cli;
+use crate::support::fake_openai;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -1005,8 +1001,7 @@ async fn broken_declarations_are_refused_at_start_with_one_sentence() {
     assert_eq!(server.request_count(), 0, "nothing reached the model");
 }
 
-#[path = "support/serve.rs"]
-mod serve_support;
+use crate::support::serve as serve_support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_and_mcp_offer_the_same_outside_tools_and_any_worker_approves_once() {

@@ -2,8 +2,7 @@
 //! raw model arguments (unknown tool, unparseable JSON, each kind of schema violation) before
 //! any call.
 
-#[path = "support/payments.rs"]
-mod payments_support;
+use crate::support::payments as payments_support;
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -1,7 +1,5 @@
 //! Running the real `memex` binary in tests: against a data directory and an OpenAI-compatible
 //! base URL (the loopback fake server), with a known test API key that must never be printed.
-//!
-//! Include it after `support/model.rs`: `#[path = "support/cli.rs"] mod cli;`.
 #![allow(dead_code)]
 
 use std::path::Path;

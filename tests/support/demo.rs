@@ -1,7 +1,5 @@
 //! The demo environment shared by the agent and planner tests: the real embedder, loaded once
 //! per test binary, and the knowledge base over `data/kb`, ingested once per test binary.
-//!
-//! Include it after `support/model.rs`: `#[path = "support/demo.rs"] mod demo;`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

@@ -4,8 +4,6 @@
 //! record of every request, API-key checking, and the message-order rules real servers enforce
 //! (a `tool` message must answer a preceding assistant `tool_calls` id, and every call must be
 //! answered before the conversation goes on) — breaking them gets a 400, as from OpenAI.
-//!
-//! Include it with `#[path = "support/fake_openai.rs"] mod fake_openai;`.
 #![allow(dead_code)]
 
 use std::collections::{HashSet, VecDeque};

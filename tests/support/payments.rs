@@ -1,8 +1,6 @@
 //! Fixtures for the tools and payments tests: a seeded payments database in a temporary
 //! directory, and a small keyword search over the real `data/kb` documents standing in for the
 //! knowledge base behind the `KnowledgeSearch` seam.
-//!
-//! Include it with `#[path = "support/payments.rs"] mod payments_support;`.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};

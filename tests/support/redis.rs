@@ -6,8 +6,6 @@
 //! stop and restart the server need that); [`RedisServer::spawn_persistent`] additionally keeps
 //! an append-only file fsynced on every write, so data survives [`RedisServer::stop`] +
 //! [`RedisServer::restart`] on the same port.
-//!
-//! Include it with `#[path = "support/redis.rs"] mod redis_support;`.
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
@@ -218,4 +216,9 @@ fn ping(port: u16) -> bool {
         Ok(n) => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
         Err(_) => false,
     }
+}
+
+/// A key prefix unique to one test, so tests can share one Redis (`$REDIS_URL` included).
+pub fn prefix() -> String {
+    format!("memex-test-{}", uuid::Uuid::new_v4().simple())
 }

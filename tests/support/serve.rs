@@ -1,7 +1,5 @@
 //! Running `memex serve` in tests: the real binary on a free loopback port, keys created with
 //! `memex keys create`, and the Python interpreter of the pinned client SDKs.
-//!
-//! Include it after `support/model.rs`: `#[path = "support/serve.rs"] mod serve;`.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
