@@ -55,6 +55,12 @@ fn collect(dir: &Path, root: &Path, out: &mut Files) {
 
 /// Identifiers and the punctuation the checker needs; comments, strings and chars dropped.
 fn lex(src: &str) -> Vec<String> {
+    lex_with(src, false)
+}
+
+/// As [`lex`]; with `keep_strings`, each string literal is one token: `"` and its raw content
+/// (escapes left as written), so word checks can read what a string says.
+fn lex_with(src: &str, keep_strings: bool) -> Vec<String> {
     let s: Vec<char> = src.chars().collect();
     let n = s.len();
     let mut toks = Vec::new();
@@ -96,8 +102,12 @@ fn lex(src: &str) -> Vec<String> {
             }
             if j < n && s[j] == '"' {
                 j += 1;
+                let body = j;
                 'raw: while j < n {
                     if s[j] == '"' && (0..hashes).all(|h| j + 1 + h < n && s[j + 1 + h] == '#') {
+                        if keep_strings {
+                            toks.push(format!("\"{}", s[body..j].iter().collect::<String>()));
+                        }
                         j += 1 + hashes;
                         break 'raw;
                     }
@@ -109,8 +119,15 @@ fn lex(src: &str) -> Vec<String> {
         }
         if c == '"' || (!prev_ident && c == 'b' && i + 1 < n && s[i + 1] == '"') {
             i += if c == 'b' { 2 } else { 1 };
+            let body = i;
             while i < n && s[i] != '"' {
                 i += if s[i] == '\\' { 2 } else { 1 };
+            }
+            if keep_strings {
+                toks.push(format!(
+                    "\"{}",
+                    s[body..i.min(n)].iter().collect::<String>()
+                ));
             }
             i += 1;
             continue;
@@ -192,6 +209,8 @@ struct Scan<'a> {
     files: &'a Files,
     file: &'a str,
     toks: Vec<String>,
+    /// Whether `pub use` re-exports count as imports (the layer check), or not (the cycle check).
+    reexports: bool,
     /// target file → paths naming it
     edges: BTreeMap<String, BTreeSet<String>>,
 }
@@ -296,7 +315,7 @@ impl Scan<'_> {
                         }
                         k = k.saturating_sub(1);
                     }
-                    if k > 0 && self.toks[k - 1] == "pub" {
+                    if k > 0 && self.toks[k - 1] == "pub" && !self.reexports {
                         while i < self.toks.len() && self.toks[i] != ";" {
                             i += 1;
                         }
@@ -335,8 +354,15 @@ impl Scan<'_> {
     }
 }
 
-/// file → (file it names → the paths naming it)
-fn import_graph(src: &Path) -> BTreeMap<String, BTreeMap<String, BTreeSet<String>>> {
+type Graph = BTreeMap<String, BTreeMap<String, BTreeSet<String>>>;
+
+/// file → (file it names → the paths naming it); `pub use` re-exports are not imports.
+fn import_graph(src: &Path) -> Graph {
+    import_graph_with(src, false)
+}
+
+/// As [`import_graph`]; with `reexports`, a `pub use` names its target too.
+fn import_graph_with(src: &Path, reexports: bool) -> Graph {
     let mut files = Files::new();
     collect(src, src, &mut files);
     assert!(
@@ -352,6 +378,7 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeMap<String, BTreeSet<String
             files: &files,
             file,
             toks: lex(&text),
+            reexports,
             edges: BTreeMap::new(),
         };
         scan.run(module);
@@ -360,9 +387,7 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeMap<String, BTreeSet<String
     graph
 }
 
-fn pairs(
-    graph: &BTreeMap<String, BTreeMap<String, BTreeSet<String>>>,
-) -> Vec<(String, String, String)> {
+fn pairs(graph: &Graph) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
     for (a, edges) in graph {
         for (b, ab) in edges {
@@ -581,5 +606,491 @@ fn only_the_call_gate_makes_a_tool_context() {
     assert!(
         gate.1.contains("ToolContext::new("),
         "the gate makes the contexts"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------------------
+
+/// The layers of the crate, bottom first. A top-level module of `src/` names modules of its own
+/// layer or of a lower one, never of a higher one (within a layer, the cycle check above keeps
+/// files from naming each other). ARCHITECTURE.md, "Layers", is this table.
+const LAYERS: &[(&str, &[&str])] = &[
+    (
+        "base",
+        &[
+            "fsutil", "merchant", "offload", "paths", "sqlite", "embed", "index",
+        ],
+    ),
+    (
+        "memory and seams",
+        &[
+            "kb",
+            "episodic",
+            "conversation",
+            "state",
+            "llm",
+            "tools",
+            "testkit",
+        ],
+    ),
+    ("agent", &["agent", "planner", "approvals", "sources"]),
+    ("domains", &["domain"]),
+    ("front doors", &["mcp", "serve", "eval"]),
+    ("binary", &["cli"]),
+];
+
+/// The top-level module a file of `src/` belongs to (`None` for `lib.rs` and `main.rs`).
+fn top_module(rel: &str) -> Option<&str> {
+    if rel == "lib.rs" || rel == "main.rs" {
+        return None;
+    }
+    let first = rel.split('/').next()?;
+    Some(first.strip_suffix(".rs").unwrap_or(first))
+}
+
+fn layer_of(layers: &[(&str, &[&str])], module: &str) -> Option<usize> {
+    layers.iter().position(|(_, ms)| ms.contains(&module))
+}
+
+/// Every path by which a module names a module of a higher layer, one line each. `use` trees,
+/// `pub use` re-exports and paths in code (`crate::…`, `super::…`) count; comments and strings
+/// do not.
+fn upward_references(src: &Path, layers: &[(&str, &[&str])]) -> Vec<String> {
+    let graph = import_graph_with(src, true);
+    let mut out = Vec::new();
+    for (file, edges) in &graph {
+        let Some(from) = top_module(file) else {
+            continue;
+        };
+        let Some(lf) = layer_of(layers, from) else {
+            continue;
+        };
+        for (target, paths) in edges {
+            let Some(to) = top_module(target) else {
+                continue;
+            };
+            let Some(lt) = layer_of(layers, to) else {
+                continue;
+            };
+            if lt > lf {
+                out.push(format!(
+                    "src/{file} (`{from}`, layer \"{}\") names {} (src/{target}: `{to}`, layer \"{}\")",
+                    layers[lf].0,
+                    paths.iter().cloned().collect::<Vec<_>>().join(", "),
+                    layers[lt].0
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// **The layer order.** No module names a module of a higher layer (`LAYERS`), and every
+/// top-level module of `src/` is placed in exactly one layer.
+#[test]
+fn modules_name_only_their_own_layer_or_lower() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut modules = BTreeSet::new();
+    for entry in std::fs::read_dir(&src).expect("read src") {
+        let p = entry.expect("entry").path();
+        let name = p.file_name().expect("name").to_string_lossy().to_string();
+        if p.is_dir() {
+            modules.insert(name);
+        } else if let Some(stem) = name.strip_suffix(".rs") {
+            if stem != "lib" && stem != "main" {
+                modules.insert(stem.to_string());
+            }
+        }
+    }
+    let listed: Vec<&str> = LAYERS
+        .iter()
+        .flat_map(|(_, ms)| ms.iter().copied())
+        .collect();
+    let unique: BTreeSet<&str> = listed.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        listed.len(),
+        "a module is listed in two layers"
+    );
+    let unplaced: Vec<&String> = modules
+        .iter()
+        .filter(|m| !unique.contains(m.as_str()))
+        .collect();
+    let gone: Vec<&&str> = unique.iter().filter(|m| !modules.contains(**m)).collect();
+    assert!(
+        unplaced.is_empty() && gone.is_empty(),
+        "LAYERS (and ARCHITECTURE.md, \"Layers\") must list exactly the top-level modules of \
+         src/: not placed {unplaced:?}, no longer in src/ {gone:?}"
+    );
+    let up = upward_references(&src, LAYERS);
+    assert!(
+        up.is_empty(),
+        "{} reference(s) to a higher layer (move the item down, or pass it in from above):\n{}",
+        up.len(),
+        up.join("\n")
+    );
+}
+
+/// The layer checker itself: an upward `use`, an upward `pub use` and an upward `super::super::`
+/// path in code are found; the same names in comments and strings, and downward references,
+/// are not.
+#[test]
+fn the_layer_checker_sees_upward_references_and_re_exports() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let src = dir.path();
+    let write = |rel: &str, text: &str| {
+        let p = src.join(rel);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+    };
+    let mut lib = String::from("pub mod low;\npub mod low2;\npub mod high;\npub mod fine;\n");
+    for k in 0..22 {
+        write(&format!("f{k}.rs"), "pub fn f() {}\n");
+        lib.push_str(&format!("pub mod f{k};\n"));
+    }
+    write("lib.rs", &lib);
+    write(
+        "low.rs",
+        "pub use crate::high::H;\n// crate::high::H in a comment\n\
+         pub const S: &str = \"crate::high::H\";\npub struct L;\n",
+    );
+    write("low2/mod.rs", "mod inner;\n");
+    write("low2/inner.rs", "pub fn f() { super::super::high::g(); }\n");
+    write(
+        "fine.rs",
+        "use crate::low::L;\npub fn f() { crate::f0::f(); }\n",
+    );
+    write(
+        "high.rs",
+        "use crate::low::L;\npub struct H;\npub fn g() {}\n",
+    );
+    let layers: &[(&str, &[&str])] =
+        &[("low", &["low", "low2", "f0"]), ("high", &["high", "fine"])];
+    let up = upward_references(src, layers);
+    assert_eq!(up.len(), 2, "{up:#?}");
+    assert!(
+        up[0].starts_with("src/low.rs") && up[0].contains("crate::high::H"),
+        "{up:#?}"
+    );
+    assert!(
+        up[1].starts_with("src/low2/inner.rs") && up[1].contains("super::super::high::g"),
+        "{up:#?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Token scans of src/
+// ---------------------------------------------------------------------------------------------
+
+/// `toks` without the items under `#[cfg(test)]` (a `mod tests { … }` block, a test-only
+/// function or `use`).
+fn without_test_items(toks: Vec<String>) -> Vec<String> {
+    const ATTR: [&str; 7] = ["#", "[", "cfg", "(", "test", ")", "]"];
+    let mut out = Vec::with_capacity(toks.len());
+    let mut i = 0;
+    while i < toks.len() {
+        if toks.len() - i >= ATTR.len() && ATTR.iter().zip(&toks[i..]).all(|(a, t)| a == t) {
+            let mut j = i + ATTR.len();
+            let mut nest = 0usize; // () and [] before the item's body
+            while j < toks.len() {
+                match toks[j].as_str() {
+                    "(" | "[" => nest += 1,
+                    ")" | "]" => nest = nest.saturating_sub(1),
+                    ";" if nest == 0 => break,
+                    "{" if nest == 0 => {
+                        let mut depth = 0usize;
+                        while j < toks.len() {
+                            match toks[j].as_str() {
+                                "{" => depth += 1,
+                                "}" => {
+                                    depth -= 1;
+                                    if depth == 0 {
+                                        break;
+                                    }
+                                }
+                                _ => {}
+                            }
+                            j += 1;
+                        }
+                        break;
+                    }
+                    _ => {}
+                }
+                j += 1;
+            }
+            i = j + 1;
+            continue;
+        }
+        out.push(toks[i].clone());
+        i += 1;
+    }
+    out
+}
+
+/// Every `.rs` file of `src/` (path relative to `src/`) with its tokens: comments dropped,
+/// string literals kept as `"`-prefixed tokens when `keep_strings`, test items kept or not.
+fn src_tokens(keep_strings: bool, test_items: bool) -> Vec<(String, Vec<String>)> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &src, &mut files);
+    files.sort();
+    files
+        .into_iter()
+        .map(|(rel, text)| {
+            let toks = lex_with(&text, keep_strings);
+            let toks = if test_items {
+                toks
+            } else {
+                without_test_items(toks)
+            };
+            (rel.replace('\\', "/"), toks)
+        })
+        .collect()
+}
+
+/// Whether `toks` holds `seq` (each element matched exactly, or as a prefix when it ends in `*`).
+fn has_seq(toks: &[String], seq: &[&str]) -> bool {
+    toks.windows(seq.len()).any(|w| {
+        w.iter().zip(seq).all(|(t, s)| match s.strip_suffix('*') {
+            Some(prefix) => t.starts_with(prefix),
+            None => t == s,
+        })
+    })
+}
+
+/// The files (relative to `src/`) whose code holds any of `seqs`, test code included.
+fn files_with(seqs: &[&[&str]]) -> BTreeSet<String> {
+    src_tokens(false, true)
+        .into_iter()
+        .filter(|(_, toks)| seqs.iter().any(|s| has_seq(toks, s)))
+        .map(|(rel, _)| rel)
+        .collect()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// **One SQLite opener.** Only `src/sqlite.rs` calls rusqlite's `Connection::open*`; every
+/// store opens its file through `sqlite::OpenOptions` / `sqlite::open_wal`.
+#[test]
+fn sqlite_files_are_opened_only_in_src_sqlite_rs() {
+    assert_eq!(
+        files_with(&[&["Connection", "::", "open*"]]),
+        set(&["sqlite.rs"]),
+        "open SQLite files through memex::sqlite::OpenOptions, not rusqlite::Connection::open*"
+    );
+}
+
+/// **One atomic write.** Only `src/fsutil.rs` renames files (`write_atomic*`, `install_dir`).
+#[test]
+fn files_are_renamed_only_in_src_fsutil_rs() {
+    assert_eq!(
+        files_with(&[&["rename", "("]]),
+        set(&["fsutil.rs"]),
+        "write files that must never be seen half-written through fsutil::write_atomic*"
+    );
+}
+
+/// **Redis clients, today.** Five files each make their own `redis::Client` (episodes,
+/// conversations, plans, the state pool that the agent store and the key store share, and the
+/// `/readyz` probe). The aim is one client and pool with one retry policy; until then this
+/// list may only shrink (update ARCHITECTURE.md, "Stores", when it does).
+#[test]
+fn redis_clients_are_made_in_these_five_files_only() {
+    assert_eq!(
+        files_with(&[&["Client", "::", "open"]]),
+        set(&[
+            "conversation/redis.rs",
+            "episodic/redis.rs",
+            "planner/store/on_redis.rs",
+            "serve/ops.rs",
+            "state/redis.rs",
+        ]),
+        "a new place that opens a Redis client: use the state pool (state::redis::RedisPool) \
+         instead, or, if this one went away, shrink this list and ARCHITECTURE.md's"
+    );
+}
+
+/// **Where payments is registered.** Outside `src/domain/`, exactly three files name the
+/// payments domain: `cli/compose.rs` (the composition root: its tools, rules and escalation),
+/// `cli/agent.rs` (`memex init --demo` seeds its database) and `cli/mod.rs` (the default
+/// `--payments-db` file name). The domain's tools and `PaymentsDomain` are wired in
+/// `cli/compose.rs` only.
+#[test]
+fn payments_is_named_by_three_cli_files_and_wired_in_compose_only() {
+    let naming: BTreeSet<String> = src_tokens(false, true)
+        .into_iter()
+        .filter(|(rel, _)| !rel.starts_with("domain/"))
+        .filter(|(_, toks)| {
+            has_seq(toks, &["domain", "::", "payments"])
+                || toks.iter().any(|t| {
+                    t.starts_with("Payments") || t == "payments_tools" || t == "payments_registry"
+                })
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert_eq!(
+        naming,
+        set(&["cli/agent.rs", "cli/compose.rs", "cli/mod.rs"]),
+        "the payments domain is named outside src/domain/ only by the binary's composition"
+    );
+    let wiring: BTreeSet<String> = src_tokens(false, true)
+        .into_iter()
+        .filter(|(rel, _)| !rel.starts_with("domain/"))
+        .filter(|(_, toks)| {
+            toks.iter()
+                .any(|t| t == "PaymentsDomain" || t == "payments_tools" || t == "payments_registry")
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert_eq!(
+        wiring,
+        set(&["cli/compose.rs"]),
+        "the payments domain's tools, rules and escalation are wired in cli/compose.rs only"
+    );
+}
+
+/// Words of the payments domain (lower case; matched inside identifiers and strings).
+const DOMAIN_WORDS: &[&str] = &[
+    "payment",
+    "refund",
+    "payout",
+    "dispute",
+    "chargeback",
+    "settlement",
+    "get_transaction",
+    "get_merchant_account",
+    "create_support_ticket",
+    "initiate_refund",
+    "rfnd_",
+];
+
+/// **No domain names in the agent core.** The library outside `src/domain/` (the agent, the
+/// planner, the tools layer, the stores, the front doors) names no payments word in its code
+/// (identifiers and strings; comments and `#[cfg(test)]` items aside), except the places pinned
+/// here, which may only go away (then remove them here and in ARCHITECTURE.md).
+#[test]
+fn the_library_outside_src_domain_names_no_payments_words_but_the_pinned_ones() {
+    let known: BTreeMap<&str, &[&str]> = BTreeMap::from([
+        // The `ask_user` tool's description: "several payments or refunds could match".
+        ("agent/mod.rs", &["payment", "refund"][..]),
+        // `memex approve`'s one-line outcome reads a result's `refund_id`.
+        ("approvals.rs", &["refund"][..]),
+        // The summariser's instructions: a payments-support conversation and its identifiers.
+        (
+            "conversation/summarise.rs",
+            &["dispute", "payment", "payout", "refund", "settlement"][..],
+        ),
+        // An example document id in the OpenAPI table: "guides/refunds.md".
+        ("serve/openapi.rs", &["refund"][..]),
+    ]);
+    let mut found: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for (rel, toks) in src_tokens(true, false) {
+        if rel.starts_with("domain/") || rel.starts_with("cli/") || rel == "main.rs" {
+            continue;
+        }
+        for t in &toks {
+            let lower = t.to_lowercase();
+            for w in DOMAIN_WORDS {
+                if lower.contains(w) {
+                    found.entry(rel.clone()).or_default().insert(w);
+                }
+            }
+        }
+    }
+    let expected: BTreeMap<String, BTreeSet<&str>> = known
+        .iter()
+        .map(|(f, ws)| (f.to_string(), ws.iter().copied().collect()))
+        .collect();
+    assert_eq!(
+        found, expected,
+        "payments words in the library outside src/domain/ (take the wording from the Domain \
+         instead); a pinned place that is gone must leave the list here and in ARCHITECTURE.md"
+    );
+}
+
+/// **The binary owns presentation.** `anyhow` appears only in `src/cli/` and `src/main.rs`;
+/// the library returns typed errors.
+#[test]
+fn anyhow_is_only_in_the_binary() {
+    let offenders: Vec<String> = files_with(&[&["anyhow"]])
+        .into_iter()
+        .filter(|rel| !rel.starts_with("cli/") && rel != "main.rs")
+        .collect();
+    assert!(offenders.is_empty(), "anyhow in the library: {offenders:?}");
+}
+
+/// Whether every occurrence of `item` in `toks` is right after `#[cfg(feature = "FEATURE")]`
+/// (an optional `pub` between), and there is at least one.
+fn gated(toks: &[String], feature: &str, item: &[&str]) -> bool {
+    let attr: Vec<String> = ["#", "[", "cfg", "(", "feature", "="]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([format!("\"{feature}"), ")".into(), "]".into()])
+        .collect();
+    let mut seen = 0;
+    for i in 0..toks.len() {
+        if toks.len() - i < item.len() || !item.iter().zip(&toks[i..]).all(|(a, t)| a == t) {
+            continue;
+        }
+        seen += 1;
+        let mut start = i;
+        if start > 0 && toks[start - 1] == "pub" {
+            start -= 1;
+        }
+        if start < attr.len() || toks[start - attr.len()..start] != attr[..] {
+            return false;
+        }
+    }
+    seen > 0
+}
+
+/// **Test and benchmark code is not in the default build.** `memex::testkit` and
+/// `llm::ScriptedModel` compile only with `test-util`, `memex bench` only with `bench`; no
+/// other library code names them, and the default features are empty of both.
+#[test]
+fn test_support_is_behind_the_test_util_feature() {
+    let files: BTreeMap<String, Vec<String>> = src_tokens(true, false).into_iter().collect();
+    assert!(
+        gated(&files["lib.rs"], "test-util", &["mod", "testkit"]),
+        "src/lib.rs: `pub mod testkit` needs #[cfg(feature = \"test-util\")]"
+    );
+    assert!(
+        gated(&files["llm/mod.rs"], "test-util", &["mod", "scripted"])
+            && gated(&files["llm/mod.rs"], "test-util", &["use", "scripted"]),
+        "src/llm/mod.rs: `mod scripted` and its re-export need #[cfg(feature = \"test-util\")]"
+    );
+    assert!(
+        gated(&files["cli/mod.rs"], "bench", &["mod", "kb_bench"]),
+        "src/cli/mod.rs: `mod kb_bench` needs #[cfg(feature = \"bench\")]"
+    );
+    let allowed = |rel: &str| {
+        rel.starts_with("testkit/")
+            || ["lib.rs", "llm/mod.rs", "llm/scripted.rs", "cli/kb_bench.rs"].contains(&rel)
+    };
+    let offenders: Vec<&String> = files
+        .iter()
+        .filter(|(rel, toks)| {
+            !allowed(rel) && toks.iter().any(|t| t == "testkit" || t == "ScriptedModel")
+        })
+        .map(|(rel, _)| rel)
+        .collect();
+    assert!(
+        offenders.is_empty(),
+        "non-test code naming testkit/ScriptedModel outside the gated files: {offenders:?}"
+    );
+    let manifest =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml"))
+            .expect("Cargo.toml");
+    let default = manifest
+        .lines()
+        .find(|l| l.trim_start().starts_with("default ="))
+        .expect("a default feature list");
+    assert!(
+        !default.contains("test-util") && !default.contains("bench"),
+        "default features must not carry test support: {default}"
     );
 }
