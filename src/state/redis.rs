@@ -250,3 +250,29 @@ impl RedisPool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redis-rs 1.x calls both a reply of another type and a broken reply `ErrorKind::Parse`;
+    /// as with 0.32 (`TypeError` / `ParseError`), only the broken reply is worth a retry.
+    #[test]
+    fn a_reply_of_another_type_is_not_retried_but_a_broken_reply_is() {
+        let typed: RedisError = redis::from_redis_value::<i64>(Value::BulkString(b"x".to_vec()))
+            .unwrap_err()
+            .into();
+        assert!(is_reply_type_error(&typed), "{typed}");
+        assert!(!is_transient(&typed), "{typed}");
+
+        let broken = redis::parse_redis_value(b"?x\r\n").unwrap_err();
+        assert_eq!(broken.kind(), redis::ErrorKind::Parse, "{broken}");
+        assert!(!is_reply_type_error(&broken), "{broken}");
+        assert!(is_transient(&broken), "{broken}");
+
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_transient(&refused));
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "wrong password"));
+        assert!(!is_transient(&auth));
+    }
+}
