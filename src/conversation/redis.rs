@@ -77,11 +77,17 @@ impl RedisConversationStore {
         let action = || format!("connect to Redis at {}", redact(url));
         let client = redis::Client::open(url).map_err(|e| ConversationError::store(action(), e))?;
         // Fail fast when Redis is down: a few quick reconnection attempts, bounded waits.
+        // The backoff is spelled out because redis-rs 1.0 changed its defaults (a 100 ms first
+        // wait, base 2); these are the waits memex has always had: the first 1–2 s, the next
+        // ones 0.5–1 s (backon: `min_delay`, then × `exponent_base`, capped at `max_delay`,
+        // plus up to as much again of jitter).
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_number_of_retries(3)
-            .set_max_delay(500)
-            .set_connection_timeout(Duration::from_secs(3))
-            .set_response_timeout(Duration::from_secs(10));
+            .set_min_delay(Duration::from_secs(1))
+            .set_exponent_base(100.0)
+            .set_max_delay(Duration::from_millis(500))
+            .set_connection_timeout(Some(Duration::from_secs(3)))
+            .set_response_timeout(Some(Duration::from_secs(10)));
         let conn = client
             .get_connection_manager_with_config(config)
             .await

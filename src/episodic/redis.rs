@@ -293,11 +293,11 @@ impl RedisEpisodicStore {
             ))
         })?;
         let info = client.get_connection_info();
-        let endpoint = format!("{}/{}", info.addr, info.redis.db);
+        let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
         let config = ConnectionManagerConfig::new()
             .set_number_of_retries(0)
-            .set_connection_timeout(opts.connection_timeout)
-            .set_response_timeout(opts.response_timeout);
+            .set_connection_timeout(Some(opts.connection_timeout))
+            .set_response_timeout(Some(opts.response_timeout));
         let conn = retry(&opts, &endpoint, || {
             ConnectionManager::new_with_config(client.clone(), config.clone())
         })
@@ -863,7 +863,9 @@ impl EpisodicStore for RedisEpisodicStore {
 
 /// Whether retrying `e` (after reconnecting) may succeed.
 fn is_transient(e: &RedisError) -> bool {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || crate::state::redis::is_reply_type_error(e)
+    {
         return false;
     }
     e.is_io_error()

@@ -116,9 +116,19 @@ impl std::fmt::Debug for RedisPool {
     }
 }
 
+/// Whether `e` is a reply that could not be converted to the type asked for (a stored value
+/// memex did not write, a script answer of another shape). redis-rs 1.x reports these as
+/// `ErrorKind::Parse`, whose `retry_method` is `Reconnect`; 0.32 reported them as `TypeError`
+/// (no retry), and memex keeps that: retrying does not change a stored value. A reply that
+/// breaks the protocol itself (`Parse error at …`, 0.32's `ParseError`) stays transient.
+pub(crate) fn is_reply_type_error(e: &RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Parse
+        && !e.detail().is_some_and(|d| d.starts_with("Parse error at"))
+}
+
 /// Whether retrying `e` after reconnecting may succeed.
 fn is_transient(e: &RedisError) -> bool {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed || is_reply_type_error(e) {
         return false;
     }
     e.is_io_error()
@@ -138,7 +148,7 @@ impl RedisPool {
         let client = redis::Client::open(url)
             .map_err(|e| RedisStateError::InvalidUrl(e.category().to_string()))?;
         let info = client.get_connection_info();
-        let endpoint = format!("{}/{}", info.addr, info.redis.db);
+        let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
         let pool = RedisPool {
             client,
             endpoint,
@@ -238,5 +248,31 @@ impl RedisPool {
             endpoint: self.endpoint.clone(),
             what: what.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// redis-rs 1.x calls both a reply of another type and a broken reply `ErrorKind::Parse`;
+    /// as with 0.32 (`TypeError` / `ParseError`), only the broken reply is worth a retry.
+    #[test]
+    fn a_reply_of_another_type_is_not_retried_but_a_broken_reply_is() {
+        let typed: RedisError = redis::from_redis_value::<i64>(Value::BulkString(b"x".to_vec()))
+            .unwrap_err()
+            .into();
+        assert!(is_reply_type_error(&typed), "{typed}");
+        assert!(!is_transient(&typed), "{typed}");
+
+        let broken = redis::parse_redis_value(b"?x\r\n").unwrap_err();
+        assert_eq!(broken.kind(), redis::ErrorKind::Parse, "{broken}");
+        assert!(!is_reply_type_error(&broken), "{broken}");
+        assert!(is_transient(&broken), "{broken}");
+
+        let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(is_transient(&refused));
+        let auth = RedisError::from((redis::ErrorKind::AuthenticationFailed, "wrong password"));
+        assert!(!is_transient(&auth));
     }
 }

@@ -157,7 +157,7 @@ impl RedisPlans {
             action: "parse its URL".into(),
             source: e,
         })?;
-        let endpoint = client.get_connection_info().addr.to_string();
+        let endpoint = client.get_connection_info().addr().to_string();
         let store = RedisPlans {
             client,
             endpoint,
@@ -257,7 +257,7 @@ impl RedisPlans {
             }
         }
         let source = last.unwrap_or_else(|| {
-            RedisError::from((redis::ErrorKind::IoError, "no connection could be made"))
+            RedisError::from((redis::ErrorKind::Io, "no connection could be made"))
         });
         Err(PlanError::RedisUnreachable {
             endpoint: self.endpoint.clone(),
