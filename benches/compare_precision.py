@@ -3,7 +3,7 @@
 
     /path/to/venv/bin/python benches/compare_precision.py --threads 2 --texts 512
 
-Runs `examples/precision_bench.rs` (query latency, batch-32 throughput, cold start per precision,
+Runs `examples/probes/precision_bench.rs` (query latency, batch-32 throughput, cold start per precision,
 plus the machine's memory bandwidth, f32 gemm peak and arithmetic peaks measured in the same
 process) and then
 benches/peers/st_peer.py (sentence-transformers, PyTorch CPU, same texts, same threads), and

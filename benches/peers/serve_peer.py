@@ -3,7 +3,7 @@
 sentence-transformers (all-MiniLM-L6-v2) + hnswlib over the same knowledge-base chunks.
 
 Never run in CI. Serves POST /v1/search {"query","k"} and POST /v1/embeddings (OpenAI shape,
-float only) on --port, so the same load generator (examples/serve_load.rs) drives both.
+float only) on --port, so the same load generator (examples/probes/serve_load.rs) drives both.
 
 Usage:
   pip install fastapi uvicorn sentence-transformers hnswlib numpy

@@ -108,7 +108,7 @@ pub enum IndexSync {
 /// A knowledge base in a data directory.
 ///
 /// The store and index it serves can be replaced while it is shared ([`KnowledgeBase::swap_in`],
-/// the hot swap of `memex serve --kb-url`): every call takes the served [`Core`] once at its
+/// the hot swap of `memex serve --kb-url`): every call takes the served `Core` once at its
 /// start and finishes on it, so a call in flight during a swap ends on the old generation and
 /// a later call starts on the new one; no call ever sees a mix.
 pub struct KnowledgeBase {

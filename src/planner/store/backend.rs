@@ -110,7 +110,7 @@ pub trait PlanBackend: Send + Sync {
     fn list(&self, merchant: Option<&str>, limit: usize) -> Result<Vec<PlanListing>, PlanError>;
     /// Redacts the text of `merchant`'s plans run in `sessions` (a plan of another merchant is
     /// never touched): the task, the answer, and each step's description, arguments, results
-    /// and error become [`FORGOTTEN`] (JSON documents: its JSON string); a plan not yet
+    /// and error become `"[forgotten]"` (JSON documents: its JSON string); a plan not yet
     /// completed is marked completed, so it never resumes. Safe to repeat; returns the plans
     /// that changed.
     fn forget(&self, merchant: &str, sessions: &[String]) -> Result<u64, PlanError>;

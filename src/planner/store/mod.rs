@@ -1,6 +1,6 @@
 //! Plans and their step states, on the agent's state backend (`--state`): SQLite tables in
-//! `agent.db` (the embedded default, [`on_sqlite`]) or keys under `memex:st:plan:` in a Redis
-//! shared by many workers ([`on_redis`]). [`PlanStore`] is the one face callers see; every
+//! `agent.db` (the embedded default, `on_sqlite`) or keys under `memex:st:plan:` in a Redis
+//! shared by many workers (`on_redis`). [`PlanStore`] is the one face callers see; every
 //! backend gives the same guarantees: a plan is inserted with its steps atomically, each step
 //! update and status change is one atomic write (a crash loses at most the step that was
 //! running, which a resume runs again with the same idempotency key), the recorded runner is
