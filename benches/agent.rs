@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
@@ -115,22 +115,23 @@ fn bench(c: &mut Criterion) {
         .seed_from_file(&root.join("data/payments/seed.json"))
         .expect("seed");
     let model = Arc::new(ScriptedModel::new());
-    let agent = Agent::new(
-        Arc::clone(&model) as _,
-        payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb)))).expect("tools"),
-        Arc::clone(&embedder),
-        Some(Arc::clone(&kb)),
+    let agent = Agent::new(AgentParts {
+        model: Arc::clone(&model) as _,
+        tools: payments_registry(payments, Arc::new(KbSearch(Arc::clone(&kb)))).expect("tools"),
+        embedder: Arc::clone(&embedder),
+        kb: Some(Arc::clone(&kb)),
         episodes,
-        Arc::new(SqliteConversationStore::open_in(dir.path()).expect("conversations")),
-        Arc::new(AgentStore::open_in(dir.path()).expect("store")),
-        // The rate limits pace a real model (10 calls/s); an instant scripted model would
+        conversations: Arc::new(
+            SqliteConversationStore::open_in(dir.path()).expect("conversations"),
+        ),
+        store: Arc::new(AgentStore::open_in(dir.path()).expect("store")), // The rate limits pace a real model (10 calls/s); an instant scripted model would
         // otherwise measure the pacing, not the overhead.
-        AgentConfig {
+        config: AgentConfig {
             llm_rate: (1e9, 1e9),
             tool_rate: (1e9, 1e9),
             ..AgentConfig::default()
         },
-    )
+    })
     .with_domain(Arc::new(PaymentsDomain));
     let merchant = MerchantId::parse("MID000001").expect("id");
     eprintln!("agent bench: {added} chunks, {total_eps} episodes");

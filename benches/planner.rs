@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use criterion::{criterion_group, criterion_main, Criterion};
-use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
 use memex::llm::{ChatResponse, ResponseFormat, ScriptedModel};
@@ -135,16 +135,16 @@ fn planner(
         llm_rate: (1e9, 1e9),
         ..AgentConfig::default()
     };
-    let agent = Agent::new(
-        Arc::new(model),
-        registry(),
+    let agent = Agent::new(AgentParts {
+        model: Arc::new(model),
+        tools: registry(),
         embedder,
-        None,
+        kb: None,
         episodes,
-        Arc::new(SqliteConversationStore::open_in(dir).expect("conversations")),
-        Arc::new(AgentStore::open_in(dir).expect("store")),
+        conversations: Arc::new(SqliteConversationStore::open_in(dir).expect("conversations")),
+        store: Arc::new(AgentStore::open_in(dir).expect("store")),
         config,
-    );
+    });
     Planner::new(
         Arc::new(agent),
         PlannerConfig {

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
 use memex::embed::{EmbedderOptions, MiniLmEmbedder};
 use memex::llm::{ScriptedModel, ToolCall};
@@ -83,16 +83,17 @@ async fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(memex::paths::default_model_dir);
     let embedder = MiniLmEmbedder::load(&model_dir, EmbedderOptions::default())?;
-    let agent = Agent::new(
-        Arc::clone(&model) as _,
+    let agent = Agent::new(AgentParts {
+        model: Arc::clone(&model) as _,
         tools,
-        Arc::new(embedder),
-        None, // no knowledge base in this example (see kb_ask.rs for one)
-        memex::episodic::open(None, dir.path()).await?,
-        Arc::new(SqliteConversationStore::open_in(dir.path())?),
-        Arc::new(AgentStore::open_in(dir.path())?),
-        AgentConfig::default(),
-    );
+        embedder: Arc::new(embedder),
+        // No knowledge base in this example (see kb_ask.rs for one).
+        kb: None,
+        episodes: memex::episodic::open(None, dir.path()).await?,
+        conversations: Arc::new(SqliteConversationStore::open_in(dir.path())?),
+        store: Arc::new(AgentStore::open_in(dir.path())?),
+        config: AgentConfig::default(),
+    });
 
     // One user turn: recall memory, call the model, run the tool through the guards, call the
     // model again with the result, stop at the answer.

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use demo::{embedder, shared_kb_dir, Flaky};
-use memex::agent::{Agent, AgentConfig, AgentStore, Silent, TurnReport};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Silent, TurnReport};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::episodic::{EpisodeDraft, EpisodicStore};
@@ -65,16 +65,16 @@ impl Fixture {
             Arc::new(KbSearch(Arc::clone(&kb))),
         );
         tools.push(Arc::clone(&self.flaky) as Arc<dyn Tool>);
-        Agent::new(
-            Arc::clone(&self.model) as _,
-            ToolRegistry::with_tools(tools).unwrap(),
-            embedder(),
-            Some(kb),
-            Arc::clone(&self.episodes),
-            Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
-            Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
+        Agent::new(AgentParts {
+            model: Arc::clone(&self.model) as _,
+            tools: ToolRegistry::with_tools(tools).unwrap(),
+            embedder: embedder(),
+            kb: Some(kb),
+            episodes: Arc::clone(&self.episodes),
+            conversations: Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
+            store: Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
             config,
-        )
+        })
         .with_domain(Arc::new(PaymentsDomain))
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use demo::embedder;
 use memex::agent::{
-    Agent, AgentConfig, AgentStore, CacheBounds, CallGate, CallOutcome, CallPolicy, CallRequest,
-    Domain, EscalationCall, EscalationCase, NoHook, NoLoopGuard, Silent,
+    Agent, AgentConfig, AgentParts, AgentStore, CacheBounds, CallGate, CallOutcome, CallPolicy,
+    CallRequest, Domain, EscalationCall, EscalationCase, NoHook, NoLoopGuard, Silent,
 };
 use memex::conversation::SqliteConversationStore;
 use memex::llm::{ScriptedModel, ToolCall};
@@ -103,23 +103,23 @@ async fn a_domain_defined_only_in_tests_runs_a_turn_and_escalates_its_own_way() 
         pages: Default::default(),
     });
     let model = Arc::new(ScriptedModel::new());
-    let agent = Agent::new(
-        Arc::clone(&model) as _,
-        ToolRegistry::with_tools(vec![
+    let agent = Agent::new(AgentParts {
+        model: Arc::clone(&model) as _,
+        tools: ToolRegistry::with_tools(vec![
             Arc::clone(&find) as Arc<dyn Tool>,
             Arc::clone(&page) as Arc<dyn Tool>,
         ])
         .unwrap(),
-        embedder(),
-        None,
-        memex::episodic::open(None, dir.path()).await.unwrap(),
-        Arc::new(SqliteConversationStore::open_in(dir.path()).unwrap()),
-        Arc::new(AgentStore::open_in(dir.path()).unwrap()),
-        AgentConfig {
+        embedder: embedder(),
+        kb: None,
+        episodes: memex::episodic::open(None, dir.path()).await.unwrap(),
+        conversations: Arc::new(SqliteConversationStore::open_in(dir.path()).unwrap()),
+        store: Arc::new(AgentStore::open_in(dir.path()).unwrap()),
+        config: AgentConfig {
             max_tool_calls: 1,
             ..AgentConfig::default()
         },
-    )
+    })
     .with_domain(Arc::new(Library));
     let branch = MerchantId::parse("BR001").unwrap();
     // A server spawns turns on its runtime: the turn's future must be `Send`.

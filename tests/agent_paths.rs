@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use demo::embedder;
-use memex::agent::{ActionStatus, Agent, AgentConfig, AgentStore, Silent};
+use memex::agent::{ActionStatus, Agent, AgentConfig, AgentParts, AgentStore, Silent};
 use memex::approvals::{self, DecisionRequest, Verdict};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{
@@ -118,16 +118,16 @@ impl Fixture {
             },
             ..AgentConfig::default()
         };
-        let agent = Agent::new(
-            Arc::clone(&self.model) as _,
-            ToolRegistry::with_tools(tools).unwrap(),
-            embedder(),
-            None,
-            memex::episodic::open(None, self.dir.path()).await.unwrap(),
-            Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
-            Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
+        let agent = Agent::new(AgentParts {
+            model: Arc::clone(&self.model) as _,
+            tools: ToolRegistry::with_tools(tools).unwrap(),
+            embedder: embedder(),
+            kb: None,
+            episodes: memex::episodic::open(None, self.dir.path()).await.unwrap(),
+            conversations: Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
+            store: Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
             config,
-        )
+        })
         .with_domain(Arc::new(PaymentsDomain));
         Planner::new(
             Arc::new(agent),

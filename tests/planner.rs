@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use demo::{embedder, shared_kb_dir, Flaky};
-use memex::agent::{Agent, AgentConfig, AgentStore, Silent};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Silent};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_tools, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::kb::KnowledgeBase;
@@ -166,16 +166,16 @@ impl Fixture {
             rt.block_on(memex::episodic::open(None, self.dir.path()))
         })
         .unwrap();
-        let agent = Agent::new(
-            Arc::clone(&self.model) as _,
-            ToolRegistry::with_tools(tools).unwrap(),
-            embedder(),
-            Some(kb),
+        let agent = Agent::new(AgentParts {
+            model: Arc::clone(&self.model) as _,
+            tools: ToolRegistry::with_tools(tools).unwrap(),
+            embedder: embedder(),
+            kb: Some(kb),
             episodes,
-            Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
-            Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
-            AgentConfig::default(),
-        )
+            conversations: Arc::new(SqliteConversationStore::open_in(self.dir.path()).unwrap()),
+            store: Arc::new(AgentStore::open_in(self.dir.path()).unwrap()),
+            config: AgentConfig::default(),
+        })
         .with_domain(Arc::new(PaymentsDomain));
         Planner::new(Arc::new(agent), config).unwrap()
     }

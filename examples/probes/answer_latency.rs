@@ -19,7 +19,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use memex::agent::{Agent, AgentConfig, AgentStore, Progress};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Progress};
 use memex::conversation::SqliteConversationStore;
 use memex::domain::payments::{payments_registry, KbSearch, PaymentsDb, PaymentsDomain};
 use memex::embed::{Embedder, EmbedderOptions, MiniLmEmbedder};
@@ -189,16 +189,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     for with_answer_model in [false, true] {
         let main = if with_answer_model { SMALL } else { LARGE };
-        let agent = Agent::new(
-            Arc::new(client(main)?),
-            payments_registry(Arc::clone(&payments), Arc::new(KbSearch(Arc::clone(&kb))))?,
-            Arc::clone(&embedder),
-            Some(Arc::clone(&kb)),
-            Arc::clone(&episodes),
-            Arc::new(SqliteConversationStore::open_in(dir.path())?),
-            Arc::new(AgentStore::open_in(dir.path())?),
-            AgentConfig::default(),
-        )
+        let agent = Agent::new(AgentParts {
+            model: Arc::new(client(main)?),
+            tools: payments_registry(Arc::clone(&payments), Arc::new(KbSearch(Arc::clone(&kb))))?,
+            embedder: Arc::clone(&embedder),
+            kb: Some(Arc::clone(&kb)),
+            episodes: Arc::clone(&episodes),
+            conversations: Arc::new(SqliteConversationStore::open_in(dir.path())?),
+            store: Arc::new(AgentStore::open_in(dir.path())?),
+            config: AgentConfig::default(),
+        })
         .with_domain(Arc::new(PaymentsDomain))
         .with_model_name(main);
         let agent = if with_answer_model {

@@ -376,19 +376,40 @@ enum Stop {
     Escalate(String),
 }
 
+/// What an [`Agent`] is built from: its model, its tools, the three memories, the agent store
+/// and the guards' settings. Named fields, so a caller cannot swap two stores by position.
+pub struct AgentParts {
+    /// The chat model that chooses tools (and writes the answer unless an answer model is set).
+    pub model: Arc<dyn ChatModel>,
+    /// Every tool the agent may call; each call goes through the agent's [`CallGate`].
+    pub tools: ToolRegistry,
+    /// Embeds each message once for the knowledge base and episode recall.
+    pub embedder: Arc<dyn Embedder>,
+    /// The knowledge base; absent when none was ingested yet.
+    pub kb: Option<Arc<KnowledgeBase>>,
+    /// Episodic memory (per merchant).
+    pub episodes: Arc<dyn EpisodicStore>,
+    /// Conversation memory (per session).
+    pub conversations: Arc<dyn ConversationStore>,
+    /// Sessions, turns, the audit log and actions.
+    pub store: Arc<AgentStore>,
+    /// Limits, guards and prompt sizes.
+    pub config: AgentConfig,
+}
+
 impl Agent {
-    /// Builds an agent. `kb` may be absent (no knowledge base ingested yet).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        model: Arc<dyn ChatModel>,
-        tools: ToolRegistry,
-        embedder: Arc<dyn Embedder>,
-        kb: Option<Arc<KnowledgeBase>>,
-        episodes: Arc<dyn EpisodicStore>,
-        conversations: Arc<dyn ConversationStore>,
-        store: Arc<AgentStore>,
-        config: AgentConfig,
-    ) -> Self {
+    /// Builds an agent from its parts.
+    pub fn new(parts: AgentParts) -> Self {
+        let AgentParts {
+            model,
+            tools,
+            embedder,
+            kb,
+            episodes,
+            conversations,
+            store,
+            config,
+        } = parts;
         let llm_bucket = TokenBucket::new(config.llm_rate.0, config.llm_rate.1);
         let gate = config.call_gate(tools, Arc::clone(&store));
         Self {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use anyhow::Context;
-use memex::agent::{Agent, AgentConfig, AgentStore, Progress};
+use memex::agent::{Agent, AgentConfig, AgentParts, AgentStore, Progress};
 use memex::conversation::{ConversationStore, RedisConversationStore, SqliteConversationStore};
 use memex::domain::payments::{
     payments_tools, KbSearch, KnowledgeError, KnowledgeHit, KnowledgeSearch, PaymentsDb,
@@ -106,16 +106,16 @@ pub(super) async fn agent_over(
     let tools = assembled.registry;
     let models = models(g)?;
     let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    let agent = Agent::new(
-        Arc::clone(&models.main),
+    let agent = Agent::new(AgentParts {
+        model: Arc::clone(&models.main),
         tools,
         embedder,
-        Some(kb),
+        kb: Some(kb),
         episodes,
         conversations,
         store,
         config,
-    );
+    });
     Ok(finish_agent(g, agent, models))
 }
 
@@ -198,16 +198,16 @@ pub(super) async fn replay_agent(
     );
     let store = Arc::new(AgentStore::open_in(scratch)?);
     let models = models(g)?;
-    let agent = Agent::new(
-        Arc::clone(&models.main),
-        registry,
+    let agent = Agent::new(AgentParts {
+        model: Arc::clone(&models.main),
+        tools: registry,
         embedder,
-        None,
+        kb: None,
         episodes,
         conversations,
         store,
         config,
-    )
+    })
     .with_recorded_memory(memory);
     Ok(finish_agent(g, agent, models))
 }
