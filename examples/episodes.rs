@@ -23,12 +23,19 @@ async fn main() -> anyhow::Result<()> {
     let model_dir = std::env::var_os("MEMEX_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(memex::paths::default_model_dir);
-    let embedder = match MiniLmEmbedder::load(&model_dir, EmbedderOptions::default()) {
-        Ok(e) => Some(e),
-        Err(e) => {
-            println!("(no embedder, keyword search only: {e})");
-            None
-        }
+    // Without the weights (`memex model fetch` not run yet) search is keyword-only; a model
+    // that is there but fails to load (corrupt, tampered) is an error, never silently skipped.
+    let embedder = if model_dir.join("model.safetensors").is_file() {
+        Some(MiniLmEmbedder::load(
+            &model_dir,
+            EmbedderOptions::default(),
+        )?)
+    } else {
+        println!(
+            "(no model in {}: keyword search only; run `memex model fetch`)",
+            model_dir.display()
+        );
+        None
     };
     let embed = |text: &str| -> anyhow::Result<Option<Vec<f32>>> {
         Ok(match &embedder {
@@ -93,7 +100,8 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     // Newest first, without a query.
-    let latest = store.recent(&acme, 1).await?;
-    println!("\nacme's latest episode: {}", latest[0].summary);
+    if let Some(latest) = store.recent(&acme, 1).await?.first() {
+        println!("\nacme's latest episode: {}", latest.summary);
+    }
     Ok(())
 }

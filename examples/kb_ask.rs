@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use memex::embed::{EmbedderOptions, MiniLmEmbedder};
-use memex::kb::{IngestOptions, KnowledgeBase, SearchMode};
+use memex::kb::{escape_controls, IngestOptions, KnowledgeBase, SearchMode};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -59,9 +59,15 @@ fn main() -> anyhow::Result<()> {
     for hit in kb.search(&question, 3, SearchMode::Hybrid)? {
         let snippet: String = hit.text.split_whitespace().collect::<Vec<_>>().join(" ");
         let snippet: String = snippet.chars().take(160).collect();
+        // Document names and text come from files: escape control characters before they
+        // reach a terminal, as the CLI does.
         println!(
             "\n[{:.4}] {}:{}-{}  ({})",
-            hit.score, hit.source, hit.line_start, hit.line_end, hit.heading
+            hit.score,
+            escape_controls(&hit.source),
+            hit.line_start,
+            hit.line_end,
+            escape_controls(&hit.heading)
         );
         // Where the hit ranked in each leg of the hybrid search (`-`: not found by that leg).
         let rank = |r: Option<usize>| r.map_or("-".to_string(), |r| r.to_string());
@@ -70,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             rank(hit.vector_rank),
             rank(hit.keyword_rank)
         );
-        println!("  {snippet}…");
+        println!("  {}…", escape_controls(&snippet));
     }
     Ok(())
 }

@@ -884,11 +884,16 @@ fn sqlite_files_are_opened_only_in_src_sqlite_rs() {
     );
 }
 
-/// **One atomic write.** Only `src/fsutil.rs` renames files (`write_atomic*`, `install_dir`).
+/// **One atomic write.** Only `src/fsutil.rs` renames files (`write_atomic*`, `install_dir`):
+/// `rename(` and tempfile's `persist(` / `persist_noclobber(`, which rename too.
 #[test]
 fn files_are_renamed_only_in_src_fsutil_rs() {
     assert_eq!(
-        files_with(&[&["rename", "("]]),
+        files_with(&[
+            &["rename", "("],
+            &["persist", "("],
+            &["persist_noclobber", "("]
+        ]),
         set(&["fsutil.rs"]),
         "write files that must never be seen half-written through fsutil::write_atomic*"
     );
@@ -1093,4 +1098,33 @@ fn test_support_is_behind_the_test_util_feature() {
         !default.contains("test-util") && !default.contains("bench"),
         "default features must not carry test support: {default}"
     );
+}
+
+/// **Every test file runs.** The integration tests are one binary (`autotests = false` in
+/// Cargo.toml): a `tests/NAME.rs` not declared as `mod NAME;` in `tests/integration.rs` would
+/// never be compiled or run, and nothing else would notice.
+#[test]
+fn every_test_file_is_a_module_of_the_one_test_binary() {
+    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let files: BTreeSet<String> = std::fs::read_dir(&tests)
+        .expect("read tests/")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("rs"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|stem| stem != "integration")
+        .collect();
+    let root = std::fs::read_to_string(tests.join("integration.rs")).expect("read integration.rs");
+    let declared: BTreeSet<String> = root
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("mod "))
+        .filter_map(|l| l.strip_suffix(';'))
+        .map(str::to_string)
+        .filter(|m| m != "support")
+        .collect();
+    assert_eq!(
+        files, declared,
+        "each tests/NAME.rs must be declared as `mod NAME;` in tests/integration.rs (and each \
+         module there must have its file)"
+    );
+    assert!(files.len() > 40, "the test files were not found: {files:?}");
 }

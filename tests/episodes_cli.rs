@@ -232,10 +232,17 @@ fn workflow(cmd_for: &dyn Fn() -> Command, a: &str, b: &str) {
 fn sqlite_workflow_in_the_data_dir() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    workflow(&|| memex(&data), "MID001", "MID0010");
+    // The data directory from `MEMEX_DATA_DIR` (the other tests pass `--data-dir`).
+    let cmd = || {
+        let mut c = crate::support::bin::bare();
+        c.env("MEMEX_MODEL_DIR", crate::support::model::model_dir())
+            .env("MEMEX_DATA_DIR", &data);
+        c
+    };
+    workflow(&cmd, "MID001", "MID0010");
     assert!(
         data.join("episodes.db").is_file(),
-        "the default store is episodes.db in the data dir"
+        "the default store is episodes.db in the data dir named by MEMEX_DATA_DIR"
     );
 }
 

@@ -1,6 +1,6 @@
 //! memex's integration tests, linked as one binary (as ripgrep does): one module per area,
 //! the shared helpers in `support/` (the `memex` binary, the model, a real Redis, the fake
-//! OpenAI-compatible server). One binary links once; 46 separate ones each linked the whole
+//! OpenAI-compatible server). One binary links once; 49 separate ones each linked the whole
 //! crate and its dependencies again.
 //!
 //! Run one area with a filter on its module path: `cargo test --release --test integration kb_cli::`.

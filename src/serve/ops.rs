@@ -59,7 +59,15 @@ async fn redis_ping(url: &str) -> bool {
         return false;
     };
     let ping = async {
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        // The whole check's bound for connecting and for the reply alike (redis-rs 1.x would
+        // otherwise give up on a reply after its default 500 ms).
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(PING_TIMEOUT))
+            .set_response_timeout(Some(PING_TIMEOUT));
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .ok()?;
         redis::cmd("PING")
             .query_async::<String>(&mut conn)
             .await

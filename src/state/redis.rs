@@ -116,19 +116,11 @@ impl std::fmt::Debug for RedisPool {
     }
 }
 
-/// Whether `e` is a reply that could not be converted to the type asked for (a stored value
-/// memex did not write, a script answer of another shape). redis-rs 1.x reports these as
-/// `ErrorKind::Parse`, whose `retry_method` is `Reconnect`; 0.32 reported them as `TypeError`
-/// (no retry), and memex keeps that: retrying does not change a stored value. A reply that
-/// breaks the protocol itself (`Parse error at …`, 0.32's `ParseError`) stays transient.
-pub(crate) fn is_reply_type_error(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Parse
-        && !e.detail().is_some_and(|d| d.starts_with("Parse error at"))
-}
-
 /// Whether retrying `e` after reconnecting may succeed.
 fn is_transient(e: &RedisError) -> bool {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed || is_reply_type_error(e) {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || crate::episodic::redis::is_reply_type_error(e)
+    {
         return false;
     }
     e.is_io_error()
@@ -262,12 +254,18 @@ mod tests {
         let typed: RedisError = redis::from_redis_value::<i64>(Value::BulkString(b"x".to_vec()))
             .unwrap_err()
             .into();
-        assert!(is_reply_type_error(&typed), "{typed}");
+        assert!(
+            crate::episodic::redis::is_reply_type_error(&typed),
+            "{typed}"
+        );
         assert!(!is_transient(&typed), "{typed}");
 
         let broken = redis::parse_redis_value(b"?x\r\n").unwrap_err();
         assert_eq!(broken.kind(), redis::ErrorKind::Parse, "{broken}");
-        assert!(!is_reply_type_error(&broken), "{broken}");
+        assert!(
+            !crate::episodic::redis::is_reply_type_error(&broken),
+            "{broken}"
+        );
         assert!(is_transient(&broken), "{broken}");
 
         let refused = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));

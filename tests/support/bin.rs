@@ -6,20 +6,15 @@ use std::process::Command;
 
 use super::model;
 
-/// Variables a developer's shell may carry that would change what a test's `memex` does: the
-/// output format and the remote stores. Tests that want one set it after this.
-const INHERITED: &[&str] = &[
-    "MEMEX_JSON",
-    "MEMEX_EPISODIC_URL",
-    "MEMEX_STATE_URL",
-    "MEMEX_EPISODES_RETENTION_DAYS",
-];
-
-/// `memex` with none of [`INHERITED`] and logs at `warn`; no data or model directory chosen.
+/// `memex` with logs at `warn` and none of the `MEMEX_*` variables the test process inherited
+/// (a developer's shell may set the output format, the stores or a config file); a test that
+/// wants one sets it after this. No data or model directory is chosen.
 pub fn bare() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_memex"));
-    for v in INHERITED {
-        cmd.env_remove(v);
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("MEMEX_") {
+            cmd.env_remove(&name);
+        }
     }
     cmd.env("MEMEX_LOG", "warn");
     cmd

@@ -167,14 +167,20 @@ impl RedisServer {
     fn wait_ready(&mut self, dir: &std::path::Path) {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if ping(self.port) {
-                return;
-            }
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(status)) = child.try_wait() {
                     let log = std::fs::read_to_string(dir.join("redis.log")).unwrap_or_default();
                     panic!("redis-server exited with {status} before answering:\n{log}");
                 }
+            }
+            // Ready when the server on the port is ours: on a restart another test's server
+            // may have taken the port meanwhile (then ours exits, and the check above says so).
+            let ours = self.child.as_ref().map(Child::id);
+            if ping(self.port)
+                && ours.is_some()
+                && server_pid(self.port, self.password.as_deref()) == ours
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -216,6 +222,31 @@ fn ping(port: u16) -> bool {
         Ok(n) => buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"),
         Err(_) => false,
     }
+}
+
+/// The `process_id` the Redis server on `port` reports (`INFO server`, after `AUTH` when it
+/// has a password); `None` when it does not answer.
+fn server_pid(port: u16, password: Option<&str>) -> Option<u32> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+    if let Some(pw) = password {
+        let auth = format!("*2\r\n$4\r\nAUTH\r\n${}\r\n{pw}\r\n", pw.len());
+        s.write_all(auth.as_bytes()).ok()?;
+    }
+    s.write_all(b"INFO server\r\n").ok()?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&reply).contains("\r\nrun_id:") {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 || reply.len() > 64 * 1024 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&reply)
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A key prefix unique to one test, so tests can share one Redis (`$REDIS_URL` included).
