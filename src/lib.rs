@@ -53,10 +53,12 @@ pub mod merchant;
 pub mod offload;
 pub mod paths;
 pub mod planner;
+pub mod redisdb;
 pub mod serve;
 pub mod sources;
 pub mod sqlite;
 pub mod state;
+pub mod store_url;
 #[cfg(feature = "test-util")]
 pub mod testkit;
 pub mod tools;

@@ -30,8 +30,9 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::Duration;
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
@@ -428,6 +429,63 @@ pub fn open_wal(path: &Path) -> Result<Connection, SqliteError> {
     OpenOptions::new().open(path)
 }
 
+/// A writer connection shared by every store of this process on one file.
+pub type SharedConn = Arc<Mutex<Connection>>;
+
+type Registry = Mutex<HashMap<PathBuf, Weak<Mutex<Connection>>>>;
+
+fn registry() -> &'static Registry {
+    static OPEN: OnceLock<Registry> = OnceLock::new();
+    OPEN.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// `path` as the registry knows it: its directory resolved (links, `..`), its file name kept.
+fn registry_key(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(dir), Some(name)) => {
+            let dir = if dir.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                dir
+            };
+            dir.canonicalize()
+                .map(|d| d.join(name))
+                .unwrap_or_else(|_| path.to_path_buf())
+        }
+        _ => path.to_path_buf(),
+    }
+}
+
+/// The process's one writer connection on `path` (opened as [`open_wal`] does on first use):
+/// every store of one file (`agent.db` holds the agent state and the plans) shares it, so they
+/// never wait on each other's locks, and a file is opened once however many stores and
+/// requests use it. Held weakly here: the connection closes when its last user drops it.
+pub fn shared_wal(path: &Path) -> Result<SharedConn, SqliteError> {
+    let mut open = lock(registry());
+    let key = registry_key(path);
+    if let Some(conn) = open.get(&key).and_then(Weak::upgrade) {
+        return Ok(conn);
+    }
+    let conn = Arc::new(Mutex::new(open_wal(path)?));
+    // The file exists now: its final name is the key.
+    let key = registry_key(path);
+    open.retain(|_, w| w.strong_count() > 0);
+    open.insert(key, Arc::downgrade(&conn));
+    Ok(conn)
+}
+
+/// How many files this process holds a shared writer connection on (for diagnostics and the
+/// test of [`shared_wal`]).
+pub fn shared_files() -> usize {
+    lock(registry())
+        .values()
+        .filter(|w| w.strong_count() > 0)
+        .count()
+}
+
 /// What [`scrub`] did to one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Scrubbed {
@@ -446,7 +504,8 @@ pub fn scrub(path: &Path) -> Result<Scrubbed, SqliteError> {
         });
     }
     let opts = OpenOptions::new();
-    let conn = opts.open(path)?;
+    let shared = shared_wal(path)?;
+    let conn = lock(&shared);
     let err = |e| SqliteError::from_rusqlite(path, opts.timeout(), e);
     conn.execute_batch("VACUUM").map_err(err)?;
     // A reader of another process can hold the log for a moment: retry for up to 3 s.
@@ -738,5 +797,40 @@ mod tests {
         );
         assert!(!has_column(&guard, "t", "x").unwrap());
         guard.execute_batch("CREATE TABLE t(x)").unwrap();
+    }
+
+    #[test]
+    fn one_writer_connection_per_file_while_it_is_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.db");
+        let a = shared_wal(&path).unwrap();
+        // The same file by another spelling is the same connection.
+        let other = dir.path().join(".").join("agent.db");
+        let b = shared_wal(&other).unwrap();
+        assert!(Arc::ptr_eq(&a, &b));
+        // What one store writes, the other sees at once (one connection, not two).
+        lock(&a)
+            .execute_batch("CREATE TABLE t(x); INSERT INTO t VALUES (7);")
+            .unwrap();
+        let seen: i64 = lock(&b)
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(seen, 7);
+        // Another file is another connection.
+        let c = shared_wal(&dir.path().join("keys.db")).unwrap();
+        assert!(!Arc::ptr_eq(&a, &c));
+        // Closed when the last user lets go; the next open makes a fresh one.
+        let weak = Arc::downgrade(&a);
+        drop((a, b));
+        assert!(
+            weak.upgrade().is_none(),
+            "the registry keeps no connection alive"
+        );
+        let again = shared_wal(&path).unwrap();
+        let still: i64 = lock(&again)
+            .query_row("SELECT x FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(still, 7);
+        drop(c);
     }
 }

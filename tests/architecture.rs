@@ -620,7 +620,15 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
         &[
-            "fsutil", "merchant", "offload", "paths", "sqlite", "embed", "index",
+            "fsutil",
+            "merchant",
+            "offload",
+            "paths",
+            "sqlite",
+            "redisdb",
+            "store_url",
+            "embed",
+            "index",
         ],
     ),
     (
@@ -899,23 +907,61 @@ fn files_are_renamed_only_in_src_fsutil_rs() {
     );
 }
 
-/// **Redis clients, today.** Five files each make their own `redis::Client` (episodes,
-/// conversations, plans, the state pool that the agent store and the key store share, and the
-/// `/readyz` probe). The aim is one client and pool with one retry policy; until then this
-/// list may only shrink (update ARCHITECTURE.md, "Stores", when it does).
+/// **One Redis layer.** Only `redisdb.rs` makes a `redis::Client` or a connection: every store
+/// (episodes, conversations, agent state, plans, keys, leases, the tool cache) and the
+/// `/readyz` probe take a named view of the process's one `RedisDb` for their URL.
 #[test]
-fn redis_clients_are_made_in_these_five_files_only() {
+fn redis_clients_and_connections_are_made_in_redisdb_only() {
     assert_eq!(
         files_with(&[&["Client", "::", "open"]]),
-        set(&[
-            "conversation/redis.rs",
-            "episodic/redis.rs",
-            "planner/store/on_redis.rs",
-            "serve/ops.rs",
-            "state/redis.rs",
-        ]),
-        "a new place that opens a Redis client: use the state pool (state::redis::RedisPool) \
-         instead, or, if this one went away, shrink this list and ARCHITECTURE.md's"
+        set(&["redisdb.rs"]),
+        "open Redis through memex::redisdb::RedisDb::open, not a client of your own"
+    );
+    let connects: BTreeSet<String> = [
+        "get_connection",
+        "get_connection_with_timeout",
+        "get_multiplexed_async_connection",
+        "get_multiplexed_async_connection_with_config",
+        "get_connection_manager",
+        "get_connection_manager_with_config",
+    ]
+    .iter()
+    .flat_map(|m| files_with(&[&[*m, "("]]))
+    .chain(files_with(&[&["ConnectionManager", "::", "new*"]]))
+    .collect();
+    assert_eq!(
+        connects,
+        set(&["redisdb.rs"]),
+        "Redis connections are made by memex::redisdb only"
+    );
+}
+
+/// **One composition root.** In the binary, only `cli/compose.rs` (`Memex`) builds an agent, a
+/// planner or the MCP tools' dependencies: `memex ask`/`chat`/`plan`/`approve`, `memex serve`
+/// and `memex mcp` all take them from there, so a setting reaches every surface the same way.
+#[test]
+fn the_binary_builds_agents_planners_and_mcp_deps_only_in_the_composition_root() {
+    let builders: BTreeSet<String> = files_with(&[
+        &["Agent", "::", "new"],
+        &["Planner", "::", "new"],
+        &["McpDeps", "::", "with_gate"],
+        &["McpDeps", "::", "new"],
+        &["AgentService", "::", "new"],
+    ])
+    .into_iter()
+    .filter(|f| f.starts_with("cli/"))
+    .collect();
+    assert_eq!(
+        builders,
+        set(&["cli/compose.rs", "cli/serve.rs"]),
+        "build agents, planners and MCP deps through cli/compose.rs's Memex"
+    );
+    let serve =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli/serve.rs"))
+            .expect("read serve.rs");
+    assert!(
+        serve.contains("root.agent()") && serve.contains("root.planner.clone()"),
+        "memex serve's agent service is built from the root's agent and planner settings"
     );
 }
 

@@ -16,6 +16,7 @@ mod architecture;
 mod cli_conventions;
 mod config_cli;
 mod conversation;
+mod conversation_conformance;
 mod conversation_redis;
 mod embed_cli;
 mod embed_kb_precision;

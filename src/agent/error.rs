@@ -40,7 +40,7 @@ pub enum AgentError {
     },
     /// The Redis state backend failed (unreachable, refused, damaged value).
     #[error(transparent)]
-    Redis(#[from] crate::state::redis::RedisStateError),
+    Redis(#[from] crate::redisdb::RedisDbError),
     /// Something stored could not be read back (a damaged row).
     #[error("agent store: {what} is damaged")]
     Corrupt {

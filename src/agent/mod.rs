@@ -124,7 +124,7 @@ impl AgentConfig {
                 .max()
                 .unwrap_or(self.cache_ttl);
             Some(match store.redis_pool() {
-                Some(pool) => Arc::new(shared_cache::RedisToolCache::new(pool)),
+                Some(pool) => Arc::new(shared_cache::RedisToolCache::new(pool.named("tool cache"))),
                 None => Arc::new(shared_cache::InProcessToolCache::new(
                     self.cache_max_sessions
                         .saturating_mul(self.cache_max_entries),

@@ -25,7 +25,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::state::redis::{RedisPool, RedisStateError, PREFIX};
+use crate::redisdb::{RedisDbError, RedisStore};
+use crate::state::redis::PREFIX;
 
 /// How long a Redis lease lives without renewal: a SIGKILLed worker's plan or approval is
 /// taken over within about this long.
@@ -63,7 +64,7 @@ pub enum OwnershipError {
     },
     /// The Redis holding the leases failed.
     #[error("runner lease")]
-    Redis(#[from] RedisStateError),
+    Redis(#[from] RedisDbError),
 }
 
 /// Where the lock files of one store live.
@@ -236,7 +237,7 @@ impl RunnerLocks for LockDir {
 /// so its lease expires and is taken over within `ttl`. Keys: `memex:st:lease:KIND:NAME`.
 #[derive(Debug, Clone)]
 pub struct RedisLeases {
-    pool: Arc<RedisPool>,
+    pool: RedisStore,
     ttl: Duration,
     /// `(key, token)` of the leases this process holds and renews right now.
     live: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
@@ -270,7 +271,7 @@ return 0
 
 impl RedisLeases {
     /// Leases on `pool` living `ttl` without renewal (at least 300 ms).
-    pub fn new(pool: Arc<RedisPool>, ttl: Duration) -> Self {
+    pub fn new(pool: RedisStore, ttl: Duration) -> Self {
         RedisLeases {
             pool,
             ttl: ttl.max(Duration::from_millis(300)),
@@ -357,7 +358,7 @@ impl RunnerLocks for RedisLeases {
 /// A held Redis lease: renewed by its thread, released on drop.
 struct LeaseGuard {
     live: Arc<std::sync::Mutex<std::collections::HashSet<(String, String)>>>,
-    pool: Arc<RedisPool>,
+    pool: RedisStore,
     key: String,
     token: String,
     stop: Option<mpsc::Sender<()>>,

@@ -10,13 +10,14 @@
 //! gone at once (old entries expire by their TTL).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::merchant::MerchantId;
-use crate::state::redis::{RedisPool, PREFIX};
+use crate::redisdb::RedisStore;
+use crate::state::redis::PREFIX;
 
 /// A cache of read-only tool results, one per merchant.
 pub trait SharedToolCache: Send + Sync {
@@ -94,12 +95,12 @@ impl SharedToolCache for InProcessToolCache {
 /// `tc:MERCHANT:GEN:DIGEST` (a JSON result with its TTL), under memex's key prefix. A Redis
 /// that fails is a miss (the tool runs), never an error of the call.
 pub struct RedisToolCache {
-    pool: Arc<RedisPool>,
+    pool: RedisStore,
 }
 
 impl RedisToolCache {
     /// A cache on `pool`.
-    pub fn new(pool: Arc<RedisPool>) -> Self {
+    pub fn new(pool: RedisStore) -> Self {
         RedisToolCache { pool }
     }
 

@@ -31,7 +31,7 @@ pub use types::{
 pub struct AgentStore {
     backend: Box<dyn AgentStateBackend>,
     locks: Arc<dyn RunnerLocks>,
-    redis: Option<Arc<crate::state::redis::RedisPool>>,
+    redis: Option<crate::redisdb::RedisStore>,
     leases: Option<Arc<super::runner::RedisLeases>>,
     path: PathBuf,
     state: StateUrl,
@@ -113,8 +113,12 @@ impl AgentStore {
 
     /// Opens the Redis store at `url` whose runner leases live `lease_ttl` (tests shorten it).
     pub fn open_redis(url: &str, lease_ttl: std::time::Duration) -> Result<Self, AgentError> {
-        let pool = Arc::new(crate::state::redis::RedisPool::connect(url)?);
-        let leases = Arc::new(super::runner::RedisLeases::new(pool.clone(), lease_ttl));
+        let pool = crate::redisdb::RedisDb::open(url)?.store("agent state");
+        pool.ping()?;
+        let leases = Arc::new(super::runner::RedisLeases::new(
+            pool.named("runner leases"),
+            lease_ttl,
+        ));
         Ok(AgentStore {
             locks: leases.clone(),
             leases: Some(leases),
@@ -136,15 +140,15 @@ impl AgentStore {
         &self.state
     }
 
-    /// Round trips made to a Redis state by this store and its leases since it was opened
-    /// (`None` on SQLite): for benchmarks and diagnostics.
+    /// Round trips made to a Redis state through this process's synchronous connections since
+    /// they were opened (`None` on SQLite): for benchmarks and diagnostics.
     pub fn state_round_trips(&self) -> Option<u64> {
         self.redis.as_ref().map(|p| p.round_trips())
     }
 
-    /// The Redis pool of a Redis state (`None` on SQLite), shared with what sits beside the
-    /// store (the shared tool cache).
-    pub fn redis_pool(&self) -> Option<Arc<crate::state::redis::RedisPool>> {
+    /// The Redis connections of a Redis state (`None` on SQLite), shared with what sits
+    /// beside the store (the shared tool cache).
+    pub fn redis_pool(&self) -> Option<crate::redisdb::RedisStore> {
         self.redis.clone()
     }
 

@@ -14,7 +14,6 @@ use memex::embed::Embedder;
 use memex::episodic::{EpisodeDraft, EpisodicStore};
 use memex::kb::publish::Ensured;
 use memex::kb::{IngestOptions, KnowledgeBase};
-use memex::planner::PlannerConfig;
 
 pub(super) use super::compose::conversation_store;
 use super::compose::{build, merchant, runtime, StderrProgress};
@@ -279,12 +278,11 @@ async fn seed_episodes(g: &GlobalArgs, embedder: &dyn Embedder) -> anyhow::Resul
 /// `memex ask`.
 pub fn ask(g: &GlobalArgs, a: AskArgs) -> anyhow::Result<ExitCode> {
     let merchant = merchant(&a.merchant)?;
-    let config = g.tuning.agent_config();
     let new_session = a.session.is_none();
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
     let report = rt.block_on(async {
-        let agent = build(g, config).await?;
+        let agent = build(g).await?;
         let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
         anyhow::Ok(agent.ask(&merchant, &session, &a.message, progress).await?)
     })?;
@@ -316,7 +314,7 @@ pub fn decide(g: &GlobalArgs, a: DecideArgs, approve: bool) -> anyhow::Result<Ex
     let progress: &dyn Progress = if g.json { &Silent } else { &StderrProgress };
     let rt = runtime()?;
     let decided = rt.block_on(async {
-        let planner = super::compose::planner(g, PlannerConfig::default()).await?;
+        let planner = super::compose::planner(g, None).await?;
         memex::approvals::decide(&planner, &req, verdict, progress)
             .await
             .map_err(approval_error)
@@ -427,7 +425,7 @@ pub fn session(g: &GlobalArgs, c: SessionCommand) -> anyhow::Result<ExitCode> {
     let SessionCommand::End { id } = c;
     let rt = runtime()?;
     let episode = rt.block_on(async {
-        let agent = build(g, g.tuning.agent_config()).await?;
+        let agent = build(g).await?;
         anyhow::Ok(agent.end_session(&id).await?)
     })?;
     if g.json {
@@ -449,7 +447,7 @@ pub fn chat(g: &GlobalArgs, a: ChatArgs) -> anyhow::Result<ExitCode> {
     let merchant = merchant(&a.merchant)?;
     let session = a.session.unwrap_or_else(Agent::new_session_id);
     let rt = runtime()?;
-    let agent = rt.block_on(build(g, g.tuning.agent_config()))?;
+    let agent = rt.block_on(build(g))?;
     let stdin = io::stdin();
     let interactive = stdin.is_terminal();
     println!(

@@ -51,72 +51,157 @@ pub(super) async fn conversation_store(
     g: &GlobalArgs,
     data_dir: &std::path::Path,
 ) -> anyhow::Result<Arc<dyn ConversationStore>> {
-    Ok(match g.episodic.as_deref() {
-        Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => Arc::new(
+    Ok(match g.episodic_redis() {
+        Some(url) => Arc::new(
             RedisConversationStore::connect(url, "memex:conv")
                 .await
                 .context("cannot open the conversation store")?,
         ),
-        _ => Arc::new(
+        None => Arc::new(
             SqliteConversationStore::open_in(data_dir)
                 .context("cannot open the conversation store")?,
         ),
     })
 }
 
-/// Builds the agent the global flags describe: the real embedder, knowledge base, episodic and
-/// conversation stores, payments tools and the OpenAI-compatible model.
-pub(super) async fn build(g: &GlobalArgs, config: AgentConfig) -> anyhow::Result<Agent> {
-    let data_dir = g.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-    let kb = super::kb_read::open(
-        g,
-        Arc::clone(&embedder),
-        g.tuning.kb_options(memex::index::IndexKind::default())?,
-        false,
-    )?;
-    let episodes = memex::episodic::open_with_cache(
-        g.episodic.as_deref(),
-        &data_dir,
-        g.episodic_cache_bytes(),
-    )
-    .await
-    .context("cannot open the episodic store")?;
-    agent_over(g, embedder, kb, episodes, config).await
+/// The composition root: every part a surface is made of, built once from the resolved
+/// configuration (flags, environment, memex.toml). `memex ask`/`chat`/`approve`/`plan`/`session
+/// end`, `memex serve` and `memex mcp` all take their embedder, knowledge base, stores, tools and
+/// guards from here, so a setting reaches every surface the same way; the domain (`--domain`)
+/// is registered here and nowhere else ([`tools`], [`finish_agent`]).
+pub(super) struct Memex<'g> {
+    g: &'g GlobalArgs,
+    /// The data directory (created).
+    pub data_dir: std::path::PathBuf,
+    /// The embedder: the model itself, or `memex serve`'s batching queue in front of it.
+    pub embedder: Arc<dyn Embedder>,
+    /// The knowledge base (the data directory's, or a published generation with `--kb-url`).
+    pub kb: Arc<KnowledgeBase>,
+    /// The episodic store of `--episodic`.
+    pub episodes: Arc<dyn EpisodicStore>,
+    /// The agent state of `--state` (sessions, audit log, approvals); the plan store sits on
+    /// the same backend.
+    pub store: Arc<AgentStore>,
+    /// The tools of `--domain` and of the sources under `[tools]` in memex.toml.
+    pub tools: memex::tools::ToolRegistry,
+    /// The guards: the tuning flags, `--llm-rate`, the fallbacks and the sources found down.
+    pub config: AgentConfig,
+    /// The planner settings (`--plan-max-steps`, `--plan-concurrency`).
+    pub planner: PlannerConfig,
 }
 
-/// The agent over memories a caller already holds (`memex serve` shares its batching embedder,
-/// knowledge base and episodic store with its other routes): the conversation store, the
-/// payments domain (tools, rules, escalation), the model and the agent store are added here.
-pub(super) async fn agent_over(
-    g: &GlobalArgs,
-    embedder: Arc<dyn Embedder>,
-    kb: Arc<KnowledgeBase>,
-    episodes: Arc<dyn EpisodicStore>,
-    mut config: AgentConfig,
-) -> anyhow::Result<Agent> {
+/// What a caller already holds and the root should use instead of building its own.
+#[derive(Default)]
+pub(super) struct Given {
+    /// An embedder (`memex serve`: its batching queue).
+    pub embedder: Option<Arc<dyn Embedder>>,
+    /// A knowledge base (`memex serve`: the one it follows and serves).
+    pub kb: Option<Arc<KnowledgeBase>>,
+}
+
+impl<'g> Memex<'g> {
+    /// Builds the root from the global flags, using what `given` holds.
+    pub async fn open(g: &'g GlobalArgs, given: Given) -> anyhow::Result<Memex<'g>> {
+        let data_dir = g.data_dir();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        let embedder: Arc<dyn Embedder> = match given.embedder {
+            Some(e) => e,
+            None => Arc::new(g.load_embedder()?),
+        };
+        let kb = match given.kb {
+            Some(kb) => kb,
+            None => super::kb_read::open(
+                g,
+                Arc::clone(&embedder),
+                g.tuning.kb_options(memex::index::IndexKind::default())?,
+                false,
+            )?,
+        };
+        let episodes = memex::episodic::open_with_cache(
+            g.episodic.as_deref(),
+            &data_dir,
+            g.episodic_cache_bytes(),
+        )
+        .await
+        .context("cannot open the episodic store")?;
+        let assembled = tools(g, Some(&kb), Reachability::BestEffort).await?;
+        let config = guards(g, &assembled);
+        let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
+        Ok(Memex {
+            g,
+            data_dir,
+            embedder,
+            kb,
+            episodes,
+            store,
+            tools: assembled.registry,
+            config,
+            planner: g.tuning.planner_config(),
+        })
+    }
+
+    /// The agent over this root's parts: adds the conversation store, the chat models of
+    /// `--llm-*` and the domain's rules and escalation.
+    pub async fn agent(&self) -> anyhow::Result<Agent> {
+        let conversations = conversation_store(self.g, &self.data_dir).await?;
+        let models = models(self.g)?;
+        let agent = Agent::new(AgentParts {
+            model: Arc::clone(&models.main),
+            tools: self.tools.clone(),
+            embedder: Arc::clone(&self.embedder),
+            kb: Some(Arc::clone(&self.kb)),
+            episodes: Arc::clone(&self.episodes),
+            conversations,
+            store: Arc::clone(&self.store),
+            config: self.config.clone(),
+        });
+        Ok(finish_agent(self.g, agent, models))
+    }
+
+    /// The planner over a new agent of this root, with the root's planner settings.
+    pub async fn planner(&self) -> anyhow::Result<Planner> {
+        let agent = Arc::new(self.agent().await?);
+        Ok(Planner::new(agent, self.planner.clone())?)
+    }
+
+    /// The MCP tools' dependencies: the root's memories and tools, every call through one gate
+    /// with the agent's guards (`gate`, when given, is an agent's gate to share).
+    pub fn mcp_deps(
+        &self,
+        gate: Option<&memex::agent::CallGate>,
+    ) -> anyhow::Result<memex::mcp::McpDeps> {
+        let domain: Vec<Arc<dyn Tool>> = self.tools.tools().cloned().collect();
+        let config = self.config.clone();
+        let store = Arc::clone(&self.store);
+        let policy = config.call_policy();
+        Ok(memex::mcp::McpDeps::with_gate(
+            Arc::clone(&self.embedder),
+            Some(Arc::clone(&self.kb)),
+            Arc::clone(&self.episodes),
+            domain,
+            move |tools| match gate {
+                Some(g) => g.with_tools(tools),
+                None => config.call_gate(tools, store),
+            },
+            policy,
+        )?)
+    }
+}
+
+/// The guards every surface runs its calls under: the tuning flags, `--llm-rate`, the
+/// fallbacks of memex.toml and the tool sources that were down.
+fn guards(g: &GlobalArgs, assembled: &Assembled) -> AgentConfig {
+    let mut config = g.tuning.agent_config();
     config.llm_rate = g.llm_bucket();
     config.tool_fallbacks = fallbacks(g);
-    let data_dir = g.data_dir();
-    let conversations = conversation_store(g, &data_dir).await?;
-    let assembled = tools(g, Some(&kb), Reachability::BestEffort).await?;
-    config.unavailable_sources = unavailable_names(&assembled);
-    let tools = assembled.registry;
-    let models = models(g)?;
-    let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    let agent = Agent::new(AgentParts {
-        model: Arc::clone(&models.main),
-        tools,
-        embedder,
-        kb: Some(kb),
-        episodes,
-        conversations,
-        store,
-        config,
-    });
-    Ok(finish_agent(g, agent, models))
+    config.unavailable_sources = unavailable_names(assembled);
+    config
+}
+
+/// Builds the agent the global flags describe (the root's parts and the agent over them).
+pub(super) async fn build(g: &GlobalArgs) -> anyhow::Result<Agent> {
+    Memex::open(g, Given::default()).await?.agent().await
 }
 
 /// The chat models the global flags name: the main one and the optional answer model.
@@ -172,13 +257,10 @@ pub(super) async fn replay_agent(
     recordings: Arc<memex::eval::replay::Recordings>,
     memory: Arc<dyn memex::agent::RecordedMemory>,
 ) -> anyhow::Result<Agent> {
-    let mut config = g.tuning.agent_config();
-    config.llm_rate = g.llm_bucket();
-    config.tool_fallbacks = fallbacks(g);
+    let assembled = tools(g, None, Reachability::BestEffort).await?;
+    let mut config = guards(g, &assembled);
     // A cache across sessions would hand one case another case's recorded result.
     config.shared_tool_cache = false;
-    let assembled = tools(g, None, Reachability::BestEffort).await?;
-    config.unavailable_sources = unavailable_names(&assembled);
     let mut registry = memex::tools::ToolRegistry::new();
     for tool in assembled.registry.tools() {
         registry
@@ -287,10 +369,14 @@ pub(super) fn fallbacks(g: &GlobalArgs) -> std::collections::HashMap<String, Str
         .collect()
 }
 
-/// Builds the planner over the agent the global flags describe.
-pub async fn planner(g: &GlobalArgs, config: PlannerConfig) -> anyhow::Result<Planner> {
-    let agent = Arc::new(build(g, g.tuning.agent_config()).await?);
-    Ok(Planner::new(agent, config)?)
+/// Builds the planner over the agent the global flags describe; `config` overrides the
+/// root's planner settings (`memex plan --max-steps`, `--concurrency`).
+pub async fn planner(g: &GlobalArgs, config: Option<PlannerConfig>) -> anyhow::Result<Planner> {
+    let mut root = Memex::open(g, Given::default()).await?;
+    if let Some(c) = config {
+        root.planner = c;
+    }
+    root.planner().await
 }
 
 pub(super) fn merchant(raw: &str) -> anyhow::Result<MerchantId> {

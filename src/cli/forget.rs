@@ -223,9 +223,9 @@ pub fn forget(g: &GlobalArgs, a: ForgetArgs) -> anyhow::Result<ExitCode> {
         files.push(p.clone());
     }
     match g.episodic.as_deref() {
-        Some(u) if u.starts_with("redis://") || u.starts_with("rediss://") => {}
+        Some(_) if g.episodic_redis().is_some() => {}
         Some(u) => {
-            if let Ok(episodic::StoreUrl::Sqlite(p)) = episodic::StoreUrl::parse(u) {
+            if let Ok(episodic::StoreUrl::Sqlite(p)) = episodic::parse_url(u) {
                 files.push(p);
             }
             files.push(data_dir.join(SQLITE_FILE_NAME));
@@ -370,10 +370,7 @@ async fn prune_conversations(
     data_dir: &std::path::Path,
     cutoff: chrono::DateTime<Utc>,
 ) -> anyhow::Result<PruneReport> {
-    let redis = g
-        .episodic
-        .as_deref()
-        .is_some_and(|u| u.starts_with("redis://") || u.starts_with("rediss://"));
+    let redis = g.episodic_redis().is_some();
     if !redis && !data_dir.join(SQLITE_FILE_NAME).exists() {
         return Ok(PruneReport::default());
     }

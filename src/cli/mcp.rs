@@ -6,10 +6,7 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context;
 use clap::Args;
-use memex::agent::AgentStore;
-use memex::embed::Embedder;
 use memex::mcp::McpDeps;
 
 use super::GlobalArgs;
@@ -31,44 +28,12 @@ pub struct McpArgs {
     pub http: Option<SocketAddr>,
 }
 
-/// Builds the shared MCP dependencies from the global flags: the same embedder, knowledge
-/// base, episodic store, payments tools and agent store as `memex ask`.
+/// Builds the shared MCP dependencies from the composition root (src/cli/compose.rs): the same
+/// embedder, knowledge base, episodic store, tools, agent store and guards (`--tool-rate`,
+/// cache, timeouts, retries, audit, fallbacks) as `memex ask`.
 async fn deps(g: &GlobalArgs) -> anyhow::Result<McpDeps> {
-    let data_dir = g.data_dir();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
-    let embedder: Arc<dyn Embedder> = Arc::new(g.load_embedder()?);
-    let kb = super::kb_read::open(
-        g,
-        Arc::clone(&embedder),
-        g.tuning.kb_options(memex::index::IndexKind::default())?,
-        false,
-    )?;
-    let episodes = memex::episodic::open_with_cache(
-        g.episodic.as_deref(),
-        &data_dir,
-        g.episodic_cache_bytes(),
-    )
-    .await
-    .context("cannot open the episodic store")?;
-    // The same registry as the agent's: `--domain` and the sources under [tools].
-    let assembled =
-        super::compose::tools(g, Some(&kb), memex::sources::Reachability::BestEffort).await?;
-    let domain: Vec<Arc<dyn memex::tools::Tool>> = assembled.registry.tools().cloned().collect();
-    let store = Arc::new(AgentStore::open_state(&g.state_url()?)?);
-    // The same guards as the agent's calls: `--tool-rate`, cache, timeouts, retries, audit,
-    // fallbacks.
-    let mut config = g.tuning.agent_config();
-    config.tool_fallbacks = super::compose::fallbacks(g);
-    config.unavailable_sources = super::compose::unavailable_names(&assembled);
-    Ok(McpDeps::with_gate(
-        embedder,
-        Some(kb),
-        episodes,
-        domain,
-        |tools| config.call_gate(tools, store),
-        config.call_policy(),
-    )?)
+    let root = super::compose::Memex::open(g, super::compose::Given::default()).await?;
+    root.mcp_deps(None)
 }
 
 /// `memex mcp`.

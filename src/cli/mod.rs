@@ -204,6 +204,17 @@ impl GlobalArgs {
             .unwrap_or_else(memex::paths::default_data_dir)
     }
 
+    /// The `--episodic` URL when it names a Redis database (the conversations then live there
+    /// too), parsed by the one URL parser.
+    pub fn episodic_redis(&self) -> Option<&str> {
+        let url = self.episodic.as_deref()?;
+        matches!(
+            memex::episodic::parse_url(url),
+            Ok(memex::episodic::StoreUrl::Redis(_))
+        )
+        .then_some(url)
+    }
+
     /// The state backend in force (`--state`, else `agent.db` in the data directory).
     pub fn state_url(&self) -> anyhow::Result<memex::state::StateUrl> {
         Ok(memex::state::StateUrl::parse(

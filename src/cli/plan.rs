@@ -65,8 +65,10 @@ pub enum PlanCommand {
     },
 }
 
-fn config(a: &PlanArgs) -> PlannerConfig {
-    let mut c = PlannerConfig::default();
+/// The planner settings of every surface (`--plan-max-steps`, `--plan-concurrency`, their
+/// variables and memex.toml), with this command's own flags over them.
+fn config(g: &GlobalArgs, a: &PlanArgs) -> PlannerConfig {
+    let mut c = g.tuning.planner_config();
     if let Some(n) = a.max_steps {
         c.max_steps = n;
     }
@@ -104,13 +106,13 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
             concurrency,
             force,
         }) => {
-            let mut cfg = PlannerConfig::default();
+            let mut cfg = g.tuning.planner_config();
             if let Some(n) = concurrency {
                 cfg.max_concurrency = (*n).max(1);
             }
             let rt = runtime()?;
             let report = rt.block_on(async {
-                let p = planner(g, cfg).await?;
+                let p = planner(g, Some(cfg)).await?;
                 anyhow::Ok(if *force {
                     p.resume_forced(id, progress).await?
                 } else {
@@ -149,10 +151,10 @@ pub fn plan(g: &GlobalArgs, a: PlanArgs) -> anyhow::Result<ExitCode> {
         None => {
             let mid = merchant(a.merchant.as_deref().unwrap_or_default())?;
             let task = a.task.join(" ");
-            let cfg = config(&a);
+            let cfg = config(g, &a);
             let rt = runtime()?;
             let report = rt.block_on(async {
-                let p = planner(g, cfg).await?;
+                let p = planner(g, Some(cfg)).await?;
                 anyhow::Ok(if a.dry_run {
                     p.create(&mid, &task).await?
                 } else {

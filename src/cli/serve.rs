@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use memex::agent::AgentStore;
 use memex::embed::queue::{EmbedQueue, QueueOptions};
 use memex::embed::Embedder;
 use memex::kb::follow::Follower;
@@ -112,13 +111,17 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
     .context("cannot start the embedding thread")?;
     let embedder: Arc<dyn Embedder> = Arc::new(queue.embedder());
     let (kb, kb_follower) = open_kb(g, &a, &data_dir, Arc::clone(&embedder))?;
-    let episodes = memex::episodic::open_with_cache(
-        g.episodic.as_deref(),
-        &data_dir,
-        g.episodic_cache_bytes(),
+    // The composition root of every surface (src/cli/compose.rs), over the batching embedder
+    // and the served knowledge base: the agent routes, /mcp and the memory routes share its
+    // stores, tools and guards.
+    let root = super::compose::Memex::open(
+        g,
+        super::compose::Given {
+            embedder: Some(Arc::clone(&embedder)),
+            kb: Some(kb),
+        },
     )
-    .await
-    .context("cannot open the episodic store")?;
+    .await?;
     let options = ServeOptions {
         body_limit: a.body_limit,
         rate_limit: a.rate_limit,
@@ -132,18 +135,9 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         ..ServeOptions::default()
     };
     let agent = if super::errors::require_llm(g).is_ok() {
-        // The same composition as `memex ask` (src/cli/compose.rs), over the shared batching
-        // embedder, knowledge base and episodic store.
-        let agent = super::compose::agent_over(
-            g,
-            Arc::clone(&embedder),
-            Arc::clone(&kb),
-            Arc::clone(&episodes),
-            g.tuning.agent_config(),
-        )
-        .await?;
         Some(memex::serve::agent_routes::AgentService::new(
-            agent,
+            root.agent().await?,
+            root.planner.clone(),
             options.max_agent_turns,
             options.agent_wait,
             Arc::clone(&metrics),
@@ -155,13 +149,12 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
         );
         None
     };
-    let agent_store = Arc::new(AgentStore::open_state(&state_url)?);
     let state = Arc::new(AppState {
-        agent_store,
+        agent_store: Arc::clone(&root.store),
         keys,
         queue,
-        kb,
-        episodes,
+        kb: Arc::clone(&root.kb),
+        episodes: Arc::clone(&root.episodes),
         agent,
         metrics,
         limiter: memex::serve::limits::RateLimiter::new(options.rate_limit, options.rate_burst),
@@ -207,7 +200,7 @@ async fn serve(g: &GlobalArgs, a: ServeArgs) -> anyhow::Result<()> {
             stop.clone(),
         );
     }
-    let mcp = mcp_service(g, &state, addr, stop.clone()).await?;
+    let mcp = mcp_service(&root, &state, addr, stop.clone())?;
     let limit = state.options.body_limit;
     let app = memex::serve::router_with(Arc::clone(&state), |r| {
         memex::serve::mount_limited(r, "/mcp", mcp, limit)
@@ -306,46 +299,14 @@ fn spawn_kb_watcher(
 /// server's batching embedder and stores. The bearer key (checked by the auth layer before this
 /// service runs) decides the merchant; an admin key has no merchant and is refused (403, by
 /// `memex::serve::mount_limited`).
-async fn mcp_service(
-    g: &GlobalArgs,
+fn mcp_service(
+    root: &super::compose::Memex<'_>,
     state: &AppState,
     bound: std::net::SocketAddr,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<memex::mcp::http::McpHttpService> {
-    // The agent's registry when there is an agent, else the same assembly (`--domain` and the
-    // sources under [tools]).
-    let (domain, unavailable): (Vec<Arc<dyn memex::tools::Tool>>, Vec<String>) = match &state.agent
-    {
-        Some(s) => (
-            s.agent().gate().tools().tools().cloned().collect(),
-            Vec::new(),
-        ),
-        None => {
-            let assembled =
-                super::compose::tools(g, Some(&state.kb), memex::sources::Reachability::BestEffort)
-                    .await?;
-            let down = super::compose::unavailable_names(&assembled);
-            (assembled.registry.tools().cloned().collect(), down)
-        }
-    };
-    let store = Arc::clone(&state.agent_store);
     // One gate: with an agent, MCP calls share its rate limits, cache and metrics.
-    let mut config = g.tuning.agent_config();
-    config.tool_fallbacks = super::compose::fallbacks(g);
-    config.unavailable_sources = unavailable;
-    let policy = config.call_policy();
-    let agent = state.agent.as_ref().map(|s| Arc::clone(s.agent()));
-    let deps = memex::mcp::McpDeps::with_gate(
-        Arc::new(state.queue.embedder()),
-        Some(Arc::clone(&state.kb)),
-        Arc::clone(&state.episodes),
-        domain,
-        move |tools| match agent {
-            Some(a) => a.gate().with_tools(tools),
-            None => config.call_gate(tools, store),
-        },
-        policy,
-    )?;
+    let deps = root.mcp_deps(state.agent.as_ref().map(|s| s.agent().gate()))?;
     let merchant_of: memex::mcp::http::MerchantOf = Arc::new(|parts: &http::request::Parts| {
         parts
             .extensions

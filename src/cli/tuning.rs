@@ -9,6 +9,7 @@ use clap::Args;
 use memex::agent::AgentConfig;
 use memex::index::{HnswParams, IndexKind};
 use memex::kb::{ChunkOptions, KbOptions};
+use memex::planner::PlannerConfig;
 
 use super::counts::bounded;
 
@@ -103,6 +104,18 @@ pub struct TuningArgs {
     #[arg(long, global = true, env = "MEMEX_HNSW_EF_SEARCH", value_name = "EF",
           default_value_t = 64, value_parser = bounded(1, 4_096))]
     pub hnsw_ef_search: usize,
+    /// Most steps a plan may have, in `memex plan`, `approve`/`reject` and `memex serve`'s
+    /// `/v1/agent/plan` alike (1 to 100; `memex plan --max-steps` overrides it there).
+    #[arg(long, global = true, env = "MEMEX_PLAN_MAX_STEPS", value_name = "N",
+          default_value_t = 12,
+          value_parser = bounded(1, memex::planner::MAX_STEPS_LIMIT))]
+    pub plan_max_steps: usize,
+    /// Most plan steps running at the same time, on every surface (1 to 64; `memex plan
+    /// --concurrency` overrides it there).
+    #[arg(long, global = true, env = "MEMEX_PLAN_CONCURRENCY", value_name = "N",
+          default_value_t = 4,
+          value_parser = bounded(1, memex::planner::MAX_CONCURRENCY_LIMIT))]
+    pub plan_concurrency: usize,
 }
 
 /// Per-tool TTLs of the shared tool cache (`--tool-cache-ttl`).
@@ -160,6 +173,15 @@ impl TuningArgs {
         c.conversation.token_budget = self.conversation_budget;
         c.conversation.keep_recent_turns = self.keep_recent_turns;
         c
+    }
+
+    /// The planner's settings: the library's defaults with the plan flags applied.
+    pub fn planner_config(&self) -> PlannerConfig {
+        PlannerConfig {
+            max_steps: self.plan_max_steps,
+            max_concurrency: self.plan_concurrency.max(1),
+            ..PlannerConfig::default()
+        }
     }
 
     /// Knowledge-base options for `index` with the chunking and HNSW flags applied.
@@ -234,6 +256,10 @@ mod tests {
         assert_eq!(kb.hnsw.ef_search, lib.hnsw.ef_search);
         assert_eq!(kb.chunking.max_tokens, lib.chunking.max_tokens);
         assert_eq!(kb.chunking.overlap_tokens, lib.chunking.overlap_tokens);
+        let plan = t.planner_config();
+        let lib = PlannerConfig::default();
+        assert_eq!(plan.max_steps, lib.max_steps);
+        assert_eq!(plan.max_concurrency, lib.max_concurrency);
     }
 
     #[test]
@@ -255,6 +281,10 @@ mod tests {
             "8",
             "--hnsw-ef-search",
             "128",
+            "--plan-max-steps",
+            "5",
+            "--plan-concurrency",
+            "2",
         ]);
         let a = t.agent_config();
         assert_eq!(a.max_tool_calls, 3);
@@ -266,6 +296,8 @@ mod tests {
         assert_eq!(kb.chunking.max_tokens, 64);
         assert_eq!(kb.chunking.overlap_tokens, 8);
         assert_eq!(kb.hnsw.ef_search, 128);
+        let plan = t.planner_config();
+        assert_eq!((plan.max_steps, plan.max_concurrency), (5, 2));
     }
 
     #[test]

@@ -7,13 +7,16 @@
 //! MULTI/EXEC; committing a summary is one Lua script, which Redis runs atomically: it checks
 //! the watermark, writes the summary and watermark, and removes the folded messages, with no
 //! other command in between.
-
-use std::time::Duration;
+//!
+//! The connection is the process's one [`crate::redisdb`] connection for the URL: getting it
+//! follows the one retry policy; each command then runs once (an append or a summary commit
+//! is never sent twice), and the next call reconnects after a failure.
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 
 use crate::llm::Message;
+use crate::redisdb::RedisStore;
 
 use super::store::{validate_session_id, ConversationStore, PruneReport, StoredSession};
 use super::ConversationError;
@@ -47,7 +50,7 @@ return {1, ours}
 /// Conversation buffers in Redis (see the module docs for the key layout).
 #[derive(Clone)]
 pub struct RedisConversationStore {
-    conn: ConnectionManager,
+    redis: RedisStore,
     prefix: String,
     commit: redis::Script,
     prune: redis::Script,
@@ -61,43 +64,36 @@ impl std::fmt::Debug for RedisConversationStore {
     }
 }
 
-/// The URL without a password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://[redacted]{}", &url[..s], &url[at..]),
-        _ => url.to_string(),
-    }
-}
-
 impl RedisConversationStore {
     /// Connects to `url` (`redis://host:port/db`); keys start with `prefix` (e.g. `memex`).
-    /// Gives up after three quick reconnection attempts (3 s connect timeout each); commands
-    /// time out after 10 s.
+    /// Connecting follows the process's one Redis [`crate::redisdb::Policy`].
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, ConversationError> {
-        let action = || format!("connect to Redis at {}", redact(url));
-        let client = redis::Client::open(url).map_err(|e| ConversationError::store(action(), e))?;
-        // Fail fast when Redis is down: a few quick reconnection attempts, bounded waits.
-        // The backoff is spelled out because redis-rs 1.0 changed its defaults (a 100 ms first
-        // wait, base 2); these are the waits memex has always had: the first 1–2 s, the next
-        // ones 0.5–1 s (backon: `min_delay`, then × `exponent_base`, capped at `max_delay`,
-        // plus up to as much again of jitter).
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(3)
-            .set_min_delay(Duration::from_secs(1))
-            .set_exponent_base(100.0)
-            .set_max_delay(Duration::from_millis(500))
-            .set_connection_timeout(Some(Duration::from_secs(3)))
-            .set_response_timeout(Some(Duration::from_secs(10)));
-        let conn = client
-            .get_connection_manager_with_config(config)
+        let action = || format!("connect to Redis at {}", crate::store_url::redact(url));
+        let redis = crate::redisdb::RedisDb::open(url)
+            .map_err(|e| ConversationError::store(action(), e))?
+            .store("conversations");
+        // Reach the server now, so an unreachable Redis is reported at open.
+        redis
+            .retry(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
             .map_err(|e| ConversationError::store(action(), e))?;
         Ok(RedisConversationStore {
-            conn,
+            redis,
             prefix: prefix.to_string(),
             commit: redis::Script::new(COMMIT_SCRIPT),
             prune: redis::Script::new(PRUNE_SCRIPT),
         })
+    }
+
+    /// This runtime's connection (reconnecting with the policy's retries when needed).
+    async fn conn(
+        &self,
+        action: &(dyn Fn() -> String + Sync),
+    ) -> Result<ConnectionManager, ConversationError> {
+        self.redis
+            .once(|m| async move { Ok(m) })
+            .await
+            .map_err(|e| ConversationError::store(action(), e))
     }
 
     /// The sorted set of every session by its last activity (µs since the epoch), for
@@ -120,7 +116,7 @@ impl ConversationStore for RedisConversationStore {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
         let action = || format!("load session `{session}` from Redis");
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn(&action).await?;
         let ((summary, watermark, compressions), members): (
             (Option<String>, Option<u64>, Option<u64>),
             Vec<String>,
@@ -178,7 +174,7 @@ impl ConversationStore for RedisConversationStore {
         let json =
             serde_json::to_string(message).map_err(|e| ConversationError::store(action(), e))?;
         let (_, msgs) = self.keys(session);
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn(&action).await?;
         // The time first: a prune racing this append then sees the session as active.
         let _: i64 = redis::cmd("ZADD")
             .arg(self.active_key())
@@ -205,7 +201,8 @@ impl ConversationStore for RedisConversationStore {
     ) -> Result<(), ConversationError> {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
-        let mut conn = self.conn.clone();
+        let action = || format!("commit the summary of session `{session}` in Redis");
+        let mut conn = self.conn(&action).await?;
         let (applied, stored): (i64, u64) = self
             .commit
             .key(&meta)
@@ -235,8 +232,8 @@ impl ConversationStore for RedisConversationStore {
     async fn delete(&self, session: &str) -> Result<(), ConversationError> {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
-        let mut conn = self.conn.clone();
         let action = || format!("delete session `{session}` from Redis");
+        let mut conn = self.conn(&action).await?;
         let _: i64 = redis::cmd("DEL")
             .arg(&meta)
             .arg(&msgs)
@@ -257,7 +254,7 @@ impl ConversationStore for RedisConversationStore {
         cutoff: chrono::DateTime<chrono::Utc>,
     ) -> Result<PruneReport, ConversationError> {
         let action = || "prune conversations in Redis".to_string();
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn(&action).await?;
         let active = self.active_key();
         let mut report = PruneReport::default();
         // Sessions stored before times were kept: found by their keys, stamped with now

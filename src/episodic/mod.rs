@@ -126,42 +126,14 @@ pub trait EpisodicStore: Send + Sync {
     fn describe(&self) -> String;
 }
 
-/// A parsed store URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StoreUrl {
-    /// `sqlite://PATH`; `sqlite:///abs/path` gives an absolute path.
-    Sqlite(std::path::PathBuf),
-    /// `redis://...` or `rediss://...`, passed to the `redis` crate unchanged.
-    Redis(String),
-}
+pub use crate::store_url::StoreUrl;
 
-impl StoreUrl {
-    /// Parses `url`. Errors never echo more than the scheme, since URLs may carry passwords.
-    pub fn parse(url: &str) -> Result<StoreUrl, EpisodicError> {
-        if let Some(path) = url.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                return Err(EpisodicError::InvalidUrl(
-                    "sqlite:// needs a file path, e.g. sqlite:///var/lib/memex/episodes.db".into(),
-                ));
-            }
-            return Ok(StoreUrl::Sqlite(path.into()));
-        }
-        if url.starts_with("redis://") || url.starts_with("rediss://") {
-            return Ok(StoreUrl::Redis(url.to_owned()));
-        }
-        let scheme: String = match url.split_once("://") {
-            Some((s, _)) => s.chars().take(16).collect(),
-            None => String::new(),
-        };
-        Err(EpisodicError::InvalidUrl(format!(
-            "must be sqlite://PATH or redis://HOST:PORT/DB (got {})",
-            if scheme.is_empty() {
-                "no scheme".to_owned()
-            } else {
-                format!("scheme {:?}", scheme)
-            }
-        )))
-    }
+/// Parses an `--episodic` URL: `sqlite://PATH` or `redis://HOST:PORT/DB` (the one parser,
+/// [`crate::store_url`]). Errors never echo more than the scheme.
+pub fn parse_url(url: &str) -> Result<StoreUrl, EpisodicError> {
+    use crate::store_url::Scheme;
+    StoreUrl::parse(url, &[Scheme::Sqlite, Scheme::Redis], DEFAULT_SQLITE_FILE)
+        .map_err(|e| EpisodicError::InvalidUrl(e.0))
 }
 
 /// Opens the store named by `url`, or the default SQLite file `episodes.db` in `data_dir`
@@ -180,7 +152,7 @@ pub async fn open_with_cache(
     cache_bytes: u64,
 ) -> Result<Arc<dyn EpisodicStore>, EpisodicError> {
     let parsed = match url {
-        Some(u) => StoreUrl::parse(u)?,
+        Some(u) => parse_url(u)?,
         None => StoreUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)),
     };
     match parsed {
@@ -192,6 +164,9 @@ pub async fn open_with_cache(
             let store = SqliteEpisodicStore::open(&path, opts).await?;
             Ok(Arc::new(store))
         }
+        StoreUrl::File(_) => Err(EpisodicError::InvalidUrl(
+            "must be sqlite://PATH or redis://HOST:PORT/DB (got scheme \"file\")".into(),
+        )),
         StoreUrl::Redis(u) => {
             let opts = RedisOptions {
                 cache_bytes,
@@ -211,7 +186,7 @@ pub async fn open_existing(
     data_dir: &Path,
 ) -> Result<Option<Arc<dyn EpisodicStore>>, EpisodicError> {
     let parsed = match url {
-        Some(u) => StoreUrl::parse(u)?,
+        Some(u) => parse_url(u)?,
         None => StoreUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)),
     };
     if let StoreUrl::Sqlite(path) = &parsed {
@@ -232,25 +207,27 @@ mod tests {
     #[test]
     fn parses_urls() {
         assert_eq!(
-            StoreUrl::parse("sqlite:///tmp/e.db").unwrap(),
+            parse_url("sqlite:///tmp/e.db").unwrap(),
             StoreUrl::Sqlite("/tmp/e.db".into())
         );
         assert_eq!(
-            StoreUrl::parse("sqlite://rel/e.db").unwrap(),
+            parse_url("sqlite://rel/e.db").unwrap(),
             StoreUrl::Sqlite("rel/e.db".into())
         );
         assert_eq!(
-            StoreUrl::parse("redis://127.0.0.1:6379/2").unwrap(),
+            parse_url("redis://127.0.0.1:6379/2").unwrap(),
             StoreUrl::Redis("redis://127.0.0.1:6379/2".into())
         );
-        assert!(StoreUrl::parse("sqlite://").is_err());
-        let err = StoreUrl::parse("postgres://user:hunter2@db/x")
+        let empty = parse_url("sqlite://").unwrap_err().to_string();
+        assert!(empty.contains("episodes.db"), "{empty}");
+        let err = parse_url("postgres://user:hunter2@db/x")
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("postgres") && !err.contains("hunter2"),
             "{err}"
         );
-        assert!(StoreUrl::parse("episodes.db").is_err());
+        assert!(parse_url("episodes.db").is_err());
+        assert!(parse_url("file:///srv/kb").is_err());
     }
 }

@@ -25,19 +25,20 @@
 //! not at all. Ids are generated client-side and the save script is a no-op when the id already
 //! exists, so a save retried after a lost reply is never duplicated. Transient failures
 //! (connection refused or dropped, timeouts) are retried with exponential backoff a bounded
-//! number of times ([`RedisOptions`]); then the call fails with [`EpisodicError::Unavailable`].
-//! The connection manager reconnects by itself, so the same store works again once Redis is
-//! back. The scripts touch keys they derive from the merchant's, so the store targets a
+//! number of times ([`RedisOptions`], which is the process's one Redis [`Policy`]); then the
+//! call fails with [`EpisodicError::Unavailable`]. The connection is the process's one
+//! [`crate::redisdb`] connection for this URL; it reconnects by itself, so the same store works
+//! again once Redis is back. The scripts touch keys they derive from the merchant's, so the store targets a
 //! single Redis server (or a replicated primary), not a cluster.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, RedisResult, RetryMethod, Script};
+use redis::aio::ConnectionManager;
+use redis::{RedisResult, Script};
 
 use super::episode::{
     checked_unit_vector, micros_to_datetime, opt_micros, parse_id, parse_metadata, CheckedDraft,
@@ -48,8 +49,10 @@ use super::{
     Episode, EpisodeDraft, EpisodeId, EpisodicError, EpisodicStore, ScoredEpisode, SearchQuery,
 };
 use crate::merchant::MerchantId;
+use crate::redisdb::{Policy, RedisDb, RedisDbError, RedisStore};
 
-/// Tuning for [`RedisEpisodicStore`].
+/// Tuning for [`RedisEpisodicStore`]. The waits and attempts default to the process's one
+/// Redis [`Policy`]; a store given others gets its own connections.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
     /// First component of every key (default `memex`); same charset as a [`MerchantId`].
@@ -60,9 +63,9 @@ pub struct RedisOptions {
     pub initial_backoff: Duration,
     /// Longest wait between two attempts (default 1 s).
     pub max_backoff: Duration,
-    /// Longest wait for one reply (default 2 s).
+    /// Longest wait for one reply (default 5 s).
     pub response_timeout: Duration,
-    /// Longest wait for one TCP connection (default 1 s).
+    /// Longest wait for one TCP connection (default 2 s).
     pub connection_timeout: Duration,
     /// Byte budget of the in-process search-index cache (default 256 MiB).
     pub cache_bytes: u64,
@@ -70,25 +73,66 @@ pub struct RedisOptions {
 
 impl Default for RedisOptions {
     fn default() -> Self {
+        let policy = Policy::default();
         RedisOptions {
             namespace: "memex".into(),
-            max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            response_timeout: Duration::from_secs(2),
-            connection_timeout: Duration::from_secs(1),
+            max_attempts: policy.max_attempts,
+            initial_backoff: policy.initial_backoff,
+            max_backoff: policy.max_backoff,
+            response_timeout: policy.response_timeout,
+            connection_timeout: policy.connection_timeout,
             cache_bytes: DEFAULT_CACHE_BYTES,
         }
+    }
+}
+
+impl RedisOptions {
+    /// The Redis policy these options spell out.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_attempts: self.max_attempts,
+            initial_backoff: self.initial_backoff,
+            max_backoff: self.max_backoff,
+            connection_timeout: self.connection_timeout,
+            response_timeout: self.response_timeout,
+        }
+    }
+}
+
+/// The episodic store's error for a failure of the Redis layer.
+fn from_db(e: RedisDbError) -> EpisodicError {
+    match e {
+        RedisDbError::InvalidUrl(why) => EpisodicError::InvalidUrl(format!(
+            "is not a usable Redis URL ({why}); expected redis://HOST:PORT/DB"
+        )),
+        RedisDbError::InvalidPolicy(why) => {
+            EpisodicError::InvalidInput(format!("RedisOptions: {why}"))
+        }
+        RedisDbError::Unreachable {
+            endpoint,
+            attempts,
+            elapsed_ms,
+            source,
+            ..
+        } => EpisodicError::Unavailable {
+            endpoint,
+            attempts,
+            elapsed_ms,
+            last: source,
+        },
+        RedisDbError::Refused {
+            endpoint, source, ..
+        } => EpisodicError::Redis { endpoint, source },
+        e @ RedisDbError::Damaged { .. } => EpisodicError::InvalidInput(e.to_string()),
     }
 }
 
 /// Episodic memory in Redis. Cheap to clone; clones share the connection.
 #[derive(Clone)]
 pub struct RedisEpisodicStore {
-    conn: ConnectionManager,
+    redis: RedisStore,
     ns: String,
     endpoint: String,
-    opts: RedisOptions,
     scripts: Arc<Scripts>,
     cache: Arc<IndexCache<String>>,
 }
@@ -286,28 +330,20 @@ impl RedisEpisodicStore {
                 "RedisOptions::max_attempts must be at least 1".into(),
             ));
         }
-        let client = redis::Client::open(url).map_err(|e| {
-            EpisodicError::InvalidUrl(format!(
-                "is not a usable Redis URL ({}); expected redis://HOST:PORT/DB",
-                e.category()
-            ))
-        })?;
-        let info = client.get_connection_info();
-        let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
-        let config = ConnectionManagerConfig::new()
-            .set_number_of_retries(0)
-            .set_connection_timeout(Some(opts.connection_timeout))
-            .set_response_timeout(Some(opts.response_timeout));
-        let conn = retry(&opts, &endpoint, || {
-            ConnectionManager::new_with_config(client.clone(), config.clone())
-        })
-        .await?;
+        let redis = RedisDb::open_with(url, opts.policy())
+            .map_err(from_db)?
+            .store("episodes");
+        let endpoint = redis.endpoint().to_string();
+        // Reach the server now, so an unreachable Redis is reported at open.
+        redis
+            .retry(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .map_err(from_db)?;
         let cache = Arc::new(IndexCache::new(CACHE_ENTRIES, opts.cache_bytes));
         Ok(RedisEpisodicStore {
-            conn,
+            redis,
             ns: opts.namespace.clone(),
             endpoint,
-            opts,
             cache,
             scripts: Arc::new(Scripts {
                 save: Script::new(SAVE_LUA),
@@ -464,7 +500,7 @@ impl RedisEpisodicStore {
         F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        retry(&self.opts, &self.endpoint, || f(self.conn.clone())).await
+        self.redis.retry(&mut f).await.map_err(from_db)
     }
 
     fn decode_row(&self, m: &MerchantId, row: RawRow) -> Result<Episode, EpisodicError> {
@@ -858,71 +894,5 @@ impl EpisodicStore for RedisEpisodicStore {
 
     fn describe(&self) -> String {
         format!("redis://{}", self.endpoint)
-    }
-}
-
-/// Whether `e` is a reply that could not be converted to the type asked for (a stored value
-/// memex did not write, a script answer of another shape). redis-rs 1.x reports these as
-/// `ErrorKind::Parse`, whose `retry_method` is `Reconnect`; 0.32 reported them as `TypeError`
-/// (no retry), and memex keeps that: retrying does not change a stored value. A reply that
-/// breaks the protocol itself (`Parse error at …`, 0.32's `ParseError`) stays transient.
-pub(crate) fn is_reply_type_error(e: &RedisError) -> bool {
-    e.kind() == redis::ErrorKind::Parse
-        && !e.detail().is_some_and(|d| d.starts_with("Parse error at"))
-}
-
-/// Whether retrying `e` (after reconnecting) may succeed.
-fn is_transient(e: &RedisError) -> bool {
-    if e.kind() == redis::ErrorKind::AuthenticationFailed || is_reply_type_error(e) {
-        return false;
-    }
-    e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || matches!(
-            e.retry_method(),
-            RetryMethod::Reconnect | RetryMethod::RetryImmediately | RetryMethod::WaitAndRetry
-        )
-}
-
-/// Runs `attempt` until it succeeds, fails permanently, or `opts.max_attempts` transient
-/// failures have happened, sleeping with exponential backoff between attempts.
-async fn retry<T, F, Fut>(
-    opts: &RedisOptions,
-    endpoint: &str,
-    mut attempt: F,
-) -> Result<T, EpisodicError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = RedisResult<T>>,
-{
-    let start = Instant::now();
-    let mut delay = opts.initial_backoff;
-    let mut attempts = 0u32;
-    loop {
-        attempts += 1;
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if is_transient(&e) => {
-                if attempts >= opts.max_attempts {
-                    return Err(EpisodicError::Unavailable {
-                        endpoint: endpoint.to_owned(),
-                        attempts,
-                        elapsed_ms: start.elapsed().as_millis() as u64,
-                        last: Box::new(e),
-                    });
-                }
-                tracing::debug!(attempt = attempts, error = %e, "Redis call failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(opts.max_backoff);
-            }
-            Err(e) => {
-                return Err(EpisodicError::Redis {
-                    endpoint: endpoint.to_owned(),
-                    source: Box::new(e),
-                })
-            }
-        }
     }
 }

@@ -115,16 +115,11 @@ impl KbUrl {
         let bad = || PublishError::BadUrl {
             url: crate::kb::text::escape_controls(url),
         };
-        let path = url.strip_prefix("file://").ok_or_else(bad)?;
-        let root = PathBuf::from(path);
-        let clean = root.is_absolute()
-            && root
-                .components()
-                .all(|c| !matches!(c, std::path::Component::ParentDir));
-        if !clean || path.len() <= 1 {
-            return Err(bad());
+        use crate::store_url::{Scheme, StoreUrl};
+        match StoreUrl::parse(url, &[Scheme::File], "kb") {
+            Ok(StoreUrl::File(root)) => Ok(KbUrl { root }),
+            _ => Err(bad()),
         }
-        Ok(KbUrl { root })
     }
 
     /// The shared folder.

@@ -38,24 +38,24 @@ pub enum PlanError {
     /// `HOST:PORT`, never a password).
     #[error("plan store: Redis at {endpoint} is unreachable (while trying to {action})")]
     RedisUnreachable {
-        /// `HOST:PORT` of the Redis.
+        /// `HOST:PORT/DB` of the Redis.
         endpoint: String,
         /// What the store was doing.
         action: String,
-        /// The last connection error.
+        /// The Redis layer's error (the last connection error underneath).
         #[source]
-        source: redis::RedisError,
+        source: Box<crate::redisdb::RedisDbError>,
     },
     /// The plan store's Redis answered with an error.
     #[error("plan store: Redis at {endpoint} refused to {action}")]
     Redis {
-        /// `HOST:PORT` of the Redis.
+        /// `HOST:PORT/DB` of the Redis.
         endpoint: String,
         /// What the store was doing.
         action: String,
-        /// Redis's answer.
+        /// Redis's answer, through the Redis layer.
         #[source]
-        source: redis::RedisError,
+        source: Box<crate::redisdb::RedisDbError>,
     },
     /// A different plan with this id is already stored.
     #[error("plan {0} already exists")]

@@ -36,16 +36,17 @@ impl AgentService {
         &self.agent
     }
 
-    /// Wraps `agent` (and a planner over it); at most `max_turns` turns run at once, a turn
-    /// waits up to `wait` for a slot before 503.
+    /// Wraps `agent` and a planner over it with `planner` settings; at most `max_turns` turns
+    /// run at once, a turn waits up to `wait` for a slot before 503.
     pub fn new(
         agent: Agent,
+        planner: PlannerConfig,
         max_turns: usize,
         wait: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<Self, PlanError> {
         let agent = Arc::new(agent);
-        let planner = Arc::new(Planner::new(Arc::clone(&agent), PlannerConfig::default())?);
+        let planner = Arc::new(Planner::new(Arc::clone(&agent), planner)?);
         let max_turns = u32::try_from(max_turns.clamp(1, 1024)).unwrap_or(8);
         Ok(AgentService {
             agent,

@@ -13,10 +13,14 @@ pub const UNAVAILABLE_RETRY_SECS: u64 = 2;
 pub fn unreachable_store(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = next {
-        if let Some(r) = e.downcast_ref::<crate::state::redis::RedisStateError>() {
-            if matches!(r, crate::state::redis::RedisStateError::Unreachable { .. }) {
-                return Some("state");
-            }
+        if let Some(crate::redisdb::RedisDbError::Unreachable { store, .. }) =
+            e.downcast_ref::<crate::redisdb::RedisDbError>()
+        {
+            return Some(if *store == "episodes" {
+                "episodic"
+            } else {
+                "state"
+            });
         }
         if let Some(crate::episodic::EpisodicError::Unavailable { .. }) =
             e.downcast_ref::<crate::episodic::EpisodicError>()
@@ -184,9 +188,8 @@ impl From<crate::episodic::EpisodicError> for ApiError {
 
 impl From<crate::serve::keys::KeyError> for ApiError {
     fn from(e: crate::serve::keys::KeyError) -> Self {
-        use crate::state::redis::RedisStateError;
-        if let crate::serve::keys::KeyError::Redis(inner @ RedisStateError::Unreachable { .. }) = &e
-        {
+        use crate::redisdb::RedisDbError;
+        if let crate::serve::keys::KeyError::Redis(inner @ RedisDbError::Unreachable { .. }) = &e {
             tracing::warn!(target: "memex::serve", store = "state", error = %inner, "the key store is unreachable");
             return ApiError::unavailable(
                 "unavailable",

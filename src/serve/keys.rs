@@ -13,7 +13,6 @@ pub mod redis;
 mod types;
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use rand::RngCore;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -43,7 +42,7 @@ impl std::fmt::Debug for KeyStore {
 
 /// The SQLite key table (`keys.db`).
 pub struct SqliteKeys {
-    conn: Mutex<Connection>,
+    conn: crate::sqlite::SharedConn,
 }
 
 fn hash(key: &str) -> String {
@@ -67,7 +66,8 @@ impl KeyStore {
                 Self::open_in(dir.unwrap_or_else(|| Path::new(".")))
             }
             crate::state::StateUrl::Redis(url) => {
-                let pool = std::sync::Arc::new(crate::state::redis::RedisPool::connect(url)?);
+                let pool = crate::redisdb::RedisDb::open(url)?.store("keys");
+                pool.ping()?;
                 Ok(KeyStore {
                     backend: Box::new(redis::RedisKeys::new(pool)),
                     path: PathBuf::new(),
@@ -83,8 +83,8 @@ impl KeyStore {
             source,
         })?;
         let path = data_dir.join(KEYS_FILE);
-        let conn = crate::sqlite::open_wal(&path)?;
-        conn.execute_batch(
+        let conn = crate::sqlite::shared_wal(&path)?;
+        crate::sqlite::lock(&conn).execute_batch(
             "CREATE TABLE IF NOT EXISTS api_keys (
                 id TEXT PRIMARY KEY,
                 hash TEXT NOT NULL UNIQUE,
@@ -96,9 +96,7 @@ impl KeyStore {
             );",
         )?;
         Ok(KeyStore {
-            backend: Box::new(SqliteKeys {
-                conn: Mutex::new(conn),
-            }),
+            backend: Box::new(SqliteKeys { conn }),
             path,
         })
     }

@@ -53,27 +53,16 @@ pub fn default_worker_id(port: u16) -> String {
     }
 }
 
-/// `PING` to the Redis at `url`, bounded by [`PING_TIMEOUT`].
+/// `PING` to the Redis at `url` on the process's one connection to it
+/// ([`crate::redisdb`]), bounded by [`PING_TIMEOUT`] for connecting and the reply together.
 async fn redis_ping(url: &str) -> bool {
-    let Ok(client) = redis::Client::open(url) else {
+    let Ok(db) = crate::redisdb::RedisDb::open(url) else {
         return false;
     };
-    let ping = async {
-        // The whole check's bound for connecting and for the reply alike (redis-rs 1.x would
-        // otherwise give up on a reply after its default 500 ms).
-        let config = redis::AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(PING_TIMEOUT))
-            .set_response_timeout(Some(PING_TIMEOUT));
-        let mut conn = client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .ok()?;
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
-    };
-    matches!(tokio::time::timeout(PING_TIMEOUT, ping).await, Ok(Some(ref p)) if p == "PONG")
+    let state = db.store("state");
+    tokio::time::timeout(PING_TIMEOUT, state.ping_once())
+        .await
+        .unwrap_or(false)
 }
 
 /// The shared stores as `/readyz` reports them, and whether every one is reachable.

@@ -9,7 +9,7 @@ pub mod redis;
 
 use std::path::{Path, PathBuf};
 
-use crate::episodic::StoreUrl;
+use crate::store_url::{Scheme, StoreUrl};
 
 /// File name of the default SQLite state store in the data directory.
 pub const DEFAULT_SQLITE_FILE: &str = "agent.db";
@@ -44,15 +44,13 @@ impl StateUrl {
         let Some(raw) = raw.map(str::trim).filter(|r| !r.is_empty()) else {
             return Ok(StateUrl::Sqlite(data_dir.join(DEFAULT_SQLITE_FILE)));
         };
-        match StoreUrl::parse(raw) {
+        match StoreUrl::parse(raw, &[Scheme::Sqlite, Scheme::Redis], DEFAULT_SQLITE_FILE) {
             Ok(StoreUrl::Sqlite(path)) => Ok(StateUrl::Sqlite(path)),
             Ok(StoreUrl::Redis(url)) => Ok(StateUrl::Redis(url)),
-            Err(crate::episodic::EpisodicError::InvalidUrl(why)) => Err(StateError::InvalidUrl(
-                why.replace("episodes.db", "agent.db"),
+            Ok(StoreUrl::File(_)) => Err(StateError::InvalidUrl(
+                "must be sqlite://PATH or redis://HOST:PORT/DB (got scheme \"file\")".into(),
             )),
-            Err(_) => Err(StateError::InvalidUrl(
-                "must be sqlite://PATH or redis://HOST:PORT/DB".into(),
-            )),
+            Err(why) => Err(StateError::InvalidUrl(why.0)),
         }
     }
 
@@ -71,22 +69,7 @@ impl StateUrl {
 }
 
 /// `scheme://user:secret@host/…` → `scheme://user:***@host/…`; other URLs unchanged.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
-        }
-        None => url.to_string(),
-    }
-}
+pub use crate::store_url::redact as redact_url;
 
 #[cfg(test)]
 mod tests {

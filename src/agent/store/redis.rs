@@ -27,7 +27,6 @@
 //! server's `appendfsync` makes it (`always`: nothing lost on a crash; `everysec`: up to 1 s).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use redis::Script;
 use serde::{Deserialize, Serialize};
@@ -40,11 +39,12 @@ use super::types::{
 use crate::agent::error::AgentError;
 use crate::agent::report::ModelUse;
 use crate::merchant::MerchantId;
-use crate::state::redis::{RedisPool, PREFIX};
+use crate::redisdb::RedisStore;
+use crate::state::redis::PREFIX;
 
 /// The agent store in a Redis database.
 pub struct RedisAgentState {
-    pool: Arc<RedisPool>,
+    pool: RedisStore,
     scripts: Scripts,
 }
 
@@ -238,7 +238,7 @@ const RACE_RETRIES: usize = 16;
 
 impl RedisAgentState {
     /// The store on `pool`.
-    pub fn new(pool: Arc<RedisPool>) -> Self {
+    pub fn new(pool: RedisStore) -> Self {
         RedisAgentState {
             pool,
             scripts: Scripts {
@@ -316,7 +316,7 @@ impl RedisAgentState {
         k: &str,
         change: &dyn Fn(&str) -> Option<String>,
     ) -> Result<u64, AgentError> {
-        let n = self.pool.run(|c: &mut crate::state::redis::Conn| loop {
+        let n = self.pool.run(|c: &mut crate::redisdb::Conn| loop {
             redis::cmd("WATCH").arg(k).exec(c)?;
             let rows: Vec<String> = redis::cmd("LRANGE").arg(k).arg(0).arg(-1).query(c)?;
             let edits: Vec<(usize, String)> = rows

@@ -16,7 +16,7 @@ use crate::merchant::MerchantId;
 
 /// The agent store in one SQLite file.
 pub struct SqliteAgentState {
-    conn: Mutex<Connection>,
+    conn: crate::sqlite::SharedConn,
     path: PathBuf,
     /// Whether `turns` has `kind`, `message`, `answer`, `models` and `audit` has `model`: always
     /// after [`SqliteAgentState::open`] (which adds them); a store from an older release opened
@@ -131,7 +131,7 @@ impl SqliteAgentState {
             newer &= has_column(&conn, table, column)?;
         }
         Ok(Some(Self {
-            conn: Mutex::new(conn),
+            conn: std::sync::Arc::new(Mutex::new(conn)),
             path,
             newer,
         }))
@@ -139,7 +139,9 @@ impl SqliteAgentState {
 
     /// Opens (creating) the store at `path`.
     pub fn open(path: &Path) -> Result<Self, AgentError> {
-        let conn = crate::sqlite::open_wal(path)?;
+        // The process's one writer connection on the file (the plan store shares it).
+        let shared = crate::sqlite::shared_wal(path)?;
+        let conn = crate::sqlite::lock(&shared);
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS sessions(
                 id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -216,8 +218,9 @@ impl SqliteAgentState {
                 }
             }
         }
+        drop(conn);
         Ok(Self {
-            conn: Mutex::new(conn),
+            conn: shared,
             path: path.to_path_buf(),
             newer: true,
         })

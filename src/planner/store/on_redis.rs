@@ -15,14 +15,13 @@
 //! after a lost reply is recognised by its session id); `update_step`, `set_status` and
 //! `release` are Lua scripts (Redis runs each with no other command in between); `claim` is a
 //! WATCH/MULTI check-and-set, retried when another worker changed the plan meanwhile.
-//! Connection errors are retried twice on a fresh connection (every operation is safe to
-//! repeat); then the error says which Redis (`HOST:PORT`, never a password) is unreachable.
+//! The connections are the process's one Redis layer ([`crate::redisdb`]): connection errors
+//! are retried on a fresh connection as its policy says (every operation is safe to repeat);
+//! then the error says which Redis (`HOST:PORT/DB`, never a password) is unreachable.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
-use redis::{Connection, RedisError, RedisResult};
+use redis::RedisResult;
 
 use super::backend::{
     plan_status, PlanBackend, PlanListing, PlanRow, StepRecord, StepUpdate, FORGOTTEN,
@@ -30,13 +29,7 @@ use super::backend::{
 };
 use crate::planner::error::PlanError;
 use crate::planner::plan::{DraftStep, PlanStatus};
-
-/// Longest wait to connect.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest wait for one reply.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-/// Attempts of one operation when the connection fails.
-const ATTEMPTS: u32 = 3;
+use crate::redisdb::{Conn, RedisDb, RedisStore};
 
 /// `KEYS[1]` the plan's steps hash, `KEYS[2]` the action index key (or `KEYS[1]` again).
 const UPDATE_STEP: &str = r"
@@ -82,10 +75,9 @@ struct MissingField(&'static str);
 
 /// The planner's keys in one Redis.
 pub struct RedisPlans {
-    client: redis::Client,
+    redis: RedisStore,
     endpoint: String,
     prefix: String,
-    conn: Mutex<Option<Connection>>,
     update_step: redis::Script,
     set_status: redis::Script,
     release: redis::Script,
@@ -131,11 +123,6 @@ fn key_part(s: &str) -> String {
     }
 }
 
-/// Whether `e` means the connection (not the command) failed: worth a fresh connection.
-fn connection_failed(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout()
-}
-
 /// `-created_at` in milliseconds: the sort score of a plan created at `at` (RFC 3339).
 fn score(at: &str) -> f64 {
     chrono::DateTime::parse_from_rfc3339(at)
@@ -152,17 +139,18 @@ enum Claimed {
 impl RedisPlans {
     /// Connects to `url` now (so an unreachable Redis is reported at open).
     pub fn connect(url: &str, prefix: &str) -> Result<Self, PlanError> {
-        let client = redis::Client::open(url).map_err(|e| PlanError::Redis {
-            endpoint: crate::state::redact_url(url),
-            action: "parse its URL".into(),
-            source: e,
-        })?;
-        let endpoint = client.get_connection_info().addr().to_string();
+        let redis = RedisDb::open(url)
+            .map_err(|source| PlanError::Redis {
+                endpoint: crate::state::redact_url(url),
+                action: "parse its URL".into(),
+                source: Box::new(source),
+            })?
+            .store("plans");
+        let endpoint = redis.endpoint().to_string();
         let store = RedisPlans {
-            client,
+            redis,
             endpoint,
             prefix: prefix.to_string(),
-            conn: Mutex::new(None),
             update_step: redis::Script::new(UPDATE_STEP),
             set_status: redis::Script::new(SET_STATUS),
             release: redis::Script::new(RELEASE),
@@ -195,74 +183,30 @@ impl RedisPlans {
         format!("{}index:merchant:{}", self.prefix, key_part(merchant))
     }
 
-    fn open_connection(&self) -> RedisResult<Connection> {
-        let con = self.client.get_connection_with_timeout(CONNECT_TIMEOUT)?;
-        con.set_read_timeout(Some(IO_TIMEOUT))?;
-        con.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(con)
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Option<Connection>> {
-        self.conn
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the connection (opening one when needed); a failed connection is dropped
-    /// and `f` runs again on a fresh one, up to [`ATTEMPTS`] times with a short backoff.
+    /// Runs `f` on a pooled connection of the process's one Redis layer, which retries a
+    /// failed connection as its policy says; `f` must be safe to repeat.
     fn run<T>(
         &self,
         action: impl Fn() -> String,
-        mut f: impl FnMut(&mut Connection) -> RedisResult<T>,
+        f: impl FnMut(&mut Conn) -> RedisResult<T>,
     ) -> Result<T, PlanError> {
-        let mut slot = self.lock();
-        let mut last = None;
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                std::thread::sleep(Duration::from_millis(100 << (2 * (attempt - 1))));
-            }
-            if slot.is_none() {
-                match self.open_connection() {
-                    Ok(c) => *slot = Some(c),
-                    Err(e) if connection_failed(&e) => {
-                        last = Some(e);
-                        continue;
-                    }
-                    // Reached, but refused (a wrong password, a missing database).
-                    Err(e) => {
-                        return Err(PlanError::Redis {
-                            endpoint: self.endpoint.clone(),
-                            action: action(),
-                            source: e,
-                        })
-                    }
+        self.redis.run(f).map_err(|source| {
+            let endpoint = self.endpoint.clone();
+            let action = action();
+            let source = Box::new(source);
+            if source.is_unreachable() {
+                PlanError::RedisUnreachable {
+                    endpoint,
+                    action,
+                    source,
+                }
+            } else {
+                PlanError::Redis {
+                    endpoint,
+                    action,
+                    source,
                 }
             }
-            let Some(con) = slot.as_mut() else { continue };
-            match f(con) {
-                Ok(v) => return Ok(v),
-                Err(e) if connection_failed(&e) => {
-                    *slot = None;
-                    last = Some(e);
-                }
-                Err(e) => {
-                    // The connection may hold a WATCH or half a reply: start afresh.
-                    *slot = None;
-                    return Err(PlanError::Redis {
-                        endpoint: self.endpoint.clone(),
-                        action: action(),
-                        source: e,
-                    });
-                }
-            }
-        }
-        let source = last.unwrap_or_else(|| {
-            RedisError::from((redis::ErrorKind::Io, "no connection could be made"))
-        });
-        Err(PlanError::RedisUnreachable {
-            endpoint: self.endpoint.clone(),
-            action: action(),
-            source,
         })
     }
 }

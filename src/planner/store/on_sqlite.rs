@@ -4,7 +4,6 @@
 //! idempotency key.
 
 use std::path::Path;
-use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -17,7 +16,7 @@ use crate::planner::plan::{DraftStep, PlanStatus};
 
 /// The planner's tables in a SQLite file.
 pub struct SqlitePlans {
-    conn: Mutex<Connection>,
+    conn: crate::sqlite::SharedConn,
 }
 
 fn db_err(e: rusqlite::Error) -> PlanError {
@@ -27,9 +26,11 @@ fn db_err(e: rusqlite::Error) -> PlanError {
 impl SqlitePlans {
     /// Opens (creating the tables in) the SQLite file at `path`.
     pub fn open(path: &Path) -> Result<Self, PlanError> {
-        let conn = crate::sqlite::open_wal(path)?;
-        conn.execute_batch(
-            "CREATE TABLE IF NOT EXISTS plans(
+        // The process's one writer connection on the file, shared with the agent store.
+        let conn = crate::sqlite::shared_wal(path)?;
+        crate::sqlite::lock(&conn)
+            .execute_batch(
+                "CREATE TABLE IF NOT EXISTS plans(
                 id TEXT PRIMARY KEY, session_id TEXT NOT NULL, merchant_id TEXT NOT NULL,
                 task TEXT NOT NULL, status TEXT NOT NULL, answer TEXT, turn INTEGER NOT NULL,
                 runner TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
@@ -41,11 +42,9 @@ impl SqlitePlans {
                 started_at TEXT, finished_at TEXT,
                 PRIMARY KEY(plan_id, step_id));
              CREATE INDEX IF NOT EXISTS plan_steps_action ON plan_steps(action_id);",
-        )
-        .map_err(db_err)?;
-        Ok(SqlitePlans {
-            conn: Mutex::new(conn),
-        })
+            )
+            .map_err(db_err)?;
+        Ok(SqlitePlans { conn })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -6,17 +6,17 @@
 //! script, one round trip), so a revocation is visible to every worker on its next request.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
 use redis::Script;
 
 use super::types::{parse_role, KeyBackend, KeyError, KeyInfo, LiveKey, Role};
 use crate::merchant::MerchantId;
-use crate::state::redis::{RedisPool, PREFIX};
+use crate::redisdb::RedisStore;
+use crate::state::redis::PREFIX;
 
 /// The key store on a Redis pool.
 pub struct RedisKeys {
-    pool: Arc<RedisPool>,
+    pool: RedisStore,
     lookup: Script,
     insert: Script,
     revoke: Script,
@@ -52,7 +52,7 @@ return 1
 
 impl RedisKeys {
     /// The key store on `pool`.
-    pub fn new(pool: Arc<RedisPool>) -> Self {
+    pub fn new(pool: RedisStore) -> Self {
         RedisKeys {
             pool,
             lookup: Script::new(LOOKUP_LUA),

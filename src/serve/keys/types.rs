@@ -56,7 +56,7 @@ pub enum KeyError {
     Poisoned,
     /// The Redis key store failed (unreachable, refused, damaged value).
     #[error(transparent)]
-    Redis(#[from] crate::state::redis::RedisStateError),
+    Redis(#[from] crate::redisdb::RedisDbError),
 }
 
 /// A key as listed (never the key itself).
