@@ -2,7 +2,8 @@
 //! policy, one error type.
 //!
 //! Every store memex keeps in Redis (episodes, conversations, agent state, plans, keys, runner
-//! leases, the shared tool cache) and the `/readyz` probe reach Redis through a [`RedisStore`]:
+//! leases, the shared tool cache) and the `/readyz` probe (a fresh connection per probe,
+//! [`RedisStore::ping_fresh`]) reach Redis through a [`RedisStore`]:
 //! a named view (`"episodes"`, `"plans"`, …) over the process's one [`RedisDb`] for that URL.
 //! [`RedisDb::open`] hands out that one `RedisDb` (it keeps a weak registry keyed by URL and
 //! policy), so a `memex serve` on a Redis state holds one `redis::Client`, one small pool of
@@ -11,7 +12,8 @@
 //!
 //! * **policy**: [`Policy`] — attempts, exponential backoff, connect and reply timeouts — is the
 //!   same for every store; [`RedisStore::run`] (sync) and [`RedisStore::retry`] (async) retry a
-//!   transient failure ([`is_transient`]) and nothing else;
+//!   transient failure ([`is_transient`]) and nothing else, and [`RedisStore::once`] (commands
+//!   that must not run twice) only a refused connection, when nothing was sent;
 //! * **errors**: [`RedisDbError`] says which store and which server (`HOST:PORT/DB`, never a
 //!   password) and keeps the `redis` error as its source.
 //!
@@ -36,6 +38,9 @@ use redis::{Cmd, Connection, ConnectionLike, RedisError, RedisResult, RetryMetho
 /// How many synchronous connections one [`RedisDb`] keeps.
 const POOL: usize = 4;
 
+/// How many runtimes' async connections one [`RedisDb`] keeps before starting afresh.
+const MAX_RUNTIMES: usize = 8;
+
 /// How every store waits for and retries Redis. One value for the whole process unless a caller
 /// asks for another (tests that want quick failures do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -53,12 +58,12 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// 5 attempts, 100 ms doubling to 1 s between them (1.5 s of waiting in all), 2 s to
+    /// 5 attempts, 50 ms doubling to 1 s between them (0.75 s of waiting in all), 2 s to
     /// connect, 5 s for a reply.
     fn default() -> Self {
         Policy {
             max_attempts: 5,
-            initial_backoff: Duration::from_millis(100),
+            initial_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(1),
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
@@ -80,8 +85,13 @@ impl Policy {
 #[derive(Debug, thiserror::Error)]
 pub enum RedisDbError {
     /// The URL is not a usable Redis URL (the message never echoes a password).
-    #[error("not a usable Redis URL ({0}); expected redis://HOST:PORT/DB")]
-    InvalidUrl(String),
+    #[error("the {what} is not a usable Redis URL ({category}); expected redis://HOST:PORT/DB")]
+    InvalidUrl {
+        /// Which URL: `--state URL`, `--episodic URL`, or just `URL`.
+        what: &'static str,
+        /// What is wrong with it, as the `redis` crate classifies it.
+        category: String,
+    },
     /// The policy cannot be used.
     #[error("invalid Redis policy: {0}")]
     InvalidPolicy(String),
@@ -101,7 +111,7 @@ pub enum RedisDbError {
         source: Box<RedisError>,
     },
     /// Redis answered with an error that retrying will not fix.
-    #[error("{store}: Redis at {endpoint} refused the request")]
+    #[error("{store}: Redis at {endpoint} refused the request: {source}")]
     Refused {
         /// The store that called.
         store: &'static str,
@@ -127,6 +137,14 @@ impl RedisDbError {
     /// True when Redis could not be reached (as opposed to refusing or holding bad data).
     pub fn is_unreachable(&self) -> bool {
         matches!(self, RedisDbError::Unreachable { .. })
+    }
+
+    /// The message with its cause, in one line (for errors that keep only text).
+    pub fn detail(&self) -> String {
+        match self {
+            RedisDbError::Unreachable { source, .. } => format!("{self}: {source}"),
+            _ => self.to_string(),
+        }
     }
 
     /// The `redis` error underneath, when there is one.
@@ -201,6 +219,17 @@ impl RedisDb {
         Self::open_with(url, Policy::default())
     }
 
+    /// [`RedisDb::open`] for the URL of a flag: a bad URL is reported as `the {what} is not a
+    /// usable Redis URL …` (`what`: `--state URL`).
+    pub fn open_for(url: &str, what: &'static str) -> Result<Arc<RedisDb>, RedisDbError> {
+        Self::open_with(url, Policy::default()).map_err(|e| match e {
+            RedisDbError::InvalidUrl { category, .. } => {
+                RedisDbError::InvalidUrl { what, category }
+            }
+            other => other,
+        })
+    }
+
     /// [`RedisDb::open`] with another policy (a separate client from the default one's).
     pub fn open_with(url: &str, policy: Policy) -> Result<Arc<RedisDb>, RedisDbError> {
         if policy.max_attempts == 0 {
@@ -215,8 +244,10 @@ impl RedisDb {
         if let Some(db) = dbs.get(&key).and_then(Weak::upgrade) {
             return Ok(db);
         }
-        let client = redis::Client::open(url)
-            .map_err(|e| RedisDbError::InvalidUrl(e.category().to_string()))?;
+        let client = redis::Client::open(url).map_err(|e| RedisDbError::InvalidUrl {
+            what: "URL",
+            category: e.category().to_string(),
+        })?;
         let info = client.get_connection_info();
         let endpoint = format!("{}/{}", info.addr(), info.redis_settings().db());
         let db = Arc::new(RedisDb {
@@ -300,8 +331,34 @@ impl RedisDb {
             .set_connection_timeout(Some(self.policy.connection_timeout))
             .set_response_timeout(Some(self.policy.response_timeout));
         let m = ConnectionManager::new_with_config(self.client.clone(), config).await?;
+        // Runtimes come and go (a CLI command's, each test's); their connections die with
+        // them. Keep the map small: past a handful, start it afresh (live runtimes reconnect).
+        if managers.len() >= MAX_RUNTIMES {
+            managers.clear();
+        }
         managers.insert(id, m.clone());
         Ok(m)
+    }
+
+    /// A fresh connection for one `PING`, bounded by `timeout` for connecting and the reply:
+    /// a health check must see the server as it is now, not a connection made before it
+    /// restarted or one that hangs half-open.
+    async fn ping_fresh(&self, timeout: Duration) -> bool {
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout));
+        let ping = async {
+            let mut conn = self
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+                .ok()?;
+            redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .ok()
+        };
+        matches!(tokio::time::timeout(timeout, ping).await, Ok(Some(ref p)) if p == "PONG")
     }
 }
 
@@ -388,16 +445,10 @@ impl RedisStore {
             .map(|_| ())
     }
 
-    /// One `PING` on this runtime's async connection, no retry: for health checks, which bound
-    /// it themselves.
-    pub async fn ping_once(&self) -> bool {
-        match self.db.manager().await {
-            Ok(mut m) => matches!(
-                redis::cmd("PING").query_async::<String>(&mut m).await,
-                Ok(ref p) if p == "PONG"
-            ),
-            Err(_) => false,
-        }
+    /// One `PING` on a fresh connection, no retry, bounded by `timeout`: for health checks
+    /// (`/readyz`), which must see the server as it is now.
+    pub async fn ping_fresh(&self, timeout: Duration) -> bool {
+        self.db.ping_fresh(timeout).await
     }
 
     fn unreachable(&self, attempts: u32, start: Instant, source: RedisError) -> RedisDbError {
@@ -436,10 +487,12 @@ impl RedisStore {
     ) -> Result<T, RedisDbError> {
         let policy = self.db.policy;
         let start = Instant::now();
-        let mut slot = self.db.slot();
         let mut attempt = 0;
         loop {
             attempt += 1;
+            // A slot is held for one attempt only, never across a wait, so one caller's
+            // backoff does not hold up the others'.
+            let mut slot = self.db.slot();
             let result = match slot.as_mut() {
                 Some(c) => f(c),
                 None => match self.db.connect_sync() {
@@ -453,18 +506,18 @@ impl RedisStore {
             };
             match result {
                 Ok(v) => return Ok(v),
-                Err(e) if is_transient(&e) => {
+                Err(e) => {
+                    // The connection may hold a WATCH or half a reply: start afresh.
                     *slot = None;
+                    drop(slot);
+                    if !is_transient(&e) {
+                        return Err(self.refused(e));
+                    }
                     if attempt >= policy.max_attempts {
                         return Err(self.unreachable(attempt, start, e));
                     }
                     tracing::debug!(store = self.name, attempt, error = %e, "Redis call failed; retrying");
                     std::thread::sleep(policy.backoff(attempt));
-                }
-                Err(e) => {
-                    // The connection may hold a WATCH or half a reply: start afresh.
-                    *slot = None;
-                    return Err(self.refused(e));
                 }
             }
         }
@@ -501,23 +554,34 @@ impl RedisStore {
         }
     }
 
-    /// Runs `f` once on this runtime's async connection (connecting with the policy's retries
-    /// first): for commands that must not run twice, such as an append. A failure mid-command
-    /// is returned as it is, and the next call reconnects.
-    pub async fn once<T, F, Fut>(&self, f: F) -> Result<T, RedisDbError>
+    /// Runs `f` on this runtime's async connection for commands that must not run twice,
+    /// such as an append: it is run again only when the connection was refused (the server is
+    /// down or restarting: nothing was sent), as the [`Policy`] says; any other failure is
+    /// returned as it is, and the next call reconnects.
+    pub async fn once<T, F, Fut>(&self, mut f: F) -> Result<T, RedisDbError>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnMut(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let m = self.retry(|m| async move { Ok(m) }).await?;
+        let policy = self.db.policy;
         let start = Instant::now();
-        f(m).await.map_err(|e| {
-            if is_transient(&e) {
-                self.unreachable(1, start, e)
-            } else {
-                self.refused(e)
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = match self.db.manager().await {
+                Ok(m) => f(m).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(v) => return Ok(v),
+                Err(e) if e.is_connection_refusal() && attempt < policy.max_attempts => {
+                    tracing::debug!(store = self.name, attempt, error = %e, "Redis refused the connection; retrying");
+                    tokio::time::sleep(policy.backoff(attempt)).await;
+                }
+                Err(e) if is_transient(&e) => return Err(self.unreachable(attempt, start, e)),
+                Err(e) => return Err(self.refused(e)),
             }
-        })
+        }
     }
 }
 
@@ -577,6 +641,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("hunter2"), "{err}");
+        let err = RedisDb::open_for("redis://:hunter2@[bad", "--state URL")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("the --state URL is not a usable Redis URL")
+                && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -601,6 +673,6 @@ mod tests {
     fn backoff_doubles_up_to_the_cap() {
         let p = Policy::default();
         let waits: Vec<u128> = (1..=6).map(|n| p.backoff(n).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(waits, [50, 100, 200, 400, 800, 1000]);
     }
 }

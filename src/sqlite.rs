@@ -39,12 +39,14 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, TransactionBehavior};
 
 /// How long the `attempt`-th wait for a locked file sleeps: 50 µs doubling to 1.6 ms, then 2 ms.
 ///
-/// SQLite's own handler (`sqlite3_busy_timeout`) sleeps 1, 2, 5, 10, 15, 20, 25 … ms. Two
-/// connections of one process writing `agent.db` from the blocking pool (a plan step's
-/// transition and another step's audit row) collide often, and each commit holds the lock for
-/// tens of microseconds, so its first 1 ms sleep alone tripled the planner's overhead
-/// (BENCHMARKS.md §7); this schedule retries at the scale of a commit and still gives up at the
-/// same timeout.
+/// SQLite's own handler (`sqlite3_busy_timeout`) sleeps 1, 2, 5, 10, 15, 20, 25 … ms. When
+/// two connections wrote `agent.db` from one process (a plan step's transition and another
+/// step's audit row), they collided often, and each commit holds the lock for tens of
+/// microseconds, so its first 1 ms sleep alone tripled the planner's overhead (BENCHMARKS.md
+/// §7). The stores of one process now share one connection per file ([`shared_wal`]), but
+/// processes still meet on a file (`memex approve` beside a `memex serve`, several workers on
+/// one data directory): this schedule retries at the scale of a commit and still gives up at
+/// the same timeout.
 fn busy_delay(attempt: u32) -> Duration {
     Duration::from_micros((50u64 << attempt.min(6)).min(2_000))
 }
@@ -464,17 +466,23 @@ fn registry_key(path: &Path) -> PathBuf {
 /// never wait on each other's locks, and a file is opened once however many stores and
 /// requests use it. Held weakly here: the connection closes when its last user drops it.
 pub fn shared_wal(path: &Path) -> Result<SharedConn, SqliteError> {
-    let mut open = lock(registry());
+    if let Some(conn) = lock(registry())
+        .get(&registry_key(path))
+        .and_then(Weak::upgrade)
+    {
+        return Ok(conn);
+    }
+    // Opened outside the registry's lock (an open may wait on a busy file), then registered
+    // unless another thread registered the same file meanwhile: its connection wins.
+    let fresh = Arc::new(Mutex::new(open_wal(path)?));
     let key = registry_key(path);
+    let mut open = lock(registry());
     if let Some(conn) = open.get(&key).and_then(Weak::upgrade) {
         return Ok(conn);
     }
-    let conn = Arc::new(Mutex::new(open_wal(path)?));
-    // The file exists now: its final name is the key.
-    let key = registry_key(path);
     open.retain(|_, w| w.strong_count() > 0);
-    open.insert(key, Arc::downgrade(&conn));
-    Ok(conn)
+    open.insert(key, Arc::downgrade(&fresh));
+    Ok(fresh)
 }
 
 /// How many files this process holds a shared writer connection on (for diagnostics and the

@@ -64,7 +64,10 @@ impl StoreUrl {
             Some(StoreUrl::Sqlite(path.into()))
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             Some(StoreUrl::Redis(url.to_owned()))
-        } else if let Some(path) = url.strip_prefix("file://") {
+        } else if let Some(path) = url
+            .strip_prefix("file://")
+            .filter(|_| accept.contains(&Scheme::File))
+        {
             let root = PathBuf::from(path);
             let clean = root.is_absolute()
                 && path.len() > 1
@@ -121,19 +124,24 @@ impl StoreUrl {
     }
 }
 
-/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`; other URLs unchanged.
+/// `scheme://user:secret@host/…` → `scheme://user:***@host/…`; other URLs unchanged. The
+/// user information ends at the last `@` before any `?` or `#`, so a password holding `/` or
+/// `@` is hidden whole.
 pub fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let (authority, tail) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or("", |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}{tail}")
+    let end = rest.find(['?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => {
+            let userinfo = &rest[..at];
+            let user = userinfo
+                .split_once(':')
+                .map_or("", |(u, _)| u)
+                .split('/')
+                .next()
+                .unwrap_or("");
+            format!("{scheme}://{user}:***@{}", &rest[at + 1..])
         }
         None => url.to_string(),
     }
@@ -177,11 +185,13 @@ mod tests {
             .to_string();
         assert!(e.contains("\"postgres\"") && !e.contains("hunter2"), "{e}");
         let only = &[Scheme::Sqlite, Scheme::Redis];
-        let e = StoreUrl::parse("file:///srv/kb", only, "x").unwrap_err().0;
-        assert_eq!(
-            e,
-            "must be sqlite://PATH or redis://HOST:PORT/DB (got scheme \"file\")"
-        );
+        for file in ["file:///srv/kb", "file://rel"] {
+            let e = StoreUrl::parse(file, only, "x").unwrap_err().0;
+            assert_eq!(
+                e,
+                "must be sqlite://PATH or redis://HOST:PORT/DB (got scheme \"file\")"
+            );
+        }
         assert!(StoreUrl::parse("episodes.db", only, "x")
             .unwrap_err()
             .0
@@ -195,5 +205,8 @@ mod tests {
         assert!(!format!("{u:?}").contains("hunter2"));
         assert_eq!(redact("redis://127.0.0.1/0"), "redis://127.0.0.1/0");
         assert_eq!(redact("redis://me:pw@h/0"), "redis://me:***@h/0");
+        assert_eq!(redact("redis://:ab/cd@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://:a@b@h:6379/0"), "redis://:***@h:6379/0");
+        assert_eq!(redact("redis://h:6379/0?x=a@b"), "redis://h:6379/0?x=a@b");
     }
 }

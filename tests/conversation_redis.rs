@@ -279,3 +279,40 @@ async fn retention_prunes_idle_sessions_on_sqlite() {
         .unwrap();
     assert_eq!((report.sessions, report.messages), (2, 4), "{report:?}");
 }
+
+/// Redis restarts under a live store: nothing acknowledged is lost, the first call after the
+/// restart succeeds (the one Redis layer reconnects and retries what is safe to repeat), and a
+/// call while Redis is down is a clear error naming the store and never the password.
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_and_the_next_call_succeeds() {
+    let mut redis = redis_support::RedisServer::spawn_persistent();
+    let prefix = redis_support::prefix();
+    let s = store(&redis, &prefix).await;
+    s.append("live", 1, &Message::user("before the restart"))
+        .await
+        .unwrap();
+    redis.stop();
+    let down = s
+        .append("live", 2, &Message::user("while down"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        down.contains("conversations") && down.contains("Redis at 127.0.0.1"),
+        "{down}"
+    );
+    redis.restart();
+    s.append("live", 2, &Message::user("after the restart"))
+        .await
+        .expect("the first append after a restart succeeds");
+    s.commit_summary("live", "first turn", 1)
+        .await
+        .expect("a commit after a restart succeeds");
+    let got = s.load("live").await.unwrap();
+    assert_eq!((got.summary.as_str(), got.watermark), ("first turn", 1));
+    assert_eq!(
+        got.messages,
+        vec![(2, Message::user("after the restart"))],
+        "{got:?}"
+    );
+}

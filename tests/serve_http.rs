@@ -1237,6 +1237,10 @@ async fn a_redis_outage_is_503_with_retry_after_and_the_first_request_after_succ
     let episodes = server.url("/v1/merchants/MID_A/episodes");
     let (s, v) = body(m.get(&episodes).send().await.expect("req")).await;
     assert_eq!(s, 200, "{v}");
+    // A probe before the outage too: the one after it must not reuse a connection that died.
+    let (s, v) = body(adm.get(server.url("/readyz")).send().await.expect("req")).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["stores"]["state"]["reachable"], true, "{v}");
 
     redis.stop();
     for (c, path) in [

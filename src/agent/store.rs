@@ -113,7 +113,7 @@ impl AgentStore {
 
     /// Opens the Redis store at `url` whose runner leases live `lease_ttl` (tests shorten it).
     pub fn open_redis(url: &str, lease_ttl: std::time::Duration) -> Result<Self, AgentError> {
-        let pool = crate::redisdb::RedisDb::open(url)?.store("agent state");
+        let pool = crate::redisdb::RedisDb::open_for(url, "--state URL")?.store("agent state");
         pool.ping()?;
         let leases = Arc::new(super::runner::RedisLeases::new(
             pool.named("runner leases"),

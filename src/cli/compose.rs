@@ -144,8 +144,13 @@ impl<'g> Memex<'g> {
     /// The agent over this root's parts: adds the conversation store, the chat models of
     /// `--llm-*` and the domain's rules and escalation.
     pub async fn agent(&self) -> anyhow::Result<Agent> {
+        self.agent_with(models(self.g)?).await
+    }
+
+    /// [`Memex::agent`] with the chat models already made (commands check them before any
+    /// store is opened).
+    pub async fn agent_with(&self, models: Models) -> anyhow::Result<Agent> {
         let conversations = conversation_store(self.g, &self.data_dir).await?;
-        let models = models(self.g)?;
         let agent = Agent::new(AgentParts {
             model: Arc::clone(&models.main),
             tools: self.tools.clone(),
@@ -159,9 +164,10 @@ impl<'g> Memex<'g> {
         Ok(finish_agent(self.g, agent, models))
     }
 
-    /// The planner over a new agent of this root, with the root's planner settings.
-    pub async fn planner(&self) -> anyhow::Result<Planner> {
-        let agent = Arc::new(self.agent().await?);
+    /// The planner over a new agent of this root (with `models`), with the root's planner
+    /// settings.
+    pub async fn planner_with(&self, models: Models) -> anyhow::Result<Planner> {
+        let agent = Arc::new(self.agent_with(models).await?);
         Ok(Planner::new(agent, self.planner.clone())?)
     }
 
@@ -201,7 +207,11 @@ fn guards(g: &GlobalArgs, assembled: &Assembled) -> AgentConfig {
 
 /// Builds the agent the global flags describe (the root's parts and the agent over them).
 pub(super) async fn build(g: &GlobalArgs) -> anyhow::Result<Agent> {
-    Memex::open(g, Given::default()).await?.agent().await
+    let models = models(g)?;
+    Memex::open(g, Given::default())
+        .await?
+        .agent_with(models)
+        .await
 }
 
 /// The chat models the global flags name: the main one and the optional answer model.
@@ -372,11 +382,12 @@ pub(super) fn fallbacks(g: &GlobalArgs) -> std::collections::HashMap<String, Str
 /// Builds the planner over the agent the global flags describe; `config` overrides the
 /// root's planner settings (`memex plan --max-steps`, `--concurrency`).
 pub async fn planner(g: &GlobalArgs, config: Option<PlannerConfig>) -> anyhow::Result<Planner> {
+    let models = models(g)?;
     let mut root = Memex::open(g, Given::default()).await?;
     if let Some(c) = config {
         root.planner = c;
     }
-    root.planner().await
+    root.planner_with(models).await
 }
 
 pub(super) fn merchant(raw: &str) -> anyhow::Result<MerchantId> {

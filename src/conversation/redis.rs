@@ -8,9 +8,10 @@
 //! the watermark, writes the summary and watermark, and removes the folded messages, with no
 //! other command in between.
 //!
-//! The connection is the process's one [`crate::redisdb`] connection for the URL: getting it
-//! follows the one retry policy; each command then runs once (an append or a summary commit
-//! is never sent twice), and the next call reconnects after a failure.
+//! The connection is the process's one [`crate::redisdb`] connection for the URL, under its one
+//! retry policy: loads, appends and deletes are safe to repeat and are retried like any
+//! transient failure; a summary commit is retried only when the connection was refused
+//! (nothing was sent), so it never runs twice.
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -76,7 +77,7 @@ impl RedisConversationStore {
         redis
             .retry(|mut c| async move { redis::cmd("PING").query_async::<String>(&mut c).await })
             .await
-            .map_err(|e| ConversationError::store(action(), e))?;
+            .map_err(|e| ConversationError::store(action(), e.detail()))?;
         Ok(RedisConversationStore {
             redis,
             prefix: prefix.to_string(),
@@ -85,7 +86,8 @@ impl RedisConversationStore {
         })
     }
 
-    /// This runtime's connection (reconnecting with the policy's retries when needed).
+    /// This runtime's connection, for the many commands of a prune (each run once; a failure
+    /// ends the prune, and the next one reconnects).
     async fn conn(
         &self,
         action: &(dyn Fn() -> String + Sync),
@@ -93,7 +95,7 @@ impl RedisConversationStore {
         self.redis
             .once(|m| async move { Ok(m) })
             .await
-            .map_err(|e| ConversationError::store(action(), e))
+            .map_err(|e| ConversationError::store(action(), e.detail()))
     }
 
     /// The sorted set of every session by its last activity (µs since the epoch), for
@@ -116,24 +118,31 @@ impl ConversationStore for RedisConversationStore {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
         let action = || format!("load session `{session}` from Redis");
-        let mut conn = self.conn(&action).await?;
         let ((summary, watermark, compressions), members): (
             (Option<String>, Option<u64>, Option<u64>),
             Vec<String>,
-        ) = redis::pipe()
-            .atomic()
-            .cmd("HMGET")
-            .arg(&meta)
-            .arg("summary")
-            .arg("watermark")
-            .arg("compressions")
-            .cmd("ZRANGE")
-            .arg(&msgs)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
+        ) = self
+            .redis
+            .retry(|mut c| {
+                let (meta, msgs) = (&meta, &msgs);
+                async move {
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HMGET")
+                        .arg(meta)
+                        .arg("summary")
+                        .arg("watermark")
+                        .arg("compressions")
+                        .cmd("ZRANGE")
+                        .arg(msgs)
+                        .arg(0)
+                        .arg(-1)
+                        .query_async(&mut c)
+                        .await
+                }
+            })
             .await
-            .map_err(|e| ConversationError::store(action(), e))?;
+            .map_err(|e| ConversationError::store(action(), e.detail()))?;
         let watermark = watermark.unwrap_or(0);
         let mut messages = Vec::with_capacity(members.len());
         for member in members {
@@ -174,23 +183,31 @@ impl ConversationStore for RedisConversationStore {
         let json =
             serde_json::to_string(message).map_err(|e| ConversationError::store(action(), e))?;
         let (_, msgs) = self.keys(session);
-        let mut conn = self.conn(&action).await?;
-        // The time first: a prune racing this append then sees the session as active.
-        let _: i64 = redis::cmd("ZADD")
-            .arg(self.active_key())
-            .arg(now_us())
-            .arg(session)
-            .query_async(&mut conn)
+        let (active, member) = (self.active_key(), format!("{seq:020}|{json}"));
+        // Both commands are safe to repeat (the same member; the time only moves on), so a
+        // dropped connection is retried like any read.
+        self.redis
+            .retry(|mut c| {
+                let (active, msgs, member) = (&active, &msgs, &member);
+                async move {
+                    // The time first: a prune racing this append then sees the session active.
+                    let _: i64 = redis::cmd("ZADD")
+                        .arg(active)
+                        .arg(now_us())
+                        .arg(session)
+                        .query_async(&mut c)
+                        .await?;
+                    let _: i64 = redis::cmd("ZADD")
+                        .arg(msgs)
+                        .arg(seq)
+                        .arg(member)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(())
+                }
+            })
             .await
-            .map_err(|e| ConversationError::store(action(), e))?;
-        let _: i64 = redis::cmd("ZADD")
-            .arg(&msgs)
-            .arg(seq)
-            .arg(format!("{seq:020}|{json}"))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| ConversationError::store(action(), e))?;
-        Ok(())
+            .map_err(|e| ConversationError::store(action(), e.detail()))
     }
 
     async fn commit_summary(
@@ -202,22 +219,24 @@ impl ConversationStore for RedisConversationStore {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
         let action = || format!("commit the summary of session `{session}` in Redis");
-        let mut conn = self.conn(&action).await?;
+        let at = chrono::Utc::now().to_rfc3339();
         let (applied, stored): (i64, u64) = self
-            .commit
-            .key(&meta)
-            .key(&msgs)
-            .arg(summary)
-            .arg(watermark)
-            .arg(chrono::Utc::now().to_rfc3339())
-            .invoke_async(&mut conn)
+            .redis
+            .once(|mut c| {
+                let (meta, msgs, at) = (&meta, &msgs, &at);
+                async move {
+                    self.commit
+                        .key(meta)
+                        .key(msgs)
+                        .arg(summary)
+                        .arg(watermark)
+                        .arg(at)
+                        .invoke_async(&mut c)
+                        .await
+                }
+            })
             .await
-            .map_err(|e| {
-                ConversationError::store(
-                    format!("commit the summary of session `{session}` in Redis"),
-                    e,
-                )
-            })?;
+            .map_err(|e| ConversationError::store(action(), e.detail()))?;
         if applied == 1 {
             Ok(())
         } else {
@@ -233,20 +252,26 @@ impl ConversationStore for RedisConversationStore {
         validate_session_id(session)?;
         let (meta, msgs) = self.keys(session);
         let action = || format!("delete session `{session}` from Redis");
-        let mut conn = self.conn(&action).await?;
-        let _: i64 = redis::cmd("DEL")
-            .arg(&meta)
-            .arg(&msgs)
-            .query_async(&mut conn)
+        let active = self.active_key();
+        self.redis
+            .retry(|mut c| {
+                let (meta, msgs, active) = (&meta, &msgs, &active);
+                async move {
+                    let _: i64 = redis::cmd("DEL")
+                        .arg(meta)
+                        .arg(msgs)
+                        .query_async(&mut c)
+                        .await?;
+                    let _: i64 = redis::cmd("ZREM")
+                        .arg(active)
+                        .arg(session)
+                        .query_async(&mut c)
+                        .await?;
+                    Ok(())
+                }
+            })
             .await
-            .map_err(|e| ConversationError::store(action(), e))?;
-        let _: i64 = redis::cmd("ZREM")
-            .arg(self.active_key())
-            .arg(session)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| ConversationError::store(action(), e))?;
-        Ok(())
+            .map_err(|e| ConversationError::store(action(), e.detail()))
     }
 
     async fn prune_before(

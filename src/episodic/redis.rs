@@ -102,8 +102,8 @@ impl RedisOptions {
 /// The episodic store's error for a failure of the Redis layer.
 fn from_db(e: RedisDbError) -> EpisodicError {
     match e {
-        RedisDbError::InvalidUrl(why) => EpisodicError::InvalidUrl(format!(
-            "is not a usable Redis URL ({why}); expected redis://HOST:PORT/DB"
+        RedisDbError::InvalidUrl { category, .. } => EpisodicError::InvalidUrl(format!(
+            "is not a usable Redis URL ({category}); expected redis://HOST:PORT/DB"
         )),
         RedisDbError::InvalidPolicy(why) => {
             EpisodicError::InvalidInput(format!("RedisOptions: {why}"))

@@ -66,7 +66,7 @@ impl KeyStore {
                 Self::open_in(dir.unwrap_or_else(|| Path::new(".")))
             }
             crate::state::StateUrl::Redis(url) => {
-                let pool = crate::redisdb::RedisDb::open(url)?.store("keys");
+                let pool = crate::redisdb::RedisDb::open_for(url, "--state URL")?.store("keys");
                 pool.ping()?;
                 Ok(KeyStore {
                     backend: Box::new(redis::RedisKeys::new(pool)),

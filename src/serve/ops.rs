@@ -59,10 +59,7 @@ async fn redis_ping(url: &str) -> bool {
     let Ok(db) = crate::redisdb::RedisDb::open(url) else {
         return false;
     };
-    let state = db.store("state");
-    tokio::time::timeout(PING_TIMEOUT, state.ping_once())
-        .await
-        .unwrap_or(false)
+    db.store("state").ping_fresh(PING_TIMEOUT).await
 }
 
 /// The shared stores as `/readyz` reports them, and whether every one is reachable.

@@ -141,7 +141,7 @@ impl SqliteAgentState {
     pub fn open(path: &Path) -> Result<Self, AgentError> {
         // The process's one writer connection on the file (the plan store shares it).
         let shared = crate::sqlite::shared_wal(path)?;
-        let conn = crate::sqlite::lock(&shared);
+        let mut conn = crate::sqlite::lock(&shared);
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS sessions(
                 id TEXT PRIMARY KEY, merchant_id TEXT NOT NULL, created_at TEXT NOT NULL,
@@ -192,12 +192,12 @@ impl SqliteAgentState {
         if !has_ended_turns {
             // Sessions ended before the column existed count as ended at their last turn, so
             // ending one again saves no second episode.
-            conn.execute_batch(
-                "BEGIN IMMEDIATE;
-                 ALTER TABLE sessions ADD COLUMN ended_turns INTEGER;
+            // One transaction that rolls back on any error (the connection is shared).
+            crate::sqlite::apply_schema(
+                &mut conn,
+                "ALTER TABLE sessions ADD COLUMN ended_turns INTEGER;
                  UPDATE sessions SET ended_turns = turns
-                  WHERE ended_at IS NOT NULL AND episode_id IS NOT NULL;
-                 COMMIT;",
+                  WHERE ended_at IS NOT NULL AND episode_id IS NOT NULL;",
             )
             .map_err(db_err)?;
         }

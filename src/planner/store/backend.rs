@@ -95,7 +95,9 @@ pub trait PlanBackend: Send + Sync {
         answer: Option<&str>,
         at: &str,
     ) -> Result<(), PlanError>;
-    /// Records `runner` as the plan's runner unless a live other one is recorded.
+    /// Records `runner` as the plan's runner unless a live other one is recorded. `alive` runs
+    /// inside the store's transaction (on Redis, while a pooled connection is held): it must
+    /// not call the store, or any other Redis store, itself.
     fn claim(
         &self,
         plan: &str,

@@ -146,7 +146,12 @@ impl RedisPlans {
                 source: Box::new(source),
             })?
             .store("plans");
-        let endpoint = redis.endpoint().to_string();
+        // `HOST:PORT`, as the plan store's messages have always named it.
+        let endpoint = redis
+            .endpoint()
+            .rsplit_once('/')
+            .map_or(redis.endpoint(), |(host, _)| host)
+            .to_string();
         let store = RedisPlans {
             redis,
             endpoint,
