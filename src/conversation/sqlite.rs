@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
@@ -54,16 +53,14 @@ impl SqliteConversationStore {
     pub fn open(path: impl AsRef<Path>) -> Result<Self, ConversationError> {
         let path = path.as_ref().to_path_buf();
         let action = || format!("open {}", path.display());
-        let conn = crate::sqlite::OpenOptions::new()
-            .busy_timeout(Duration::from_secs(5))
-            .open(&path)
+        // The process's one writer connection on the file (WAL, 5 s busy timeout): the
+        // agent's store and the retention loop share it.
+        let conn = crate::sqlite::shared_wal(&path)
             .map_err(|e| ConversationError::store(action(), e.cause_text()))?;
-        conn.execute_batch(SCHEMA)
+        crate::sqlite::lock(&conn)
+            .execute_batch(SCHEMA)
             .map_err(|e| ConversationError::store(action(), e))?;
-        Ok(SqliteConversationStore {
-            conn: Arc::new(Mutex::new(conn)),
-            path,
-        })
+        Ok(SqliteConversationStore { conn, path })
     }
 
     /// Opens the store in `data_dir` ([`SQLITE_FILE_NAME`]).
