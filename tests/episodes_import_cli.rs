@@ -156,6 +156,52 @@ fn import_workflow(cmd_for: &dyn Fn() -> Command, dir: &Path) {
         assert!(s > 0.0 && s <= 1.0);
         assert!(results[0]["occurred_at"].is_string());
     }
+
+    // Speaker and date hints: `metadata.speaker` named in a query, or a date it gives, ranks
+    // the matching episodes first (Ben's episode matches the words best).
+    let convo = [
+        ("Ana", "2024-03-01", "Ana: the refund for my shoes was late"),
+        (
+            "Ben",
+            "2024-03-15",
+            "Ben: my refund was late, so late, the refund for shoes is late",
+        ),
+        ("Ana", "2024-04-02", "Ana: a refund for shoes again"),
+    ]
+    .iter()
+    .map(|(who, when, text)| {
+        json!({"summary": text, "metadata": {"speaker": who}, "occurred_at": when}).to_string()
+    })
+    .collect::<Vec<_>>()
+    .join("\n");
+    let mut cmd = cmd_for();
+    cmd.args(["episodes", "import", "--merchant", "SPK", "-"]);
+    ok(with_stdin(cmd, &convo));
+    let queries = "late shoes refund\nwhat did Ana say about the late shoes refund?\n\
+                   late shoes refund on 2 April, 2024\n";
+    let mut cmd = cmd_for();
+    cmd.args([
+        "episodes",
+        "search",
+        "--merchant",
+        "SPK",
+        "--input",
+        "-",
+        "-k",
+        "3",
+        "--json",
+    ]);
+    let out = ok(with_stdin(cmd, queries));
+    let firsts: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["results"][0]["summary"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert!(firsts[0].starts_with("Ben:"), "{firsts:?}");
+    assert!(firsts[1].starts_with("Ana: the refund"), "{firsts:?}");
+    assert!(firsts[2].starts_with("Ana: a refund"), "{firsts:?}");
 }
 
 #[test]

@@ -631,6 +631,92 @@ mod cases {
             .is_empty());
     }
 
+    /// `speakers` lists the merchant's string `metadata.speaker` values (others ignored, no
+    /// other merchant's), and a query naming one of them, or giving a date, ranks the
+    /// matching episodes first on both backends alike.
+    pub async fn speaker_and_date_hints_rank_matching_episodes_first(
+        store: Arc<dyn EpisodicStore>,
+    ) {
+        let m = mid("HINTS");
+        let at = |d: &str| {
+            chrono::DateTime::parse_from_rfc3339(d)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        };
+        let rows = [
+            (
+                "Ana",
+                "2024-03-01T10:00:00Z",
+                "refund for the blue shoes arrived late late",
+            ),
+            (
+                "Ben",
+                "2024-03-15T10:00:00Z",
+                "refund for the red shoes arrived late late late",
+            ),
+            ("Ana", "2024-04-02T10:00:00Z", "refund for the shoes"),
+        ];
+        for (i, (who, when, text)) in rows.iter().enumerate() {
+            store
+                .save(
+                    &m,
+                    EpisodeDraft::new(*text)
+                        .with_metadata(json!({"speaker": who, "n": i}))
+                        .with_occurred_at(at(when)),
+                )
+                .await
+                .unwrap();
+        }
+        // Metadata whose speaker is not a string names nobody.
+        store
+            .save(
+                &m,
+                EpisodeDraft::new("refund note").with_metadata(json!({"speaker": 7})),
+            )
+            .await
+            .unwrap();
+        store
+            .save(
+                &mid("HINTS2"),
+                EpisodeDraft::new("refund shoes").with_metadata(json!({"speaker": "Zed"})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store.speakers(&m).await.unwrap(),
+            vec!["Ana".to_owned(), "Ben".to_owned()]
+        );
+        assert!(store.speakers(&mid("NOBODY")).await.unwrap().is_empty());
+        let first = |hits: &[memex::episodic::ScoredEpisode]| hits[0].episode.metadata["n"].clone();
+        let search = |q: &str| {
+            let store = Arc::clone(&store);
+            let m = m.clone();
+            let q = q.to_owned();
+            async move {
+                store
+                    .search(&m, &SearchQuery::new(q, None, 4))
+                    .await
+                    .unwrap()
+            }
+        };
+        assert_eq!(first(&search("shoes refund late").await), json!(1));
+        assert_eq!(
+            first(&search("what did ana say: shoes refund late").await),
+            json!(0)
+        );
+        assert_eq!(first(&search("shoes refund in April 2024").await), json!(2));
+        assert_eq!(
+            first(&search("Ana's shoes refund on 2 April, 2024").await),
+            json!(2)
+        );
+        let hits = search("Ana shoes refund late").await;
+        assert!(
+            hits.windows(2).all(|w| w[0].score >= w[1].score),
+            "{hits:?}"
+        );
+        assert!(hits.iter().all(|h| h.episode.merchant_id == m));
+    }
+
     /// Keyed drafts are idempotent: saving them again stores nothing new.
     pub async fn keyed_saves_are_idempotent(store: Arc<dyn EpisodicStore>) {
         let m = mid("KEYED");
@@ -773,4 +859,5 @@ both_backends!(
     hybrid_search_is_isolated_between_merchants,
     keyed_saves_are_idempotent,
     recent_orders_by_occurred_at,
+    speaker_and_date_hints_rank_matching_episodes_first,
 );

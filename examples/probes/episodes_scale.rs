@@ -4,7 +4,12 @@
 //! ```text
 //! cargo run --release --example episodes_scale -- \
 //!     [--episodes 20000] [--queries 300] [--import 1024] [--backends sqlite,redis] \
-//!     [--redis redis://127.0.0.1:PORT/0] [--model-dir models/all-MiniLM-L6-v2]
+//!     [--redis redis://127.0.0.1:PORT/0] [--model-dir models/all-MiniLM-L6-v2] [--sessions N]
+//!
+//! `--sessions N`: the big merchant's episodes are conversations of N turns (one
+//! `occurred_at` a day per session, `metadata.speaker` alternating between two people), and
+//! every query names one of them and half give a month, so the speaker and date hints, the
+//! neighbours and the session prior all run (0, the default: distinct times, no speakers).
 //! ```
 //!
 //! *Search*: `--episodes` episodes for one merchant (plus three other merchants of 1,000 each),
@@ -32,6 +37,9 @@ use memex::merchant::MerchantId;
 
 type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The two people of `--sessions` conversations.
+const SPEAKERS: [&str; 2] = ["Ana", "Ben"];
+
 struct Args {
     episodes: usize,
     queries: usize,
@@ -39,6 +47,7 @@ struct Args {
     backends: Vec<String>,
     redis: Option<String>,
     model_dir: PathBuf,
+    sessions: usize,
 }
 
 fn args() -> Result<Args, AnyError> {
@@ -49,6 +58,7 @@ fn args() -> Result<Args, AnyError> {
         backends: vec!["sqlite".into()],
         redis: None,
         model_dir: PathBuf::from("models/all-MiniLM-L6-v2"),
+        sessions: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -60,6 +70,7 @@ fn args() -> Result<Args, AnyError> {
             "--backends" => a.backends = value()?.split(',').map(str::to_owned).collect(),
             "--redis" => a.redis = Some(value()?),
             "--model-dir" => a.model_dir = value()?.into(),
+            "--sessions" => a.sessions = value()?.parse()?,
             other => return Err(format!("unknown flag {other}").into()),
         }
     }
@@ -207,14 +218,22 @@ async fn main() -> Result<(), AnyError> {
         let store = open(&backend, &a, dir.path(), "scale").await?;
         let mut rng = Rng(17);
         let big = MerchantId::parse("SCALE_BIG")?;
+        let start = chrono::DateTime::parse_from_rfc3339("2023-01-01T09:00:00Z")?
+            .with_timezone(&chrono::Utc);
         let t0 = Instant::now();
         let mut i = 0;
         while i < a.episodes {
             let n = (a.episodes - i).min(1_000);
             let drafts = (i..i + n)
                 .map(|j| {
-                    EpisodeDraft::new(summary(&mut rng, &vocab, j))
-                        .with_embedding(unit_vector(&mut rng, dim))
+                    let d = EpisodeDraft::new(summary(&mut rng, &vocab, j))
+                        .with_embedding(unit_vector(&mut rng, dim));
+                    if a.sessions == 0 {
+                        return d;
+                    }
+                    let day = chrono::Duration::days((j / a.sessions) as i64);
+                    d.with_occurred_at(start + day)
+                        .with_metadata(serde_json::json!({"speaker": SPEAKERS[j % 2]}))
                 })
                 .collect();
             store.save_many(&big, drafts).await?;
@@ -233,12 +252,23 @@ async fn main() -> Result<(), AnyError> {
         let fill_s = t0.elapsed().as_secs_f64();
         let texts: Vec<String> = (0..a.queries)
             .map(|q| {
-                format!(
+                let text = format!(
                     "what did we tell them about {} {} for ord_{:06}",
                     vocab[rng.zipf(vocab.len())],
                     vocab[rng.zipf(vocab.len())],
                     q * 7 % a.episodes.max(1)
-                )
+                );
+                if a.sessions == 0 {
+                    return text;
+                }
+                let days = (q * 37 % (a.episodes / a.sessions).max(1)) as i64;
+                let month = (start + chrono::Duration::days(days)).format("%B %Y");
+                let date = if q % 2 == 0 {
+                    format!(" in {month}")
+                } else {
+                    String::new()
+                };
+                format!("{} said: {text}{date}", SPEAKERS[q % 2])
             })
             .collect();
         let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
@@ -263,10 +293,11 @@ async fn main() -> Result<(), AnyError> {
         }
         lat.sort_by(f64::total_cmp);
         println!(
-            "search {backend}: {} episodes (+3,000 of other merchants) stored in {fill_s:.1} s; \
+            "search {backend}: {} episodes (sessions of {}) (+3,000 of other merchants) stored in {fill_s:.1} s; \
              first search (index build) {build_ms:.1} ms; warm {} queries k=10: \
              p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; load {load_before} -> {}",
             a.episodes,
+            a.sessions,
             a.queries,
             pct(&lat, 0.5),
             pct(&lat, 0.99),

@@ -196,8 +196,14 @@ async fn search(g: &GlobalArgs, a: SearchArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let embedder = g.load_embedder()?;
+    // Speaker names leave the text that is embedded (`episodic::dense_query_text`).
+    let speakers = store.speakers(&merchant).await?;
     for chunk in queries.chunks(IMPORT_BATCH) {
-        let texts: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        let dense: Vec<String> = chunk
+            .iter()
+            .map(|q| memex::episodic::dense_query_text(q, &speakers))
+            .collect();
+        let texts: Vec<&str> = dense.iter().map(String::as_str).collect();
         let vectors = embedder.embed(&texts).context("cannot embed the queries")?;
         for (q, v) in chunk.iter().zip(vectors) {
             let hits = store

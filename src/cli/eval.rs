@@ -78,6 +78,16 @@ pub struct LocomoArgs {
     /// Tuning: dense-leg share of same-session neighbours' scores.
     #[arg(long, hide = true)]
     dense_neighbours: Option<f32>,
+    /// Tuning: weight of the episodes outside the hints.
+    #[arg(long, hide = true)]
+    outside_hints: Option<f32>,
+    /// Tuning: weight of the session prior.
+    #[arg(long, hide = true)]
+    session_weight: Option<f32>,
+    /// Search without the speaker and date hints, and embed questions as they are (the
+    /// ranking before the hints, for comparison).
+    #[arg(long)]
+    no_hints: bool,
 }
 
 /// Runs one `memex eval` subcommand.
@@ -118,6 +128,9 @@ async fn locomo_cmd(g: &GlobalArgs, a: LocomoArgs) -> anyhow::Result<()> {
             bm25_b: a.bm25_b.unwrap_or(f.bm25_b),
             keyword_neighbours: a.keyword_neighbours.unwrap_or(f.keyword_neighbours),
             dense_neighbours: a.dense_neighbours.unwrap_or(f.dense_neighbours),
+            hints: !a.no_hints,
+            outside_hints: a.outside_hints.unwrap_or(f.outside_hints),
+            session_weight: a.session_weight.unwrap_or(f.session_weight),
             ..f
         },
         details: a.details,

@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::EpisodicError;
+use super::{hints, EpisodicError};
 
 /// How the two legs of a hybrid search are combined. The defaults were chosen on the LoCoMo
 /// conversations (see `BENCHMARKS.md`, "Episode retrieval on LoCoMo").
@@ -32,19 +32,32 @@ pub struct Fusion {
     pub keyword_neighbours: f32,
     /// The same for the dense leg.
     pub dense_neighbours: f32,
+    /// Rank first the episodes that match the query's hints (the one speaker it names, the
+    /// date it gives; see [`date_span`](super::date_span) and [`dense_query_text`](super::dense_query_text)).
+    pub hints: bool,
+    /// With hints: the weight of the episodes that do not match them, fused among themselves
+    /// (0: they only follow the matching ones).
+    pub outside_hints: f32,
+    /// Weight of the session prior: every episode of a session (two or more episodes with
+    /// one `occurred_at`) gains `session_weight / (rrf_c + rank)`, where `rank` is its
+    /// session's BM25 rank over the whole session's words.
+    pub session_weight: f32,
 }
 
 impl Default for Fusion {
     fn default() -> Self {
         Fusion {
-            dense_weight: 0.5,
+            dense_weight: 0.7,
             keyword_weight: 1.0,
             rrf_c: 3.0,
             bm25_k1: 1.2,
             bm25_b: 0.75,
             depth: 100,
-            keyword_neighbours: 0.3,
+            keyword_neighbours: 0.5,
             dense_neighbours: 0.0,
+            hints: true,
+            outside_hints: 0.3,
+            session_weight: 0.3,
         }
     }
 }
@@ -83,6 +96,8 @@ pub(crate) struct IndexRow<K> {
     pub when_us: i64,
     pub summary: String,
     pub embedding: Option<Vec<u8>>,
+    /// `metadata.speaker`, if a string.
+    pub speaker: Option<String>,
 }
 
 /// The searchable form of one merchant's episodes at one version.
@@ -100,7 +115,32 @@ pub(crate) struct MerchantIndex<K> {
     postings: Vec<Vec<(u32, u32)>>,
     doc_len: Vec<u32>,
     avg_len: f32,
+    /// Distinct speakers, in first-seen order.
+    speakers: Vec<String>,
+    /// Per episode: index into `speakers`, or `NO_SPEAKER`.
+    speaker_of: Vec<u32>,
+    /// The sessions: groups of two or more episodes with one `when_us`, as BM25 documents.
+    sessions: Sessions,
 }
+
+/// Sessions as BM25 documents: each the words of all its episodes, over the episodes'
+/// vocabulary.
+#[derive(Default)]
+struct Sessions {
+    /// Per episode: its session, or `NO_SESSION`.
+    of_doc: Vec<u32>,
+    /// Per term id: (session, term frequency).
+    postings: Vec<Vec<(u32, u32)>>,
+    /// Words per session.
+    len: Vec<u32>,
+    avg_len: f32,
+}
+
+const NO_SESSION: u32 = u32::MAX;
+
+const NO_SPEAKER: u32 = u32::MAX;
+/// Longer `metadata.speaker` values are not speaker names and are ignored.
+const MAX_SPEAKER_BYTES: usize = 256;
 
 impl<K: Clone> MerchantIndex<K> {
     /// Builds the index of `rows` at `version`. Fails if embeddings differ in dimension.
@@ -122,7 +162,11 @@ impl<K: Clone> MerchantIndex<K> {
             postings: Vec::new(),
             doc_len: Vec::with_capacity(n),
             avg_len: 0.0,
+            speakers: Vec::new(),
+            speaker_of: Vec::with_capacity(n),
+            sessions: Sessions::default(),
         };
+        let mut speaker_ids: HashMap<String, u32> = HashMap::new();
         let mut total_len = 0u64;
         let mut tf: HashMap<u32, u32> = HashMap::new();
         for (doc, row) in rows.into_iter().enumerate() {
@@ -155,6 +199,17 @@ impl<K: Clone> MerchantIndex<K> {
                 idx.postings[term as usize].push((doc as u32, f));
             }
             total_len += u64::from(len);
+            let speaker = match row.speaker {
+                Some(name) if !name.trim().is_empty() && name.len() <= MAX_SPEAKER_BYTES => {
+                    let next = idx.speakers.len() as u32;
+                    *speaker_ids.entry(name).or_insert_with_key(|name| {
+                        idx.speakers.push(name.clone());
+                        next
+                    })
+                }
+                _ => NO_SPEAKER,
+            };
+            idx.speaker_of.push(speaker);
             idx.doc_len.push(len);
             idx.keys.push(row.key);
             idx.created_us.push(row.created_us);
@@ -165,11 +220,17 @@ impl<K: Clone> MerchantIndex<K> {
         } else {
             (total_len as f32 / n as f32).max(1.0)
         };
+        idx.sessions = Sessions::build(&idx.when_us, &idx.postings, &idx.doc_len);
         Ok(idx)
     }
 
     /// The best `k` episodes, best first, with their fused scores scaled to `[0, 1]` (1 = first
     /// in every leg); ties go to the newer episode. `vector` must already be unit length.
+    ///
+    /// With `f.hints`, the episodes that match the query's hints (by the one speaker it names,
+    /// in the date span it gives; see [`hints`](super::hints)) are ranked among themselves
+    /// first, and the rest follow with scores no higher than the last of them. A hint that no
+    /// episode matches is ignored.
     pub fn search(
         &self,
         text: &str,
@@ -181,9 +242,9 @@ impl<K: Clone> MerchantIndex<K> {
             return Ok(Vec::new());
         }
         let depth = f.depth.max(k);
-        let mut fused: HashMap<u32, f32> = HashMap::new();
         // The best possible fused score (first in every leg used), to scale scores into [0, 1].
         let mut best_possible = f.keyword_weight / (f.rrf_c + 1.0);
+        let mut dense = None;
         if let Some(q) = vector {
             if self.dim != 0 && q.len() != self.dim {
                 return Err(EpisodicError::DimensionMismatch {
@@ -194,32 +255,128 @@ impl<K: Clone> MerchantIndex<K> {
             }
             if self.dim != 0 {
                 best_possible += f.dense_weight / (f.rrf_c + 1.0);
-                let dense = self.smooth(self.dense(q), f.dense_neighbours);
-                for (rank, (doc, _)) in self.top(dense, depth).into_iter().enumerate() {
-                    *fused.entry(doc).or_insert(0.0) +=
-                        f.dense_weight / (f.rrf_c + rank as f32 + 1.0);
-                }
+                dense = Some(self.smooth(self.dense(q), f.dense_neighbours));
             }
         }
-        let kw = self.smooth(self.bm25(text, f), f.keyword_neighbours);
-        for (rank, (doc, _)) in self.top(kw, depth).into_iter().enumerate() {
+        let terms = self.query_terms(text);
+        let kw = self.smooth(self.bm25(&terms, f), f.keyword_neighbours);
+        let sessions = f.session_weight > 0.0 && !self.sessions.len.is_empty();
+        if sessions {
+            best_possible += f.session_weight / (f.rrf_c + 1.0);
+        }
+        let scale = if best_possible > 0.0 {
+            1.0 / best_possible
+        } else {
+            1.0
+        };
+        let dense = dense.as_deref();
+        let preferred = if f.hints { self.preferred(text) } else { None };
+        let mut fused = match &preferred {
+            None => self.fuse(dense, &kw, |_| true, depth, f),
+            Some(mask) => {
+                let mut inside = self.fuse(dense, &kw, |d| mask[d as usize], depth, f);
+                if f.outside_hints > 0.0 {
+                    let outside = self.fuse(dense, &kw, |d| !mask[d as usize], depth, f);
+                    for (doc, s) in outside {
+                        *inside.entry(doc).or_insert(0.0) += f.outside_hints * s;
+                    }
+                }
+                inside
+            }
+        };
+        if sessions {
+            self.add_session_prior(&mut fused, &terms, f);
+        }
+        let mut ranked = self.best(fused, k);
+        if let Some(mask) = &preferred {
+            if ranked.len() < k && f.outside_hints <= 0.0 {
+                // The matching episodes first; the rest follow, scores kept at or below the
+                // last matching one.
+                let mut rest = self.fuse(dense, &kw, |d| !mask[d as usize], depth, f);
+                if sessions {
+                    self.add_session_prior(&mut rest, &terms, f);
+                }
+                let rest = self.best(rest, k - ranked.len());
+                let ceiling = ranked.last().map_or(f32::INFINITY, |&(_, s)| s);
+                let top = rest.first().map_or(0.0, |&(_, s)| s);
+                let factor = if top > ceiling && top > 0.0 {
+                    ceiling / top
+                } else {
+                    1.0
+                };
+                ranked.extend(rest.into_iter().map(|(doc, s)| (doc, s * factor)));
+            }
+        }
+        Ok(ranked
+            .into_iter()
+            .map(|(doc, s)| (self.keys[doc as usize].clone(), (s * scale).min(1.0)))
+            .collect())
+    }
+
+    /// Weighted reciprocal-rank fusion of the two legs over the episodes `keep` admits (each
+    /// leg ranked among those episodes only), unscaled.
+    fn fuse(
+        &self,
+        dense: Option<&[(u32, f32)]>,
+        kw: &[(u32, f32)],
+        keep: impl Fn(u32) -> bool,
+        depth: usize,
+        f: &Fusion,
+    ) -> HashMap<u32, f32> {
+        let mut fused: HashMap<u32, f32> = HashMap::new();
+        let admitted = |scored: &[(u32, f32)]| -> Vec<(u32, f32)> {
+            scored.iter().copied().filter(|&(d, _)| keep(d)).collect()
+        };
+        if let Some(dense) = dense {
+            for (rank, (doc, _)) in self.top(admitted(dense), depth).into_iter().enumerate() {
+                *fused.entry(doc).or_insert(0.0) += f.dense_weight / (f.rrf_c + rank as f32 + 1.0);
+            }
+        }
+        for (rank, (doc, _)) in self.top(admitted(kw), depth).into_iter().enumerate() {
             *fused.entry(doc).or_insert(0.0) += f.keyword_weight / (f.rrf_c + rank as f32 + 1.0);
         }
+        fused
+    }
+
+    /// The best `k` of `fused`, best first (ties: newer first).
+    fn best(&self, fused: HashMap<u32, f32>, k: usize) -> Vec<(u32, f32)> {
         let mut all: Vec<(u32, f32)> = fused.into_iter().collect();
         all.sort_by(|a, b| {
             b.1.total_cmp(&a.1)
                 .then(self.created_us[b.0 as usize].cmp(&self.created_us[a.0 as usize]))
         });
         all.truncate(k);
-        let scale = if best_possible > 0.0 {
-            1.0 / best_possible
-        } else {
-            1.0
-        };
-        Ok(all
-            .into_iter()
-            .map(|(doc, s)| (self.keys[doc as usize].clone(), (s * scale).min(1.0)))
-            .collect())
+        all
+    }
+
+    /// Which episodes match `text`'s hints, or `None` when no hint applies: those of the one
+    /// speaker the text names, narrowed to the date span it gives when any of them falls in
+    /// it (or all episodes in that span when no single speaker is named).
+    fn preferred(&self, text: &str) -> Option<Vec<bool>> {
+        let mut mask: Option<Vec<bool>> = None;
+        if !self.speakers.is_empty() {
+            if let [one] = hints::named_speakers(text, &self.speakers)[..] {
+                let one = one as u32;
+                mask = Some(self.speaker_of.iter().map(|&s| s == one).collect());
+            }
+        }
+        if let Some((lo, hi)) = hints::date_span_us(text) {
+            let narrowed: Vec<bool> = self
+                .when_us
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (lo..=hi).contains(w) && mask.as_ref().is_none_or(|m| m[i]))
+                .collect();
+            if narrowed.contains(&true) {
+                mask = Some(narrowed);
+            }
+        }
+        mask.filter(|m| m.contains(&true) && m.contains(&false))
+    }
+
+    /// The distinct speakers (`metadata.speaker`) of the merchant's episodes.
+    pub fn speakers(&self) -> &[String] {
+        &self.speakers
     }
 
     /// Adds `beta` times the scores of the previous and next episode (in save order) of the
@@ -266,41 +423,46 @@ impl<K: Clone> MerchantIndex<K> {
     }
 
     /// BM25 score of every episode sharing a token with the query.
-    fn bm25(&self, text: &str, f: &Fusion) -> Vec<(u32, f32)> {
-        let n = self.keys.len() as f32;
-        // Scores accumulate in a dense array indexed by document (a common term's posting can
-        // cover most of the merchant's episodes; a hash map per hit cost more than the
-        // scoring); `touched` lists the documents scored, in first-seen order.
-        let mut scores = vec![0f32; self.keys.len()];
-        let mut hit = vec![false; self.keys.len()];
-        let mut touched: Vec<u32> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+    fn bm25(&self, terms: &[u32], f: &Fusion) -> Vec<(u32, f32)> {
+        bm25(terms, &self.postings, &self.doc_len, self.avg_len, f)
+    }
+
+    /// The vocabulary ids of `text`'s query tokens, each once.
+    fn query_terms(&self, text: &str) -> Vec<u32> {
+        let mut terms: Vec<u32> = Vec::new();
         for tok in query_tokens(text) {
-            if !seen.insert(tok.clone()) {
-                continue;
-            }
-            let Some(&term) = self.vocab.get(&tok) else {
-                continue;
-            };
-            let posting = &self.postings[term as usize];
-            let df = posting.len() as f32;
-            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
-            for &(doc, tf) in posting {
-                let tf = tf as f32;
-                let norm = f.bm25_k1
-                    * (1.0 - f.bm25_b
-                        + f.bm25_b * self.doc_len[doc as usize] as f32 / self.avg_len);
-                if !hit[doc as usize] {
-                    hit[doc as usize] = true;
-                    touched.push(doc);
+            if let Some(&term) = self.vocab.get(&tok) {
+                if !terms.contains(&term) {
+                    terms.push(term);
                 }
-                scores[doc as usize] += idf * tf * (f.bm25_k1 + 1.0) / (tf + norm);
             }
         }
-        touched
-            .into_iter()
-            .map(|doc| (doc, scores[doc as usize]))
-            .collect()
+        terms
+    }
+
+    /// Adds the session prior to every episode in `fused` whose session matches `terms`.
+    fn add_session_prior(&self, fused: &mut HashMap<u32, f32>, terms: &[u32], f: &Fusion) {
+        let ss = &self.sessions;
+        if f.session_weight == 0.0 || ss.len.is_empty() {
+            return;
+        }
+        let mut scored = bm25(terms, &ss.postings, &ss.len, ss.avg_len, f);
+        // Best first; ties: the later session (higher id: sessions are numbered in save order).
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(b.0.cmp(&a.0)));
+        let mut rank_of = vec![u32::MAX; ss.len.len()];
+        for (rank, &(session, _)) in scored.iter().enumerate() {
+            rank_of[session as usize] = rank as u32;
+        }
+        for (&doc, score) in fused.iter_mut() {
+            let session = ss.of_doc[doc as usize];
+            if session == NO_SESSION {
+                continue;
+            }
+            let rank = rank_of[session as usize];
+            if rank != u32::MAX {
+                *score += f.session_weight / (f.rrf_c + rank as f32 + 1.0);
+            }
+        }
     }
 
     /// The `depth` best of `scored`, best first (ties: newer first).
@@ -315,6 +477,111 @@ impl<K: Clone> MerchantIndex<K> {
         }
         scored.sort_by(cmp);
         scored
+    }
+}
+
+/// Okapi BM25 of every document sharing a term with `terms`, over `postings` (per term:
+/// document, term frequency) of documents `doc_len` words long.
+fn bm25(
+    terms: &[u32],
+    postings: &[Vec<(u32, u32)>],
+    doc_len: &[u32],
+    avg_len: f32,
+    f: &Fusion,
+) -> Vec<(u32, f32)> {
+    let n = doc_len.len() as f32;
+    // Scores accumulate in a dense array indexed by document (a common term's posting can
+    // cover most of the merchant's episodes; a hash map per hit cost more than the scoring);
+    // `touched` lists the documents scored, in first-seen order.
+    let mut scores = vec![0f32; doc_len.len()];
+    let mut hit = vec![false; doc_len.len()];
+    let mut touched: Vec<u32> = Vec::new();
+    for &term in terms {
+        let Some(posting) = postings.get(term as usize) else {
+            continue;
+        };
+        let df = posting.len() as f32;
+        let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+        for &(doc, tf) in posting {
+            let tf = tf as f32;
+            let norm =
+                f.bm25_k1 * (1.0 - f.bm25_b + f.bm25_b * doc_len[doc as usize] as f32 / avg_len);
+            if !hit[doc as usize] {
+                hit[doc as usize] = true;
+                touched.push(doc);
+            }
+            scores[doc as usize] += idf * tf * (f.bm25_k1 + 1.0) / (tf + norm);
+        }
+    }
+    touched
+        .into_iter()
+        .map(|doc| (doc, scores[doc as usize]))
+        .collect()
+}
+
+impl Sessions {
+    /// Groups the episodes with equal `when_us` (two or more) into sessions, numbered by their
+    /// first episode, and sums their postings.
+    fn build(when_us: &[i64], postings: &[Vec<(u32, u32)>], doc_len: &[u32]) -> Sessions {
+        let mut members: HashMap<i64, u32> = HashMap::new();
+        for w in when_us {
+            *members.entry(*w).or_insert(0) += 1;
+        }
+        let mut id_of: HashMap<i64, u32> = HashMap::new();
+        let mut of_doc = Vec::with_capacity(when_us.len());
+        let mut len: Vec<u32> = Vec::new();
+        for (doc, w) in when_us.iter().enumerate() {
+            if members.get(w).copied().unwrap_or(0) < 2 {
+                of_doc.push(NO_SESSION);
+                continue;
+            }
+            let next = len.len() as u32;
+            let id = *id_of.entry(*w).or_insert_with(|| {
+                len.push(0);
+                next
+            });
+            len[id as usize] += doc_len[doc];
+            of_doc.push(id);
+        }
+        if len.is_empty() {
+            return Sessions {
+                of_doc,
+                ..Sessions::default()
+            };
+        }
+        let mut session_postings = Vec::with_capacity(postings.len());
+        let mut sum: HashMap<u32, u32> = HashMap::new();
+        for posting in postings {
+            sum.clear();
+            for &(doc, tf) in posting {
+                let s = of_doc[doc as usize];
+                if s != NO_SESSION {
+                    *sum.entry(s).or_insert(0) += tf;
+                }
+            }
+            let mut p: Vec<(u32, u32)> = sum.iter().map(|(&s, &tf)| (s, tf)).collect();
+            p.sort_unstable();
+            session_postings.push(p);
+        }
+        let total: u64 = len.iter().map(|&l| u64::from(l)).sum();
+        let avg_len = (total as f32 / len.len() as f32).max(1.0);
+        Sessions {
+            of_doc,
+            postings: session_postings,
+            len,
+            avg_len,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.of_doc.len() * size_of::<u32>()
+            + self.len.len() * size_of::<u32>()
+            + self
+                .postings
+                .iter()
+                .map(|p| p.len() * size_of::<(u32, u32)>() + size_of::<Vec<(u32, u32)>>() + 16)
+                .sum::<usize>()
     }
 }
 
@@ -414,7 +681,12 @@ impl<K: HeapSize> MerchantIndex<K> {
             .iter()
             .map(|k| size_of::<K>() + k.heap_bytes())
             .sum();
-        let rows = n * (2 * size_of::<i64>() + size_of::<bool>() + size_of::<u32>());
+        let rows = n * (2 * size_of::<i64>() + size_of::<bool>() + 2 * size_of::<u32>());
+        let speakers: usize = self
+            .speakers
+            .iter()
+            .map(|s| s.capacity() + size_of::<String>() + ALLOC)
+            .sum();
         let vectors = self.vectors.len() * size_of::<f32>();
         let vocab: usize = self
             .vocab
@@ -426,7 +698,15 @@ impl<K: HeapSize> MerchantIndex<K> {
             .iter()
             .map(|p| p.len() * size_of::<(u32, u32)>() + size_of::<Vec<(u32, u32)>>() + ALLOC)
             .sum();
-        let total = size_of::<Self>() + keys + rows + vectors + vocab + postings + 8 * ALLOC;
+        let total = size_of::<Self>()
+            + keys
+            + rows
+            + vectors
+            + vocab
+            + postings
+            + speakers
+            + self.sessions.heap_bytes()
+            + 12 * ALLOC;
         u64::try_from(total).unwrap_or(u64::MAX)
     }
 }
@@ -500,7 +780,8 @@ mod tests {
             row(3, "unrelated words here", None),
         ];
         let idx = MerchantIndex::build(1, rows).expect("builds");
-        let scored = idx.bm25("refund payout delayed", &Fusion::default());
+        let terms = idx.query_terms("refund payout delayed");
+        let scored = idx.bm25(&terms, &Fusion::default());
         let mut docs: Vec<u32> = scored.iter().map(|(d, _)| *d).collect();
         docs.sort_unstable();
         assert_eq!(docs, vec![0, 1]);
@@ -517,7 +798,171 @@ mod tests {
             when_us: i64::from(key),
             summary: summary.into(),
             embedding: v.map(|v| super::super::vector::to_bytes(&v)),
+            speaker: None,
         }
+    }
+
+    /// An episode by `speaker` at `when` (one session per `when`).
+    fn said(key: u32, speaker: &str, when: i64, summary: &str) -> IndexRow<u32> {
+        IndexRow {
+            speaker: Some(speaker.into()),
+            when_us: when,
+            ..row(key, summary, None)
+        }
+    }
+
+    const DAY_US: i64 = 86_400_000_000;
+
+    /// Microseconds at midnight UTC of a day.
+    fn day(y: i32, m: u32, d: u32) -> i64 {
+        chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(12, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros()
+    }
+
+    fn keys(hits: &[(u32, f32)]) -> Vec<u32> {
+        hits.iter().map(|h| h.0).collect()
+    }
+
+    #[test]
+    fn the_one_named_speaker_ranks_first_and_the_rest_still_follow() {
+        let idx = MerchantIndex::build(
+            1,
+            vec![
+                said(1, "Ana", 1, "the payout to my bank was late again"),
+                said(2, "Ben", 2, "my payout arrived late late late"),
+                said(3, "Ana", 3, "nothing about money"),
+            ],
+        )
+        .unwrap();
+        let f = Fusion::default();
+        // Without hints Ben's episode matches "payout late" best.
+        let off = Fusion { hints: false, ..f };
+        assert_eq!(
+            idx.search("Ana payout late", None, 3, &off).unwrap()[0].0,
+            2
+        );
+        // Named, Ana's matching episode comes first; Ben's still follows, its score down to
+        // the outside weight; Ana's episode without a query word is not a hit.
+        let hits = idx
+            .search("What did ana say about the payout late?", None, 3, &f)
+            .unwrap();
+        assert_eq!(keys(&hits), vec![1, 2], "{hits:?}");
+        assert!(hits[1].1 <= f.outside_hints * hits[0].1 + 1e-6, "{hits:?}");
+        // Hard preference (outside weight 0): the rest are appended, scores kept in order.
+        let hard = Fusion {
+            outside_hints: 0.0,
+            ..f
+        };
+        let hits = idx.search("ana payout late", None, 3, &hard).unwrap();
+        assert_eq!(keys(&hits), vec![1, 2], "{hits:?}");
+        assert!(hits[0].1 >= hits[1].1, "{hits:?}");
+        // Both speakers named: no speaker preference.
+        assert_eq!(
+            idx.search("ana and ben: payout late", None, 1, &f).unwrap()[0].0,
+            2
+        );
+        assert_eq!(idx.speakers(), ["Ana".to_owned(), "Ben".to_owned()]);
+    }
+
+    #[test]
+    fn a_date_in_the_query_prefers_episodes_of_that_day_month_or_year() {
+        let idx = MerchantIndex::build(
+            1,
+            vec![
+                said(1, "Ana", day(2024, 3, 1), "refund for the blue shoes"),
+                said(2, "Ana", day(2024, 3, 15), "refund for the red shoes"),
+                said(
+                    3,
+                    "Ana",
+                    day(2024, 4, 2),
+                    "refund for the shoes, shoes, shoes",
+                ),
+            ],
+        )
+        .unwrap();
+        let f = Fusion::default();
+        assert_eq!(idx.search("shoes refund", None, 1, &f).unwrap()[0].0, 3);
+        assert_eq!(
+            idx.search("shoes refund on 15 March, 2024", None, 1, &f)
+                .unwrap()[0]
+                .0,
+            2
+        );
+        assert_eq!(
+            idx.search("shoes refund 2024-03-01", None, 1, &f).unwrap()[0].0,
+            1
+        );
+        let march = idx
+            .search("shoes refund in March 2024", None, 3, &f)
+            .unwrap();
+        assert_eq!(
+            keys(&march)[..2].iter().filter(|k| **k != 3).count(),
+            2,
+            "{march:?}"
+        );
+        // A date no episode falls in is ignored.
+        assert_eq!(
+            idx.search("shoes refund in 1999", None, 1, &f).unwrap()[0].0,
+            3
+        );
+        // The day span reaches one day either side.
+        let next_day = idx
+            .search("shoes refund on 16 March 2024", None, 1, &f)
+            .unwrap();
+        assert_eq!(next_day[0].0, 2);
+        assert!(day(2024, 3, 16) - day(2024, 3, 15) == DAY_US);
+    }
+
+    #[test]
+    fn a_session_whose_words_match_lifts_its_episodes() {
+        // Two sessions of two turns each; "tampa" and "beach" are said in session B but in
+        // different turns, and one turn of session A mentions the beach alone.
+        let rows = vec![
+            said(1, "Nate", 100, "I went to the beach yesterday"),
+            said(2, "Jo", 100, "sounds nice"),
+            said(3, "Nate", 200, "we drove down to Tampa"),
+            said(4, "Nate", 200, "the beach there was lovely, the beach"),
+        ];
+        let idx = MerchantIndex::build(1, rows).unwrap();
+        let no_prior = Fusion {
+            session_weight: 0.0,
+            keyword_neighbours: 0.0,
+            ..Fusion::default()
+        };
+        let with_prior = Fusion {
+            keyword_neighbours: 0.0,
+            ..Fusion::default()
+        };
+        let q = "which beach in tampa";
+        let a = idx.search(q, None, 4, &no_prior).unwrap();
+        let b = idx.search(q, None, 4, &with_prior).unwrap();
+        // The session that holds both words outranks the lone "beach" turn of the other.
+        let pos = |hits: &[(u32, f32)], k: u32| hits.iter().position(|h| h.0 == k).unwrap();
+        assert!(pos(&b, 4) < pos(&b, 1), "{b:?}");
+        assert!(b.iter().all(|h| h.1 <= 1.0));
+        assert_eq!(
+            a.len(),
+            3,
+            "only episodes with a query word are ranked: {a:?}"
+        );
+        // Episodes with distinct times form no sessions: the prior changes nothing.
+        let lone = MerchantIndex::build(
+            1,
+            vec![
+                row(1, "beach", None),
+                row(2, "tampa beach", None),
+                row(3, "tampa", None),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            lone.search(q, None, 3, &with_prior).unwrap(),
+            lone.search(q, None, 3, &no_prior).unwrap()
+        );
     }
 
     fn index_of(words: usize, dim: usize) -> Arc<MerchantIndex<u32>> {
@@ -529,6 +974,7 @@ mod tests {
                 when_us: i64::from(i),
                 summary: format!("episode w{i} about refunds"),
                 embedding: Some(super::super::vector::to_bytes(&vec![0.5f32; dim])),
+                speaker: None,
             })
             .collect();
         Arc::new(MerchantIndex::build(1, rows).unwrap())

@@ -28,6 +28,7 @@ use crate::merchant::MerchantId;
 
 mod episode;
 mod error;
+mod hints;
 mod hybrid;
 pub mod import;
 pub mod redis;
@@ -39,6 +40,7 @@ pub use episode::{
     MAX_METADATA_BYTES, MAX_SUMMARY_BYTES,
 };
 pub use error::EpisodicError;
+pub use hints::{date_span, dense_query_text, DAYS_AFTER, DAYS_BEFORE};
 pub use hybrid::{Fusion, SearchQuery, DEFAULT_CACHE_BYTES};
 pub use redis::{RedisEpisodicStore, RedisOptions};
 pub use sqlite::{SqliteEpisodicStore, SqliteOptions};
@@ -95,6 +97,11 @@ pub trait EpisodicStore: Send + Sync {
         merchant: &MerchantId,
         query: &SearchQuery,
     ) -> Result<Vec<ScoredEpisode>, EpisodicError>;
+
+    /// The distinct speakers of `merchant`'s episodes (their string `metadata.speaker`), in
+    /// first-saved order, from the same index [`search`](Self::search) uses. Callers take
+    /// them out of a query before embedding it ([`dense_query_text`]).
+    async fn speakers(&self, merchant: &MerchantId) -> Result<Vec<String>, EpisodicError>;
 
     /// Removes `merchant`'s episodes that happened (`occurred_at`, else `created_at`)
     /// strictly before `before`; returns how many were removed.

@@ -186,15 +186,21 @@ return {c, 1}
 "#;
 
 /// KEYS: zset, version. ARGV: hash key prefix. Returns {version, rows} with one row
-/// {id, c, s, when, v} per episode (in created order): everything the hybrid index is built from, at one version.
+/// {id, c, s, when, speaker, v} per episode (in created order): everything the hybrid index
+/// is built from, at one version. `speaker` is the metadata's string `speaker`, or empty.
 const INDEX_LUA: &str = r#"
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
 for i, id in ipairs(ids) do
-  local h = redis.call('HMGET', ARGV[1] .. id, 'c', 's', 'o', 'v')
+  local h = redis.call('HMGET', ARGV[1] .. id, 'c', 's', 'o', 'v', 'm')
   if h[1] and h[2] then
     local w = h[3] or h[1]
-    if h[4] then out[#out + 1] = {id, h[1], h[2], w, h[4]} else out[#out + 1] = {id, h[1], h[2], w} end
+    local who = ''
+    if h[5] then
+      local ok, m = pcall(cjson.decode, h[5])
+      if ok and type(m) == 'table' and type(m.speaker) == 'string' then who = m.speaker end
+    end
+    if h[4] then out[#out + 1] = {id, h[1], h[2], w, who, h[4]} else out[#out + 1] = {id, h[1], h[2], w, who} end
   end
 end
 local v = redis.call('GET', KEYS[2]) or '0'
@@ -451,6 +457,9 @@ impl RedisEpisodicStore {
                 .ok()
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(|| corrupt("occurred_at"))?;
+            let speaker = String::from_utf8(it.next().unwrap_or_default())
+                .ok()
+                .filter(|s| !s.is_empty());
             let embedding = it.next();
             rows.push(IndexRow {
                 key: id.clone(),
@@ -459,6 +468,7 @@ impl RedisEpisodicStore {
                 when_us,
                 summary,
                 embedding,
+                speaker,
             });
         }
         let built = Arc::new(MerchantIndex::build(version, rows)?);
@@ -667,6 +677,10 @@ impl EpisodicStore for RedisEpisodicStore {
                     .map(|episode| ScoredEpisode { episode, score })
             })
             .collect())
+    }
+
+    async fn speakers(&self, merchant: &MerchantId) -> Result<Vec<String>, EpisodicError> {
+        Ok(self.index(merchant).await?.speakers().to_vec())
     }
 
     async fn forget_before(

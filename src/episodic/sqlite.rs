@@ -247,6 +247,62 @@ impl SqliteEpisodicStore {
     fn sqlite_err(&self, e: rusqlite::Error) -> EpisodicError {
         map_err(&self.inner.path, &self.inner.opts, e)
     }
+
+    /// The merchant's version counter, read in `tx`.
+    fn version_in(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        m: &MerchantId,
+    ) -> Result<i64, EpisodicError> {
+        Ok(tx
+            .prepare_cached("SELECT version FROM episode_versions WHERE merchant_id = ?1")
+            .and_then(|mut s| s.query_row([m.as_str()], |r| r.get(0)).optional())
+            .map_err(|e| self.sqlite_err(e))?
+            .unwrap_or(0))
+    }
+
+    /// The merchant's hybrid index at `version`: the cached one, or one built from its rows
+    /// read in `tx` (and cached).
+    fn index_at(
+        &self,
+        tx: &rusqlite::Transaction<'_>,
+        m: &MerchantId,
+        version: i64,
+    ) -> Result<Arc<MerchantIndex<i64>>, EpisodicError> {
+        if let Some(i) = self.inner.cache.get(m.as_str(), version) {
+            return Ok(i);
+        }
+        let mut rows = Vec::new();
+        // `metadata.speaker` as text, only where it is a string (metadata is checked to be a
+        // JSON object on save; `json_valid` keeps a damaged row from failing the query).
+        let mut stmt = tx
+            .prepare_cached(
+                "SELECT seq, id, created_at_us, summary, embedding, \
+                 COALESCE(occurred_at_us, created_at_us), \
+                 CASE WHEN json_valid(metadata) AND json_type(metadata, '$.speaker') = 'text' \
+                 THEN json_extract(metadata, '$.speaker') END \
+                 FROM episodes WHERE merchant_id = ?1 ORDER BY created_at_us, seq",
+            )
+            .map_err(|e| self.sqlite_err(e))?;
+        let mut it = stmt.query([m.as_str()]).map_err(|e| self.sqlite_err(e))?;
+        while let Some(r) = it.next().map_err(|e| self.sqlite_err(e))? {
+            let read = || -> rusqlite::Result<IndexRow<i64>> {
+                Ok(IndexRow {
+                    key: r.get(0)?,
+                    id: r.get(1)?,
+                    created_us: r.get(2)?,
+                    summary: r.get(3)?,
+                    embedding: r.get(4)?,
+                    when_us: r.get(5)?,
+                    speaker: r.get(6)?,
+                })
+            };
+            rows.push(read().map_err(|e| self.sqlite_err(e))?);
+        }
+        let built = Arc::new(MerchantIndex::build(version, rows)?);
+        self.inner.cache.put(m.as_str(), Arc::clone(&built));
+        Ok(built)
+    }
 }
 
 #[async_trait]
@@ -297,41 +353,8 @@ impl EpisodicStore for SqliteEpisodicStore {
         let q = query.clone();
         self.with_reader(move |conn| {
             let tx = conn.transaction().map_err(|e| this.sqlite_err(e))?;
-            let version: i64 = tx
-                .prepare_cached("SELECT version FROM episode_versions WHERE merchant_id = ?1")
-                .and_then(|mut s| s.query_row([m.as_str()], |r| r.get(0)).optional())
-                .map_err(|e| this.sqlite_err(e))?
-                .unwrap_or(0);
-            let index = match this.inner.cache.get(m.as_str(), version) {
-                Some(i) => i,
-                None => {
-                    let mut rows = Vec::new();
-                    let mut stmt = tx
-                        .prepare_cached(
-                            "SELECT seq, id, created_at_us, summary, embedding, \
-                             COALESCE(occurred_at_us, created_at_us) FROM episodes \
-                             WHERE merchant_id = ?1 ORDER BY created_at_us, seq",
-                        )
-                        .map_err(|e| this.sqlite_err(e))?;
-                    let mut it = stmt.query([m.as_str()]).map_err(|e| this.sqlite_err(e))?;
-                    while let Some(r) = it.next().map_err(|e| this.sqlite_err(e))? {
-                        let read = || -> rusqlite::Result<IndexRow<i64>> {
-                            Ok(IndexRow {
-                                key: r.get(0)?,
-                                id: r.get(1)?,
-                                created_us: r.get(2)?,
-                                summary: r.get(3)?,
-                                embedding: r.get(4)?,
-                                when_us: r.get(5)?,
-                            })
-                        };
-                        rows.push(read().map_err(|e| this.sqlite_err(e))?);
-                    }
-                    let built = Arc::new(MerchantIndex::build(version, rows)?);
-                    this.inner.cache.put(m.as_str(), Arc::clone(&built));
-                    built
-                }
-            };
+            let version = this.version_in(&tx, &m)?;
+            let index = this.index_at(&tx, &m, version)?;
             let best = index.search(&q.text, vector.as_deref(), q.k, &q.fusion)?;
             let mut out = Vec::with_capacity(best.len());
             let mut stmt = tx
@@ -354,6 +377,17 @@ impl EpisodicStore for SqliteEpisodicStore {
                 });
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn speakers(&self, merchant: &MerchantId) -> Result<Vec<String>, EpisodicError> {
+        let m = merchant.clone();
+        let this = self.clone();
+        self.with_reader(move |conn| {
+            let tx = conn.transaction().map_err(|e| this.sqlite_err(e))?;
+            let version = this.version_in(&tx, &m)?;
+            Ok(this.index_at(&tx, &m, version)?.speakers().to_vec())
         })
         .await
     }

@@ -16,7 +16,9 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::embed::Embedder;
-use crate::episodic::{EpisodeDraft, EpisodicError, EpisodicStore, Fusion, SearchQuery};
+use crate::episodic::{
+    dense_query_text, EpisodeDraft, EpisodicError, EpisodicStore, Fusion, SearchQuery,
+};
 use crate::merchant::MerchantId;
 
 /// What can go wrong in an evaluation.
@@ -444,7 +446,9 @@ pub async fn run(
                 .zip(vectors)
                 .map(|(t, v)| {
                     let mut d = EpisodeDraft::new(t.summary())
-                        .with_metadata(json!({"dia_id": t.dia_id, "session": t.session}))
+                        .with_metadata(
+                            json!({"dia_id": t.dia_id, "session": t.session, "speaker": t.speaker}),
+                        )
                         .with_embedding(v)
                         .with_key(format!("locomo:{}", t.dia_id));
                     d.occurred_at = t.date;
@@ -456,7 +460,20 @@ pub async fn run(
         import_secs += started.elapsed().as_secs_f64();
         episodes += conv.turns.len();
 
-        let texts: Vec<&str> = conv.questions.iter().map(|q| q.question.as_str()).collect();
+        // Questions are embedded as every caller embeds a query: without speaker names.
+        let speakers = store.speakers(&merchant).await?;
+        let dense: Vec<String> = conv
+            .questions
+            .iter()
+            .map(|q| {
+                if cfg.fusion.hints {
+                    dense_query_text(&q.question, &speakers)
+                } else {
+                    q.question.clone()
+                }
+            })
+            .collect();
+        let texts: Vec<&str> = dense.iter().map(String::as_str).collect();
         let mut vectors = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(64) {
             vectors.extend(embedder.embed(chunk)?);

@@ -227,7 +227,17 @@ impl Tool for RecallEpisodesTool {
     async fn call(&self, args: Value, ctx: &ToolContext) -> Result<Value, ToolError> {
         let query = text_arg(&args, "query")?;
         let k = k_arg(&args, EPISODES_DEFAULT_K, EPISODES_MAX_K)?;
-        let vector = embed(&self.embedder, &query).await?;
+        // Speaker names leave the text that is embedded (`episodic::dense_query_text`).
+        let speakers = self
+            .episodes
+            .speakers(&ctx.merchant)
+            .await
+            .map_err(episodic_error)?;
+        let vector = embed(
+            &self.embedder,
+            &crate::episodic::dense_query_text(&query, &speakers),
+        )
+        .await?;
         let hits = self
             .episodes
             .search(

@@ -596,9 +596,14 @@ async fn search_episodes(
         return Err(ApiError::bad_request("the search query is empty"));
     }
     let k = bounded_k(req.k, 5, 1_000)?;
+    // Speaker names leave the text that is embedded (the keyword leg and the speaker hint
+    // place the person; `episodic::dense_query_text`).
+    let speakers = state.episodes.speakers(&merchant).await?;
     let vector = state
         .queue
-        .embed_async(vec![req.query.clone()])
+        .embed_async(vec![crate::episodic::dense_query_text(
+            &req.query, &speakers,
+        )])
         .await?
         .pop();
     let hits = state
