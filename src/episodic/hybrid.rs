@@ -32,11 +32,14 @@ pub struct Fusion {
     pub keyword_neighbours: f32,
     /// The same for the dense leg.
     pub dense_neighbours: f32,
-    /// Rank first the episodes that match the query's hints (the one speaker it names, the
-    /// date it gives; see [`date_span`](super::date_span) and [`dense_query_text`](super::dense_query_text)).
+    /// Prefer the episodes that match the query's hints (the one speaker it names, the date it
+    /// gives; see [`date_span`](super::date_span) and
+    /// [`dense_query_text`](super::dense_query_text)): each leg ranks them among themselves at
+    /// full weight, the others among themselves at `outside_hints`.
     pub hints: bool,
     /// With hints: the weight of the episodes that do not match them, fused among themselves
-    /// (0: they only follow the matching ones).
+    /// (0: they only follow the matching ones). Above 0 a strong outside episode can still
+    /// rank above a weak matching one.
     pub outside_hints: f32,
     /// Weight of the session prior: every episode of a session (two or more episodes with
     /// one `occurred_at`) gains `session_weight / (rrf_c + rank)`, where `rank` is its
@@ -119,6 +122,8 @@ pub(crate) struct MerchantIndex<K> {
     speakers: Vec<String>,
     /// Per episode: index into `speakers`, or `NO_SPEAKER`.
     speaker_of: Vec<u32>,
+    /// The words queries name the speakers by.
+    call_names: hints::CallNames,
     /// The sessions: groups of two or more episodes with one `when_us`, as BM25 documents.
     sessions: Sessions,
 }
@@ -164,6 +169,7 @@ impl<K: Clone> MerchantIndex<K> {
             avg_len: 0.0,
             speakers: Vec::new(),
             speaker_of: Vec::with_capacity(n),
+            call_names: hints::CallNames::default(),
             sessions: Sessions::default(),
         };
         let mut speaker_ids: HashMap<String, u32> = HashMap::new();
@@ -221,6 +227,7 @@ impl<K: Clone> MerchantIndex<K> {
             (total_len as f32 / n as f32).max(1.0)
         };
         idx.sessions = Sessions::build(&idx.when_us, &idx.postings, &idx.doc_len);
+        idx.call_names = hints::CallNames::of(&idx.speakers);
         Ok(idx)
     }
 
@@ -228,9 +235,10 @@ impl<K: Clone> MerchantIndex<K> {
     /// in every leg); ties go to the newer episode. `vector` must already be unit length.
     ///
     /// With `f.hints`, the episodes that match the query's hints (by the one speaker it names,
-    /// in the date span it gives; see [`hints`](super::hints)) are ranked among themselves
-    /// first, and the rest follow with scores no higher than the last of them. A hint that no
-    /// episode matches is ignored.
+    /// in the date span it gives; see [`hints`](super::hints)) are preferred: each leg ranks
+    /// them among themselves at full weight and the rest among themselves at
+    /// `f.outside_hints` (with 0, the rest only follow, scores no higher than the last
+    /// matching one). A hint that no episode matches is ignored.
     pub fn search(
         &self,
         text: &str,
@@ -354,11 +362,8 @@ impl<K: Clone> MerchantIndex<K> {
     /// it (or all episodes in that span when no single speaker is named).
     fn preferred(&self, text: &str) -> Option<Vec<bool>> {
         let mut mask: Option<Vec<bool>> = None;
-        if !self.speakers.is_empty() {
-            if let [one] = hints::named_speakers(text, &self.speakers)[..] {
-                let one = one as u32;
-                mask = Some(self.speaker_of.iter().map(|&s| s == one).collect());
-            }
+        if let [one] = self.call_names.named_in(text)[..] {
+            mask = Some(self.speaker_of.iter().map(|&s| s == one).collect());
         }
         if let Some((lo, hi)) = hints::date_span_us(text) {
             let narrowed: Vec<bool> = self
@@ -427,17 +432,13 @@ impl<K: Clone> MerchantIndex<K> {
         bm25(terms, &self.postings, &self.doc_len, self.avg_len, f)
     }
 
-    /// The vocabulary ids of `text`'s query tokens, each once.
+    /// The vocabulary ids of `text`'s query tokens, each once, in first-seen order.
     fn query_terms(&self, text: &str) -> Vec<u32> {
-        let mut terms: Vec<u32> = Vec::new();
-        for tok in query_tokens(text) {
-            if let Some(&term) = self.vocab.get(&tok) {
-                if !terms.contains(&term) {
-                    terms.push(term);
-                }
-            }
-        }
-        terms
+        let mut seen = std::collections::HashSet::new();
+        query_tokens(text)
+            .filter_map(|tok| self.vocab.get(&tok).copied())
+            .filter(|term| seen.insert(*term))
+            .collect()
     }
 
     /// Adds the session prior to every episode in `fused` whose session matches `terms`.
@@ -629,7 +630,7 @@ fn stem(word: &str) -> String {
         .into_owned()
 }
 
-fn is_stop(t: &str) -> bool {
+pub(crate) fn is_stop(t: &str) -> bool {
     STOP_WORDS.binary_search(&t).is_ok()
 }
 
@@ -686,7 +687,8 @@ impl<K: HeapSize> MerchantIndex<K> {
             .speakers
             .iter()
             .map(|s| s.capacity() + size_of::<String>() + ALLOC)
-            .sum();
+            .sum::<usize>()
+            + self.call_names.heap_bytes();
         let vectors = self.vectors.len() * size_of::<f32>();
         let vocab: usize = self
             .vocab
@@ -811,9 +813,7 @@ mod tests {
         }
     }
 
-    const DAY_US: i64 = 86_400_000_000;
-
-    /// Microseconds at midnight UTC of a day.
+    /// Microseconds at noon UTC of a day.
     fn day(y: i32, m: u32, d: u32) -> i64 {
         chrono::NaiveDate::from_ymd_opt(y, m, d)
             .unwrap()

@@ -187,7 +187,9 @@ return {c, 1}
 
 /// KEYS: zset, version. ARGV: hash key prefix. Returns {version, rows} with one row
 /// {id, c, s, when, speaker, v} per episode (in created order): everything the hybrid index
-/// is built from, at one version. `speaker` is the metadata's string `speaker`, or empty.
+/// is built from, at one version. `speaker` is the metadata's string `speaker`, or empty
+/// (metadata is decoded only when it holds the word, so a large one without a speaker costs
+/// one substring search).
 const INDEX_LUA: &str = r#"
 local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
 local out = {}
@@ -196,7 +198,7 @@ for i, id in ipairs(ids) do
   if h[1] and h[2] then
     local w = h[3] or h[1]
     local who = ''
-    if h[5] then
+    if h[5] and string.find(h[5], '"speaker"', 1, true) then
       local ok, m = pcall(cjson.decode, h[5])
       if ok and type(m) == 'table' and type(m.speaker) == 'string' then who = m.speaker end
     end
