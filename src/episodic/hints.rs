@@ -41,7 +41,7 @@ pub(crate) fn call_name(speaker: &str) -> Option<String> {
         .split(|c: char| !c.is_alphanumeric())
         .find(|w| !w.is_empty())?
         .to_lowercase();
-    let common = super::hybrid::is_stop(&first)
+    let common = super::words::is_stop(&first)
         || MONTHS.contains(&first.as_str())
         || WEEKDAYS.contains(&first.as_str());
     (first.chars().count() >= 2 && !common).then_some(first)
@@ -199,7 +199,7 @@ static MONTH_YEAR: LazyLock<Regex> = LazyLock::new(|| {
 /// amounts and order numbers are not read as years.
 static YEAR: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(
-        r"(?i)\b(?:in|during|of|since|from|throughout|year)\s+(1[89][0-9][0-9]|2[0-9][0-9][0-9])\b",
+        r"(?i)\b(?:in|during|since|from|throughout|year)\s+(1[89][0-9][0-9]|2[0-9][0-9][0-9])\b",
     )
     .expect("valid regex")
 });

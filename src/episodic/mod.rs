@@ -34,6 +34,7 @@ pub mod import;
 pub mod redis;
 pub mod sqlite;
 mod vector;
+mod words;
 
 pub use episode::{
     parse_occurred_at, Episode, EpisodeDraft, EpisodeId, ScoredEpisode, MAX_EMBEDDING_DIM,
@@ -100,8 +101,12 @@ pub trait EpisodicStore: Send + Sync {
 
     /// The distinct speakers of `merchant`'s episodes (their string `metadata.speaker`), in
     /// first-saved order, from the same index [`search`](Self::search) uses. Callers take
-    /// them out of a query before embedding it ([`dense_query_text`]).
-    async fn speakers(&self, merchant: &MerchantId) -> Result<Vec<String>, EpisodicError>;
+    /// them out of a query before embedding it ([`dense_query_text`]). The default, for a
+    /// store that keeps no speakers, is none.
+    async fn speakers(&self, merchant: &MerchantId) -> Result<Vec<String>, EpisodicError> {
+        let _ = merchant;
+        Ok(Vec::new())
+    }
 
     /// Removes `merchant`'s episodes that happened (`occurred_at`, else `created_at`)
     /// strictly before `before`; returns how many were removed.
